@@ -1,0 +1,1 @@
+"""Backends that execute compiled programming images (installed as ``cimc.backends``)."""

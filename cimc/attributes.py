@@ -1,0 +1,107 @@
+"""Attribute values attached to ops.
+
+Attributes are immutable so that ops can be compared and hashed (CSE) and so
+that a pass cannot change an attribute another op shares. The Python types are
+``int``, ``float``, ``str``, tuples of those, and :class:`Tensor`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+from cimc.types import TensorType
+
+
+class Tensor:
+    """An immutable dense tensor: constants and weights.
+
+    ``key`` is only a naming hint for the sidecar ``.npz`` the printer writes
+    large tensors to; it is not part of the value, so two tensors with equal
+    contents compare equal whatever their keys.
+    """
+
+    __slots__ = ("array", "key", "_digest")
+
+    def __init__(self, array: np.ndarray, key: str | None = None) -> None:
+        arr = np.array(array, copy=True, order="C")
+        arr.setflags(write=False)
+        self.array: np.ndarray = arr
+        self.key = key
+        self._digest: bytes | None = None
+
+    @property
+    def type(self) -> TensorType:
+        return TensorType.of_array(self.array)
+
+    @property
+    def digest(self) -> bytes:
+        if self._digest is None:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(str(self.array.dtype).encode())
+            h.update(repr(self.array.shape).encode())
+            h.update(self.array.tobytes())
+            self._digest = h.digest()
+        return self._digest
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tensor) and self.digest == other.digest
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+    def __repr__(self) -> str:
+        return f"Tensor({self.type}, key={self.key!r})"
+
+
+AttrValue = int | float | str | Tensor | tuple["AttrValue", ...]
+
+
+def normalize_attr(value: object) -> AttrValue:
+    """Turn lists, numpy scalars and arrays into the immutable attribute types."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if isinstance(value, (str, Tensor)):
+        return value
+    if isinstance(value, np.ndarray):
+        return Tensor(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(normalize_attr(v) for v in value)
+    raise TypeError(f"unsupported attribute value {value!r} of type {type(value).__name__}")
+
+
+def attr_kind(value: AttrValue) -> str:
+    """A short kind name used by op definitions: int, float, str, tensor, ints, floats, strs, list."""
+    if isinstance(value, tuple):
+        kinds = {attr_kind(v) for v in value}
+        if len(kinds) == 1 and next(iter(kinds)) in ("int", "float", "str"):
+            return next(iter(kinds)) + "s"
+        return "list"
+    if isinstance(value, bool):
+        return "int"
+    return {int: "int", float: "float", str: "str", Tensor: "tensor"}[type(value)]
+
+
+def iter_tensors(value: AttrValue) -> Iterator[Tensor]:
+    """Every tensor inside an attribute value, lists included."""
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, tuple):
+        for item in value:
+            yield from iter_tensors(item)
+
+
+def attrs_equal(a: AttrValue, b: AttrValue) -> bool:
+    """Equality where NaN equals NaN, so that ops carrying NaN still CSE and compare."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(attrs_equal(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b

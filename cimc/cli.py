@@ -1,0 +1,98 @@
+"""The ``cimc`` command line.
+
+Every subcommand exits 0 on success, 2 on bad input (with one ``error:`` line
+on stderr and no traceback) and 1 on an internal compiler error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cimc import __version__
+from cimc.diagnostics import CimcError
+from cimc.ir import Module
+from cimc.irfile import read_ir, write_ir
+from cimc.pass_manager import PassManager, parse_pipeline, registered_passes
+from cimc.printer import print_module
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _cmd_opt(args: argparse.Namespace) -> int:
+    module = read_ir(args.file)
+    passes = parse_pipeline(args.pipeline)
+    dump = _dumper(Path(args.dump_ir)) if args.dump_ir else None
+    PassManager(passes, args.print_ir_after_all, frozenset(args.print_ir_after or ()), dump).run(module)
+    if args.output:
+        write_ir(module, args.output)
+    else:
+        sys.stdout.write(print_module(module).text)
+    return 0
+
+
+def _dumper(folder: Path):  # noqa: ANN202
+    folder.mkdir(parents=True, exist_ok=True)
+    counter = iter(range(1, 10_000))
+
+    def dump(pass_name: str, module: Module) -> None:
+        write_ir(module, folder / f"{next(counter):02d}-{pass_name}.cir")
+
+    return dump
+
+
+def _cmd_passes(args: argparse.Namespace) -> int:
+    for name, cls in registered_passes().items():
+        print(f"{name}: {cls.summary()}")
+        for field, typ in cls.option_types().items():
+            default = next(f.default for f in cls.options() if f.name == field)
+            print(f"    {field}: {typ.__name__} = {default!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cimc", description="Compile trained recurrent networks (ONNX) to analog crossbar hardware.")
+    parser.add_argument("--version", action="version", version=f"cimc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    opt = sub.add_parser("opt", help="run a pass pipeline over a .cir file", description="Parse FILE.cir, run PIPELINE, print or write the result.")
+    opt.add_argument("file", metavar="FILE.cir")
+    opt.add_argument("-p", "--pipeline", default="", help="comma-separated passes, e.g. 'canonicalize,cse' (default: none)")
+    opt.add_argument("-o", "--output", metavar="OUT.cir", help="write here (and OUT.npz for large tensors) instead of stdout")
+    opt.add_argument("--print-ir-after-all", action="store_true", help="print the IR to stderr after every pass")
+    opt.add_argument("--print-ir-after", action="append", metavar="PASS", help="print the IR to stderr after the named pass")
+    opt.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass to DIR/NN-pass.cir")
+    opt.set_defaults(run=_cmd_opt)
+
+    passes = sub.add_parser("passes", help="list every pass with its options", description="List every registered pass, its options and their defaults.")
+    passes.set_defaults(run=_cmd_passes)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except CimcError as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:
+        print("cimc: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001  (a bug must still not dump a traceback on users)
+        if os.environ.get("CIMC_TRACEBACK"):
+            raise
+        print(f"internal error: {type(e).__name__}: {e} (set CIMC_TRACEBACK=1 to see the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

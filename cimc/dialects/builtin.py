@@ -1,0 +1,31 @@
+"""The ``builtin`` dialect: constants and the graph terminator."""
+
+from __future__ import annotations
+
+from cimc.attributes import Tensor
+from cimc.dialects.registry import VerifyError, attrs, define
+from cimc.ir import Operation
+
+
+def _verify_constant(op: Operation) -> None:
+    value = op.attributes["value"]
+    assert isinstance(value, Tensor)
+    if op.results[0].type != value.type:
+        raise VerifyError(op, f"type mismatch: constant of type {value.type} declared as {op.results[0].type}")
+
+
+CONSTANT = define(
+    "builtin.constant",
+    "A dense constant; large ones (weights) live in the sidecar .npz.",
+    results="output",
+    attributes=attrs(value="tensor!"),
+    verify=_verify_constant,
+)
+
+RETURN = define(
+    "builtin.return",
+    "Ends the graph; its operands are the graph outputs in order.",
+    operands="outputs*",
+    terminator=True,
+    pure=False,
+)

@@ -1,0 +1,103 @@
+"""The IR verifier: structural invariants plus each op kind's own rules.
+
+Checked, in this order, for every op:
+- its kind is registered; operand/result arity, attributes and region count
+  match the definition; its own ``verify`` hook (type rules) passes;
+- every operand is dominated by its definition (defined earlier in the same
+  block or in an enclosing block, before the op that holds the region);
+- use lists agree with operand lists in both directions;
+- blocks end with exactly one terminator, and the graph ends with ``builtin.return``.
+"""
+
+from __future__ import annotations
+
+from cimc.dialects import lookup
+from cimc.dialects.registry import ArgSpec, OpDef, VerifyError
+from cimc.ir import Block, Module, Operation, Use, Value
+
+
+def verify(module: Module) -> None:
+    """Raise :class:`VerifyError` at the first op that breaks a rule."""
+    _verify_block(module.body, visible=set(), expected_terminator="builtin.return", owner=None)
+
+
+def _verify_block(block: Block, visible: set[int], expected_terminator: str | None, owner: Operation | None) -> None:
+    scope = set(visible)
+    for arg in block.args:
+        scope.add(id(arg))
+        _verify_uses(arg)
+    for index, op in enumerate(block.ops):
+        opdef = lookup(op.name)
+        if opdef is None:
+            raise VerifyError(op, f"unknown op '{op.name}'")
+        if op.parent is not block:
+            raise VerifyError(op, f"'{op.name}' does not know the block it is in")
+        is_last = index == len(block.ops) - 1
+        if opdef.terminator and not is_last:
+            raise VerifyError(op, f"terminator '{op.name}' must be the last op of its block")
+        for i, value in enumerate(op.operands):
+            if value is not None and id(value) not in scope:
+                what = f"%{value.name}" if value.name else f"operand #{i}"
+                raise VerifyError(op, f"{what} is used before it is defined (not dominated by its definition)")
+        for region in op.regions:
+            if region.parent is not op or region.block.parent is not region:
+                raise VerifyError(op, f"'{op.name}' has a region that does not point back to it")
+            _verify_block(region.block, scope, expected_terminator=None, owner=op)
+        _verify_op(op, opdef)
+        for res in op.results:
+            scope.add(id(res))
+            _verify_uses(res)
+    term = block.terminator
+    if expected_terminator is not None and (term is None or term.name != expected_terminator):
+        raise VerifyError(term, f"the graph must end with '{expected_terminator}'")
+    if owner is not None:
+        term_def = lookup(term.name) if term is not None else None
+        if term_def is None or not term_def.terminator:
+            raise VerifyError(owner, f"the region of '{owner.name}' must end with a terminator")
+
+
+def _verify_uses(value: Value) -> None:
+    for use in value.uses:
+        if use.index >= len(use.op.operands) or use.op.operands[use.index] is not value:
+            raise VerifyError(use.op, f"use list of %{value.name} is stale: '{use.op.name}' operand #{use.index} is not it")
+        if use.op.parent is None:
+            raise VerifyError(use.op, f"%{value.name} is used by an erased '{use.op.name}'")
+
+
+def _verify_op(op: Operation, opdef: OpDef) -> None:
+    for i, value in enumerate(op.operands):
+        if value is not None and Use(op, i) not in value.uses:
+            raise VerifyError(op, f"operand #{i} of '{op.name}' is missing from its value's use list")
+    _check_arity(op, "operand", op.operands, opdef.operands)
+    _check_arity(op, "result", op.results, opdef.results)
+    for name, spec in opdef.attributes.items():
+        if spec.required and name not in op.attributes:
+            raise VerifyError(op, f"'{op.name}' requires attribute '{name}'")
+    for name, value in op.attributes.items():
+        spec = opdef.attributes.get(name)
+        if spec is None:
+            known = ", ".join(sorted(opdef.attributes)) or "none"
+            raise VerifyError(op, f"'{op.name}' has no attribute '{name}' (it takes: {known})")
+        problem = spec.check(value)
+        if problem:
+            raise VerifyError(op, f"attribute '{name}' of '{op.name}' {problem}")
+    if len(op.regions) != opdef.num_regions:
+        raise VerifyError(op, f"'{op.name}' takes {opdef.num_regions} regions, got {len(op.regions)}")
+    if opdef.verify is not None:
+        opdef.verify(op)
+
+
+def _check_arity(op: Operation, what: str, values: list, specs: tuple[ArgSpec, ...]) -> None:
+    required = sum(s.kind == "single" for s in specs)
+    variadic = any(s.kind == "variadic" for s in specs)
+    optional = sum(s.kind == "optional" for s in specs)
+    n = len(values)
+    if n < required or (not variadic and n > required + optional):
+        expected = f"at least {required}" if variadic else (
+            f"{required}" if not optional else f"{required} to {required + optional}")
+        raise VerifyError(op, f"wrong arity: '{op.name}' takes {expected} {what}s, got {n}")
+    if variadic:
+        return
+    for value, spec in zip(values, specs):
+        if value is None and spec.kind == "single":
+            raise VerifyError(op, f"required {what} '{spec.name}' of '{op.name}' is absent")

@@ -1,0 +1,53 @@
+"""Common subexpression elimination."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cimc.attributes import Tensor
+from cimc.dialects import lookup
+from cimc.ir import Block, Module, Operation
+from cimc.pass_manager import ModulePass, register_pass
+
+
+def _key(op: Operation) -> tuple | None:
+    opdef = lookup(op.name)
+    if opdef is None or not opdef.pure or op.regions or opdef.terminator:
+        return None
+    attrs = tuple(sorted((k, v.digest if isinstance(v, Tensor) else repr(v)) for k, v in op.attributes.items()))
+    return (op.name, tuple(id(v) if v is not None else None for v in op.operands), attrs, tuple(r.type for r in op.results))
+
+
+def _cse_block(block: Block, available: dict[tuple, Operation]) -> bool:
+    changed = False
+    scope = dict(available)
+    for op in list(block.ops):
+        for region in op.regions:
+            changed |= _cse_block(region.block, scope)
+        key = _key(op)
+        if key is None:
+            continue
+        twin = scope.get(key)
+        if twin is None:
+            scope[key] = op
+            continue
+        for old, new in zip(op.results, twin.results):
+            old.replace_all_uses_with(new)
+        op.erase()
+        changed = True
+    return changed
+
+
+@register_pass
+@dataclass(frozen=True)
+class CommonSubexpressionElimination(ModulePass):
+    """Merge identical side-effect-free ops (same kind, operands, attributes and types).
+
+    Ops in a loop body may reuse an identical op defined before the loop,
+    which hoists nothing but removes the duplicate inside.
+    """
+
+    name = "cse"
+
+    def apply(self, module: Module) -> bool:
+        return _cse_block(module.body, {})

@@ -1,0 +1,151 @@
+"""Unit tests of the IR data structures and the verifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cimc.attributes import Tensor
+from cimc.dialects import VerifyError
+from cimc.ir import Block, Module, Operation, Region
+from cimc.types import TensorType, scalar
+from cimc.verifier import verify
+
+F = TensorType("f32", ("batch", 4))
+
+
+def const(block: Block, value: np.ndarray, name: str | None = None) -> Operation:
+    t = Tensor(value)
+    return block.append(Operation("builtin.constant", [], [t.type], {"value": t}, result_names=[name]))
+
+
+def graph_with_add() -> tuple[Module, Operation]:
+    body = Block([F, F], ["x", "y"])
+    add = body.append(Operation("onnx.Add", body.args, [F]))
+    body.append(Operation("builtin.return", [add.result]))
+    return Module("g", body), add
+
+
+def test_use_lists_follow_operands() -> None:
+    module, add = graph_with_add()
+    x, y = module.inputs
+    assert [u.op for u in x.uses] == [add] and [u.index for u in y.uses] == [1]
+    add.set_operand(1, x)
+    assert y.uses == [] and sorted(u.index for u in x.uses) == [0, 1]
+    verify(module)
+
+
+def test_replace_all_uses_with_moves_every_use() -> None:
+    module, add = graph_with_add()
+    x, y = module.inputs
+    neg = Operation("onnx.Relu", [x], [F])
+    module.body.insert(0, neg)
+    x.replace_all_uses_with(neg.result)
+    # The Relu itself now reads its own result: RAUW is literal, so restore its operand.
+    neg.set_operand(0, x)
+    assert add.operands[0] is neg.result and [u.op for u in x.uses] == [neg]
+    verify(module)
+
+
+def test_replace_all_uses_with_rejects_type_change() -> None:
+    module, add = graph_with_add()
+    other = Block([TensorType("f32", (4,))]).args[0]
+    with pytest.raises(ValueError, match="type"):
+        module.inputs[0].replace_all_uses_with(other)
+
+
+def test_erase_refuses_while_used_and_detaches_after() -> None:
+    module, add = graph_with_add()
+    with pytest.raises(ValueError, match="still used"):
+        add.erase()
+    ret = module.body.terminator
+    assert ret is not None
+    ret.set_operand(0, module.inputs[0])
+    add.erase()
+    assert add.parent is None and module.inputs[1].uses == []
+    verify(module)
+
+
+def loop_module(body_result_type: TensorType = F) -> Module:
+    g = Block([F, scalar("i64")], ["h0", "T"])
+    body = Block([scalar("i64"), F], ["t", "h"])
+    relu = body.append(Operation("onnx.Relu", [body.args[1]], [F]))
+    body.append(Operation("cim.yield", [relu.result, relu.result]))
+    loop = g.append(Operation("cim.loop", [g.args[1], g.args[0]],
+                              [F, TensorType("f32", ("seq", "batch", 4)) if body_result_type == F else body_result_type],
+                              regions=[Region(body)]))
+    g.append(Operation("builtin.return", loop.results))
+    return Module("loop", g)
+
+
+def test_loop_verifies() -> None:
+    verify(loop_module())
+
+
+def test_erase_loop_drops_uses_from_its_body() -> None:
+    module = loop_module()
+    loop = module.body.ops[0]
+    module.body.terminator.drop_operands()  # type: ignore[union-attr]
+    h0 = module.inputs[0]
+    loop.erase()
+    assert h0.uses == [] and module.inputs[1].uses == []
+
+
+def test_loop_scan_result_type_is_checked() -> None:
+    with pytest.raises(VerifyError, match="scan result #1"):
+        verify(loop_module(TensorType("f32", ("seq", 4))))
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda m, add: m.body.ops.reverse(), "terminator|used before it is defined"),
+        (lambda m, add: add.operands.append(m.inputs[0]), "missing from its value's use list"),
+        (lambda m, add: m.inputs[0].uses.clear(), "missing from its value's use list"),
+        (lambda m, add: add.add_operand(m.inputs[0]), "wrong arity"),
+        (lambda m, add: setattr(add, "name", "onnx.Nope"), "unknown op"),
+        (lambda m, add: add.attributes.__setitem__("axis", 1), "has no attribute 'axis'"),
+        (lambda m, add: setattr(add.results[0], "type", TensorType("i64", ("batch", 4))), "type mismatch"),
+        (lambda m, add: setattr(add.results[0], "type", TensorType("f32", (3, 4, 4))), "broadcast"),
+        (lambda m, add: m.body.ops.pop(), "must end with 'builtin.return'"),
+    ],
+)
+def test_verifier_catches(mutate, message: str) -> None:
+    module, add = graph_with_add()
+    mutate(module, add)
+    with pytest.raises(VerifyError, match=message):
+        verify(module)
+
+
+def test_verifier_checks_attribute_kinds_and_choices() -> None:
+    body = Block([TensorType("f32", (1, 2, 3))])
+    x = body.args[0]
+    softmax = body.append(Operation("onnx.Softmax", [x], [x.type], {"axis": "last"}))
+    body.append(Operation("builtin.return", [softmax.result]))
+    with pytest.raises(VerifyError, match="must be of kind int"):
+        verify(Module("g", body))
+    softmax.attributes["axis"] = -1
+    verify(Module("g", body))
+
+
+def test_dominance_across_regions() -> None:
+    """A loop body may read values defined before the loop, but not values defined after it."""
+    module = loop_module()
+    body = module.body.ops[0].regions[0].block
+    later = const(module.body, np.ones((1, 4), np.float32))
+    module.body.insert(1, later.detach())
+    add = Operation("onnx.Add", [body.args[1], later.result], [F])
+    body.insert(0, add)
+    with pytest.raises(VerifyError, match="not dominated"):
+        verify(module)
+    module.body.insert(0, later.detach())
+    verify(module)
+
+
+def test_tensor_attribute_is_immutable_and_compares_by_content() -> None:
+    a = Tensor(np.arange(4, dtype=np.float32), key="w")
+    b = Tensor(np.arange(4, dtype=np.float32), key="other")
+    assert a == b and hash(a) == hash(b)
+    assert a != Tensor(np.arange(4, dtype=np.float64))
+    with pytest.raises(ValueError):
+        a.array[0] = 3
