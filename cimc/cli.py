@@ -49,6 +49,40 @@ def _dumper(folder: Path):  # noqa: ANN202
     return dump
 
 
+def parse_input_shape(text: str) -> tuple[str, list[int | str | None]]:
+    """``NAME=D0,D1,...`` where each dim is an integer, a symbol name, or ``?`` to keep the model's."""
+    name, sep, dims = text.rpartition("=")
+    if not sep or not name or not dims:
+        raise argparse.ArgumentTypeError(f"expected NAME=D0,D1,..., got '{text}'")
+    out: list[int | str | None] = []
+    for d in dims.split(","):
+        d = d.strip()
+        if d == "?":
+            out.append(None)
+        elif d.isdigit():
+            out.append(int(d))
+        elif d.isidentifier():
+            out.append(d)
+        else:
+            raise argparse.ArgumentTypeError(f"dim '{d}' in '{text}' is neither a size, a symbol nor '?'")
+    return name, out
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from cimc.importer import import_onnx
+
+    module = import_onnx(args.model, dict(args.input_shape or ()))
+    if args.output:
+        write_ir(module, args.output)
+        return 0
+    printed = print_module(module)
+    sys.stdout.write(printed.text)
+    if printed.resources:
+        print(f"note: {len(printed.resources)} large tensors are shown by key only; "
+              "use -o FILE.cir to write them to FILE.npz as well", file=sys.stderr)
+    return 0
+
+
 def _cmd_passes(args: argparse.Namespace) -> int:
     for name, cls in registered_passes().items():
         print(f"{name}: {cls.summary()}")
@@ -71,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--print-ir-after", action="append", metavar="PASS", help="print the IR to stderr after the named pass")
     opt.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass to DIR/NN-pass.cir")
     opt.set_defaults(run=_cmd_opt)
+
+    imp = sub.add_parser("import", help="import an ONNX model into textual IR",
+                         description="Check, shape-infer and import MODEL.onnx; print the IR or write it with -o.")
+    imp.add_argument("model", metavar="MODEL.onnx")
+    imp.add_argument("-o", "--output", metavar="OUT.cir", help="write OUT.cir and its OUT.npz of weights")
+    imp.add_argument("--input-shape", action="append", type=parse_input_shape, metavar="NAME=D0,D1,...",
+                     help="fix dims of a graph input: sizes, symbol names, or ? to keep (repeatable)")
+    imp.set_defaults(run=_cmd_import)
 
     passes = sub.add_parser("passes", help="list every pass with its options", description="List every registered pass, its options and their defaults.")
     passes.set_defaults(run=_cmd_passes)

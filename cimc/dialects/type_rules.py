@@ -66,7 +66,12 @@ def elementwise(op: Operation) -> None:
 
 
 def unary_same_type(op: Operation) -> None:
-    """One operand, one result of exactly the same type."""
+    """One operand, one result of the same element type and a compatible shape.
+
+    Shapes are compared for compatibility, not equality, because shape
+    inference may name the same run-time extent with two different symbols.
+    """
     (x,) = present(op)
-    if op.results[0].type != x.type:
-        raise VerifyError(op, f"type mismatch: result {op.results[0].type} differs from operand {x.type}")
+    res = op.results[0].type
+    if res.dtype != x.type.dtype or not shapes_compatible(res.shape, x.type.shape):
+        raise VerifyError(op, f"type mismatch: result {res} differs from operand {x.type}")
