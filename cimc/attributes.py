@@ -60,6 +60,11 @@ class Tensor:
 AttrValue = int | float | str | Tensor | tuple["AttrValue", ...]
 
 
+def is_annotation(name: str) -> bool:
+    """Dotted attribute names (``sched.stage``) are annotations any op may carry, as in MLIR; they never change what an op computes."""
+    return "." in name
+
+
 def normalize_attr(value: object) -> AttrValue:
     """Turn lists, numpy scalars and arrays into the immutable attribute types."""
     if isinstance(value, (bool, np.bool_)):

@@ -83,6 +83,26 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from cimc.compiler import CompileOptions, compile_to_ir
+    from cimc.hardware import load_hardware
+    from cimc.report import mapping_summary
+
+    hw = load_hardware(args.hw)
+    options = CompileOptions(
+        pipeline=args.pipeline,
+        input_shapes=dict(args.input_shape or ()),
+        print_ir_after_all=args.print_ir_after_all,
+        print_ir_after=frozenset(args.print_ir_after or ()),
+        dump=_dumper(Path(args.dump_ir)) if args.dump_ir else None,
+    )
+    module = compile_to_ir(args.model, hw, options)
+    if args.output:
+        write_ir(module, args.output)
+    sys.stdout.write(mapping_summary(module, hw))
+    return 0
+
+
 def _cmd_passes(args: argparse.Namespace) -> int:
     for name, cls in registered_passes().items():
         print(f"{name}: {cls.summary()}")
@@ -113,6 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--input-shape", action="append", type=parse_input_shape, metavar="NAME=D0,D1,...",
                      help="fix dims of a graph input: sizes, symbol names, or ? to keep (repeatable)")
     imp.set_defaults(run=_cmd_import)
+
+    comp = sub.add_parser("compile", help="import and lower an ONNX model onto crossbar arrays",
+                          description="Import MODEL.onnx, run the lowering pipeline for the hardware description, "
+                                      "and print which weight block went to which array.")
+    comp.add_argument("model", metavar="MODEL.onnx")
+    comp.add_argument("--hw", metavar="HW.toml", help="hardware description overriding the defaults (see cimc/hardware_default.toml)")
+    comp.add_argument("-p", "--pipeline", help="pass pipeline (default: derived from the hardware description)")
+    comp.add_argument("-o", "--output", metavar="OUT.cir", help="write the lowered IR (and OUT.npz)")
+    comp.add_argument("--input-shape", action="append", type=parse_input_shape, metavar="NAME=D0,D1,...",
+                      help="fix dims of a graph input (repeatable)")
+    comp.add_argument("--print-ir-after-all", action="store_true", help="print the IR to stderr after every pass")
+    comp.add_argument("--print-ir-after", action="append", metavar="PASS", help="print the IR to stderr after the named pass")
+    comp.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass to DIR/NN-pass.cir (with sidecars)")
+    comp.set_defaults(run=_cmd_compile)
 
     passes = sub.add_parser("passes", help="list every pass with its options", description="List every registered pass, its options and their defaults.")
     passes.set_defaults(run=_cmd_passes)

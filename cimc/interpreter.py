@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from cimc.attributes import AttrValue, Tensor
+from cimc.attributes import AttrValue, Tensor, is_annotation
 from cimc.diagnostics import CimcError
 from cimc.dialects import lookup
 from cimc.ir import Block, Module, Operation, Value
@@ -44,7 +44,7 @@ def has_kernel(name: str) -> bool:
 
 
 def _load_kernels() -> None:
-    from cimc import onnx_kernels  # noqa: F401  (registers the onnx.* and cim.* kernels)
+    from cimc import cim_kernels, onnx_kernels  # noqa: F401  (importing registers the kernels)
 
 
 class InterpreterError(CimcError):
@@ -61,7 +61,7 @@ def plain_attrs(op: Operation) -> dict[str, object]:
             return value.array
         return value
 
-    return {k: plain(v) for k, v in op.attributes.items()}
+    return {k: plain(v) for k, v in op.attributes.items() if not is_annotation(k)}
 
 
 class Interpreter:
@@ -72,6 +72,14 @@ class Interpreter:
         self.module = module
         self.values: dict[int, np.ndarray] = {}
         self.symbols: dict[str, int] = {}
+        self._cache: dict[int, np.ndarray] = {}
+
+    def cached(self, op: Operation, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """A per-op value computed once per run (a loop body runs the same op T times)."""
+        key = id(op)
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph on ``inputs`` keyed by input name; return outputs keyed by output name."""

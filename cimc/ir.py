@@ -51,8 +51,10 @@ class Value:
             return
         if new.type != self.type:
             raise ValueError(f"cannot replace a value of type {self.type} by one of type {new.type}")
-        for use in list(self.uses):
-            use.op.set_operand(use.index, new)
+        for use in self.uses:
+            use.op.operands[use.index] = new
+        new.uses.extend(self.uses)
+        self.uses = []
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} %{self.name} : {self.type}>"

@@ -44,6 +44,9 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
     except OSError as e:
         raise CimcError(f"cannot write {target}: {e.strerror}") from None
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()

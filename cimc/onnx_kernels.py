@@ -244,3 +244,15 @@ def _constant_of_shape(op: Operation, args: Arrays, it: Interpreter) -> list[np.
     value = op.attributes.get("value")
     fill = value.array.reshape(-1)[0] if isinstance(value, Tensor) else np.float32(0)
     return [np.full(tuple(int(s) for s in args[0]), fill, dtype=np.asarray(fill).dtype)]  # type: ignore[union-attr]
+
+
+@kernel("onnx.Less")
+def _less(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
+    return [np.less(args[0], args[1])]
+
+
+@kernel("onnx.Where")
+def _where_kernel(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
+    cond, x, y = args
+    assert x is not None
+    return [np.where(cond, x, y).astype(x.dtype, copy=False)]

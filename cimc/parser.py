@@ -32,7 +32,7 @@ SIDECAR_ATTR = "sidecar"
 
 _FRIENDLY = {
     "VALUE": "a value like %x", "OPNAME": "an op name like onnx.Add", "DTYPE": "an element type like f32",
-    "IDENT": "a name", "INT": "an integer", "FLOAT": "a float", "STRING": "a string", "SYMBOL": "@name",
+    "IDENT": "a name", "ATTR_NAME": "an attribute name", "INT": "an integer", "FLOAT": "a float", "STRING": "a string", "SYMBOL": "@name",
     "LPAR": "'('", "RPAR": "')'", "LBRACE": "'{'", "RBRACE": "'}'", "LSQB": "'['", "RSQB": "']'",
     "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "MORETHAN": "'>'", "LESSTHAN": "'<'",
     "BLOCK_LABEL": "a region label like ^bb0", "NONE": "none", "QMARK": "'?'",

@@ -1,3 +1,3 @@
 """The compiler's passes. Importing this package registers every pass by name."""
 
-from cimc.passes import canonicalize, cse, dce  # noqa: F401
+from cimc.passes import canonicalize, cse, dce, decompose_rnn, form_mvm, map_conductance, place, schedule, tile  # noqa: F401

@@ -22,17 +22,10 @@ from cimc.interpreter import evaluate
 from cimc.parser import parse_module
 from cimc.printer import print_module
 from onnx_corpus import CorpusCase, all_cases, reference_outputs
+from passes_support import assert_matches
 
-RTOL, ATOL = 1e-5, 1e-6
 TORCH = Path(__file__).parent / "data" / "torch"
 CASES = all_cases()
-
-
-def assert_matches(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
-    assert set(expected) <= set(actual)
-    for name, ref in expected.items():
-        assert actual[name].dtype == ref.dtype and actual[name].shape == ref.shape, name
-        np.testing.assert_allclose(actual[name], ref, rtol=RTOL, atol=ATOL, err_msg=name)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

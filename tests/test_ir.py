@@ -100,8 +100,8 @@ def test_loop_scan_result_type_is_checked() -> None:
     "mutate, message",
     [
         (lambda m, add: m.body.ops.reverse(), "terminator|used before it is defined"),
-        (lambda m, add: add.operands.append(m.inputs[0]), "missing from its value's use list"),
-        (lambda m, add: m.inputs[0].uses.clear(), "missing from its value's use list"),
+        (lambda m, add: add.operands.__setitem__(1, m.inputs[0]), "use list of %y is stale"),
+        (lambda m, add: m.inputs[0].uses.clear(), "use list of %x has"),
         (lambda m, add: add.add_operand(m.inputs[0]), "wrong arity"),
         (lambda m, add: setattr(add, "name", "onnx.Nope"), "unknown op"),
         (lambda m, add: add.attributes.__setitem__("axis", 1), "has no attribute 'axis'"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from cimc.attributes import Tensor
 from cimc.dialects.registry import VerifyError, attrs, define
 from cimc.ir import Operation
@@ -29,3 +31,13 @@ RETURN = define(
     terminator=True,
     pure=False,
 )
+
+
+def constant_array(value: object) -> np.ndarray | None:
+    """The array behind ``value`` if a ``builtin.constant`` defines it, else None."""
+    op = getattr(value, "op", None)
+    if op is None or op.name != "builtin.constant":
+        return None
+    tensor = op.attributes["value"]
+    assert isinstance(tensor, Tensor)
+    return tensor.array

@@ -10,7 +10,9 @@ The results are the final carried values followed by the stacked scans.
 
 from __future__ import annotations
 
-from cimc.dialects.registry import VerifyError, define
+from cimc.attributes import Tensor
+from cimc.dialects.registry import VerifyError, attrs, define
+from cimc.dialects.type_rules import broadcast_shapes, elementwise, present, unary_same_type
 from cimc.ir import Operation
 from cimc.types import TensorType, scalar
 
@@ -64,4 +66,176 @@ YIELD = define(
     operands="values*",
     terminator=True,
     pure=False,
+)
+
+
+# --- ops of the lowered program -------------------------------------------------------------
+
+def _verify_activation(op: Operation) -> None:
+    from cimc.dialects.onnx import RNN_ACTIVATIONS
+
+    unary_same_type(op)
+    fn = op.attributes["function"]
+    if fn not in RNN_ACTIVATIONS:
+        raise VerifyError(op, f"unknown activation function '{fn}' (known: {', '.join(RNN_ACTIVATIONS)})")
+    clip = op.attributes.get("clip")
+    if clip is not None and not clip > 0:  # type: ignore[operator]
+        raise VerifyError(op, f"clip must be positive, got {clip}")
+
+
+ACTIVATION = define(
+    "cim.activation",
+    "Elementwise activation f(clip(x)) of the ONNX recurrent set; digital until fuse-activation maps it to an NL-ADC.",
+    operands="x",
+    results="y",
+    attributes=attrs(function="str!", alpha="float", beta="float", clip="float"),
+    verify=_verify_activation,
+)
+
+
+def segment_rows(op: Operation) -> int:
+    """Rows driven by an MVM's operands (their last dims) plus its constant bias rows."""
+    width = 0
+    for v in op.operands:
+        assert v is not None
+        last = v.type.shape[-1] if v.type.rank else None
+        if not isinstance(last, int):
+            raise VerifyError(op, f"'{op.name}' needs a static last dim on every input, got {v.type}")
+        width += last
+    return width + int(op.attributes.get("bias_rows", 0))  # type: ignore[arg-type]
+
+
+def _verify_mvm_io(op: Operation, rows: int, cols: int) -> None:
+    inputs = present(op)
+    if not inputs:
+        raise VerifyError(op, f"'{op.name}' needs at least one input")
+    dtype = inputs[0].type.dtype
+    if any(v.type.dtype != dtype for v in inputs) or op.results[0].type.dtype != dtype or not inputs[0].type.is_float:
+        raise VerifyError(op, f"type mismatch: '{op.name}' needs one float element type for inputs and result")
+    if segment_rows(op) != rows:
+        raise VerifyError(op, f"'{op.name}' drives {segment_rows(op)} rows but its weights have {rows}")
+    result = op.results[0].type
+    if result.shape[-1:] != (cols,):
+        raise VerifyError(op, f"type mismatch: '{op.name}' has {cols} columns but its result is {result}")
+    lead = [v.type.shape[:-1] for v in inputs]
+    if any(len(s) != len(result.shape) - 1 for s in lead) or broadcast_shapes(lead + [result.shape[:-1]]) is None:
+        raise VerifyError(op, f"type mismatch: the inputs' leading dims {lead} do not match the result {result}")
+
+
+def _tensor(op: Operation, name: str, rank: int) -> Tensor:
+    value = op.attributes[name]
+    if not isinstance(value, Tensor) or value.array.ndim != rank or value.array.dtype.kind != "f":
+        raise VerifyError(op, f"attribute '{name}' of '{op.name}' must be a float tensor of rank {rank}")
+    return value
+
+
+def _verify_matvec(op: Operation) -> None:
+    rows, cols = _tensor(op, "weights", 2).array.shape
+    _verify_mvm_io(op, rows, cols)
+
+
+MATVEC = define(
+    "cim.matvec",
+    "Logical matrix-vector product: concat(inputs, ones[bias_rows]) @ weights, over the last axis.",
+    operands="inputs*",
+    results="y",
+    attributes=attrs(weights="tensor!", bias_rows="int", block="str"),
+    verify=_verify_matvec,
+)
+
+
+def _verify_conductances(op: Operation) -> tuple[int, int]:
+    g_pos = _tensor(op, "g_pos", 2).array
+    g_neg = _tensor(op, "g_neg", 2).array
+    scale = _tensor(op, "g_scale", 1).array
+    if g_pos.shape != g_neg.shape or scale.shape != g_pos.shape[1:]:
+        raise VerifyError(op, f"'{op.name}' conductance shapes disagree: g_pos {g_pos.shape}, g_neg {g_neg.shape}, g_scale {scale.shape}")
+    if (g_pos < 0).any() or (g_neg < 0).any() or not (scale > 0).all():
+        raise VerifyError(op, f"'{op.name}' needs non-negative conductances and positive scales")
+    return g_pos.shape
+
+
+def _verify_crossbar(op: Operation) -> None:
+    _verify_mvm_io(op, *_verify_conductances(op))
+
+
+_CONDUCTANCE_ATTRS = dict(g_pos="tensor!", g_neg="tensor!", g_scale="tensor!", bias_rows="int", block="str")
+
+CROSSBAR_MVM = define(
+    "cim.crossbar_mvm",
+    "An MVM as differential conductance pairs: w = (g_pos - g_neg) / g_scale[col], all in uS.",
+    operands="inputs*",
+    results="y",
+    attributes=attrs(**_CONDUCTANCE_ATTRS),
+    verify=_verify_crossbar,
+)
+
+
+def _verify_tile(op: Operation) -> None:
+    rows, cols = _verify_conductances(op)
+    r0, r1 = op.attributes["rows"]  # type: ignore[misc]
+    c0, c1 = op.attributes["cols"]  # type: ignore[misc]
+    if r1 - r0 != rows or c1 - c0 != cols or r0 < 0 or c0 < 0:
+        raise VerifyError(op, f"'{op.name}' covers rows [{r0}, {r1}) and cols [{c0}, {c1}) but holds {rows} x {cols} devices")
+    if r1 > segment_rows(op):
+        raise VerifyError(op, f"'{op.name}' reads rows up to {r1} of an input of {segment_rows(op)} rows")
+    if op.results[0].type.shape[-1:] != (cols,):
+        raise VerifyError(op, f"type mismatch: '{op.name}' has {cols} columns but its result is {op.results[0].type}")
+    placed = [k for k in ("array", "array_row", "array_col") if k in op.attributes]
+    if placed and len(placed) != 3:
+        raise VerifyError(op, f"'{op.name}' placement needs array, array_row and array_col together")
+
+
+TILE_MVM = define(
+    "cim.tile_mvm",
+    "The part of an MVM that one array computes: rows [r0, r1) x cols [c0, c1) of a block; yields a partial sum.",
+    operands="inputs*",
+    results="partial",
+    attributes=attrs(**_CONDUCTANCE_ATTRS, rows="ints!", cols="ints!", array="int", array_row="int", array_col="int"),
+    verify=_verify_tile,
+)
+
+_ANALOG_PRODUCERS = ("cim.tile_mvm", "cim.analog_sum")
+
+
+def _verify_analog_inputs(op: Operation) -> None:
+    for v in present(op):
+        producer = getattr(v, "op", None)
+        if producer is None or producer.name not in _ANALOG_PRODUCERS:
+            raise VerifyError(op, f"'{op.name}' reads analog partial sums, i.e. results of {' or '.join(_ANALOG_PRODUCERS)}")
+    elementwise(op)
+
+
+ANALOG_SUM = define(
+    "cim.analog_sum",
+    "Partial sums of row-tiled arrays added as currents on shared bit lines, before one conversion.",
+    operands="partials*",
+    results="sum",
+    verify=_verify_analog_inputs,
+)
+
+ADC = define(
+    "cim.adc",
+    "Linear conversion of an analog column value to digital.",
+    operands="analog",
+    results="digital",
+    attributes=attrs(bits="int!"),
+    verify=_verify_analog_inputs,
+)
+
+
+def _verify_im2col(op: Operation) -> None:
+    x = present(op)[0].type
+    kernel = op.attributes["kernel_shape"]
+    if x.rank != 2 + len(kernel):  # type: ignore[arg-type]
+        raise VerifyError(op, f"'{op.name}' with a {len(kernel)}-D kernel needs a rank-{2 + len(kernel)} input, got {x}")  # type: ignore[arg-type]
+
+
+IM2COL = define(
+    "cim.im2col",
+    "Unfold convolution windows: [N, C, S...] -> [N, O..., C * prod(kernel)], so a Conv becomes one MVM.",
+    operands="x",
+    results="patches",
+    attributes=attrs(kernel_shape="ints!", pads="ints!", strides="ints!", dilations="ints!"),
+    verify=_verify_im2col,
 )

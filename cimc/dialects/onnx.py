@@ -101,3 +101,5 @@ define("onnx.Expand", "Broadcast to a shape.", operands="input, shape", results=
 define("onnx.ConstantOfShape", "A tensor of the given shape filled with one value.", operands="input",
        results="output", attributes=attrs(value="tensor"))
 
+define("onnx.Less", "Elementwise a < b (broadcasting), giving bool.", operands="A, B", results="C")
+define("onnx.Where", "Elementwise select: condition ? X : Y (broadcasting).", operands="condition, X, Y", results="output")

@@ -51,15 +51,8 @@ def conv(
     strides = _per_axis("strides", strides, nd)
     dilations = _per_axis("dilations", dilations, nd)
     extent = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilations))
-    begin, end = _conv_pads(auto_pad, pads, X.shape[2:], extent, strides)
-    Xp = np.pad(X, [(0, 0), (0, 0), *zip(begin, end)])
-    if any(p < e for p, e in zip(Xp.shape[2:], extent)):
-        raise ValueError(f"Conv padded input {list(Xp.shape[2:])} is smaller than the kernel extent {list(extent)}")
-
-    windows = sliding_window_view(Xp, extent, axis=tuple(range(2, 2 + nd)))
-    windows = windows[
-        :, :, *(slice(None, None, s) for s in strides), *(slice(None, None, d) for d in dilations)
-    ]
+    begin, end = conv_pads(auto_pad, pads, X.shape[2:], extent, strides)
+    windows = sliding_windows(X, kernel, begin + end, strides, dilations)
     out_shape = windows.shape[2 : 2 + nd]
     # [N, C, *out, *k] -> [N, group, *out, C/group, *k] -> [N, group, P, C/group * K]
     windows = windows.reshape(N, group, C // group, *windows.shape[2:])
@@ -84,7 +77,23 @@ def _per_axis(name: str, values: Sequence[int] | None, nd: int) -> tuple[int, ..
     return values
 
 
-def _conv_pads(
+def sliding_windows(
+    X: np.ndarray, kernel: Sequence[int], pads: Sequence[int], strides: Sequence[int], dilations: Sequence[int]
+) -> np.ndarray:
+    """Receptive fields of a convolution: ``[N, C, S...]`` -> ``[N, C, O..., k...]`` after zero padding.
+
+    ``pads`` is ONNX's ``[x1_begin, x2_begin, ..., x1_end, x2_end, ...]``.
+    """
+    nd = X.ndim - 2
+    extent = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilations))
+    Xp = np.pad(X, [(0, 0), (0, 0), *zip(pads[:nd], pads[nd:])])
+    if any(p < e for p, e in zip(Xp.shape[2:], extent)):
+        raise ValueError(f"Conv padded input {list(Xp.shape[2:])} is smaller than the kernel extent {list(extent)}")
+    windows = sliding_window_view(Xp, extent, axis=tuple(range(2, 2 + nd)))
+    return windows[:, :, *(slice(None, None, s) for s in strides), *(slice(None, None, d) for d in dilations)]
+
+
+def conv_pads(
     auto_pad: str,
     pads: Sequence[int] | None,
     in_shape: tuple[int, ...],

@@ -1,0 +1,54 @@
+"""The compile driver: import an ONNX model and lower it for a given hardware description.
+
+The default pipeline is derived from the hardware description, so that the
+pass options (array size, conductance window, converter bits) and the
+hardware the image is built for can never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from cimc.hardware import Hardware
+from cimc.importer import DimSpec, import_onnx
+from cimc.ir import Module
+from cimc.pass_manager import PassManager, parse_pipeline
+
+
+def default_pipeline(hw: Hardware) -> str:
+    a, d, c = hw.array, hw.device, hw.converters
+    analog = "true" if c.analog_partial_sums else "false"
+    return ",".join([
+        "decompose-rnn",
+        "form-mvm",
+        "canonicalize",
+        "cse",
+        f"map-conductance{{g_min={d.g_min_us!r} g_max={d.g_max_us!r} granularity=column}}",
+        f"tile{{rows={a.rows} cols={a.cols} analog_sum={analog} adc_bits={c.adc_bits}}}",
+        "canonicalize",
+        "cse",
+        f"place{{rows={a.rows} cols={a.cols} arrays={a.count}}}",
+        "schedule",
+    ])
+
+
+@dataclass
+class CompileOptions:
+    pipeline: str | None = None
+    input_shapes: Mapping[str, Sequence[DimSpec]] | None = None
+    print_ir_after_all: bool = False
+    print_ir_after: frozenset[str] = frozenset()
+    dump: Callable[[str, Module], None] | None = None
+    out: TextIO | None = None
+
+
+def compile_to_ir(model: str | Path, hw: Hardware, options: CompileOptions | None = None) -> Module:
+    """Import ``model`` and run the lowering pipeline (the hardware's default unless one is given)."""
+    opts = options or CompileOptions()
+    module = import_onnx(model, opts.input_shapes)
+    passes = parse_pipeline(opts.pipeline if opts.pipeline is not None else default_pipeline(hw))
+    PassManager(passes, opts.print_ir_after_all, opts.print_ir_after, opts.dump, opts.out).run(module)
+    return module

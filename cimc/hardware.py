@@ -1,0 +1,183 @@
+"""The hardware description: arrays, devices, converters, non-idealities and costs.
+
+The defaults ship as ``hardware_default.toml`` (with their sources) and a user
+file overrides any subset. Loading validates the whole description, because a
+configuration that cannot work (G_min >= G_max, zero levels, an array too
+short to hold one ramp column) must be refused before any compilation starts.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from importlib import resources as package_data
+from pathlib import Path
+from typing import Any
+
+from cimc.diagnostics import CimcError
+
+
+@dataclass(frozen=True)
+class ArrayConfig:
+    rows: int
+    cols: int
+    count: int
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    g_min_us: float
+    g_max_us: float
+    levels: int
+    read_voltage_v: float
+
+
+@dataclass(frozen=True)
+class ConverterConfig:
+    dac_bits: int
+    adc_bits: int
+    nl_adc_bits: int
+    ramp_calibration_devices: int
+    analog_partial_sums: bool
+
+
+@dataclass(frozen=True)
+class NonidealityConfig:
+    program_noise_us: float
+    read_noise_rel: float
+    stuck_on_rate: float
+    stuck_off_rate: float
+    drift_nu: float
+    drift_t0_s: float
+    vread_rel_std: float
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    clock_ghz: float
+    array_read_pj: float
+    adc_conversion_pj: float
+    nl_adc_conversion_pj: float
+    digital_op_pj: float
+    digital_lanes: int
+
+
+@dataclass(frozen=True)
+class Hardware:
+    array: ArrayConfig
+    device: DeviceConfig
+    converters: ConverterConfig
+    nonideality: NonidealityConfig
+    cost: CostConfig
+
+    @property
+    def weight_cols_per_array(self) -> int:
+        """Logical weight columns an array holds: each is a differential pair of bit lines."""
+        return self.array.cols // 2
+
+    def ramp_rows(self, bits: int | None = None) -> int:
+        """Word lines one ramp column needs at ``bits``: one device per step plus the calibration devices."""
+        n = self.converters.nl_adc_bits if bits is None else bits
+        return (1 << n) - 1 + self.converters.ramp_calibration_devices
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return asdict(self)
+
+    def to_toml(self) -> str:
+        lines = []
+        for section, values in self.to_dict().items():
+            lines.append(f"[{section}]")
+            for key, value in values.items():
+                text = ("true" if value else "false") if isinstance(value, bool) else repr(value)
+                lines.append(f"{key} = {text}")
+            lines.append("")
+        return "\n".join(lines)
+
+
+_CLASSES = {"array": ArrayConfig, "device": DeviceConfig, "converters": ConverterConfig,
+            "nonideality": NonidealityConfig, "cost": CostConfig}
+
+
+def _default_dict() -> dict[str, dict[str, Any]]:
+    text = package_data.files("cimc").joinpath("hardware_default.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def load_hardware(path: str | Path | None = None) -> Hardware:
+    """The default description, overridden by the TOML file at ``path`` if given."""
+    merged = _default_dict()
+    origin = "the default hardware description"
+    if path is not None:
+        origin = str(path)
+        try:
+            user = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise CimcError(f"cannot read hardware description {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise CimcError(f"{path}: invalid TOML: {e}") from None
+        for section, values in user.items():
+            if section not in merged or not isinstance(values, dict):
+                raise CimcError(f"{path}: unknown section [{section}] (sections: {', '.join(merged)})")
+            for key, value in values.items():
+                if key not in merged[section]:
+                    raise CimcError(f"{path}: unknown key '{key}' in [{section}] (keys: {', '.join(merged[section])})")
+                merged[section][key] = value
+    return hardware_from_dict(merged, origin)
+
+
+def hardware_from_dict(data: dict[str, dict[str, Any]], origin: str = "hardware description") -> Hardware:
+    """Build and validate a :class:`Hardware` from nested dicts (TOML tables or an image's manifest)."""
+    sections = {}
+    for name, cls in _CLASSES.items():
+        values = data.get(name, {})
+        kwargs = {}
+        for f in fields(cls):
+            if f.name not in values:
+                raise CimcError(f"{origin}: [{name}] lacks '{f.name}'")
+            value = values[f.name]
+            expected = {"int": int, "float": float, "bool": bool}[f.type]  # type: ignore[index]
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise CimcError(f"{origin}: [{name}] {f.name} must be {f.type}, got {value!r}")
+            kwargs[f.name] = value
+        sections[name] = cls(**kwargs)
+    hw = Hardware(**sections)
+    _validate(hw, origin)
+    return hw
+
+
+def _validate(hw: Hardware, origin: str) -> None:
+    a, d, c, n = hw.array, hw.device, hw.converters, hw.nonideality
+    problems = []
+    if a.rows < 1 or a.cols < 2 or a.count < 1:
+        problems.append(f"arrays must have at least 1 row, 2 columns and count 1 (got {a.rows} x {a.cols}, count {a.count})")
+    if not 0 <= d.g_min_us < d.g_max_us:
+        problems.append(f"need 0 <= g_min_us < g_max_us (got g_min_us = {d.g_min_us}, g_max_us = {d.g_max_us})")
+    if d.levels < 2:
+        problems.append(f"levels must be at least 2 (got {d.levels})")
+    if d.read_voltage_v <= 0:
+        problems.append(f"read_voltage_v must be positive (got {d.read_voltage_v})")
+    for key in ("dac_bits", "adc_bits", "nl_adc_bits"):
+        if not 1 <= getattr(c, key) <= 16:
+            problems.append(f"{key} must lie in 1..16 (got {getattr(c, key)})")
+    if c.ramp_calibration_devices < 0:
+        problems.append(f"ramp_calibration_devices cannot be negative (got {c.ramp_calibration_devices})")
+    if 1 <= c.nl_adc_bits <= 16 and a.rows < hw.ramp_rows():
+        problems.append(
+            f"an array of {a.rows} rows cannot hold one {c.nl_adc_bits}-bit ramp column, which needs "
+            f"{hw.ramp_rows()} rows ({(1 << c.nl_adc_bits) - 1} steps + {c.ramp_calibration_devices} calibration devices)")
+    if a.cols < 3:
+        problems.append(f"an array of {a.cols} columns cannot hold one weight column pair beside a ramp column")
+    for key in ("stuck_on_rate", "stuck_off_rate"):
+        if not 0 <= getattr(n, key) <= 1:
+            problems.append(f"{key} must lie in [0, 1] (got {getattr(n, key)})")
+    if n.stuck_on_rate + n.stuck_off_rate > 1:
+        problems.append("stuck_on_rate + stuck_off_rate cannot exceed 1")
+    for key in ("program_noise_us", "read_noise_rel", "drift_nu", "vread_rel_std"):
+        if getattr(n, key) < 0:
+            problems.append(f"{key} cannot be negative (got {getattr(n, key)})")
+    if n.drift_t0_s <= 0:
+        problems.append(f"drift_t0_s must be positive (got {n.drift_t0_s})")
+    if problems:
+        raise CimcError(f"{origin}: impossible hardware configuration: " + "; ".join(problems))

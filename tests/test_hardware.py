@@ -1,0 +1,73 @@
+"""The hardware description: defaults, overrides, and refusal of configurations that cannot work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cimc.diagnostics import CimcError
+from cimc.hardware import hardware_from_dict, load_hardware
+
+TORCH = Path(__file__).parent / "data" / "torch"
+
+
+def test_defaults_are_consistent() -> None:
+    hw = load_hardware()
+    assert hw.device.g_min_us < hw.device.g_max_us and hw.device.levels >= 2
+    assert hw.array.rows >= hw.ramp_rows() and hw.weight_cols_per_array == hw.array.cols // 2
+    assert hardware_from_dict(hw.to_dict()) == hw
+
+
+def test_override_changes_only_named_keys(tmp_path: Path) -> None:
+    path = tmp_path / "hw.toml"
+    path.write_text("[array]\nrows = 64\n[converters]\nanalog_partial_sums = false\n")
+    hw, default = load_hardware(path), load_hardware()
+    assert hw.array.rows == 64 and not hw.converters.analog_partial_sums
+    assert hw.array.cols == default.array.cols and hw.device == default.device
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[device]\ng_min_us = 50.0\ng_max_us = 10.0\n", "g_min_us < g_max_us"),
+        ("[device]\nlevels = 0\n", "levels must be at least 2"),
+        ("[array]\nrows = 16\n", "cannot hold one 5-bit ramp column, which needs 36 rows"),
+        ("[array]\nrowz = 16\n", "unknown key 'rowz' in [array]"),
+        ("[arrays]\nrows = 16\n", "unknown section [arrays]"),
+        ("[array]\nrows = 'many'\n", "rows must be int"),
+        ("[nonideality]\nstuck_on_rate = 1.5\n", "stuck_on_rate must lie in [0, 1]"),
+        ("[array\n", "invalid TOML"),
+    ],
+)
+def test_impossible_configurations_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "hw.toml"
+    path.write_text(text)
+    with pytest.raises(CimcError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_hardware(path)
+
+
+def test_cli_compile_with_bad_hardware_exits_2(cimc_cli, tmp_path: Path) -> None:
+    path = tmp_path / "hw.toml"
+    path.write_text("[device]\ng_min_us = 5.0\ng_max_us = 5.0\n")
+    result = cimc_cli("compile", str(TORCH / "lstm2.torchscript.onnx"), "--hw", str(path))
+    assert result.returncode == 2 and "impossible hardware configuration" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_compile_reports_mapping_and_dumps_every_pass(cimc_cli, tmp_path: Path) -> None:
+    result = cimc_cli("compile", str(TORCH / "lstm2.torchscript.onnx"), "--dump-ir", "dumps", "-o", "lowered.cir", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("arrays used: 4 of 64 (128 x 64)")
+    assert "lstm_LSTM_1.d0.gates[rows 0:33, cols 0:32] -> bit lines 0:64" in result.stdout
+    dumps = sorted(p.name for p in (tmp_path / "dumps").glob("*.cir"))
+    assert dumps[0] == "01-decompose-rnn.cir" and dumps[-1] == "10-schedule.cir" and len(dumps) == 10
+    assert (tmp_path / "lowered.cir").read_text() == (tmp_path / "dumps" / "10-schedule.cir").read_text().replace(
+        '"10-schedule.npz"', '"lowered.npz"')
+
+
+def test_cli_compile_print_ir_after_all(cimc_cli, tmp_path: Path) -> None:
+    result = cimc_cli("compile", str(TORCH / "bigru.torchscript.onnx"), "--print-ir-after-all", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    headers = [line for line in result.stderr.splitlines() if "IR Dump After" in line]
+    assert len(headers) == 10 and "cim.tile_mvm" in result.stderr

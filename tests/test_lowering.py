@@ -1,0 +1,172 @@
+"""Lowering to crossbars: every pass keeps the interpreter's answer equal to onnxruntime's.
+
+The tolerance is the frontend's (rtol 1e-5, atol 1e-6, float32): lowering
+reorders the float32 sums (one MVM over [x; h; 1] instead of W x + R h + b,
+row-tiled partial sums) and stores weights as float64 conductance pairs whose
+difference reproduces each float32 weight exactly, so only summation order
+changes: a few ulp per step, as in the frontend tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from cimc.compiler import default_pipeline
+from cimc.diagnostics import CimcError
+from cimc.hardware import load_hardware
+from cimc.importer import import_model, import_onnx
+from cimc.interpreter import evaluate
+from cimc.ir import Module
+from cimc.pass_manager import PassManager, parse_pipeline
+from onnx_corpus import CorpusCase, all_cases, reference_outputs
+from passes_support import assert_matches
+
+TORCH = Path(__file__).parent / "data" / "torch"
+CASES = all_cases()
+SMALL_ARRAYS = ("decompose-rnn,form-mvm,canonicalize,cse,map-conductance,tile{rows=16 cols=8 analog_sum=false adc_bits=8},"
+                "canonicalize,cse,place{rows=16 cols=8 arrays=100000},schedule")
+
+
+def check_every_pass(module: Module, pipeline: str, feeds: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> list[str]:
+    """Run ``pipeline``, comparing the interpreter with ``expected`` after each pass; return the op kinds left."""
+    def check(pass_name: str, m: Module) -> None:
+        try:
+            assert_matches(evaluate(m, feeds), expected)
+        except AssertionError as e:
+            raise AssertionError(f"after pass '{pass_name}': {e}") from None
+
+    PassManager(parse_pipeline(pipeline), dump=check).run(module)
+    return sorted({op.name for op in module.walk()})
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_default_hardware(case: CorpusCase) -> None:
+    module = import_model(case.model, f"{case.name}.onnx")
+    left = check_every_pass(module, default_pipeline(load_hardware()), case.feeds, reference_outputs(case.model, case.feeds))
+    assert not {"onnx.LSTM", "onnx.GRU", "onnx.RNN", "cim.matvec", "cim.crossbar_mvm", "onnx.Gemm", "onnx.Conv"} & set(left)
+
+
+@pytest.mark.parametrize("case", CASES[::3], ids=[c.name for c in CASES[::3]])
+def test_small_arrays_digital_partial_sums(case: CorpusCase) -> None:
+    module = import_model(case.model, f"{case.name}.onnx")
+    check_every_pass(module, SMALL_ARRAYS, case.feeds, reference_outputs(case.model, case.feeds))
+
+
+def _big_bidirectional_lstm() -> CorpusCase:
+    """Input 20 + hidden 12 + bias = 33 rows and 48 columns per direction: forces row and column splits on 16 x 8."""
+    rng = np.random.default_rng(3)
+    I, H, T, B = 20, 12, 5, 3
+    inits = [numpy_helper.from_array((rng.normal(size=s) * 0.3).astype(np.float32), n)
+             for n, s in (("W", (2, 4 * H, I)), ("R", (2, 4 * H, H)), ("B", (2, 8 * H)), ("P", (2, 3 * H)))]
+    node = helper.make_node("LSTM", ["X", "W", "R", "B", "lens", "", "", "P"], ["Y", "Y_h", "Y_c"],
+                            hidden_size=H, direction="bidirectional", clip=2.5, name="big")
+    graph = helper.make_graph([node], "big", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["seq", "batch", I]),
+                                              helper.make_tensor_value_info("lens", TensorProto.INT32, ["batch"])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("Y", "Y_h", "Y_c")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    feeds = {"X": rng.normal(size=(T, B, I)).astype(np.float32), "lens": np.array([5, 2, 4], np.int32)}
+    return CorpusCase("big-bidirectional-lstm", model, feeds)
+
+
+@pytest.mark.parametrize("analog", [True, False])
+def test_row_and_column_splits(analog: bool) -> None:
+    case = _big_bidirectional_lstm()
+    module = import_model(case.model, "big.onnx")
+    pipeline = SMALL_ARRAYS.replace("analog_sum=false", f"analog_sum={'true' if analog else 'false'}")
+    left = check_every_pass(module, pipeline, case.feeds, reference_outputs(case.model, case.feeds))
+    assert ("cim.analog_sum" in left) == analog
+    tiles = [op for op in module.walk() if op.name == "cim.tile_mvm"]
+    assert {tuple(t.attributes["rows"]) for t in tiles} == {(0, 16), (16, 32), (32, 45)}  # 20 + 12 + 12 (peephole) + 1
+    assert all(t.attributes["cols"][1] - t.attributes["cols"][0] <= 4 for t in tiles)
+
+
+@pytest.mark.parametrize("path", sorted(TORCH.glob("*.torchscript*.onnx")), ids=lambda p: p.name)
+def test_torch_exports_on_small_arrays(path: Path) -> None:
+    import onnxruntime as ort
+
+    module = import_onnx(path)
+    stored = dict(np.load(path.with_suffix(".npz")))
+    feeds = {k: stored[k] for k in module.attributes["input_names"]}  # type: ignore[union-attr]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    check_every_pass(module, SMALL_ARRAYS, feeds, expected)
+
+
+def test_model_too_large_names_the_array_count() -> None:
+    case = _big_bidirectional_lstm()
+    module = import_model(case.model, "big.onnx")
+    pipeline = SMALL_ARRAYS.replace("arrays=100000", "arrays=3")
+    with pytest.raises(CimcError, match=r"in pass 'place': the model needs \d+ arrays of 16 x 8, but the chip has 3"):
+        PassManager(parse_pipeline(pipeline)).run(module)
+
+
+def test_same_activation_columns_share_arrays() -> None:
+    """The i/o/f (sigmoid) and g (tanh) gate tiles of an LSTM go to separate arrays when the chip has room."""
+    case = _big_bidirectional_lstm()
+    module = import_model(case.model, "big.onnx")
+    PassManager(parse_pipeline(SMALL_ARRAYS)).run(module)
+    from cimc.passes.place import activation_keys
+
+    functions: dict[int, set[tuple[str, ...]]] = {}
+    for tile in (op for op in module.walk() if op.name == "cim.tile_mvm"):
+        functions.setdefault(int(tile.attributes["array"]), set()).add(activation_keys(tile))  # type: ignore[arg-type]
+    assert all(len(keys) == 1 for keys in functions.values())
+
+
+def test_schedule_serializes_reads_of_one_array() -> None:
+    case = _big_bidirectional_lstm()
+    module = import_model(case.model, "big.onnx")
+    # Arrays twice as wide as the tiles, and too few of them: arrays must hold tiles with different inputs.
+    PassManager(parse_pipeline(SMALL_ARRAYS.replace("place{rows=16 cols=8 arrays=100000}", "place{rows=16 cols=16 arrays=40}"))).run(module)
+    from cimc.passes.schedule import read_key
+
+    seen: dict[tuple[int, int], tuple] = {}
+    keys_per_array: dict[int, set[tuple]] = {}
+    for tile in (op for op in module.walk() if op.name == "cim.tile_mvm"):
+        array = int(tile.attributes["array"])  # type: ignore[arg-type]
+        keys_per_array.setdefault(array, set()).add(read_key(tile))
+        slot = (array, int(tile.attributes["sched.stage"]))  # type: ignore[arg-type]
+        assert seen.setdefault(slot, read_key(tile)) == read_key(tile), "two different reads in one array and stage"
+    assert any(len(keys) > 1 for keys in keys_per_array.values())
+    for block_owner in (op for op in module.walk() if op.name == "cim.loop"):
+        body = block_owner.regions[0].block.ops
+        stages = [op.attributes.get("sched.stage", 0) for op in body[:-1]]
+        assert stages == sorted(stages)
+
+
+def test_hand_written_conductance_pair_closed_form() -> None:
+    from cimc.passes.map_conductance import conductance_pair
+
+    w = np.array([[0.5, -2.0, 0.0], [-1.0, 1.0, 0.0]], np.float32)
+    g_pos, g_neg, scale = conductance_pair(w, 2.0, 100.0, "column")
+    np.testing.assert_allclose(scale, [98.0, 49.0, 98.0])
+    np.testing.assert_allclose(g_pos, [[51.0, 2.0, 2.0], [2.0, 51.0, 2.0]])
+    np.testing.assert_allclose(g_neg, [[2.0, 100.0, 2.0], [100.0, 2.0, 2.0]])
+    assert ((g_pos - g_neg) / scale).astype(np.float32).tolist() == w.tolist()
+    _, _, block_scale = conductance_pair(w, 2.0, 100.0, "block")
+    np.testing.assert_allclose(block_scale, [49.0, 49.0, 49.0])
+
+
+def test_column_chunks_prefer_consumer_boundaries() -> None:
+    from cimc.passes.tile import column_chunks
+
+    assert column_chunks(16, {4, 8, 12}, 8) == [(0, 8), (8, 16)]
+    assert column_chunks(16, {4, 8, 12}, 6) == [(0, 4), (4, 8), (8, 12), (12, 16)]
+    assert column_chunks(10, set(), 4) == [(0, 4), (4, 8), (8, 10)]
+    assert column_chunks(12, {3}, 4) == [(0, 3), (3, 7), (7, 11), (11, 12)]
+
+
+def test_decompose_requires_constant_weights() -> None:
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 1, 2])
+    w = helper.make_tensor_value_info("W", TensorProto.FLOAT, [1, 4, 2])
+    r = numpy_helper.from_array(np.zeros((1, 4, 1), np.float32), "R")
+    node = helper.make_node("LSTM", ["X", "W", "R"], ["Y"], hidden_size=1, name="l")
+    model = helper.make_model(helper.make_graph([node], "g", [x, w], [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], [r]),
+                              opset_imports=[helper.make_opsetid("", 14)])
+    module = import_model(model, "m.onnx")
+    with pytest.raises(CimcError, match="m.onnx:l: decompose-rnn needs W to be a constant"):
+        PassManager(parse_pipeline("decompose-rnn")).run(module)
