@@ -25,16 +25,21 @@ def _array(op: Operation, name: str) -> np.ndarray:
     return value.array
 
 
+def apply_activation(op: Operation, x: np.ndarray) -> np.ndarray:
+    """f(clip(x)) as named by an op's function/alpha/beta/clip attributes."""
+    a = op.attributes
+    fn = Activation.create(str(a["function"]), a.get("alpha"), a.get("beta"))  # type: ignore[arg-type]
+    if "clip" in a:
+        bound = x.dtype.type(a["clip"])
+        x = np.clip(x, -bound, bound)
+    return fn(x)
+
+
 @kernel("cim.activation")
 def _activation(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
     (x,) = args
     assert x is not None
-    fn = Activation.create(str(op.attributes["function"]), op.attributes.get("alpha"), op.attributes.get("beta"))  # type: ignore[arg-type]
-    clip = op.attributes.get("clip")
-    if clip is not None:
-        bound = x.dtype.type(clip)
-        x = np.clip(x, -bound, bound)
-    return [fn(x)]
+    return [apply_activation(op, x)]
 
 
 def mvm_input(op: Operation, args: Arrays) -> np.ndarray:
@@ -103,3 +108,17 @@ def im2col(x: np.ndarray, kernel_shape: list[int], pads: list[int], strides: lis
 def _im2col(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
     a = op.attributes
     return [im2col(args[0], list(a["kernel_shape"]), list(a["pads"]), list(a["strides"]), list(a["dilations"]))]  # type: ignore[arg-type]
+
+
+@kernel("cim.ramp")
+def _ramp(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
+    return [_array(op, "thresholds")]
+
+
+@kernel("cim.nl_adc")
+def _nl_adc(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
+    """Exact meaning of the conversion: the activation itself; its quantization is the simulator's job."""
+    analog = args[0]
+    assert analog is not None
+    c0, c1 = op.attributes["cols"]  # type: ignore[misc]
+    return [apply_activation(op, analog[..., c0:c1])]

@@ -86,11 +86,14 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _cmd_compile(args: argparse.Namespace) -> int:
     from cimc.compiler import CompileOptions, compile_to_ir
     from cimc.hardware import load_hardware
+    from cimc.passes.fuse_activation import fusion_summary
     from cimc.report import mapping_summary
 
     hw = load_hardware(args.hw)
     options = CompileOptions(
         pipeline=args.pipeline,
+        calib=str(Path(args.calib).resolve()) if args.calib else None,
+        identity=args.identity,
         input_shapes=dict(args.input_shape or ()),
         print_ir_after_all=args.print_ir_after_all,
         print_ir_after=frozenset(args.print_ir_after or ()),
@@ -100,6 +103,13 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     if args.output:
         write_ir(module, args.output)
     sys.stdout.write(mapping_summary(module, hw))
+    sys.stdout.write(f"ranges: {module.attributes.get('ranges', 'not computed')}\n")
+    sys.stdout.write(fusion_summary(module))
+    if args.plots:
+        from cimc.plots import plot_module_ramps
+
+        for path in plot_module_ramps(module, hw, Path(args.plots)):
+            print(f"wrote {path}")
     return 0
 
 
@@ -141,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--hw", metavar="HW.toml", help="hardware description overriding the defaults (see cimc/hardware_default.toml)")
     comp.add_argument("-p", "--pipeline", help="pass pipeline (default: derived from the hardware description)")
     comp.add_argument("-o", "--output", metavar="OUT.cir", help="write the lowered IR (and OUT.npz)")
+    comp.add_argument("--calib", metavar="DATA.npz", help="calibration inputs, named like the ONNX graph inputs, "
+                      "from which every MVM's input and column ranges are measured (default: analytic bounds)")
+    comp.add_argument("--identity", choices=("auto", "column", "digital"), default="auto",
+                      help="tanh(c_t) and other activations of digital values: through an identity column into an "
+                           "NL-ADC, digitally, or whichever the hardware's cost table favours (default)")
+    comp.add_argument("--plots", metavar="DIR", help="write PNG plots of every distinct NL-ADC (needs matplotlib)")
     comp.add_argument("--input-shape", action="append", type=parse_input_shape, metavar="NAME=D0,D1,...",
                       help="fix dims of a graph input (repeatable)")
     comp.add_argument("--print-ir-after-all", action="store_true", help="print the IR to stderr after every pass")

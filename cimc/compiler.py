@@ -15,10 +15,13 @@ from typing import TextIO
 from cimc.hardware import Hardware
 from cimc.importer import DimSpec, import_onnx
 from cimc.ir import Module
-from cimc.pass_manager import PassManager, parse_pipeline
+from cimc.pass_manager import PassManager, format_pipeline, parse_pipeline
+from cimc.passes.fuse_activation import identity_break_even
+from cimc.passes.ranges import Ranges
 
 
-def default_pipeline(hw: Hardware) -> str:
+def default_pipeline(hw: Hardware, calib: str | None = None, identity: str = "auto") -> str:
+    """The lowering pipeline with every option taken from ``hw``; ``calib`` names calibration data for ``ranges``."""
     a, d, c = hw.array, hw.device, hw.converters
     analog = "true" if c.analog_partial_sums else "false"
     return ",".join([
@@ -26,11 +29,16 @@ def default_pipeline(hw: Hardware) -> str:
         "form-mvm",
         "canonicalize",
         "cse",
+        format_pipeline([Ranges(calib=calib or "")]),
         f"map-conductance{{g_min={d.g_min_us!r} g_max={d.g_max_us!r} granularity=column}}",
-        f"tile{{rows={a.rows} cols={a.cols} analog_sum={analog} adc_bits={c.adc_bits}}}",
+        f"tile{{rows={a.rows} cols={a.cols} analog_sum={analog} adc_bits={c.adc_bits} ramp_cols=true}}",
         "canonicalize",
         "cse",
-        f"place{{rows={a.rows} cols={a.cols} arrays={a.count}}}",
+        f"place{{rows={a.rows} cols={a.cols} arrays={a.count} ramp_cols=true}}",
+        f"fuse-activation{{bits={c.nl_adc_bits} g_min={d.g_min_us!r} g_max={d.g_max_us!r} levels={d.levels} "
+        f"calibration_devices={c.ramp_calibration_devices} rows={a.rows} cols={a.cols} arrays={a.count} "
+        f"identity={identity} identity_min_width={identity_break_even(hw)} quantization=cumulative max_inl=1.0}}",
+        "canonicalize",
         "schedule",
     ])
 
@@ -38,6 +46,8 @@ def default_pipeline(hw: Hardware) -> str:
 @dataclass
 class CompileOptions:
     pipeline: str | None = None
+    calib: str | None = None
+    identity: str = "auto"
     input_shapes: Mapping[str, Sequence[DimSpec]] | None = None
     print_ir_after_all: bool = False
     print_ir_after: frozenset[str] = frozenset()
@@ -49,6 +59,7 @@ def compile_to_ir(model: str | Path, hw: Hardware, options: CompileOptions | Non
     """Import ``model`` and run the lowering pipeline (the hardware's default unless one is given)."""
     opts = options or CompileOptions()
     module = import_onnx(model, opts.input_shapes)
-    passes = parse_pipeline(opts.pipeline if opts.pipeline is not None else default_pipeline(hw))
+    pipeline = opts.pipeline if opts.pipeline is not None else default_pipeline(hw, opts.calib, opts.identity)
+    passes = parse_pipeline(pipeline)
     PassManager(passes, opts.print_ir_after_all, opts.print_ir_after, opts.dump, opts.out).run(module)
     return module

@@ -59,6 +59,7 @@ class CostConfig:
     adc_conversion_pj: float
     nl_adc_conversion_pj: float
     digital_op_pj: float
+    digital_activation_ops: int
     digital_lanes: int
 
 

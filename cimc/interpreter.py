@@ -67,9 +67,11 @@ def plain_attrs(op: Operation) -> dict[str, object]:
 class Interpreter:
     """Evaluates one module; create one per run (it holds the symbol bindings)."""
 
-    def __init__(self, module: Module) -> None:
+    def __init__(self, module: Module, observer: Callable[[Operation, Arrays, list[np.ndarray]], None] | None = None) -> None:
+        """``observer(op, operands, results)`` sees every op as it runs (calibration records value ranges with it)."""
         _load_kernels()
         self.module = module
+        self.observer = observer
         self.values: dict[int, np.ndarray] = {}
         self.symbols: dict[str, int] = {}
         self._cache: dict[int, np.ndarray] = {}
@@ -114,8 +116,11 @@ class Interpreter:
                 raise InterpreterError(f"'{op.name}'{_where(op)} failed: {type(e).__name__}: {e}") from e
             if len(results) != len(op.results):
                 raise InterpreterError(f"'{op.name}'{_where(op)} produced {len(results)} values for {len(op.results)} results")
-            for res, array in zip(op.results, results):
-                self._bind(res, np.asarray(array), f"result #{res.index} of '{op.name}'", op)
+            arrays = [np.asarray(a) for a in results]
+            for res, array in zip(op.results, arrays):
+                self._bind(res, array, f"result #{res.index} of '{op.name}'", op)
+            if self.observer is not None:
+                self.observer(op, operands, arrays)
         raise InterpreterError("block without terminator")
 
     def _bind(self, value: Value, array: np.ndarray, what: str, op: Operation | None) -> None:

@@ -1,3 +1,5 @@
 """The compiler's passes. Importing this package registers every pass by name."""
 
-from cimc.passes import canonicalize, cse, dce, decompose_rnn, form_mvm, map_conductance, place, schedule, tile  # noqa: F401
+from cimc.passes import (  # noqa: F401
+    canonicalize, cse, dce, decompose_rnn, form_mvm, fuse_activation, map_conductance, place, ranges, schedule, tile,
+)

@@ -25,6 +25,7 @@ from cimc.ir import Module, Operation
 from cimc.pass_manager import ModulePass, register_pass
 
 _DEFAULT = load_hardware().device
+RANGE_ATTRS = ("input_scale", "z_lo", "z_hi")
 
 
 def conductance_pair(weights: np.ndarray, g_min: float, g_max: float, granularity: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -49,6 +50,7 @@ def map_matvec(op: Operation, g_min: float, g_max: float, granularity: str) -> N
         "g_scale": Tensor(scale, key=f"{block}.g_scale"),
         "bias_rows": op.attributes.get("bias_rows", 0),
         "block": block,
+        **{k: op.attributes[k] for k in RANGE_ATTRS if k in op.attributes},
     }
     b = Builder(op.parent, op, op.location)  # type: ignore[arg-type]
     mapped = b.value("cim.crossbar_mvm", op.operands, op.results[0].type, attrs, op.results[0].name)

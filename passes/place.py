@@ -1,7 +1,8 @@
 """place: assign every tile to a physical array.
 
 Tiles are packed first-fit into arrays of ``cols`` bit lines (a weight column
-takes a differential pair of them). The order is chosen so that tiles whose
+takes a differential pair of them, and with ``ramp_cols`` every activation
+an array serves reserves one more for its ramp column). The order is chosen so that tiles whose
 columns feed the same activation land in the same array, because one ramp
 column per array serves every comparator that needs that function; within a
 function group, tiles are taken in dependency order (networkx generations of
@@ -20,27 +21,39 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from cimc.diagnostics import CimcError
+from cimc.dialects.cim import activation_key
 from cimc.hardware import load_hardware
 from cimc.ir import Module, Operation, Value
 from cimc.pass_manager import ModulePass, register_pass
 from cimc.passes.schedule import dependency_graph, read_key
+from cimc.passes.tile import slice_range
 
 _DEFAULT = load_hardware()
 
 
 def activation_keys(tile: Operation) -> tuple[str, ...]:
-    """The activations that this tile's columns reach after conversion ('linear' where none does)."""
+    """The activations that this tile's columns reach after conversion ('linear' where a column reaches none).
+
+    Columns are followed individually through conversions, concatenations and
+    slices of the last axis, so pieces of one gate that a Concat joins again
+    are not mistaken for the whole gate.
+    """
     keys: set[str] = set()
-    frontier: list[Value] = [tile.results[0]]
+    frontier: list[tuple[Value, int, int]] = [(tile.results[0], 0, int(tile.results[0].type.shape[-1]))]  # type: ignore[arg-type]
     while frontier:
-        value = frontier.pop()
+        value, lo, hi = frontier.pop()
         for use in value.uses:
             op = use.op
-            if op.name in ("cim.analog_sum", "cim.adc", "onnx.Slice", "onnx.Concat"):
-                frontier.extend(op.results)
-            elif op.name == "cim.activation":
-                a = op.attributes
-                keys.add(f"{a['function']}(alpha={a.get('alpha')}, beta={a.get('beta')}, clip={a.get('clip')})")
+            if op.name in ("cim.analog_sum", "cim.adc"):
+                frontier.append((op.results[0], lo, hi))
+            elif op.name == "onnx.Concat" and int(op.attributes["axis"]) % op.results[0].type.rank == op.results[0].type.rank - 1:  # type: ignore[arg-type]
+                offset = sum(int(v.type.shape[-1]) for v in op.operands[:use.index])  # type: ignore[arg-type, union-attr]
+                frontier.append((op.results[0], lo + offset, hi + offset))
+            elif op.name == "onnx.Slice" and (span := slice_range(op, value)) is not None:
+                if max(lo, span[0]) < min(hi, span[1]):
+                    frontier.append((op.results[0], max(lo, span[0]) - span[0], min(hi, span[1]) - span[0]))
+            elif op.name == "cim.activation" or (op.name == "cim.nl_adc" and use.index == 0):
+                keys.add(activation_key(op))
             else:
                 keys.add("linear")
     return tuple(sorted(keys))
@@ -62,18 +75,27 @@ def read_levels(module: Module) -> dict[int, tuple[int, int]]:
 @dataclass
 class _Array:
     index: int
-    capacity: int
-    used: int = 0
+    bitlines: int
+    ramp_cols: bool
+    used: int = 0  # bit lines taken by weight columns, from 0 up
     functions: set[str] = field(default_factory=set)
     reads: dict[tuple[int, int], set[tuple]] = field(default_factory=dict)
+
+    def ramps(self, functions: set[str]) -> int:
+        return len(functions - {"linear"}) if self.ramp_cols else 0
+
+    def fits(self, width: int, keys: tuple[str, ...]) -> bool:
+        """Room for ``width`` weight columns (two bit lines each) and a ramp column per activation it adds."""
+        return self.used + 2 * width + self.ramps(self.functions | set(keys)) <= self.bitlines
 
     def conflicts(self, level: tuple[int, int], key: tuple) -> bool:
         """Whether this array already serves a different read in the same concurrent step."""
         return bool(self.reads.get(level, set()) - {key})
 
 
-def pack(tiles: list[Operation], levels: dict[int, tuple[int, int]], capacity: int, mix: bool) -> list[tuple[Operation, int, int]]:
-    """First-fit packing: (tile, array index, first logical column) for every tile.
+def pack(tiles: list[Operation], levels: dict[int, tuple[int, int]], bitlines: int, ramp_cols: bool,
+         mix: bool) -> list[tuple[Operation, int, int]]:
+    """First-fit packing: (tile, array index, first bit line) for every tile.
 
     Without ``mix`` a tile only joins an array whose activations already cover
     its own (else it opens a new array); with ``mix`` it takes any array with
@@ -89,14 +111,14 @@ def pack(tiles: list[Operation], levels: dict[int, tuple[int, int]], capacity: i
         c0, c1 = tile.attributes["cols"]  # type: ignore[misc]
         width = c1 - c0
         level, key = levels[id(tile)], read_key(tile)
-        fits = [a for a in arrays if a.capacity - a.used >= width and (mix or set(keys[i]) <= a.functions)]
+        fits = [a for a in arrays if a.fits(width, keys[i]) and (mix or set(keys[i]) <= a.functions)]
         fits.sort(key=lambda a: a.conflicts(level, key))
         target = fits[0] if fits else None
         if target is None:
-            target = _Array(len(arrays), capacity)
+            target = _Array(len(arrays), bitlines, ramp_cols)
             arrays.append(target)
         placed.append((tile, target.index, target.used))
-        target.used += width
+        target.used += 2 * width
         target.functions.update(keys[i])
         target.reads.setdefault(level, set()).add(key)
     return placed
@@ -111,25 +133,25 @@ class Place(ModulePass):
     rows: int = _DEFAULT.array.rows
     cols: int = _DEFAULT.array.cols
     arrays: int = _DEFAULT.array.count
+    ramp_cols: bool = True
 
     def apply(self, module: Module) -> bool:
         tiles = [op for op in module.walk() if op.name == "cim.tile_mvm"]
-        capacity = self.cols // 2
         for tile in tiles:
             r0, r1 = tile.attributes["rows"]  # type: ignore[misc]
             c0, c1 = tile.attributes["cols"]  # type: ignore[misc]
-            if r1 - r0 > self.rows or c1 - c0 > capacity:
-                raise CimcError(f"a tile of block '{tile.attributes.get('block')}' is {r1 - r0} x {c1 - c0} but an array holds "
-                                f"{self.rows} rows x {capacity} weight columns: run 'tile' with the same array size first")
+            if r1 - r0 > self.rows or not _Array(0, self.cols, self.ramp_cols).fits(c1 - c0, activation_keys(tile)):
+                raise CimcError(f"a tile of block '{tile.attributes.get('block')}' is {r1 - r0} x {c1 - c0} but an array has "
+                                f"{self.rows} rows and {self.cols} bit lines: run 'tile' with the same array size first")
         levels = read_levels(module)
-        placement = pack(tiles, levels, capacity, mix=False)
+        placement = pack(tiles, levels, self.cols, self.ramp_cols, mix=False)
         needed = 1 + max((a for _, a, _ in placement), default=-1)
         if needed > self.arrays:
-            placement = pack(tiles, levels, capacity, mix=True)
+            placement = pack(tiles, levels, self.cols, self.ramp_cols, mix=True)
             needed = 1 + max((a for _, a, _ in placement), default=-1)
         if needed > self.arrays:
             raise CimcError(f"the model needs {needed} arrays of {self.rows} x {self.cols}, but the chip has {self.arrays}")
         for tile, array, col in placement:
-            tile.attributes.update({"array": array, "array_row": 0, "array_col": 2 * col})
+            tile.attributes.update({"array": array, "array_row": 0, "array_col": col})
         module.attributes["arrays_used"] = needed
         return bool(tiles)

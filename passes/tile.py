@@ -2,7 +2,9 @@
 
 Columns split freely; cuts prefer the boundaries where the consumers slice the
 result (an LSTM's i/o/f/c gates), so that a tile's columns share one
-activation where possible and the next passes can give them one ramp. Rows
+activation where possible and the next passes can give them one ramp. With
+``ramp_cols`` every distinct activation in a tile reserves a bit line for its
+ramp column, so a gate that would fill an array is split to leave room. Rows
 split when the stacked input is taller than an array; the partial sums are
 then added as currents on shared bit lines before a single conversion
 (``cim.analog_sum`` then ``cim.adc``) when the hardware can, and otherwise
@@ -18,6 +20,7 @@ from cimc.attributes import Tensor
 from cimc.builder import Builder
 from cimc.diagnostics import CimcError
 from cimc.dialects.builtin import constant_array
+from cimc.dialects.cim import activation_key
 from cimc.hardware import load_hardware
 from cimc.ir import Module, Operation, Value
 from cimc.pass_manager import ModulePass, register_pass
@@ -26,44 +29,86 @@ from cimc.types import TensorType
 _DEFAULT = load_hardware()
 
 
-def consumer_boundaries(value: Value) -> set[int]:
-    """Column offsets where the users of ``value`` slice its last axis (empty if any user does something else)."""
+Group = tuple[int, int, str]  # columns [lo, hi) and the activation they feed ("linear" if none)
+
+
+def slice_range(op: Operation, value: Value) -> tuple[int, int] | None:
+    """The last-axis column range a unit-step ``onnx.Slice`` of ``value`` takes, or None for any other slice."""
     cols = value.type.shape[-1]
-    cuts: set[int] = set()
+    starts, ends, axes, steps = (constant_array(v) if v is not None else None for v in (op.operands + [None, None])[1:5])
+    rank = value.type.rank
+    if not isinstance(cols, int) or starts is None or ends is None or starts.size != 1 \
+            or (axes is not None and int(axes[0]) % rank != rank - 1) or (axes is None and rank != 1) \
+            or (steps is not None and int(steps[0]) != 1):
+        return None
+    lo, hi, _ = slice(int(starts[0]), int(ends[0])).indices(cols)
+    return lo, max(lo, hi)
+
+
+def column_groups(value: Value) -> list[Group]:
+    """Split the columns of an MVM result by the activation each consumer applies to them.
+
+    Columns that no activation reads directly (or a result used whole by
+    something else) form "linear" groups; overlapping slices give up and
+    return one linear group.
+    """
+    cols = value.type.shape[-1]
+    assert isinstance(cols, int)
+    if len(value.uses) == 1 and value.uses[0].op.name == "cim.activation":
+        return [(0, cols, activation_key(value.uses[0].op))]
+    groups: list[Group] = []
     for use in value.uses:
-        op = use.op
-        if op.name != "onnx.Slice" or use.index != 0:
-            return set()
-        starts, ends, axes, steps = (constant_array(v) if v is not None else None
-                                     for v in (op.operands + [None, None])[1:5])
-        rank = value.type.rank
-        if starts is None or ends is None or starts.size != 1 or (axes is not None and int(axes[0]) % rank != rank - 1) \
-                or (axes is None and rank != 1) or (steps is not None and int(steps[0]) != 1):
-            return set()
-        assert isinstance(cols, int)
-        cuts.update(min(max(int(x) + (cols if int(x) < 0 else 0), 0), cols) for x in (starts[0], ends[0]))
-    return cuts
+        span = slice_range(use.op, value) if use.op.name == "onnx.Slice" and use.index == 0 else None
+        if span is None:
+            return [(0, cols, "linear")]
+        users = use.op.results[0].uses
+        key = activation_key(users[0].op) if len(users) == 1 and users[0].op.name == "cim.activation" else "linear"
+        groups.append((span[0], span[1], key))
+    groups.sort()
+    out: list[Group] = []
+    cursor = 0
+    for lo, hi, key in groups:
+        if lo < cursor:
+            return [(0, cols, "linear")]
+        if lo > cursor:
+            out.append((cursor, lo, "linear"))
+        out.append((lo, hi, key))
+        cursor = hi
+    if cursor < cols:
+        out.append((cursor, cols, "linear"))
+    return out
 
 
-def column_chunks(cols: int, cuts: set[int], capacity: int) -> list[tuple[int, int]]:
-    """Pack the groups between ``cuts`` into chunks of at most ``capacity`` columns, splitting only oversized groups."""
-    bounds = sorted({0, cols} | {c for c in cuts if 0 < c < cols})
+def column_chunks(groups: list[Group], bitlines: int, ramp_cols: bool) -> list[tuple[int, int]]:
+    """Pack consecutive column groups into chunks that fit ``bitlines`` bit lines, splitting only oversized groups.
+
+    A weight column takes two bit lines (G+ and G-); with ``ramp_cols`` each
+    distinct activation in a chunk also reserves one bit line for its ramp.
+    """
+    def cost(width: int, keys: set[str]) -> int:
+        return 2 * width + (len(keys - {"linear"}) if ramp_cols else 0)
+
     chunks: list[tuple[int, int]] = []
-    start = 0
-    for lo, hi in zip(bounds, bounds[1:]):
-        if hi - start <= capacity:
+    start, keys = 0, set()
+    for lo, hi, key in groups:
+        if cost(hi - start, keys | {key}) <= bitlines:
+            keys.add(key)
             continue
         if lo > start:
             chunks.append((start, lo))
-            start = lo
-        while hi - start > capacity:
-            chunks.append((start, start + capacity))
-            start += capacity
-    chunks.append((start, cols))
+            start, keys = lo, set()
+        piece = (bitlines - cost(0, {key})) // 2
+        if piece < 1:
+            raise CimcError(f"an array of {bitlines} bit lines cannot hold one weight column and its ramp column")
+        while cost(hi - start, {key}) > bitlines:
+            chunks.append((start, start + piece))
+            start += piece
+        keys = {key}
+    chunks.append((start, groups[-1][1]))
     return chunks
 
 
-def tile_mvm(op: Operation, rows: int, capacity: int, analog: bool, adc_bits: int) -> None:
+def tile_mvm(op: Operation, rows: int, bitlines: int, ramp_cols: bool, analog: bool, adc_bits: int) -> None:
     attrs = op.attributes
     g_pos, g_neg, scale = (attrs[k].array for k in ("g_pos", "g_neg", "g_scale"))  # type: ignore[union-attr]
     total_rows, cols = g_pos.shape
@@ -72,18 +117,24 @@ def tile_mvm(op: Operation, rows: int, capacity: int, analog: bool, adc_bits: in
     b = Builder(op.parent, op, op.location)  # type: ignore[arg-type]
     lead = result.type.shape[:-1]
     outputs = []
-    for c0, c1 in column_chunks(cols, consumer_boundaries(result), capacity):
+    for c0, c1 in column_chunks(column_groups(result), bitlines, ramp_cols):
         part_type = TensorType(result.type.dtype, (*lead, c1 - c0))
         partials = []
         for r0 in range(0, total_rows, rows):
             r1 = min(r0 + rows, total_rows)
             key = f"{block}.r{r0}c{c0}"
-            partials.append(b.value("cim.tile_mvm", op.operands, part_type, {
+            tile_attrs = {
                 "g_pos": Tensor(g_pos[r0:r1, c0:c1], key=f"{key}.g_pos"),
                 "g_neg": Tensor(g_neg[r0:r1, c0:c1], key=f"{key}.g_neg"),
                 "g_scale": Tensor(scale[c0:c1], key=f"{key}.g_scale"),
                 "bias_rows": attrs.get("bias_rows", 0), "block": block,
-                "rows": (r0, r1), "cols": (c0, c1)}))
+                "rows": (r0, r1), "cols": (c0, c1)}
+            if "input_scale" in attrs:
+                tile_attrs["input_scale"] = attrs["input_scale"]
+            for k in ("z_lo", "z_hi"):
+                if k in attrs:
+                    tile_attrs[k] = Tensor(attrs[k].array[c0:c1], key=f"{key}.{k}")  # type: ignore[union-attr]
+            partials.append(b.value("cim.tile_mvm", op.operands, part_type, tile_attrs))
         if len(partials) == 1 or analog:
             summed = partials[0] if len(partials) == 1 else b.value("cim.analog_sum", partials, part_type)
             outputs.append(b.value("cim.adc", [summed], part_type, {"bits": adc_bits}))
@@ -108,11 +159,12 @@ class Tile(ModulePass):
     cols: int = _DEFAULT.array.cols
     analog_sum: bool = _DEFAULT.converters.analog_partial_sums
     adc_bits: int = _DEFAULT.converters.adc_bits
+    ramp_cols: bool = True
 
     def apply(self, module: Module) -> bool:
         if self.rows < 1 or self.cols < 2:
             raise CimcError(f"tile needs at least 1 row and 2 columns (one differential pair), got {self.rows} x {self.cols}")
         ops = [op for op in module.walk() if op.name == "cim.crossbar_mvm"]
         for op in ops:
-            tile_mvm(op, self.rows, self.cols // 2, self.analog_sum, self.adc_bits)
+            tile_mvm(op, self.rows, self.cols, self.ramp_cols, self.analog_sum, self.adc_bits)
         return bool(ops)

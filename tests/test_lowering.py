@@ -21,9 +21,10 @@ from cimc.hardware import load_hardware
 from cimc.importer import import_model, import_onnx
 from cimc.interpreter import evaluate
 from cimc.ir import Module
+from cimc.npz import npz_bytes
 from cimc.pass_manager import PassManager, parse_pipeline
 from onnx_corpus import CorpusCase, all_cases, reference_outputs
-from passes_support import assert_matches
+from passes_support import assert_matches, bidirectional_lstm_case
 
 TORCH = Path(__file__).parent / "data" / "torch"
 CASES = all_cases()
@@ -44,9 +45,12 @@ def check_every_pass(module: Module, pipeline: str, feeds: dict[str, np.ndarray]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_default_hardware(case: CorpusCase) -> None:
+def test_default_hardware(case: CorpusCase, tmp_path: Path) -> None:
+    """The full default pipeline, NL-ADC fusion included, calibrated on the case's own inputs."""
+    calib = tmp_path / "calib.npz"
+    calib.write_bytes(npz_bytes(case.feeds))
     module = import_model(case.model, f"{case.name}.onnx")
-    left = check_every_pass(module, default_pipeline(load_hardware()), case.feeds, reference_outputs(case.model, case.feeds))
+    left = check_every_pass(module, default_pipeline(load_hardware(), str(calib)), case.feeds, reference_outputs(case.model, case.feeds))
     assert not {"onnx.LSTM", "onnx.GRU", "onnx.RNN", "cim.matvec", "cim.crossbar_mvm", "onnx.Gemm", "onnx.Conv"} & set(left)
 
 
@@ -56,25 +60,9 @@ def test_small_arrays_digital_partial_sums(case: CorpusCase) -> None:
     check_every_pass(module, SMALL_ARRAYS, case.feeds, reference_outputs(case.model, case.feeds))
 
 
-def _big_bidirectional_lstm() -> CorpusCase:
-    """Input 20 + hidden 12 + bias = 33 rows and 48 columns per direction: forces row and column splits on 16 x 8."""
-    rng = np.random.default_rng(3)
-    I, H, T, B = 20, 12, 5, 3
-    inits = [numpy_helper.from_array((rng.normal(size=s) * 0.3).astype(np.float32), n)
-             for n, s in (("W", (2, 4 * H, I)), ("R", (2, 4 * H, H)), ("B", (2, 8 * H)), ("P", (2, 3 * H)))]
-    node = helper.make_node("LSTM", ["X", "W", "R", "B", "lens", "", "", "P"], ["Y", "Y_h", "Y_c"],
-                            hidden_size=H, direction="bidirectional", clip=2.5, name="big")
-    graph = helper.make_graph([node], "big", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["seq", "batch", I]),
-                                              helper.make_tensor_value_info("lens", TensorProto.INT32, ["batch"])],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("Y", "Y_h", "Y_c")], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    feeds = {"X": rng.normal(size=(T, B, I)).astype(np.float32), "lens": np.array([5, 2, 4], np.int32)}
-    return CorpusCase("big-bidirectional-lstm", model, feeds)
-
-
 @pytest.mark.parametrize("analog", [True, False])
 def test_row_and_column_splits(analog: bool) -> None:
-    case = _big_bidirectional_lstm()
+    case = bidirectional_lstm_case()
     module = import_model(case.model, "big.onnx")
     pipeline = SMALL_ARRAYS.replace("analog_sum=false", f"analog_sum={'true' if analog else 'false'}")
     left = check_every_pass(module, pipeline, case.feeds, reference_outputs(case.model, case.feeds))
@@ -97,7 +85,7 @@ def test_torch_exports_on_small_arrays(path: Path) -> None:
 
 
 def test_model_too_large_names_the_array_count() -> None:
-    case = _big_bidirectional_lstm()
+    case = bidirectional_lstm_case()
     module = import_model(case.model, "big.onnx")
     pipeline = SMALL_ARRAYS.replace("arrays=100000", "arrays=3")
     with pytest.raises(CimcError, match=r"in pass 'place': the model needs \d+ arrays of 16 x 8, but the chip has 3"):
@@ -106,7 +94,7 @@ def test_model_too_large_names_the_array_count() -> None:
 
 def test_same_activation_columns_share_arrays() -> None:
     """The i/o/f (sigmoid) and g (tanh) gate tiles of an LSTM go to separate arrays when the chip has room."""
-    case = _big_bidirectional_lstm()
+    case = bidirectional_lstm_case()
     module = import_model(case.model, "big.onnx")
     PassManager(parse_pipeline(SMALL_ARRAYS)).run(module)
     from cimc.passes.place import activation_keys
@@ -118,10 +106,10 @@ def test_same_activation_columns_share_arrays() -> None:
 
 
 def test_schedule_serializes_reads_of_one_array() -> None:
-    case = _big_bidirectional_lstm()
+    case = bidirectional_lstm_case()
     module = import_model(case.model, "big.onnx")
     # Arrays twice as wide as the tiles, and too few of them: arrays must hold tiles with different inputs.
-    PassManager(parse_pipeline(SMALL_ARRAYS.replace("place{rows=16 cols=8 arrays=100000}", "place{rows=16 cols=16 arrays=40}"))).run(module)
+    PassManager(parse_pipeline(SMALL_ARRAYS.replace("place{rows=16 cols=8 arrays=100000}", "place{rows=16 cols=16 arrays=45}"))).run(module)
     from cimc.passes.schedule import read_key
 
     seen: dict[tuple[int, int], tuple] = {}
@@ -154,10 +142,22 @@ def test_hand_written_conductance_pair_closed_form() -> None:
 def test_column_chunks_prefer_consumer_boundaries() -> None:
     from cimc.passes.tile import column_chunks
 
-    assert column_chunks(16, {4, 8, 12}, 8) == [(0, 8), (8, 16)]
-    assert column_chunks(16, {4, 8, 12}, 6) == [(0, 4), (4, 8), (8, 12), (12, 16)]
-    assert column_chunks(10, set(), 4) == [(0, 4), (4, 8), (8, 10)]
-    assert column_chunks(12, {3}, 4) == [(0, 3), (3, 7), (7, 11), (11, 12)]
+    gates = [(0, 4, "Sigmoid"), (4, 8, "Sigmoid"), (8, 12, "Sigmoid"), (12, 16, "Tanh")]
+    assert column_chunks(gates, 16, ramp_cols=False) == [(0, 8), (8, 16)]
+    assert column_chunks(gates, 12, ramp_cols=False) == [(0, 4), (4, 8), (8, 12), (12, 16)]
+    assert column_chunks([(0, 10, "linear")], 8, ramp_cols=False) == [(0, 4), (4, 8), (8, 10)]
+    assert column_chunks([(0, 3, "linear"), (3, 12, "linear")], 8, ramp_cols=False) == [(0, 3), (3, 7), (7, 11), (11, 12)]
+
+
+def test_column_chunks_leave_a_bit_line_per_ramp() -> None:
+    """A gate that would fill an array is split so that its ramp column still fits."""
+    from cimc.passes.tile import column_chunks
+
+    assert column_chunks([(0, 32, "Sigmoid")], 64, ramp_cols=False) == [(0, 32)]
+    assert column_chunks([(0, 32, "Sigmoid")], 64, ramp_cols=True) == [(0, 31), (31, 32)]
+    # Two functions in one chunk need two ramp columns: 2 * 15 + 2 <= 32, 2 * 16 + 2 > 32.
+    assert column_chunks([(0, 8, "Sigmoid"), (8, 16, "Tanh")], 32, ramp_cols=True) == [(0, 8), (8, 16)]
+    assert column_chunks([(0, 8, "Sigmoid"), (8, 15, "Tanh")], 32, ramp_cols=True) == [(0, 15)]
 
 
 def test_decompose_requires_constant_weights() -> None:

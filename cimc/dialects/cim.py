@@ -10,6 +10,8 @@ The results are the final carried values followed by the stacked scans.
 
 from __future__ import annotations
 
+import numpy as np
+
 from cimc.attributes import Tensor
 from cimc.dialects.registry import VerifyError, attrs, define
 from cimc.dialects.type_rules import broadcast_shapes, elementwise, present, unary_same_type
@@ -83,6 +85,13 @@ def _verify_activation(op: Operation) -> None:
         raise VerifyError(op, f"clip must be positive, got {clip}")
 
 
+def activation_key(op: Operation) -> str:
+    """Names the function an activation op computes; equal keys can share one NL-ADC ramp."""
+    a = op.attributes
+    params = ", ".join(f"{k}={a[k]!r}" for k in ("alpha", "beta", "clip") if k in a)
+    return f"{a['function']}({params})" if params else str(a["function"])
+
+
 ACTIVATION = define(
     "cim.activation",
     "Elementwise activation f(clip(x)) of the ONNX recurrent set; digital until fuse-activation maps it to an NL-ADC.",
@@ -129,6 +138,10 @@ def _tensor(op: Operation, name: str, rank: int) -> Tensor:
     return value
 
 
+# Set by the ranges pass: the DAC full scale of the inputs and each column's value range (of the whole column sum).
+_RANGE_ATTRS = dict(input_scale="float", z_lo="tensor", z_hi="tensor")
+
+
 def _verify_matvec(op: Operation) -> None:
     rows, cols = _tensor(op, "weights", 2).array.shape
     _verify_mvm_io(op, rows, cols)
@@ -139,7 +152,7 @@ MATVEC = define(
     "Logical matrix-vector product: concat(inputs, ones[bias_rows]) @ weights, over the last axis.",
     operands="inputs*",
     results="y",
-    attributes=attrs(weights="tensor!", bias_rows="int", block="str"),
+    attributes=attrs(weights="tensor!", bias_rows="int", block="str", **_RANGE_ATTRS),
     verify=_verify_matvec,
 )
 
@@ -159,7 +172,7 @@ def _verify_crossbar(op: Operation) -> None:
     _verify_mvm_io(op, *_verify_conductances(op))
 
 
-_CONDUCTANCE_ATTRS = dict(g_pos="tensor!", g_neg="tensor!", g_scale="tensor!", bias_rows="int", block="str")
+_CONDUCTANCE_ATTRS = dict(g_pos="tensor!", g_neg="tensor!", g_scale="tensor!", bias_rows="int", block="str", **_RANGE_ATTRS)
 
 CROSSBAR_MVM = define(
     "cim.crossbar_mvm",
@@ -238,4 +251,59 @@ IM2COL = define(
     results="patches",
     attributes=attrs(kernel_shape="ints!", pads="ints!", strides="ints!", dilations="ints!"),
     verify=_verify_im2col,
+)
+
+
+def _verify_ramp(op: Operation) -> None:
+    a = op.attributes
+    bits = int(a["bits"])  # type: ignore[arg-type]
+    thresholds = _tensor(op, "thresholds", 1).array
+    steps = _tensor(op, "steps_us", 1).array
+    if thresholds.shape != ((1 << bits) - 1,) or steps.shape != thresholds.shape:
+        raise VerifyError(op, f"a {bits}-bit ramp needs {(1 << bits) - 1} thresholds and steps")
+    if (np.diff(thresholds) < 0).any():
+        raise VerifyError(op, "ramp thresholds must not decrease")
+    if op.results[0].type != TensorType("f64", thresholds.shape):
+        raise VerifyError(op, f"type mismatch: a {bits}-bit ramp has type f64[{thresholds.shape[0]}], not {op.results[0].type}")
+
+
+_FUNCTION_ATTRS = dict(function="str!", alpha="float", beta="float", clip="float", bits="int!")
+
+RAMP = define(
+    "cim.ramp",
+    "A ramp column: the pre-distorted staircase whose k-th level is the k-th decision threshold of f; "
+    "its value is the thresholds in z units.",
+    results="thresholds",
+    attributes=attrs(**_FUNCTION_ATTRS, array="int!", array_col="int!", rows="int!", z_lo="float!", z_hi="float!",
+                     g_per_z="float!", thresholds="tensor!", steps_us="tensor!", step_devices="ints!", offset_us="float!",
+                     calibration_devices="int!", quantization="str!", inl_lsb="float!"),
+    verify=_verify_ramp,
+)
+
+
+def _verify_nl_adc(op: Operation) -> None:
+    analog, ramp = op.operands
+    producer = getattr(analog, "op", None)
+    if producer is None or producer.name not in _ANALOG_PRODUCERS:
+        raise VerifyError(op, f"'{op.name}' converts an analog column value, i.e. a result of {' or '.join(_ANALOG_PRODUCERS)}")
+    ramp_op = getattr(ramp, "op", None)
+    if ramp_op is None or ramp_op.name != "cim.ramp":
+        raise VerifyError(op, f"'{op.name}' compares against a 'cim.ramp'")
+    for key in ("function", "alpha", "beta", "clip", "bits"):
+        if op.attributes.get(key) != ramp_op.attributes.get(key):
+            raise VerifyError(op, f"'{op.name}' {key} = {op.attributes.get(key)!r} but its ramp has {ramp_op.attributes.get(key)!r}")
+    c0, c1 = op.attributes["cols"]  # type: ignore[misc]
+    assert analog is not None
+    width = analog.type.shape[-1]
+    if not (0 <= c0 < c1) or (isinstance(width, int) and c1 > width) or op.results[0].type.shape[-1:] != (c1 - c0,):
+        raise VerifyError(op, f"'{op.name}' converts columns [{c0}, {c1}) of {analog.type} into {op.results[0].type}")
+
+
+NL_ADC = define(
+    "cim.nl_adc",
+    "Nonlinear ramp conversion: the code of columns [c0, c1) against the ramp is f(clip(z)), quantized to 2^bits levels.",
+    operands="analog, ramp",
+    results="y",
+    attributes=attrs(**_FUNCTION_ATTRS, cols="ints!"),
+    verify=_verify_nl_adc,
 )

@@ -1,0 +1,492 @@
+"""Ramp synthesis for the in-memory nonlinear ramp ADC (NL-ADC).
+
+An N-bit NL-ADC (Yang et al., Nat. Commun. 2025; see ``docs/nl-adc.md`` §2-3)
+compares a column's held output against a staircase ramp made of memristors in
+the same array. If the ramp's k-th level sits where the activation f crosses the
+midpoint between its (k-1)-th and k-th uniform output levels, the latched code is
+a uniform quantisation of f(z): the ADC *is* the activation.
+
+This module turns a monotonic function on a conversion range into that ramp:
+ideal output levels and decision thresholds, then step conductances realised by
+devices with a finite number of programmable levels, and measures what the
+device quantisation costs (INL, DNL, output error in LSB). Units: conductances
+in µS, ``g_per_z`` in µS per unit of the column value z, read voltages in V,
+currents in µA.
+
+Device model: a programmable device takes ``G_min + l * ΔG`` for level
+``l = 0..levels-1``; in a 1T1R array a device can also be left disabled
+(contributes nothing). A step of width w in z needs ``g_per_z * w`` µS, made by
+``n = max(1, ceil(target / G_max))`` devices (one row each); the ramp's start
+``g_per_z * z_lo`` is a signed offset made by the calibration devices.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from cimc.diagnostics import CimcError
+from cimc.hardware import Hardware
+from cimc.ir import Operation
+from cimc.kernels.activations import Activation
+
+QUANTIZATIONS: tuple[str, ...] = ("cumulative", "stepwise", "none")
+
+_MAX_BITS = 12
+# Points of the dense grid on which monotonicity is checked.
+_MONOTONIC_GRID = 20_001
+# Differences of f below this many ulps of max|f| are float noise, not slope.
+_NOISE_ULPS = 64.0
+# Relative slack when checking that realised levels lie in their rounding window.
+_ROUNDING_SLACK = 1e-9
+
+
+def _fmt(x: float) -> str:
+    """Shortest exact decimal text of x without a trailing '.0', so names are stable and readable."""
+    return np.format_float_positional(float(x), trim="-")
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """f(clip(z)) on the conversion range [z_lo, z_hi].
+
+    ``clip`` is the recurrent op's cell clip (applied to the activation's input),
+    kept here because it changes the function the ramp must realise: the ramp
+    sees f(clip(z)), which is flat beyond ±clip.
+    """
+
+    activation: Activation
+    clip: float | None
+    z_lo: float
+    z_hi: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.activation, Activation):
+            raise CimcError(f"a transfer needs an Activation, got {type(self.activation).__name__}")
+        if not (math.isfinite(self.z_lo) and math.isfinite(self.z_hi)) or not self.z_lo < self.z_hi:
+            raise CimcError(
+                f"conversion range of {self.activation.name} must be finite with z_lo < z_hi, "
+                f"got [{self.z_lo}, {self.z_hi}]"
+            )
+        if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):
+            raise CimcError(f"clip of {self.activation.name} must be a positive number, got {self.clip}")
+
+    def __call__(self, z: np.ndarray) -> np.ndarray:
+        """Evaluate in float64: the thresholds are found by bisection on these values."""
+        z = np.asarray(z, dtype=np.float64)
+        if self.clip is not None:
+            z = np.clip(z, -self.clip, self.clip)
+        return self.activation(z)
+
+    @property
+    def name(self) -> str:
+        """Human-readable, stable name, e.g. ``LeakyRelu(alpha=0.1)`` or ``Tanh∘clip(3)``."""
+        act = self.activation
+        params = [f"{label}={_fmt(v)}" for label, v in (("alpha", act.alpha), ("beta", act.beta)) if v is not None]
+        text = act.name + (f"({', '.join(params)})" if params else "")
+        return text + (f"∘clip({_fmt(self.clip)})" if self.clip is not None else "")
+
+    def _range_text(self) -> str:
+        return f"[{_fmt(self.z_lo)}, {_fmt(self.z_hi)}]"
+
+    def _breakpoints(self) -> list[float]:
+        """Where f may have a kink or a jump, so the monotonicity grid cannot step over one."""
+        act = self.activation
+        points = [0.0]
+        if self.clip is not None:
+            points += [-self.clip, self.clip]
+        if act.name == "ThresholdedRelu":
+            points += [act.alpha, float(np.nextafter(act.alpha, np.inf))]
+        if act.name == "HardSigmoid" and act.alpha != 0:
+            points += [-act.beta / act.alpha, (1 - act.beta) / act.alpha]
+        return [p for p in points if self.z_lo < p < self.z_hi]
+
+    def direction(self) -> int:
+        """+1 if f is increasing on the range, -1 if decreasing.
+
+        A ramp's steps are conductances, hence all of one sign, so only a
+        monotonic f has a ramp; a constant f has no levels to quantise. The check
+        runs on a dense grid plus the function's own breakpoints, ignoring
+        differences at the level of float rounding.
+        """
+        z = np.union1d(np.linspace(self.z_lo, self.z_hi, _MONOTONIC_GRID), self._breakpoints())
+        y = self(z)
+        noise = _NOISE_ULPS * np.finfo(np.float64).eps * float(np.max(np.abs(y)))
+        if float(np.max(y) - np.min(y)) <= noise:
+            raise CimcError(
+                f"{self.name} is constant ({float(y[0]):.6g}) on {self._range_text()}: an NL-ADC needs "
+                f"a function that changes over its conversion range; widen or move the range"
+            )
+        d = np.diff(y)
+        rises, falls = d > noise, d < -noise
+        if rises.any() and falls.any():
+            i, j = int(np.argmax(rises)), int(np.argmax(falls))
+            raise CimcError(
+                f"{self.name} is not monotonic on {self._range_text()}: it rises near z = {z[i]:.4g} "
+                f"and falls near z = {z[j]:.4g}; a ramp's steps are all positive conductances, so "
+                f"the NL-ADC can only realise a monotonic function; restrict the range or use a "
+                f"linear ADC and a digital activation"
+            )
+        return 1 if rises.any() else -1
+
+
+@dataclass(frozen=True)
+class RampStep:
+    """One ramp step: the conductance added to the ramp line at one clock.
+
+    ``target_us`` is the ideal width ``g_per_z * (T_k - T_(k-1))``. A step of
+    zero width (two thresholds at the same jump of f) uses no device. With
+    ``quantization='none'`` the devices are ideal and ``device_levels`` is empty.
+    """
+
+    target_us: float
+    device_levels: tuple[int, ...]
+    device_us: tuple[float, ...]
+    feasible: bool
+
+    @property
+    def conductance_us(self) -> float:
+        """What the step adds to the ramp line."""
+        return float(sum(self.device_us))
+
+
+@dataclass(frozen=True, eq=False)
+class Ramp:
+    """A synthesised NL-ADC ramp column and its ideal reference.
+
+    Compared by identity (``eq=False``) since it holds arrays. ``calibration_devices``
+    is the number of calibration rows reserved in the column whatever the offset uses.
+    """
+
+    transfer: Transfer
+    bits: int
+    g_per_z: float
+    g_min_us: float
+    g_max_us: float
+    levels: int
+    levels_y: np.ndarray
+    thresholds: np.ndarray
+    steps: tuple[RampStep, ...]
+    offset_target_us: float
+    offset_levels: tuple[int, ...]
+    offset_us: float
+    quantization: str
+    calibration_devices: int
+
+    @property
+    def lsb(self) -> float:
+        """Signed output step D (negative for a decreasing f)."""
+        return float(self.levels_y[1] - self.levels_y[0])
+
+    @property
+    def delta_g_us(self) -> float:
+        """Conductance between adjacent programmable levels."""
+        return (self.g_max_us - self.g_min_us) / (self.levels - 1)
+
+    @cached_property
+    def ramp_levels_us(self) -> np.ndarray:
+        """Realised ramp level after each step, ``offset + S_k`` (µS), k = 1..M-1."""
+        levels = self.offset_us + np.cumsum([s.conductance_us for s in self.steps])
+        levels.setflags(write=False)
+        return levels
+
+    @property
+    def realized_thresholds(self) -> np.ndarray:
+        """The z at which the comparator flips to each code with the realised devices."""
+        return self.ramp_levels_us / self.g_per_z
+
+    @property
+    def rows(self) -> int:
+        """Rows of the ramp column: step devices plus every reserved calibration device."""
+        return sum(len(s.device_us) for s in self.steps) + self.calibration_devices
+
+    @property
+    def two_device_steps(self) -> int:
+        """Steps wider than G_max, which need two or more devices (rows)."""
+        return sum(len(s.device_us) >= 2 for s in self.steps)
+
+    @property
+    def infeasible_steps(self) -> int:
+        """Steps narrower than G_min, which no device can realise at their width."""
+        return sum(not s.feasible for s in self.steps)
+
+    @property
+    def inl_lsb(self) -> np.ndarray:
+        """Integral nonlinearity per threshold: how far each realised threshold moves the output, in LSB."""
+        f = self.transfer
+        return (f(self.realized_thresholds) - f(self.thresholds)) / abs(self.lsb)
+
+    @property
+    def dnl_lsb(self) -> np.ndarray:
+        """Differential nonlinearity: error of each realised code width measured in output units, in LSB."""
+        f = self.transfer
+        return (np.diff(f(self.realized_thresholds)) - np.diff(f(self.thresholds))) / abs(self.lsb)
+
+    def max_output_error_lsb(self, points: int = 200_001) -> float:
+        """Largest |y_code(z) - f(z)| over a dense grid of the range, in LSB (0.5 is the ideal)."""
+        z = np.linspace(self.transfer.z_lo, self.transfer.z_hi, points)
+        return float(np.max(np.abs(self.outputs(self.codes(z)) - self.transfer(z))) / abs(self.lsb))
+
+    def codes(self, z: np.ndarray, vread: float = 0.2, ramp_vread: float | None = None) -> np.ndarray:
+        """Codes as the comparators latch them, from currents.
+
+        The column carries ``vread * g_per_z * z`` µA and the ramp after k steps
+        ``ramp_vread * (offset + S_k)`` µA; the code is the number of ramp levels
+        at or below the column current. With one supply for both
+        (``ramp_vread=None``) a drift of Vread scales both sides and cancels.
+        """
+        vread = _positive("vread", vread)
+        ramp_vread = vread if ramp_vread is None else _positive("ramp_vread", ramp_vread)
+        current = vread * self.g_per_z * np.asarray(z, dtype=np.float64)
+        # Steps are non-negative conductances, so the ramp currents are sorted.
+        return np.searchsorted(ramp_vread * self.ramp_levels_us, current, side="right").astype(np.int64)
+
+    def outputs(self, codes: np.ndarray) -> np.ndarray:
+        """The output level y_code of each code."""
+        return self.levels_y[np.asarray(codes)]
+
+    def ideal_codes(self, z: np.ndarray) -> np.ndarray:
+        """Codes against the ideal thresholds (the best N-bit uniform-output quantiser of f)."""
+        return np.searchsorted(self.thresholds, np.asarray(z, dtype=np.float64), side="right").astype(np.int64)
+
+
+def _positive(label: str, value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise CimcError(f"{label} must be a positive number, got {value}")
+    return float(value)
+
+
+def _check_bits(bits: int) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= _MAX_BITS:
+        raise CimcError(f"NL-ADC bits must be an integer in 1..{_MAX_BITS}, got {bits!r}")
+    return int(bits)
+
+
+def _thresholds(transfer: Transfer, midpoints: np.ndarray, direction: int) -> np.ndarray:
+    """T_k = inf{z in [z_lo, z_hi] : f(z) has crossed midpoint k}, by vectorised bisection.
+
+    Bisection needs only the crossing predicate, not continuity, so it finds the
+    jump of ThresholdedRelu or the edge of a flat part as exactly as a smooth
+    crossing. Invariant: the predicate is false at ``lo`` (f(z_lo) = y_0 lies
+    before every midpoint) and true at ``hi``; ``hi`` is returned, so f(T_k) has
+    crossed. All thresholds at one jump follow the same bisection path and come
+    out bit-identical.
+    """
+    lo = np.full(midpoints.shape, transfer.z_lo)
+    hi = np.full(midpoints.shape, transfer.z_hi)
+    info = np.finfo(np.float64)
+    tolerance = max(2 * info.eps * max(abs(transfer.z_lo), abs(transfer.z_hi)), info.smallest_subnormal)
+    while np.any(hi - lo > tolerance):
+        mid = lo + (hi - lo) / 2
+        crossed = direction * (transfer(mid) - midpoints) >= 0
+        hi = np.where(crossed, mid, hi)
+        lo = np.where(crossed, lo, mid)
+    # Float noise in f could leave T_k a hair below T_(k-1); a ramp cannot step back.
+    return np.maximum.accumulate(hi)
+
+
+def ideal_levels(transfer: Transfer, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ideal output levels y_k [2^bits] and decision thresholds T_k [2^bits - 1] of ``transfer``."""
+    direction = transfer.direction()
+    count = 2**bits
+    y0 = float(transfer(np.float64(transfer.z_lo)))
+    lsb = (float(transfer(np.float64(transfer.z_hi))) - y0) / (count - 1)
+    levels_y = y0 + np.arange(count) * lsb
+    thresholds = _thresholds(transfer, y0 + (np.arange(1, count) - 0.5) * lsb, direction)
+    levels_y.setflags(write=False)
+    thresholds.setflags(write=False)
+    return levels_y, thresholds
+
+
+def informative_range(transfer: Transfer, bits: int) -> Transfer:
+    """``transfer`` on the part of its range where codes change, plus one code width at each end.
+
+    Beyond it f moves by less than half a level, so a conversion range (and,
+    for an identity column, a DAC full scale) that wide gives the thresholds
+    the whole resolution; a saturating f fed values from +-100 then still
+    resolves its steps near 0.
+    """
+    _, t = ideal_levels(transfer, bits)
+    if t.size < 2:
+        return transfer
+    lo = max(transfer.z_lo, float(t[0] - (t[1] - t[0])))
+    hi = min(transfer.z_hi, float(t[-1] + (t[-1] - t[-2])))
+    return transfer if not lo < hi else Transfer(transfer.activation, transfer.clip, lo, hi)
+
+
+def _round_devices(desired: float, n: int, g_min: float, delta_g: float, levels: int) -> tuple[tuple[int, ...], float]:
+    """Nearest sum ``n*G_min + L*ΔG`` to ``desired``, with L spread evenly over the n devices.
+
+    Spreading evenly gives each device of the step an equal share (levels
+    differ by at most one) and makes the split deterministic.
+    """
+    total_levels = round((desired - n * g_min) / delta_g)
+    total_levels = min(max(total_levels, 0), n * (levels - 1))
+    base, extra = divmod(total_levels, n)
+    device_levels = tuple([base + 1] * extra + [base] * (n - extra))
+    return device_levels, float(sum(g_min + lv * delta_g for lv in device_levels))
+
+
+def synthesize_ramp(
+    transfer: Transfer,
+    bits: int,
+    g_per_z: float,
+    g_min_us: float,
+    g_max_us: float,
+    levels: int,
+    calibration_devices: int = 5,
+    quantization: str = "cumulative",
+) -> Ramp:
+    """Build the ramp column of an N-bit NL-ADC for ``transfer``.
+
+    ``quantization`` chooses how targets become device levels:
+
+    * ``cumulative``: each step is chosen so the realised absolute level tracks
+      ``g_per_z * T_k``; every level stays within ΔG/2 of its target as long as
+      every step is feasible, and the offset's rounding is absorbed by step 1.
+    * ``stepwise``: each step and the offset are rounded on their own, so the
+      errors add up along the ramp (the baseline cumulative must beat).
+    * ``none``: ideal devices at exactly the targets (the device counts and
+      feasibility flags are still reported, so rows compare across strategies).
+
+    A step narrower than G_min is flagged infeasible and gets the nearest
+    achievable sum, which is level 0 unless cumulative tracking is catching up.
+    """
+    bits = _check_bits(bits)
+    g_per_z = _positive("g_per_z", g_per_z)
+    if not (math.isfinite(g_min_us) and math.isfinite(g_max_us) and 0 <= g_min_us < g_max_us):
+        raise CimcError(f"device conductances need 0 <= G_min < G_max, got G_min={g_min_us}, G_max={g_max_us} µS")
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 2:
+        raise CimcError(f"devices need at least 2 programmable levels, got {levels!r}")
+    if isinstance(calibration_devices, bool) or not isinstance(calibration_devices, (int, np.integer)) \
+            or calibration_devices < 0:
+        raise CimcError(f"calibration_devices must be a non-negative integer, got {calibration_devices!r}")
+    if quantization not in QUANTIZATIONS:
+        raise CimcError(f"unknown ramp quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
+    levels, calibration_devices = int(levels), int(calibration_devices)
+
+    levels_y, thresholds = ideal_levels(transfer, bits)
+
+    delta_g = (g_max_us - g_min_us) / (levels - 1)
+    offset_target = g_per_z * transfer.z_lo
+    offset_devices = math.ceil(abs(offset_target) / g_max_us)
+    if offset_devices > calibration_devices:
+        raise CimcError(
+            f"the {transfer.name} ramp starts at {offset_target:.4g} µS (g_per_z={g_per_z:.4g} µS x "
+            f"z_lo={_fmt(transfer.z_lo)}), which needs {offset_devices} calibration devices of at most "
+            f"{_fmt(g_max_us)} µS, but only {calibration_devices} are available; raise "
+            f"calibration_devices or narrow the range"
+        )
+    if quantization == "none" or offset_devices == 0:
+        offset_levels: tuple[int, ...] = ()
+        offset_us = offset_target
+    else:
+        offset_levels, magnitude = _round_devices(abs(offset_target), offset_devices, g_min_us, delta_g, levels)
+        # Calibration devices are 1T1R too: all disabled is a valid (and here nearer) offset.
+        if abs(offset_target) < abs(magnitude - abs(offset_target)):
+            offset_levels, magnitude = (), 0.0
+        offset_us = math.copysign(magnitude, offset_target)
+
+    widths = np.diff(thresholds, prepend=transfer.z_lo)
+    steps = []
+    level = offset_us
+    for k in range(len(thresholds)):
+        target = g_per_z * float(widths[k])
+        if widths[k] == 0:
+            # Coinciding thresholds (f jumps by more than one level): the ramp holds for a clock.
+            steps.append(RampStep(0.0, (), (), True))
+            continue
+        n = max(1, math.ceil(target / g_max_us))
+        if quantization == "none":
+            device_levels, device_us = (), (target / n,) * n
+        else:
+            desired = g_per_z * float(thresholds[k]) - level if quantization == "cumulative" else target
+            device_levels, _ = _round_devices(desired, n, g_min_us, delta_g, levels)
+            device_us = tuple(g_min_us + lv * delta_g for lv in device_levels)
+        steps.append(RampStep(target, device_levels, device_us, target >= g_min_us))
+        level += steps[-1].conductance_us
+
+    return Ramp(
+        transfer=transfer, bits=bits, g_per_z=g_per_z, g_min_us=float(g_min_us), g_max_us=float(g_max_us),
+        levels=levels, levels_y=levels_y, thresholds=thresholds, steps=tuple(steps),
+        offset_target_us=offset_target, offset_levels=offset_levels, offset_us=offset_us,
+        quantization=quantization, calibration_devices=calibration_devices,
+    )
+
+
+def linear_adc_codes(
+    z: np.ndarray, bits: int, z_lo: float, z_hi: float, vread: float, nominal_vread: float, g_per_z: float
+) -> np.ndarray:
+    """A conventional ramp ADC whose reference currents are fixed at the nominal read voltage.
+
+    Its thresholds are uniform, midway between the levels ``z_lo + k*Δ``; the
+    references are ``nominal_vread * g_per_z * t_k`` while the column carries
+    ``vread * g_per_z * z``, so its codes shift when Vread drifts (the contrast
+    of the paper's Fig. 3b with the ratiometric NL-ADC).
+    """
+    bits = _check_bits(bits)
+    if not (math.isfinite(z_lo) and math.isfinite(z_hi)) or not z_lo < z_hi:
+        raise CimcError(f"linear ADC range must be finite with z_lo < z_hi, got [{z_lo}, {z_hi}]")
+    vread, nominal_vread = _positive("vread", vread), _positive("nominal_vread", nominal_vread)
+    g_per_z = _positive("g_per_z", g_per_z)
+    count = 2**bits
+    references = nominal_vread * g_per_z * (z_lo + (np.arange(1, count) - 0.5) * (z_hi - z_lo) / (count - 1))
+    current = vread * g_per_z * np.asarray(z, dtype=np.float64)
+    return np.searchsorted(references, current, side="right").astype(np.int64)
+
+
+def output_error_bound_lsb(ramp: Ramp) -> float:
+    """Worst-case output error in LSB that conductance quantisation alone allows.
+
+    The ideal quantiser is off by at most 0.5 LSB. Rounding to a ΔG grid moves
+    each ramp level by at most a radius ``r_k`` (µS): ΔG/2 with cumulative
+    tracking, ``j * ΔG/2`` after j independent roundings with stepwise, 0 for
+    ideal devices. A threshold then moves by at most ``r_k / g_per_z``, and a
+    code can only be wrong for z within that distance of T_k, where the output
+    moves by at most how far f gets from the crossed midpoint within it:
+    ``max(|f(T_k + r) - m_k|, |m_k - f(T_k - r)|)``. That is at most
+    ``max|f'| near T_k * r`` for smooth f, and stays finite (the jump) where f
+    jumps. The bound is returned as 0.5 plus the largest of these over k, in LSB.
+
+    The radii hold only if every rounding landed in its window (every step
+    feasible, no clipping at n*G_min or n*G_max); the ramp's own levels are
+    checked, and a CimcError says which level breaks the premise.
+    """
+    if ramp.quantization == "none":
+        return 0.5
+    half = ramp.delta_g_us / 2
+    if ramp.quantization == "cumulative":
+        radius = np.full(len(ramp.steps), half)
+    else:
+        roundings = int(ramp.offset_target_us != 0) + np.cumsum([bool(s.device_levels) for s in ramp.steps])
+        radius = roundings * half
+    targets = ramp.g_per_z * ramp.thresholds
+    deviation = np.abs(ramp.ramp_levels_us - targets)
+    broken = deviation > radius * (1 + _ROUNDING_SLACK) + _ROUNDING_SLACK * np.abs(targets)
+    if broken.any():
+        k = int(np.argmax(broken))
+        raise CimcError(
+            f"no quantisation bound for the {ramp.transfer.name} ramp: level {k + 1} is {deviation[k]:.4g} µS "
+            f"from its target, beyond the {radius[k]:.4g} µS that {ramp.quantization} rounding to "
+            f"ΔG = {ramp.delta_g_us:.4g} µS guarantees ({ramp.infeasible_steps} steps are narrower than G_min)"
+        )
+    f = ramp.transfer
+    r = radius / ramp.g_per_z
+    midpoints = (ramp.levels_y[:-1] + ramp.levels_y[1:]) / 2
+    above = np.abs(f(np.minimum(ramp.thresholds + r, f.z_hi)) - midpoints)
+    below = np.abs(midpoints - f(np.maximum(ramp.thresholds - r, f.z_lo)))
+    moved = np.where(r > 0, np.maximum(above, below), 0.0)
+    return 0.5 + float(np.max(moved)) / abs(ramp.lsb)
+
+
+def ramp_from_op(op: Operation, hw: Hardware) -> Ramp:
+    """Re-synthesize the ramp a ``cim.ramp`` op describes (synthesis is deterministic) on hardware ``hw``."""
+    a = op.attributes
+    activation = Activation.create(str(a["function"]), a.get("alpha"), a.get("beta"))  # type: ignore[arg-type]
+    clip = float(a["clip"]) if "clip" in a else None  # type: ignore[arg-type]
+    transfer = Transfer(activation, clip, float(a["z_lo"]), float(a["z_hi"]))  # type: ignore[arg-type]
+    return synthesize_ramp(transfer, int(a["bits"]), float(a["g_per_z"]), hw.device.g_min_us, hw.device.g_max_us,  # type: ignore[arg-type]
+                           hw.device.levels, int(a["calibration_devices"]), str(a["quantization"]))  # type: ignore[arg-type]

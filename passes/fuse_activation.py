@@ -1,0 +1,361 @@
+"""fuse-activation: compute sigmoid/tanh (and every monotonic RNN activation) in the ramp ADC itself.
+
+Where a whole dot product reaches one comparator, "column -> linear ADC ->
+digital activation" becomes "column -> NL-ADC(f)": a ``cim.nl_adc`` that
+compares the column against a ``cim.ramp`` whose levels are the decision
+thresholds of f (see ``cimc.ramp``). One ramp column serves every column of
+its array that needs the same function at the same bits, so columns sharing
+a ramp are first brought to one conductance-per-z scale (scaling a column
+down keeps its devices in range and its weights unchanged). Ramp columns are
+real bit lines of their array.
+
+Everywhere else the linear ADC and the digital activation stay, and the
+activation records why in its ``fuse.reason`` attribute: partial sums added
+digitally, an input computed digitally (tanh(c_t), a peephole or reset term
+added after the MVM), a function that is not monotonic on the range, or no
+room for the ramp. An activation of a digital value can instead be fed
+through an identity column (one device per row) into the NL-ADC
+(``identity=column``); ``identity=auto`` does so where the hardware's cost
+table says it saves energy, i.e. for activations at least
+``identity_min_width`` values wide. A ramp whose devices cannot realize its
+thresholds to within ``max_inl`` LSB (steps narrower than G_min at the
+columns' scale) is not used.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cimc.attributes import Tensor
+from cimc.builder import Builder
+from cimc.diagnostics import CimcError
+from cimc.dialects.builtin import constant_array
+from cimc.dialects.cim import activation_key
+from cimc.hardware import Hardware, load_hardware
+from cimc.ir import Module, Operation, Value
+from cimc.kernels.activations import Activation
+from cimc.pass_manager import ModulePass, register_pass
+from cimc.ramp import Ramp, Transfer, informative_range, synthesize_ramp
+from cimc.types import TensorType
+
+_DEFAULT = load_hardware()
+
+
+def identity_break_even(hw: Hardware) -> int:
+    """Smallest activation width for which an identity column + NL-ADC costs less energy per step than digital.
+
+    Column: one array read plus one NL-ADC conversion per value. Digital: a
+    piecewise/LUT activation of ``digital_activation_ops`` ops per value.
+    """
+    c = hw.cost
+    saving = c.digital_activation_ops * c.digital_op_pj - c.nl_adc_conversion_pj
+    return int(np.ceil(c.array_read_pj / saving)) if saving > 0 else 1 << 30
+
+
+@dataclass
+class _Use:
+    """One activation that will read columns [c0, c1) of an analog value."""
+
+    act: Operation
+    analog: Value
+    cols: tuple[int, int]
+    tiles: list[Operation]
+
+    @property
+    def array(self) -> int:
+        return int(self.tiles[0].attributes["array"])  # type: ignore[arg-type]
+
+
+@dataclass
+class _ArrayState:
+    rows: int
+    bitlines: int
+    used: int = 0
+
+    def take(self) -> int | None:
+        if self.used >= self.bitlines:
+            return None
+        self.used += 1
+        return self.used - 1
+
+
+@dataclass
+class _Group:
+    uses: list[_Use] = field(default_factory=list)
+
+
+def _analog_source(act: Operation) -> tuple[Value, tuple[int, int]] | str:
+    """The analog value and column range an activation reads through a linear ADC, or why there is none."""
+    x = act.operands[0]
+    assert x is not None
+    producer = getattr(x, "op", None)
+    cols: tuple[int, int] | None = None
+    if producer is not None and producer.name == "onnx.Slice":
+        data = producer.operands[0]
+        starts, ends = constant_array(producer.operands[1]), constant_array(producer.operands[2])
+        steps = constant_array(producer.operands[4]) if len(producer.operands) > 4 and producer.operands[4] is not None else None
+        adc = getattr(data, "op", None)
+        if adc is not None and adc.name == "cim.adc" and starts is not None and ends is not None and starts.size == 1 \
+                and (steps is None or int(steps[0]) == 1) and data is not None:
+            width = data.type.shape[-1]
+            lo, hi, _ = slice(int(starts[0]), int(ends[0])).indices(int(width))  # type: ignore[arg-type]
+            cols, producer = (lo, hi), adc
+    elif producer is not None and producer.name == "cim.adc":
+        cols = (0, int(x.type.shape[-1]))  # type: ignore[arg-type]
+    if producer is None or producer.name != "cim.adc" or cols is None:
+        if _digital_partial_sum(x):
+            return "row-tiled partial sums are added digitally (the hardware has no analog partial sums)"
+        return "the input is a digital value, not a crossbar column"
+    return producer.operands[0], cols  # type: ignore[return-value]
+
+
+def _digital_partial_sum(value: Value) -> bool:
+    """Whether ``value`` is a sum of linear conversions (possibly sliced): partial sums added after the ADCs."""
+    op = getattr(value, "op", None)
+    if op is not None and op.name == "onnx.Slice":
+        return _digital_partial_sum(op.operands[0])  # type: ignore[arg-type]
+    if op is None or op.name != "onnx.Add":
+        return False
+    return all(getattr(v, "op", None) is not None and (v.op.name == "cim.adc" or _digital_partial_sum(v))  # type: ignore[union-attr]
+               for v in op.operands)
+
+
+def _activation_of(op: Operation) -> Activation:
+    a = op.attributes
+    return Activation.create(str(a["function"]), a.get("alpha"), a.get("beta"))  # type: ignore[arg-type]
+
+
+def _clip_of(op: Operation) -> float | None:
+    return float(op.attributes["clip"]) if "clip" in op.attributes else None  # type: ignore[arg-type]
+
+
+def _tiles_of(analog: Value) -> list[Operation]:
+    op = analog.op  # type: ignore[attr-defined]
+    return [op] if op.name == "cim.tile_mvm" else [v.op for v in op.operands]  # type: ignore[union-attr]
+
+
+def _g_per_z(tile: Operation, cols: tuple[int, int]) -> np.ndarray:
+    scale = tile.attributes["g_scale"].array[cols[0]:cols[1]]  # type: ignore[union-attr]
+    return scale / float(tile.attributes.get("input_scale", 1.0))  # type: ignore[arg-type]
+
+
+def _rescale(tile: Operation, cols: tuple[int, int], target: float, g_min: float) -> None:
+    """Scale the columns' conductance deviations so that g_scale / input_scale equals ``target``; weights do not change."""
+    a = tile.attributes
+    g_pos, g_neg, scale = (a[k].array.copy() for k in ("g_pos", "g_neg", "g_scale"))  # type: ignore[union-attr]
+    sl = slice(*cols)
+    factor = target * float(a.get("input_scale", 1.0)) / scale[sl]  # type: ignore[arg-type]
+    g_pos[:, sl] = g_min + (g_pos[:, sl] - g_min) * factor
+    g_neg[:, sl] = g_min + (g_neg[:, sl] - g_min) * factor
+    scale[sl] = scale[sl] * factor
+    for key, array in (("g_pos", g_pos), ("g_neg", g_neg), ("g_scale", scale)):
+        a[key] = Tensor(array, key=a[key].key)  # type: ignore[union-attr]
+
+
+def _z_range(uses: list[_Use]) -> tuple[float, float]:
+    lo, hi = np.inf, -np.inf
+    for use in uses:
+        a = use.tiles[0].attributes
+        if "z_lo" in a:
+            lo = min(lo, float(a["z_lo"].array[use.cols[0]:use.cols[1]].min()))  # type: ignore[union-attr]
+            hi = max(hi, float(a["z_hi"].array[use.cols[0]:use.cols[1]].max()))  # type: ignore[union-attr]
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        raise CimcError("fuse-activation needs column ranges: run the 'ranges' pass before it")
+    if hi - lo < 1e-6:
+        lo, hi = lo - 0.5, hi + 0.5
+    return lo, hi
+
+
+@register_pass
+@dataclass(frozen=True)
+class FuseActivation(ModulePass):
+    """Replace ADC + digital activation by an NL-ADC against a synthesized, shared ramp column wherever the hardware allows."""
+
+    name = "fuse-activation"
+    bits: int = _DEFAULT.converters.nl_adc_bits
+    g_min: float = _DEFAULT.device.g_min_us
+    g_max: float = _DEFAULT.device.g_max_us
+    levels: int = _DEFAULT.device.levels
+    calibration_devices: int = _DEFAULT.converters.ramp_calibration_devices
+    rows: int = _DEFAULT.array.rows
+    cols: int = _DEFAULT.array.cols
+    arrays: int = _DEFAULT.array.count
+    identity: str = "auto"
+    identity_min_width: int = identity_break_even(_DEFAULT)
+    quantization: str = "cumulative"
+    max_inl: float = 1.0
+
+    def apply(self, module: Module) -> bool:
+        if self.identity not in ("auto", "column", "digital"):
+            raise CimcError(f"fuse-activation identity must be auto, column or digital, got '{self.identity}'")
+        arrays = self._array_states(module)
+        groups: dict[tuple[int, str], _Group] = defaultdict(_Group)
+        for act in [op for op in module.walk() if op.name == "cim.activation"]:
+            source = _analog_source(act)
+            if isinstance(source, str):
+                if source.startswith("the input is a digital value") and self._wants_identity(act):
+                    identity = self._identity_column(act, arrays)
+                    if isinstance(identity, str):
+                        source = identity
+                    else:
+                        source = (identity.results[0], (0, int(identity.results[0].type.shape[-1])))  # type: ignore[arg-type]
+                if isinstance(source, str):
+                    act.attributes["fuse.reason"] = source
+                    continue
+            analog, cols = source
+            use = _Use(act, analog, cols, _tiles_of(analog))
+            groups[(use.array, activation_key(act))].uses.append(use)
+        ramps = 0
+        for (array, _), group in sorted(groups.items()):
+            ramps += self._fuse_group(module, array, group, arrays[array])
+        module.attributes["fuse.ramps"] = ramps
+        return bool(groups)
+
+    def _wants_identity(self, act: Operation) -> bool:
+        width = act.results[0].type.shape[-1]
+        if self.identity == "digital" or not isinstance(width, int):
+            return False
+        return self.identity == "column" or width >= self.identity_min_width
+
+    def _array_states(self, module: Module) -> dict[int, _ArrayState]:
+        states: dict[int, _ArrayState] = {}
+        for op in module.walk():
+            if op.name == "cim.tile_mvm" and "array" in op.attributes:
+                c0, c1 = op.attributes["cols"]  # type: ignore[misc]
+                k = int(op.attributes["array"])  # type: ignore[arg-type]
+                state = states.setdefault(k, _ArrayState(self.rows, self.cols))
+                state.used = max(state.used, int(op.attributes["array_col"]) + 2 * (c1 - c0))  # type: ignore[arg-type]
+            elif op.name == "cim.ramp":
+                state = states.setdefault(int(op.attributes["array"]), _ArrayState(self.rows, self.cols))  # type: ignore[arg-type]
+                state.used = max(state.used, int(op.attributes["array_col"]) + 1)  # type: ignore[arg-type]
+        return states
+
+    def _identity_column(self, act: Operation, arrays: dict[int, _ArrayState]) -> Operation | str:
+        """Route a digital value through a one-device-per-row identity tile, so the NL-ADC can convert it."""
+        x = act.operands[0]
+        assert x is not None
+        width = int(x.type.shape[-1])  # type: ignore[arg-type]
+        lo, hi = float(act.attributes.get("range.lo", -np.inf)), float(act.attributes.get("range.hi", np.inf))  # type: ignore[arg-type]
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            return "the input is a digital value with no known range (run 'ranges' first) for an identity column"
+        if width > self.rows or 2 * width + 1 > self.cols:
+            return f"the input is a digital value {width} wide; an identity column of that width does not fit one array"
+        try:
+            transfer = informative_range(Transfer(_activation_of(act), _clip_of(act), lo, hi), self.bits)
+        except CimcError as e:
+            return e.message
+        lo, hi = transfer.z_lo, transfer.z_hi
+        need = 2 * width + 1
+        target = next((k for k, s in sorted(arrays.items()) if s.bitlines - s.used >= need), None)
+        if target is None:
+            if len(arrays) >= self.arrays:
+                return "the input is a digital value and no array has room for an identity column"
+            target = max(arrays, default=-1) + 1
+            arrays[target] = _ArrayState(self.rows, self.cols)
+        state = arrays[target]
+        col = state.used
+        state.used += 2 * width
+        span = self.g_max - self.g_min
+        dtype = np.float64
+        eye = np.eye(width, dtype=dtype)
+        block = f"{act.location or 'activation'}.identity"
+        b = Builder(act.parent, act, act.location)  # type: ignore[arg-type]
+        return b.create("cim.tile_mvm", [x], [x.type], {
+            "g_pos": Tensor(self.g_min + span * eye, key=f"{block}.g_pos"),
+            "g_neg": Tensor(np.full((width, width), self.g_min, dtype), key=f"{block}.g_neg"),
+            "g_scale": Tensor(np.full(width, span, dtype), key=f"{block}.g_scale"),
+            "block": block, "rows": (0, width), "cols": (0, width),
+            "input_scale": max(abs(lo), abs(hi), float(np.finfo(np.float32).tiny)),
+            "z_lo": Tensor(np.full(width, lo, dtype)), "z_hi": Tensor(np.full(width, hi, dtype)),
+            "array": target, "array_row": 0, "array_col": col,
+        })
+
+    def _fuse_group(self, module: Module, array: int, group: _Group, state: _ArrayState) -> int:
+        """One ramp for the group's activations (same array, same function); returns 1 if fused, else 0."""
+        uses = group.uses
+        act = uses[0].act
+        g_common = min(float(_g_per_z(t, u.cols).min()) for u in uses for t in u.tiles)
+        try:
+            z_lo, z_hi = _z_range(uses)
+            ramp = self._synthesize(informative_range(Transfer(_activation_of(act), _clip_of(act), z_lo, z_hi), self.bits), g_common)
+        except CimcError as e:
+            return self._fall_back(uses, e.message)
+        worst = float(np.abs(ramp.inl_lsb).max())
+        if worst > self.max_inl:
+            narrow = f"; {ramp.infeasible_steps} steps are narrower than G_min = {self.g_min:g} uS at {g_common:.3g} uS per " \
+                     "unit of z (calibrate with --calib, or use fewer bits)" if ramp.infeasible_steps else ""
+            return self._fall_back(uses, f"the realizable {self.bits}-bit ramp's worst |INL| is {worst:.2f} LSB, above "
+                                         f"max_inl = {self.max_inl:g}{narrow}")
+        if ramp.rows > state.rows:
+            return self._fall_back(uses, f"the {self.bits}-bit ramp needs {ramp.rows} rows; the array has {state.rows}")
+        col = state.take()
+        if col is None:
+            return self._fall_back(uses, f"array {array} has no free bit line for a ramp column")
+        for use in uses:
+            for tile in use.tiles:
+                _rescale(tile, use.cols, g_common, self.g_min)
+        ramp_value = self._ramp_op(module, ramp, array, col, act)
+        for use in uses:
+            b = Builder(use.act.parent, use.act, use.act.location)  # type: ignore[arg-type]
+            fn_attrs = {k: use.act.attributes[k] for k in ("function", "alpha", "beta", "clip") if k in use.act.attributes}
+            nl = b.value("cim.nl_adc", [use.analog, ramp_value], use.act.results[0].type,
+                         {**fn_attrs, "bits": self.bits, "cols": use.cols})
+            use.act.results[0].replace_all_uses_with(nl)
+            use.act.erase()
+        return 1
+
+    def _synthesize(self, transfer: Transfer, g_per_z: float) -> Ramp:
+        """Synthesize, narrowing the range where the calibration devices cannot reach its low end (the columns then clip)."""
+        reach = self.calibration_devices * self.g_max / g_per_z
+        lo, hi = max(transfer.z_lo, -reach), min(transfer.z_hi, reach)
+        if lo >= hi:
+            raise CimcError(f"the calibration devices reach only z in [{-reach:.3g}, {reach:.3g}], outside the columns' range")
+        transfer.direction()
+        return synthesize_ramp(Transfer(transfer.activation, transfer.clip, lo, hi), self.bits, g_per_z, self.g_min,
+                               self.g_max, self.levels, self.calibration_devices, self.quantization)
+
+    def _ramp_op(self, module: Module, ramp: Ramp, array: int, col: int, act: Operation) -> Value:
+        a = act.attributes
+        attrs: dict[str, object] = {k: a[k] for k in ("function", "alpha", "beta", "clip") if k in a}
+        attrs.update({
+            "bits": ramp.bits, "array": array, "array_col": col, "rows": ramp.rows,
+            "z_lo": float(ramp.transfer.z_lo), "z_hi": float(ramp.transfer.z_hi), "g_per_z": float(ramp.g_per_z),
+            "thresholds": Tensor(ramp.thresholds.astype(np.float64), key=f"ramp{array}.{col}.thresholds"),
+            "steps_us": Tensor(np.array([s.conductance_us for s in ramp.steps]), key=f"ramp{array}.{col}.steps_us"),
+            "step_devices": tuple(len(s.device_levels) for s in ramp.steps),
+            "offset_us": float(ramp.offset_us), "calibration_devices": self.calibration_devices,
+            "quantization": ramp.quantization, "inl_lsb": float(np.abs(ramp.inl_lsb).max()),
+        })
+        b = Builder(module.body, module.body.ops[0] if module.body.ops else None, act.location)
+        return b.value("cim.ramp", [], TensorType("f64", (len(ramp.thresholds),)), attrs, f"ramp{array}_{col}")
+
+    @staticmethod
+    def _fall_back(uses: list[_Use], reason: str) -> int:
+        for use in uses:
+            use.act.attributes["fuse.reason"] = reason
+        return 0
+
+
+def fusion_summary(module: Module) -> str:
+    """How many activations were fused, how many fell back and why, how many ramp columns, and the worst INL."""
+    fused = sum(1 for op in module.walk() if op.name == "cim.nl_adc")
+    reasons: dict[str, int] = defaultdict(int)
+    for op in module.walk():
+        if op.name == "cim.activation":
+            reasons[str(op.attributes.get("fuse.reason", "not considered (no fuse-activation pass)"))] += 1
+    ramps = [op for op in module.walk() if op.name == "cim.ramp"]
+    lines = [f"activations fused into NL-ADCs: {fused}; kept digital: {sum(reasons.values())}"]
+    lines += [f"  {n} x {reason}" for reason, n in sorted(reasons.items())]
+    if ramps:
+        worst = max(ramps, key=lambda r: float(r.attributes["inl_lsb"]))  # type: ignore[arg-type]
+        lines.append(f"ramp columns: {len(ramps)}; worst |INL| {float(worst.attributes['inl_lsb']):.3f} LSB "  # type: ignore[arg-type]
+                     f"({worst.attributes['function']} {worst.attributes['bits']}-bit ramp in array {worst.attributes['array']})")
+    else:
+        lines.append("ramp columns: 0")
+    identity = sum(1 for op in module.walk() if op.name == "cim.tile_mvm" and str(op.attributes.get("block", "")).endswith(".identity"))
+    if identity:
+        lines.append(f"identity columns: {identity}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,130 @@
+"""fuse-activation: NL-ADCs replace ADC + digital activation exactly where the hardware allows.
+
+Numerics: the interpreter treats an NL-ADC as the exact activation (its
+quantization is the simulator's), so every compiled model must still match
+onnxruntime at the frontend's tolerance; the ramp's own accuracy is tested
+in test_ramp.py.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cimc.compiler import default_pipeline
+from cimc.hardware import load_hardware
+from cimc.importer import import_model
+from cimc.interpreter import evaluate
+from cimc.ir import Module
+from cimc.npz import npz_bytes
+from cimc.pass_manager import PassManager, parse_pipeline
+from onnx_corpus import reference_outputs
+from passes_support import assert_matches, bidirectional_lstm_case
+
+TORCH = Path(__file__).parent / "data" / "torch"
+
+
+def compile_case(tmp_path: Path, hw_text: str = "", identity: str = "auto", I: int = 20, H: int = 12) -> tuple[Module, dict]:
+    case = bidirectional_lstm_case(I, H)
+    hw_path = tmp_path / "hw.toml"
+    hw_path.write_text(hw_text)
+    calib = tmp_path / "calib.npz"
+    calib.write_bytes(npz_bytes(case.feeds))
+    module = import_model(case.model, "big.onnx")
+    PassManager(parse_pipeline(default_pipeline(load_hardware(hw_path), str(calib), identity))).run(module)
+    assert_matches(evaluate(module, case.feeds), reference_outputs(case.model, case.feeds))
+    return module, case.feeds
+
+
+def ops(module: Module, name: str) -> list:
+    return [op for op in module.walk() if op.name == name]
+
+
+def test_gates_fuse_and_share_one_ramp_per_function_and_array(tmp_path: Path) -> None:
+    module, _ = compile_case(tmp_path, identity="digital")
+    nl = ops(module, "cim.nl_adc")
+    ramps = ops(module, "cim.ramp")
+    # Per direction: i, f, g fuse; o reads the new cell state through its peephole and stays digital.
+    assert Counter(op.attributes["function"] for op in nl) == {"Sigmoid": 4, "Tanh": 2}
+    assert Counter((r.attributes["array"], r.attributes["function"]) for r in ramps).most_common(1)[0][1] == 1
+    by_ramp: dict[int, list] = {}
+    for op in nl:
+        by_ramp.setdefault(id(op.operands[1]), []).append(op)
+    for users in by_ramp.values():  # columns under one ramp were brought to one conductance-per-z scale
+        scales = set()
+        for op in users:
+            c0, c1 = op.attributes["cols"]
+            tile = op.operands[0].op if op.operands[0].op.name == "cim.tile_mvm" else op.operands[0].op.operands[0].op
+            scales.update(np.round(tile.attributes["g_scale"].array[c0:c1] / tile.attributes["input_scale"], 9).tolist())
+        assert len(scales) == 1
+    reasons = Counter(op.attributes.get("fuse.reason") for op in ops(module, "cim.activation"))
+    assert reasons == {"the input is a digital value, not a crossbar column": 4}  # o gate and tanh(c_t), per direction
+
+
+def test_ramp_columns_are_real_bit_lines(tmp_path: Path) -> None:
+    """Hidden 32: one gate fills a 64-bit-line array, so tiles are split to leave the ramp its bit line."""
+    module, _ = compile_case(tmp_path, I=8, H=32)
+    hw = load_hardware()
+    taken: dict[int, set[int]] = {}
+    for tile in ops(module, "cim.tile_mvm"):
+        c0, c1 = tile.attributes["cols"]
+        lines = set(range(tile.attributes["array_col"], tile.attributes["array_col"] + 2 * (c1 - c0)))
+        assert not lines & taken.setdefault(tile.attributes["array"], set())
+        taken[tile.attributes["array"]] |= lines
+    for ramp in ops(module, "cim.ramp"):
+        assert ramp.attributes["array_col"] not in taken.setdefault(ramp.attributes["array"], set())
+        taken[ramp.attributes["array"]].add(ramp.attributes["array_col"])
+        assert ramp.attributes["rows"] == hw.ramp_rows() <= hw.array.rows
+    assert all(max(lines) < hw.array.cols for lines in taken.values())
+    from cimc.passes.place import activation_keys
+
+    fused_widths = [t.attributes["cols"][1] - t.attributes["cols"][0] for t in ops(module, "cim.tile_mvm")
+                    if set(activation_keys(t)) - {"linear"}]
+    assert max(fused_widths) == 31  # 2 * 31 + 1 ramp bit line <= 64 < 2 * 32 + 1
+
+
+def test_identity_columns_fuse_tanh_of_the_cell_state(tmp_path: Path) -> None:
+    module, _ = compile_case(tmp_path, identity="column")
+    identity = [t for t in ops(module, "cim.tile_mvm") if t.attributes["block"].endswith(".identity")]
+    assert len(identity) == 4  # tanh(c_t) and the peephole o gate, per direction
+    assert not ops(module, "cim.activation")
+
+
+def test_digital_partial_sums_fall_back_and_say_why(tmp_path: Path) -> None:
+    module, _ = compile_case(tmp_path, "[array]\nrows = 40\n[converters]\nanalog_partial_sums = false\nnl_adc_bits = 4\n",
+                             identity="digital")
+    reasons = Counter(op.attributes.get("fuse.reason") for op in ops(module, "cim.activation"))
+    assert reasons["row-tiled partial sums are added digitally (the hardware has no analog partial sums)"] == 6
+    assert not ops(module, "cim.nl_adc")
+
+
+def test_ramp_inl_within_half_a_level_where_every_step_is_feasible(tmp_path: Path) -> None:
+    """Cumulative tracking keeps each level within dG/2 (<= 0.5 LSB here) unless a step is narrower than G_min;
+    such ramps are used only up to the pass's max_inl (1 LSB by default)."""
+    from cimc.ramp import ramp_from_op
+
+    module, _ = compile_case(tmp_path)
+    hw = load_hardware()
+    for op in ops(module, "cim.ramp"):
+        ramp = ramp_from_op(op, hw)
+        assert float(op.attributes["inl_lsb"]) == pytest.approx(float(np.abs(ramp.inl_lsb).max()))
+        assert float(op.attributes["inl_lsb"]) <= (0.5 if ramp.infeasible_steps == 0 else 1.0)
+
+
+def test_compile_prints_fusion_summary_and_plots(cimc_cli, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    model = TORCH / "lstm2.torchscript.onnx"
+    result = cimc_cli("compile", str(model), "--calib", str(model.with_suffix(".npz")), "--plots", "plots", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    # Hidden 16 >= the cost table's break-even width, so tanh(c_t) goes through identity columns too.
+    assert "activations fused into NL-ADCs: 10; kept digital: 0" in out and "identity columns: 2" in out
+    assert "ranges: calibration data lstm2.torchscript.npz" in out
+    assert "ramp columns: " in out and "worst |INL|" in out
+    pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert any("Sigmoid" in p and p.endswith("transfer.png") for p in pngs)
+    assert any("Tanh" in p and p.endswith("transfer.png") for p in pngs)
+    assert all((tmp_path / "plots" / p).read_bytes().startswith(b"\x89PNG") for p in pngs)

@@ -1,0 +1,327 @@
+"""NL-ADC ramp synthesis: ideal thresholds, device quantisation, ratiometric codes, plots.
+
+The reference numbers here are computed in the tests from the level definition
+of ``docs/nl-adc.md`` §2 (y_k = f(z_lo) + k*D, thresholds where f crosses the
+midpoints), not taken from ``cimc.ramp``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from cimc.diagnostics import CimcError
+from cimc.kernels.activations import Activation
+from cimc.ramp import (
+    Transfer,
+    linear_adc_codes,
+    output_error_bound_lsb,
+    synthesize_ramp,
+)
+
+G_MIN, G_MAX, LEVELS = 2.0, 100.0, 64
+DELTA_G = (G_MAX - G_MIN) / (LEVELS - 1)
+BITS = range(3, 9)
+
+# (id, activation, clip, z_lo, z_hi): each monotonic on its range. ThresholdedRelu's
+# jump at 0.5 is not a point of the 200,001-point error grid: exactly at a jump any
+# threshold an ulp off would switch a whole jump's worth of codes.
+FUNCTIONS = [
+    ("sigmoid", Activation.create("Sigmoid"), None, -6.0, 6.0),
+    ("tanh", Activation.create("Tanh"), None, -3.0, 3.0),
+    ("hardsigmoid", Activation.create("HardSigmoid"), None, -3.0, 3.0),
+    ("softsign", Activation.create("Softsign"), None, -4.0, 4.0),
+    ("scaledtanh", Activation.create("ScaledTanh", 1.5, 0.8), None, -3.0, 3.0),
+    ("affine", Activation.create("Affine", 0.7, 0.1), None, -2.0, 2.0),
+    ("affine-decreasing", Activation.create("Affine", -0.7, 0.1), None, -2.0, 2.0),
+    ("relu", Activation.create("Relu"), None, -1.0, 3.0),
+    ("leakyrelu", Activation.create("LeakyRelu", 0.1), None, -2.0, 2.0),
+    ("thresholdedrelu", Activation.create("ThresholdedRelu", 0.5), None, -1.0, 2.3),
+    ("elu", Activation.create("Elu"), None, -3.0, 2.0),
+    ("softplus", Activation.create("Softplus"), None, -4.0, 4.0),
+    ("sigmoid-clip2", Activation.create("Sigmoid"), 2.0, -3.0, 3.0),
+]
+JUMPS = {"thresholdedrelu"}
+
+
+def _transfer(case) -> Transfer:
+    _, activation, clip, z_lo, z_hi = case
+    return Transfer(activation, clip, z_lo, z_hi)
+
+
+def _feasible_ramp(transfer: Transfer, bits: int, quantization: str):
+    """A ramp whose g_per_z makes every step feasible, derived from the ideal step widths.
+
+    The narrowest non-zero step gets 1.5 G_min, which leaves room for step 1 to
+    absorb the offset's rounding; the widest then needs ceil(g*w_max/G_max)
+    devices. The offset takes as many calibration devices as it needs.
+    """
+    ideal = synthesize_ramp(transfer, bits, 1.0, G_MIN, G_MAX, LEVELS, quantization="none")
+    widths = np.diff(ideal.thresholds, prepend=transfer.z_lo)
+    nonzero = widths[widths > 0]
+    g = 1.5 * G_MIN / nonzero.min()
+    calibration = max(5, math.ceil(abs(g * transfer.z_lo) / G_MAX))
+    ramp = synthesize_ramp(transfer, bits, g, G_MIN, G_MAX, LEVELS, calibration, quantization)
+    assert ramp.infeasible_steps == 0
+    assert all(s.target_us >= G_MIN for s in ramp.steps if s.target_us > 0)
+    assert max(len(s.device_us) for s in ramp.steps) == math.ceil(g * nonzero.max() / G_MAX)
+    return ramp
+
+
+def _secant_bound(ramp) -> float:
+    """0.5 + max_k (max |f'| within ΔG/(2g) of T_k) * ΔG/(2g) / |D|, the slope taken as the
+    steepest secant on a fine grid that has T_k and both window ends as points."""
+    f, r = ramp.transfer, DELTA_G / 2 / ramp.g_per_z
+    d = abs(ramp.levels_y[1] - ramp.levels_y[0])
+    worst = 0.0
+    for t in ramp.thresholds:
+        for a, b in ((max(t - r, f.z_lo), t), (t, min(t + r, f.z_hi))):
+            if b > a:
+                z = np.linspace(a, b, 65)
+                worst = max(worst, float(np.max(np.abs(np.diff(f(z)) / np.diff(z)))))
+    return 0.5 + worst * r / d
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("case", FUNCTIONS, ids=[c[0] for c in FUNCTIONS])
+def test_ideal_devices_reach_half_lsb(case, bits):
+    ramp = synthesize_ramp(_transfer(case), bits, 10.0, G_MIN, G_MAX, LEVELS, quantization="none")
+    assert len(ramp.steps) == len(ramp.thresholds) == 2**bits - 1
+    assert np.all(np.diff(ramp.thresholds) >= 0)
+    error = ramp.max_output_error_lsb()
+    assert error <= 0.5 + 1e-9, f"{ramp.transfer.name} {bits}-bit: {error} LSB"
+    assert output_error_bound_lsb(ramp) == 0.5
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("case", FUNCTIONS, ids=[c[0] for c in FUNCTIONS])
+def test_cumulative_quantisation_within_bound(case, bits):
+    ramp = _feasible_ramp(_transfer(case), bits, "cumulative")
+    # Premise of the bound: every realised level within ΔG/2 of g*T_k.
+    deviation = np.abs(ramp.ramp_levels_us - ramp.g_per_z * ramp.thresholds)
+    assert deviation.max() <= DELTA_G / 2 * (1 + 1e-9)
+    # Independent computation: ideal quantiser's 0.5 plus how far f gets from the
+    # crossed midpoint within ΔG/(2g) of each threshold.
+    f, r = ramp.transfer, DELTA_G / 2 / ramp.g_per_z
+    y0 = float(f(f.z_lo))
+    d = (float(f(f.z_hi)) - y0) / (2**bits - 1)
+    moved = 0.0
+    for k, t in enumerate(ramp.thresholds, start=1):
+        m = y0 + (k - 0.5) * d
+        moved = max(moved, abs(float(f(min(t + r, f.z_hi))) - m), abs(m - float(f(max(t - r, f.z_lo)))))
+    expected = 0.5 + moved / abs(d)
+    bound = output_error_bound_lsb(ramp)
+    assert bound == pytest.approx(expected, rel=1e-12)
+    measured = ramp.max_output_error_lsb()
+    assert measured <= bound + 1e-9, f"{ramp.transfer.name} {bits}-bit: {measured} > bound {bound} LSB"
+    if case[0] not in JUMPS:
+        # For f without jumps the bound is within the max|f'|*ΔG/(2g) form.
+        assert bound <= _secant_bound(ramp) + 1e-9
+
+
+def test_cumulative_beats_stepwise_on_inl():
+    rows = []
+    for name, lo, hi in (("Sigmoid", -6.0, 6.0), ("Softsign", -4.0, 4.0), ("Elu", -3.0, 2.0), ("Softplus", -4.0, 4.0)):
+        transfer = Transfer(Activation.create(name), None, lo, hi)
+        for bits in (5, 6, 7, 8):
+            cumulative = np.abs(_feasible_ramp(transfer, bits, "cumulative").inl_lsb).max()
+            stepwise = np.abs(_feasible_ramp(transfer, bits, "stepwise").inl_lsb).max()
+            rows.append((name, bits, cumulative, stepwise))
+    table = "; ".join(f"{n} {b}-bit: cumulative {c:.3f} vs stepwise {s:.3f} LSB" for n, b, c, s in rows)
+    assert all(c < s for _, _, c, s in rows), f"max |INL| at 6-bit conductance levels: {table}"
+
+
+def test_stepwise_bound_grows_along_the_ramp():
+    ramp = _feasible_ramp(Transfer(Activation.create("Sigmoid"), None, -6.0, 6.0), 6, "stepwise")
+    measured = ramp.max_output_error_lsb()
+    assert 0.5 < measured <= output_error_bound_lsb(ramp) + 1e-9
+
+
+def test_ratiometric_codes_ignore_vread_while_a_fixed_reference_adc_drifts():
+    transfer = Transfer(Activation.create("Sigmoid"), None, -6.0, 6.0)
+    ramp = synthesize_ramp(transfer, 5, 40.0, G_MIN, G_MAX, LEVELS)
+    z = np.linspace(-7.0, 7.0, 4001)
+    distance = np.min(np.abs(z[:, None] - ramp.realized_thresholds[None, :]), axis=1)
+    z = z[distance > 1e-6]
+    nominal = ramp.codes(z, 0.2)
+    for vread in (0.15, 0.25):
+        np.testing.assert_array_equal(ramp.codes(z, vread), nominal)
+    # A separate ramp supply that drifts alone does move the codes.
+    assert not np.array_equal(ramp.codes(z, 0.2, ramp_vread=0.25), nominal)
+
+    linear = {v: linear_adc_codes(z, 5, -6.0, 6.0, v, 0.2, 40.0) for v in (0.15, 0.2, 0.25)}
+    uniform = np.clip(np.floor((z + 6.0) / (12.0 / 31) + 0.5), 0, 31)
+    np.testing.assert_array_equal(linear[0.2], uniform)
+    for vread in (0.15, 0.25):
+        changed = np.count_nonzero(linear[vread] != linear[0.2])
+        assert changed > len(z) // 10, f"linear ADC at {vread} V changed only {changed} of {len(z)} codes"
+
+
+@pytest.mark.parametrize(
+    ("activation", "z_lo", "z_hi"),
+    [
+        (Activation.create("LeakyRelu", -0.5), -2.0, 2.0),
+        (Activation.create("Elu", -1.0), -2.0, 2.0),
+        (Activation.create("ThresholdedRelu", -0.5), -1.0, 1.0),
+    ],
+    ids=["leakyrelu-negative-alpha", "elu-negative-alpha", "thresholdedrelu-negative-alpha"],
+)
+def test_non_monotonic_function_is_rejected(activation, z_lo, z_hi):
+    transfer = Transfer(activation, None, z_lo, z_hi)
+    with pytest.raises(CimcError, match="not monotonic") as caught:
+        synthesize_ramp(transfer, 5, 10.0, G_MIN, G_MAX, LEVELS)
+    message = str(caught.value)
+    assert f"alpha={activation.alpha:g}" in message and f"[{z_lo:g}, {z_hi:g}]" in message
+
+
+@pytest.mark.parametrize(
+    ("activation", "clip", "z_lo", "z_hi"),
+    [
+        (Activation.create("Relu"), None, -3.0, -1.0),
+        (Activation.create("Affine", 0.0, 0.3), None, -1.0, 1.0),
+        (Activation.create("Sigmoid"), 1.0, 2.0, 3.0),
+    ],
+    ids=["relu-negative-range", "affine-zero-slope", "sigmoid-beyond-clip"],
+)
+def test_constant_function_is_rejected(activation, clip, z_lo, z_hi):
+    with pytest.raises(CimcError, match="is constant"):
+        Transfer(activation, clip, z_lo, z_hi).direction()
+
+
+def test_decreasing_function_has_increasing_thresholds():
+    transfer = Transfer(Activation.create("Affine", -0.7, 0.1), None, -2.0, 2.0)
+    assert transfer.direction() == -1
+    ramp = synthesize_ramp(transfer, 4, 10.0, G_MIN, G_MAX, LEVELS, quantization="none")
+    assert np.all(np.diff(ramp.thresholds) > 0) and np.all(np.diff(ramp.levels_y) < 0)
+    np.testing.assert_array_equal(ramp.ideal_codes([-2.0, 2.0]), [0, 15])
+    np.testing.assert_allclose(ramp.outputs(ramp.ideal_codes([-2.0, 2.0])), [1.5, -1.3])
+
+
+def test_names():
+    assert Transfer(Activation.create("sigmoid"), None, -1, 1).name == "Sigmoid"
+    assert Transfer(Activation.create("LeakyRelu", 0.1), None, -1, 1).name == "LeakyRelu(alpha=0.1)"
+    assert Transfer(Activation.create("Tanh"), 3.0, -1, 1).name == "Tanh∘clip(3)"
+    assert Transfer(Activation.create("ScaledTanh", 1.5, 0.8), None, -1, 1).name == "ScaledTanh(alpha=1.5, beta=0.8)"
+
+
+def test_wide_steps_take_two_devices_and_narrow_steps_are_infeasible():
+    g_min = 20.0
+    delta_g = (G_MAX - g_min) / (LEVELS - 1)
+    transfer = Transfer(Activation.create("Sigmoid"), None, -5.0, 5.0)
+    ideal = synthesize_ramp(transfer, 5, 1.0, g_min, G_MAX, LEVELS, quantization="none")
+    widths = np.diff(ideal.thresholds, prepend=-5.0)
+    g = 1.2 * G_MAX / widths.max()
+    assert g * widths.min() < g_min  # this g forces both cases
+    for quantization in ("cumulative", "stepwise"):
+        ramp = synthesize_ramp(transfer, 5, g, g_min, G_MAX, LEVELS, quantization=quantization)
+        assert ramp.two_device_steps >= 1 and ramp.infeasible_steps >= 1
+        for step in ramp.steps:
+            assert len(step.device_us) == max(1, math.ceil(step.target_us / G_MAX))
+            assert step.feasible == (step.target_us >= g_min)
+            assert len(step.device_levels) == len(step.device_us)
+            assert max(step.device_levels) - min(step.device_levels) <= 1  # spread evenly
+            for level, us in zip(step.device_levels, step.device_us):
+                assert 0 <= level < LEVELS and us == pytest.approx(g_min + level * delta_g)
+        assert ramp.rows == sum(len(s.device_us) for s in ramp.steps) + 5
+    stepwise = ramp
+    assert all(s.device_levels == (0,) for s in stepwise.steps if not s.feasible)
+    cumulative = synthesize_ramp(transfer, 5, g, g_min, G_MAX, LEVELS)
+    with pytest.raises(CimcError, match="no quantisation bound"):
+        output_error_bound_lsb(cumulative)
+
+
+def test_jump_gives_zero_width_steps_without_devices():
+    transfer = Transfer(Activation.create("ThresholdedRelu", 0.5), None, -1.0, 2.3)
+    ramp = synthesize_ramp(transfer, 5, 40.0, G_MIN, G_MAX, LEVELS)
+    # f jumps from 0 to 0.5 at z = 0.5, past the midpoints of levels 1..7 (D = 2.3/31).
+    jump = int(np.floor(0.5 / (2.3 / 31) + 0.5))
+    assert np.all(ramp.thresholds[:jump] == ramp.thresholds[0])
+    assert ramp.thresholds[0] == pytest.approx(0.5, abs=1e-12) and ramp.thresholds[jump] > 0.5
+    zero = [s for s in ramp.steps if s.target_us == 0]
+    assert len(zero) == jump - 1 and all(s.device_us == () and s.feasible for s in zero)
+
+
+def test_offset_needing_more_calibration_devices_raises():
+    transfer = Transfer(Activation.create("Sigmoid"), None, -6.0, 6.0)
+    with pytest.raises(CimcError, match="needs 6 calibration devices.*only 5"):
+        synthesize_ramp(transfer, 5, 90.0, G_MIN, G_MAX, LEVELS)
+    ramp = synthesize_ramp(transfer, 5, 90.0, G_MIN, G_MAX, LEVELS, calibration_devices=6)
+    assert len(ramp.offset_levels) == 6 and ramp.offset_us < 0
+    assert abs(ramp.offset_us - ramp.offset_target_us) <= DELTA_G / 2
+    zero_offset = synthesize_ramp(Transfer(Activation.create("Relu"), None, 0.0, 3.0), 4, 40.0, G_MIN, G_MAX, LEVELS)
+    assert zero_offset.offset_levels == () and zero_offset.offset_us == 0.0
+    assert zero_offset.rows == sum(len(s.device_us) for s in zero_offset.steps) + 5
+
+
+def test_closed_form_sigmoid_thresholds():
+    transfer = Transfer(Activation.create("Sigmoid"), None, -12.0, 12.0)
+    ramp = synthesize_ramp(transfer, 5, 10.0, G_MIN, G_MAX, LEVELS, quantization="none")
+    y0, y_hi = 1 / (1 + math.exp(12.0)), 1 / (1 + math.exp(-12.0))
+    d = (y_hi - y0) / 31
+    p = np.array([y0 + (k - 0.5) * d for k in range(1, 32)])
+    expected = np.log(p) - np.log1p(-p)
+    np.testing.assert_allclose(ramp.thresholds, expected, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(ramp.levels_y, y0 + np.arange(32) * d, rtol=0, atol=1e-15)
+    assert ramp.thresholds[0] == pytest.approx(-4.11, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"bits": 0}, "bits"),
+        ({"bits": 13}, "bits"),
+        ({"g_per_z": 0.0}, "g_per_z"),
+        ({"g_min_us": 100.0}, "G_min < G_max"),
+        ({"g_min_us": -1.0}, "G_min < G_max"),
+        ({"levels": 1}, "levels"),
+        ({"quantization": "dither"}, "quantization"),
+        ({"calibration_devices": -1}, "calibration_devices"),
+    ],
+)
+def test_argument_validation(kwargs, match):
+    arguments = {"bits": 5, "g_per_z": 10.0, "g_min_us": G_MIN, "g_max_us": G_MAX, "levels": LEVELS} | kwargs
+    transfer = Transfer(Activation.create("Tanh"), None, -3.0, 3.0)
+    with pytest.raises(CimcError, match=match):
+        synthesize_ramp(transfer, **arguments)
+
+
+def test_transfer_validation():
+    with pytest.raises(CimcError, match="z_lo < z_hi"):
+        Transfer(Activation.create("Tanh"), None, 1.0, 1.0)
+    with pytest.raises(CimcError, match="clip"):
+        Transfer(Activation.create("Tanh"), -1.0, -1.0, 1.0)
+    ramp = synthesize_ramp(Transfer(Activation.create("Tanh"), None, -3.0, 3.0), 3, 10.0, G_MIN, G_MAX, LEVELS)
+    with pytest.raises(CimcError, match="vread"):
+        ramp.codes([0.0], vread=0.0)
+
+
+def _plot_ramp():
+    transfer = Transfer(Activation.create("Sigmoid"), None, -5.0, 5.0)
+    return synthesize_ramp(transfer, 5, 1.2 * G_MAX / 1.23, 20.0, G_MAX, LEVELS, quantization="stepwise")
+
+
+@pytest.mark.parametrize("function", ["plot_transfer", "plot_ramp_conductances"])
+def test_plots_are_deterministic_png(tmp_path, function):
+    pytest.importorskip("matplotlib")
+    from cimc import plots
+
+    draw = getattr(plots, function)
+    draw(_plot_ramp(), tmp_path / "a.png")
+    draw(_plot_ramp(), tmp_path / "b.png")
+    first, second = (tmp_path / "a.png").read_bytes(), (tmp_path / "b.png").read_bytes()
+    assert first.startswith(b"\x89PNG\r\n\x1a\n") and first == second
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]  # no temporary left
+
+
+def test_plots_without_matplotlib_say_how_to_install(tmp_path, monkeypatch):
+    from cimc import plots
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
+    with pytest.raises(CimcError, match=r"pip install 'cimc\[plots\]'"):
+        plots.plot_transfer(_plot_ramp(), tmp_path / "a.png")
+    assert not list(tmp_path.iterdir())
