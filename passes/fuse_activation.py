@@ -38,6 +38,7 @@ from cimc.hardware import Hardware, load_hardware
 from cimc.ir import Module, Operation, Value
 from cimc.kernels.activations import Activation
 from cimc.pass_manager import ModulePass, register_pass
+from cimc.passes.tile import slice_range
 from cimc.ramp import Ramp, Transfer, informative_range, synthesize_ramp
 from cimc.types import TensorType
 
@@ -55,9 +56,12 @@ def identity_break_even(hw: Hardware) -> int:
     return int(np.ceil(c.array_read_pj / saving)) if saving > 0 else 1 << 30
 
 
+Piece = tuple[Value, tuple[int, int]]  # an analog value and the columns [c0, c1) of it that are read
+
+
 @dataclass
 class _Use:
-    """One activation that will read columns [c0, c1) of an analog value."""
+    """One piece of an activation's input: columns [c0, c1) of an analog value."""
 
     act: Operation
     analog: Value
@@ -82,34 +86,41 @@ class _ArrayState:
         return self.used - 1
 
 
-@dataclass
-class _Group:
-    uses: list[_Use] = field(default_factory=list)
+def analog_pieces(x: Value) -> list[Piece] | None:
+    """The analog columns behind a converted value, through Concat and Slice of the last axis; None if it is digital.
 
-
-def _analog_source(act: Operation) -> tuple[Value, tuple[int, int]] | str:
-    """The analog value and column range an activation reads through a linear ADC, or why there is none."""
-    x = act.operands[0]
-    assert x is not None
-    producer = getattr(x, "op", None)
-    cols: tuple[int, int] | None = None
-    if producer is not None and producer.name == "onnx.Slice":
-        data = producer.operands[0]
-        starts, ends = constant_array(producer.operands[1]), constant_array(producer.operands[2])
-        steps = constant_array(producer.operands[4]) if len(producer.operands) > 4 and producer.operands[4] is not None else None
-        adc = getattr(data, "op", None)
-        if adc is not None and adc.name == "cim.adc" and starts is not None and ends is not None and starts.size == 1 \
-                and (steps is None or int(steps[0]) == 1) and data is not None:
-            width = data.type.shape[-1]
-            lo, hi, _ = slice(int(starts[0]), int(ends[0])).indices(int(width))  # type: ignore[arg-type]
-            cols, producer = (lo, hi), adc
-    elif producer is not None and producer.name == "cim.adc":
-        cols = (0, int(x.type.shape[-1]))  # type: ignore[arg-type]
-    if producer is None or producer.name != "cim.adc" or cols is None:
-        if _digital_partial_sum(x):
-            return "row-tiled partial sums are added digitally (the hardware has no analog partial sums)"
-        return "the input is a digital value, not a crossbar column"
-    return producer.operands[0], cols  # type: ignore[return-value]
+    A gate wider than one array is converted in pieces and joined by a
+    Concat; its activation then reads several pieces, each of which an NL-ADC
+    can convert against its own array's ramp.
+    """
+    op = getattr(x, "op", None)
+    if op is None:
+        return None
+    width = x.type.shape[-1]
+    rank = x.type.rank
+    if op.name == "cim.adc" and isinstance(width, int):
+        return [(op.operands[0], (0, width))]
+    if op.name == "onnx.Concat" and int(op.attributes["axis"]) % rank == rank - 1:  # type: ignore[arg-type]
+        pieces: list[Piece] = []
+        for part in op.operands:
+            sub = analog_pieces(part) if part is not None else None
+            if sub is None:
+                return None
+            pieces.extend(sub)
+        return pieces
+    if op.name == "onnx.Slice" and (span := slice_range(op, op.operands[0])) is not None:  # type: ignore[arg-type]
+        inner = analog_pieces(op.operands[0])  # type: ignore[arg-type]
+        if inner is None:
+            return None
+        out: list[Piece] = []
+        offset = 0
+        for value, (c0, c1) in inner:
+            lo, hi = max(span[0], offset), min(span[1], offset + c1 - c0)
+            if lo < hi:
+                out.append((value, (c0 + lo - offset, c0 + hi - offset)))
+            offset += c1 - c0
+        return out
+    return None
 
 
 def _digital_partial_sum(value: Value) -> bool:
@@ -192,27 +203,53 @@ class FuseActivation(ModulePass):
         if self.identity not in ("auto", "column", "digital"):
             raise CimcError(f"fuse-activation identity must be auto, column or digital, got '{self.identity}'")
         arrays = self._array_states(module)
-        groups: dict[tuple[int, str], _Group] = defaultdict(_Group)
+        plans: list[tuple[Operation, list[_Use]]] = []
+        groups: dict[tuple[int, str], list[_Use]] = defaultdict(list)
         for act in [op for op in module.walk() if op.name == "cim.activation"]:
-            source = _analog_source(act)
-            if isinstance(source, str):
-                if source.startswith("the input is a digital value") and self._wants_identity(act):
-                    identity = self._identity_column(act, arrays)
-                    if isinstance(identity, str):
-                        source = identity
-                    else:
-                        source = (identity.results[0], (0, int(identity.results[0].type.shape[-1])))  # type: ignore[arg-type]
-                if isinstance(source, str):
-                    act.attributes["fuse.reason"] = source
-                    continue
-            analog, cols = source
-            use = _Use(act, analog, cols, _tiles_of(analog))
-            groups[(use.array, activation_key(act))].uses.append(use)
-        ramps = 0
-        for (array, _), group in sorted(groups.items()):
-            ramps += self._fuse_group(module, array, group, arrays[array])
-        module.attributes["fuse.ramps"] = ramps
-        return bool(groups)
+            x = act.operands[0]
+            assert x is not None
+            pieces: list[Piece] | str | None = analog_pieces(x)
+            if pieces is None:
+                if _digital_partial_sum(x):
+                    pieces = "row-tiled partial sums are added digitally (the hardware has no analog partial sums)"
+                elif self._wants_identity(act):
+                    pieces = self._identity_pieces(act, arrays)
+                else:
+                    pieces = "the input is a digital value, not a crossbar column"
+            if isinstance(pieces, str):
+                act.attributes["fuse.reason"] = pieces
+                continue
+            uses = [_Use(act, value, cols, _tiles_of(value)) for value, cols in pieces]
+            plans.append((act, uses))
+            for use in uses:
+                groups[(use.array, activation_key(act))].append(use)
+        outcomes = {key: self._plan_ramp(key[0], group, arrays[key[0]]) for key, group in sorted(groups.items())}
+        ramp_values: dict[tuple[int, str], Value] = {}
+        for act, uses in plans:
+            keys = [(use.array, activation_key(act)) for use in uses]
+            failed = [outcomes[k] for k in keys if isinstance(outcomes[k], str)]
+            if failed:
+                act.attributes["fuse.reason"] = failed[0]  # type: ignore[assignment]
+                continue
+            b = Builder(act.parent, act, act.location)  # type: ignore[arg-type]
+            fn_attrs = {k: act.attributes[k] for k in ("function", "alpha", "beta", "clip") if k in act.attributes}
+            outputs = []
+            for use, key in zip(uses, keys):
+                if key not in ramp_values:
+                    ramp, col = outcomes[key]  # type: ignore[misc]
+                    ramp_values[key] = self._ramp_op(module, ramp, key[0], col, act)
+                lead = act.results[0].type.shape[:-1]
+                out_type = TensorType(act.results[0].type.dtype, (*lead, use.cols[1] - use.cols[0]))
+                outputs.append(b.value("cim.nl_adc", [use.analog, ramp_values[key]], out_type,
+                                       {**fn_attrs, "bits": self.bits, "cols": use.cols}))
+            result = act.results[0]
+            joined = outputs[0] if len(outputs) == 1 else b.value("onnx.Concat", outputs, result.type, {"axis": result.type.rank - 1})
+            if joined.type != result.type:
+                joined = b.value("onnx.Identity", [joined], result.type)
+            result.replace_all_uses_with(joined)
+            act.erase()
+        module.attributes["fuse.ramps"] = len(ramp_values)
+        return bool(ramp_values)
 
     def _wants_identity(self, act: Operation) -> bool:
         width = act.results[0].type.shape[-1]
@@ -233,79 +270,74 @@ class FuseActivation(ModulePass):
                 state.used = max(state.used, int(op.attributes["array_col"]) + 1)  # type: ignore[arg-type]
         return states
 
-    def _identity_column(self, act: Operation, arrays: dict[int, _ArrayState]) -> Operation | str:
-        """Route a digital value through a one-device-per-row identity tile, so the NL-ADC can convert it."""
+    def _identity_pieces(self, act: Operation, arrays: dict[int, _ArrayState]) -> list[Piece] | str:
+        """Route a digital value through identity tiles (one device per row), split to fit the arrays."""
         x = act.operands[0]
         assert x is not None
         width = int(x.type.shape[-1])  # type: ignore[arg-type]
         lo, hi = float(act.attributes.get("range.lo", -np.inf)), float(act.attributes.get("range.hi", np.inf))  # type: ignore[arg-type]
         if not (np.isfinite(lo) and np.isfinite(hi)):
             return "the input is a digital value with no known range (run 'ranges' first) for an identity column"
-        if width > self.rows or 2 * width + 1 > self.cols:
-            return f"the input is a digital value {width} wide; an identity column of that width does not fit one array"
         try:
             transfer = informative_range(Transfer(_activation_of(act), _clip_of(act), lo, hi), self.bits)
         except CimcError as e:
             return e.message
         lo, hi = transfer.z_lo, transfer.z_hi
-        need = 2 * width + 1
-        target = next((k for k, s in sorted(arrays.items()) if s.bitlines - s.used >= need), None)
-        if target is None:
-            if len(arrays) >= self.arrays:
-                return "the input is a digital value and no array has room for an identity column"
-            target = max(arrays, default=-1) + 1
-            arrays[target] = _ArrayState(self.rows, self.cols)
-        state = arrays[target]
-        col = state.used
-        state.used += 2 * width
-        span = self.g_max - self.g_min
-        dtype = np.float64
-        eye = np.eye(width, dtype=dtype)
+        piece = min(self.rows, (self.cols - 1) // 2)
+        spans = [(c0, min(c0 + piece, width)) for c0 in range(0, width, piece)]
+        placements = []
+        for c0, c1 in spans:
+            need = 2 * (c1 - c0) + 1
+            target = next((k for k, s in sorted(arrays.items()) if s.bitlines - s.used >= need), None)
+            if target is None:
+                if len(arrays) >= self.arrays:
+                    return "the input is a digital value and the chip has no room for its identity columns"
+                target = max(arrays, default=-1) + 1
+                arrays[target] = _ArrayState(self.rows, self.cols)
+            placements.append((c0, c1, target, arrays[target].used))
+            arrays[target].used += 2 * (c1 - c0)
+        span_us = self.g_max - self.g_min
         block = f"{act.location or 'activation'}.identity"
         b = Builder(act.parent, act, act.location)  # type: ignore[arg-type]
-        return b.create("cim.tile_mvm", [x], [x.type], {
-            "g_pos": Tensor(self.g_min + span * eye, key=f"{block}.g_pos"),
-            "g_neg": Tensor(np.full((width, width), self.g_min, dtype), key=f"{block}.g_neg"),
-            "g_scale": Tensor(np.full(width, span, dtype), key=f"{block}.g_scale"),
-            "block": block, "rows": (0, width), "cols": (0, width),
-            "input_scale": max(abs(lo), abs(hi), float(np.finfo(np.float32).tiny)),
-            "z_lo": Tensor(np.full(width, lo, dtype)), "z_hi": Tensor(np.full(width, hi, dtype)),
-            "array": target, "array_row": 0, "array_col": col,
-        })
+        pieces: list[Piece] = []
+        for c0, c1, array, col in placements:
+            w = c1 - c0
+            key = f"{block}.c{c0}"
+            tile = b.value("cim.tile_mvm", [x], TensorType(x.type.dtype, (*x.type.shape[:-1], w)), {
+                "g_pos": Tensor(self.g_min + span_us * np.eye(w), key=f"{key}.g_pos"),
+                "g_neg": Tensor(np.full((w, w), self.g_min), key=f"{key}.g_neg"),
+                "g_scale": Tensor(np.full(w, span_us), key=f"{key}.g_scale"),
+                "block": block, "rows": (c0, c1), "cols": (0, w),
+                "input_scale": max(abs(lo), abs(hi), float(np.finfo(np.float32).tiny)),
+                "z_lo": Tensor(np.full(w, lo)), "z_hi": Tensor(np.full(w, hi)),
+                "array": array, "array_row": 0, "array_col": col,
+            })
+            pieces.append((tile, (0, w)))
+        return pieces
 
-    def _fuse_group(self, module: Module, array: int, group: _Group, state: _ArrayState) -> int:
-        """One ramp for the group's activations (same array, same function); returns 1 if fused, else 0."""
-        uses = group.uses
+    def _plan_ramp(self, array: int, uses: list[_Use], state: _ArrayState) -> tuple[Ramp, int] | str:
+        """Synthesize the ramp of one (array, function) group and reserve its bit line, or say why not."""
         act = uses[0].act
         g_common = min(float(_g_per_z(t, u.cols).min()) for u in uses for t in u.tiles)
         try:
             z_lo, z_hi = _z_range(uses)
             ramp = self._synthesize(informative_range(Transfer(_activation_of(act), _clip_of(act), z_lo, z_hi), self.bits), g_common)
         except CimcError as e:
-            return self._fall_back(uses, e.message)
+            return e.message
         worst = float(np.abs(ramp.inl_lsb).max())
         if worst > self.max_inl:
             narrow = f"; {ramp.infeasible_steps} steps are narrower than G_min = {self.g_min:g} uS at {g_common:.3g} uS per " \
-                     "unit of z (calibrate with --calib, or use fewer bits)" if ramp.infeasible_steps else ""
-            return self._fall_back(uses, f"the realizable {self.bits}-bit ramp's worst |INL| is {worst:.2f} LSB, above "
-                                         f"max_inl = {self.max_inl:g}{narrow}")
+                     "unit of z (fewer NL-ADC bits or a lower G_min would make them)" if ramp.infeasible_steps else ""
+            return f"the realizable {self.bits}-bit ramp's worst |INL| is {worst:.2f} LSB, above max_inl = {self.max_inl:g}{narrow}"
         if ramp.rows > state.rows:
-            return self._fall_back(uses, f"the {self.bits}-bit ramp needs {ramp.rows} rows; the array has {state.rows}")
+            return f"the {self.bits}-bit ramp needs {ramp.rows} rows; the array has {state.rows}"
         col = state.take()
         if col is None:
-            return self._fall_back(uses, f"array {array} has no free bit line for a ramp column")
+            return f"array {array} has no free bit line for a ramp column"
         for use in uses:
             for tile in use.tiles:
                 _rescale(tile, use.cols, g_common, self.g_min)
-        ramp_value = self._ramp_op(module, ramp, array, col, act)
-        for use in uses:
-            b = Builder(use.act.parent, use.act, use.act.location)  # type: ignore[arg-type]
-            fn_attrs = {k: use.act.attributes[k] for k in ("function", "alpha", "beta", "clip") if k in use.act.attributes}
-            nl = b.value("cim.nl_adc", [use.analog, ramp_value], use.act.results[0].type,
-                         {**fn_attrs, "bits": self.bits, "cols": use.cols})
-            use.act.results[0].replace_all_uses_with(nl)
-            use.act.erase()
-        return 1
+        return ramp, col
 
     def _synthesize(self, transfer: Transfer, g_per_z: float) -> Ramp:
         """Synthesize, narrowing the range where the calibration devices cannot reach its low end (the columns then clip)."""
@@ -331,12 +363,6 @@ class FuseActivation(ModulePass):
         })
         b = Builder(module.body, module.body.ops[0] if module.body.ops else None, act.location)
         return b.value("cim.ramp", [], TensorType("f64", (len(ramp.thresholds),)), attrs, f"ramp{array}_{col}")
-
-    @staticmethod
-    def _fall_back(uses: list[_Use], reason: str) -> int:
-        for use in uses:
-            use.act.attributes["fuse.reason"] = reason
-        return 0
 
 
 def fusion_summary(module: Module) -> str:

@@ -84,6 +84,8 @@ def test_ramp_columns_are_real_bit_lines(tmp_path: Path) -> None:
     fused_widths = [t.attributes["cols"][1] - t.attributes["cols"][0] for t in ops(module, "cim.tile_mvm")
                     if set(activation_keys(t)) - {"linear"}]
     assert max(fused_widths) == 31  # 2 * 31 + 1 ramp bit line <= 64 < 2 * 32 + 1
+    joined = [op for op in ops(module, "onnx.Concat") if all(v.op.name == "cim.nl_adc" for v in op.operands)]
+    assert joined, "a 32-wide gate split over two tiles is converted in pieces, each against its own array's ramp"
 
 
 def test_identity_columns_fuse_tanh_of_the_cell_state(tmp_path: Path) -> None:
