@@ -100,8 +100,12 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         dump=_dumper(Path(args.dump_ir)) if args.dump_ir else None,
     )
     module = compile_to_ir(args.model, hw, options)
-    if args.output:
+    if args.output and Path(args.output).suffix == ".cir":
         write_ir(module, args.output)
+    elif args.output:
+        from cimc.image import build_image
+
+        build_image(module, hw).save(args.output)
     sys.stdout.write(mapping_summary(module, hw))
     sys.stdout.write(f"ranges: {module.attributes.get('ranges', 'not computed')}\n")
     sys.stdout.write(fusion_summary(module))
@@ -111,6 +115,51 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         for path in plot_module_ramps(module, hw, Path(args.plots)):
             print(f"wrote {path}")
     return 0
+
+
+def _load_inputs(path: str) -> dict:
+    from cimc.npz import load_npz
+
+    try:
+        return load_npz(path)
+    except (OSError, ValueError) as e:
+        raise CimcError(f"cannot read inputs {path}: {e}") from None
+
+
+def _cmd_dump(args: argparse.Namespace) -> int:
+    import json
+
+    from cimc.image import format_summary, image_summary, load_image
+
+    summary = image_summary(load_image(args.image))
+    sys.stdout.write(json.dumps(summary, indent=1, sort_keys=True) + "\n" if args.json else format_summary(summary))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from cimc.backends.simulator import Simulator, SimulatorOptions
+    from cimc.image import load_image
+    from cimc.npz import npz_bytes, write_atomic
+
+    simulator = Simulator(load_image(args.image), SimulatorOptions(args.fidelity, args.seed, args.drift_time))
+    outputs = simulator.run(_load_inputs(args.inputs))
+    write_atomic(args.output, npz_bytes(outputs))
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from cimc.backends.simulator import SimulatorOptions
+    from cimc.image import load_image
+    from cimc.npz import write_atomic
+    from cimc.verification import verify_image
+
+    inputs = _load_inputs(args.inputs) if args.inputs else None
+    report = verify_image(args.model, load_image(args.image), inputs, args.samples,
+                          SimulatorOptions(args.fidelity, args.seed, args.drift_time))
+    sys.stdout.write(report.table())
+    if args.json:
+        write_atomic(args.json, report.to_json())
+    return 0 if report.passed else 1
 
 
 def _cmd_passes(args: argparse.Namespace) -> int:
@@ -150,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("model", metavar="MODEL.onnx")
     comp.add_argument("--hw", metavar="HW.toml", help="hardware description overriding the defaults (see cimc/hardware_default.toml)")
     comp.add_argument("-p", "--pipeline", help="pass pipeline (default: derived from the hardware description)")
-    comp.add_argument("-o", "--output", metavar="OUT.cir", help="write the lowered IR (and OUT.npz)")
+    comp.add_argument("-o", "--output", metavar="OUT.cimg", help="write the programming image (OUT.cimg), or the "
+                      "lowered IR if the name ends in .cir (with OUT.npz)")
     comp.add_argument("--calib", metavar="DATA.npz", help="calibration inputs, named like the ONNX graph inputs, "
                       "from which every MVM's input and column ranges are measured (default: analytic bounds)")
     comp.add_argument("--identity", choices=("auto", "column", "digital"), default="auto",
@@ -163,6 +213,38 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--print-ir-after", action="append", metavar="PASS", help="print the IR to stderr after the named pass")
     comp.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass to DIR/NN-pass.cir (with sidecars)")
     comp.set_defaults(run=_cmd_compile)
+
+    dump = sub.add_parser("dump", help="summarize a programming image", description="Print a programming image's arrays, "
+                          "their utilization and regions, its NL-ADC ramps and its program.")
+    dump.add_argument("image", metavar="MODEL.cimg")
+    dump.add_argument("--json", action="store_true", help="print the summary as JSON")
+    dump.set_defaults(run=_cmd_dump)
+
+    def simulation_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--fidelity", choices=("exact", "ideal", "noisy"), default="exact",
+                       help="exact: float conductances; ideal: programmed levels and converter codes; noisy: plus device effects")
+        p.add_argument("--seed", type=int, default=0, help="seed of the device effects (noisy) and random inputs")
+        p.add_argument("--drift-time", type=float, metavar="SECONDS", help="read this long after programming (noisy: drift)")
+
+    run = sub.add_parser("run", help="run a programming image on the simulator", description="Execute MODEL.cimg on "
+                         "IN.npz (keys: the ONNX input names) and write OUT.npz (keys: the ONNX output names).")
+    run.add_argument("image", metavar="MODEL.cimg")
+    run.add_argument("--inputs", required=True, metavar="IN.npz")
+    run.add_argument("-o", "--output", required=True, metavar="OUT.npz")
+    simulation_options(run)
+    run.set_defaults(run=_cmd_run)
+
+    ver = sub.add_parser("verify", help="compare a programming image with onnxruntime",
+                         description="Run onnxruntime and the simulator on the same inputs; print per-output and per-layer "
+                                     "errors. Exit 0 within the tolerance, 1 outside, 2 on bad input.")
+    ver.add_argument("model", metavar="MODEL.onnx")
+    ver.add_argument("image", metavar="MODEL.cimg")
+    group = ver.add_mutually_exclusive_group()
+    group.add_argument("--inputs", metavar="IN.npz", help="inputs named like the ONNX graph inputs")
+    group.add_argument("--samples", type=int, default=8, metavar="N", help="random inputs: batch N inside the calibrated ranges")
+    ver.add_argument("--json", metavar="REPORT.json", help="also write the report as JSON")
+    simulation_options(ver)
+    ver.set_defaults(run=_cmd_verify)
 
     passes = sub.add_parser("passes", help="list every pass with its options", description="List every registered pass, its options and their defaults.")
     passes.set_defaults(run=_cmd_passes)

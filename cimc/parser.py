@@ -45,17 +45,20 @@ def _lark_parser() -> lark.Lark:
     return lark.Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
 
 
-def parse_module(text: str, filename: str = "<input>", base_dir: Path | None = None) -> Module:
+def parse_module(text: str, filename: str = "<input>", base_dir: Path | None = None,
+                 resources: dict[str, np.ndarray] | None = None) -> Module:
     """Parse and verify ``text``.
 
-    Large tensors are read from the ``.npz`` that the graph's ``sidecar``
-    attribute names, relative to ``base_dir`` (the folder of the ``.cir``).
+    Large tensors come from ``resources`` if given (a programming image keeps
+    them in its own archive), else from the ``.npz`` that the graph's
+    ``sidecar`` attribute names, relative to ``base_dir`` (the folder of the ``.cir``).
     """
     try:
         tree = _lark_parser().parse(text)
     except lark.exceptions.UnexpectedInput as e:
         raise CimcError(_syntax_message(e), source_pos(filename, text, e.line, e.column)) from None
     builder = _Builder(text, filename, base_dir)
+    builder._sidecar_arrays = resources
     module = builder.build(tree)
     try:
         verify(module)

@@ -262,7 +262,7 @@ def _floats(value: object) -> list[float] | None:
 
 def _rebuild_outputs(op: Operation, b: Builder, ys: list[Value], finals: list[list[Value]], layout: int) -> None:
     """Stack per-direction results into ONNX's Y [T, D, B, H] and Y_h/Y_c [D, B, H] (or layout 1)."""
-    def stack(parts: list[Value], axis: int, declared: TensorType, perm: tuple[int, ...] | None) -> Value:
+    def stack(parts: list[Value], axis: int, declared: TensorType, perm: tuple[int, ...] | None, name: str | None) -> Value:
         axes = b.const(np.array([axis], np.int64))
         expanded = []
         for p in parts:
@@ -277,15 +277,17 @@ def _rebuild_outputs(op: Operation, b: Builder, ys: list[Value], finals: list[li
             joined = b.value("onnx.Concat", expanded, TensorType(declared.dtype, tuple(shape)), {"axis": axis})
         if perm is not None:
             joined = b.value("onnx.Transpose", [joined], TensorType(declared.dtype, tuple(joined.type.shape[i] for i in perm)), {"perm": perm})
-        return b.value("onnx.Identity", [joined], declared) if joined.type != declared else joined
+        final = b.value("onnx.Identity", [joined], declared) if joined.type != declared else joined
+        final.name = name  # keep the ONNX tensor name, so dumps and per-layer verification can find it
+        return final
 
     for index, result in enumerate(op.results):
         if not result.uses:
             continue
         if index == 0:
-            new = stack(ys, 1, result.type, (2, 0, 1, 3) if layout == 1 else None)
+            new = stack(ys, 1, result.type, (2, 0, 1, 3) if layout == 1 else None, result.name)
         else:
-            new = stack([f[index - 1] for f in finals], 0, result.type, (1, 0, 2) if layout == 1 else None)
+            new = stack([f[index - 1] for f in finals], 0, result.type, (1, 0, 2) if layout == 1 else None, result.name)
         result.replace_all_uses_with(new)
 
 

@@ -88,4 +88,18 @@ class Ranges(ModulePass):
                 op.attributes["range.lo"] = float(r.lo)
                 op.attributes["range.hi"] = float(r.hi)
         module.attributes["ranges"] = source
+        module.attributes["input_ranges"] = tuple(self._input_ranges(module))
         return True
+
+    def _input_ranges(self, module: Module) -> list[tuple[float, float]]:
+        """Per graph input: the range verification draws random inputs from (calibrated, or the analytic assumption)."""
+        data = _load_calibration(self.calib, module) if self.calib else {}
+        out = []
+        for name, arg in zip(input_names(module), module.inputs):
+            if name in data and data[name].size:
+                out.append((float(data[name].min()), float(data[name].max())))
+            elif arg.type.is_float:
+                out.append((-self.input_bound, self.input_bound))
+            else:
+                out.append((0.0, 0.0))
+        return out

@@ -185,9 +185,14 @@ CROSSBAR_MVM = define(
 
 
 def _verify_tile(op: Operation) -> None:
-    rows, cols = _verify_conductances(op)
     r0, r1 = op.attributes["rows"]  # type: ignore[misc]
     c0, c1 = op.attributes["cols"]  # type: ignore[misc]
+    if "g_pos" in op.attributes or "g_neg" in op.attributes:
+        rows, cols = _verify_conductances(op)
+    elif "array" in op.attributes:
+        rows, cols = r1 - r0, c1 - c0  # a programming image's tile: the devices live in the image's arrays
+    else:
+        raise VerifyError(op, f"'{op.name}' needs its conductances, or an array placement that holds them")
     if r1 - r0 != rows or c1 - c0 != cols or r0 < 0 or c0 < 0:
         raise VerifyError(op, f"'{op.name}' covers rows [{r0}, {r1}) and cols [{c0}, {c1}) but holds {rows} x {cols} devices")
     if r1 > segment_rows(op):
@@ -204,7 +209,8 @@ TILE_MVM = define(
     "The part of an MVM that one array computes: rows [r0, r1) x cols [c0, c1) of a block; yields a partial sum.",
     operands="inputs*",
     results="partial",
-    attributes=attrs(**_CONDUCTANCE_ATTRS, rows="ints!", cols="ints!", array="int", array_row="int", array_col="int"),
+    attributes=attrs(**{**_CONDUCTANCE_ATTRS, "g_pos": "tensor", "g_neg": "tensor"}, rows="ints!", cols="ints!",
+                     array="int", array_row="int", array_col="int"),
     verify=_verify_tile,
 )
 

@@ -1,0 +1,246 @@
+"""The simulator backend: executes a programming image, at three fidelities.
+
+It runs the image's step program with the image's devices, never the IR
+the compiler kept, so what is verified is what would be programmed:
+
+- ``exact``: the target conductances as floats, no quantization, ideal
+  activations. Proves that compilation preserved the model's meaning.
+- ``ideal``: the programmed level of every device, input DAC quantization,
+  linear ADC codes over each column's range, NL-ADC codes against the ramp
+  devices. No randomness.
+- ``noisy``: ``ideal`` plus seeded device effects from the hardware
+  description: programming noise (Gaussian, uS, after write-verify), read
+  noise (relative, fresh at every read), stuck-at-ON/OFF devices, power-law
+  conductance drift G(t) = G(t0) (t/t0)^-nu, and a read-voltage deviation.
+  The column currents and the ramp both scale with the read voltage, so the
+  NL-ADC is ratiometric; a linear ADC's references are fixed at the nominal
+  voltage, so its codes move with Vread (Yang et al. 2025, Fig. 3b).
+
+Device-model parameters are the hardware description's (see its sources);
+the read-noise and drift forms are the usual ones for RRAM in the analog-AI
+literature (e.g. aihwkit's and Wan et al., Nature 2022).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from cimc.cim_kernels import apply_activation, mvm_input
+from cimc.diagnostics import CimcError
+from cimc.image import Image, tile_conductances
+from cimc.interpreter import Arrays, Interpreter, Kernel
+from cimc.ir import Operation
+
+FIDELITIES = ("exact", "ideal", "noisy")
+
+
+@dataclass(frozen=True)
+class SimulatorOptions:
+    fidelity: str = "exact"
+    seed: int = 0
+    drift_time_s: float | None = None  # seconds after programming; None: read at t0 (no drift)
+    vread_scale: float | None = None  # actual/nominal read voltage; None: 1, or drawn from vread_rel_std when noisy
+
+
+class Simulator:
+    """A programmed chip: devices are realized once (per seed), then any number of runs."""
+
+    def __init__(self, image: Image, options: SimulatorOptions | None = None) -> None:
+        self.options = options or SimulatorOptions()
+        if self.options.fidelity not in FIDELITIES:
+            raise CimcError(f"fidelity must be one of {', '.join(FIDELITIES)}, got '{self.options.fidelity}'")
+        self.image = image
+        self.hw = image.hardware
+        self.program = image.program()
+        self.rng = np.random.default_rng(self.options.seed)
+        self.noisy = self.options.fidelity == "noisy"
+        self.quantized = self.options.fidelity != "exact"
+        self.devices = {k: self._realize(target, level) for k, (target, level) in sorted(image.arrays.items())}
+        vread = self.options.vread_scale
+        if vread is None:
+            vread = 1.0 + (self.rng.normal() * self.hw.nonideality.vread_rel_std if self.noisy else 0.0)
+        self.vread_scale = float(vread)
+        self.ramps = {r["id"]: r for r in image.manifest["ramps"]}
+        self._weights: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._thresholds: dict[int, np.ndarray] = {}
+        self._groups: dict[tuple, _ReadGroup] | None = None
+
+    def _realize(self, target: np.ndarray, level: np.ndarray) -> np.ndarray:
+        """The conductance every device holds after programming (and drift)."""
+        d, n = self.hw.device, self.hw.nonideality
+        if not self.quantized:
+            return target
+        delta = (d.g_max_us - d.g_min_us) / (d.levels - 1)
+        used = level >= 0
+        g = np.where(used, d.g_min_us + level * delta, 0.0)
+        if not self.noisy:
+            return g
+        g = np.where(used, np.maximum(g + self.rng.normal(0.0, n.program_noise_us, g.shape), 0.0), 0.0)
+        u = self.rng.random(g.shape)
+        g = np.where(used & (u < n.stuck_on_rate), d.g_max_us, g)
+        g = np.where(used & (u >= n.stuck_on_rate) & (u < n.stuck_on_rate + n.stuck_off_rate), d.g_min_us, g)
+        if self.options.drift_time_s is not None:
+            g = g * (max(self.options.drift_time_s, n.drift_t0_s) / n.drift_t0_s) ** (-n.drift_nu)
+        return g
+
+    def _tile(self, op: Operation) -> tuple[np.ndarray, np.ndarray]:
+        key = int(op.attributes["image.tile"])  # type: ignore[arg-type]
+        if key not in self._weights:
+            k, r, c = (int(op.attributes[n]) for n in ("array", "array_row", "array_col"))  # type: ignore[arg-type]
+            r0, r1 = op.attributes["rows"]  # type: ignore[misc]
+            c0, c1 = op.attributes["cols"]  # type: ignore[misc]
+            g = self.devices[k][r:r + r1 - r0, c:c + 2 * (c1 - c0)]
+            if not self.quantized:
+                g_pos, g_neg, _, _ = tile_conductances(self.image, op)
+            else:
+                g_pos, g_neg = g[:, 0::2], g[:, 1::2]
+            self._weights[key] = (np.ascontiguousarray(g_pos), np.ascontiguousarray(g_neg))
+        return self._weights[key]
+
+    def _dac(self, x: np.ndarray, scale: float) -> np.ndarray:
+        levels = (1 << (self.hw.converters.dac_bits - 1)) - 1
+        return (np.rint(np.clip(x / scale, -1.0, 1.0) * levels) / levels * scale).astype(x.dtype)
+
+    def _read_group(self, op: Operation) -> _ReadGroup:
+        """Tiles driven by the same inputs over the same rows are read together: one product per step."""
+        if self._groups is None:
+            self._groups = {}
+            for tile in self.program.walk():
+                if tile.name == "cim.tile_mvm":
+                    key = (tuple(id(v) for v in tile.operands), tuple(tile.attributes["rows"]))  # type: ignore[arg-type]
+                    self._groups.setdefault(key, _ReadGroup()).add(tile, *self._tile(tile))
+        key = (tuple(id(v) for v in op.operands), tuple(op.attributes["rows"]))  # type: ignore[arg-type]
+        return self._groups[key]
+
+    def tile_mvm(self, op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
+        group = self._read_group(op)
+        product = group.result_for(args)
+        if product is None:
+            r0, r1 = op.attributes["rows"]  # type: ignore[misc]
+            x = mvm_input(op, args)[..., r0:r1]
+            if self.quantized:
+                x = self._dac(x, float(op.attributes.get("input_scale", 1.0)))  # type: ignore[arg-type]
+            if self.noisy and self.hw.nonideality.read_noise_rel > 0:
+                sigma = self.hw.nonideality.read_noise_rel
+                g_pos = group.g_pos * (1.0 + sigma * self.rng.standard_normal(group.g_pos.shape))
+                g_neg = group.g_neg * (1.0 + sigma * self.rng.standard_normal(group.g_neg.shape))
+                weights = ((g_pos - g_neg) / group.scale).astype(x.dtype)
+            else:
+                weights = group.weights(x.dtype)
+            product = x @ weights
+            if self.quantized:
+                product *= x.dtype.type(self.vread_scale)
+            group.remember(args, product)
+        c0, c1 = group.columns[id(op)]
+        return [product[..., c0:c1]]
+
+    def adc(self, op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
+        z = args[0]
+        assert z is not None
+        if not self.quantized:
+            return [z]
+        tile = _first_tile(op.operands[0].op)  # type: ignore[union-attr]
+        lo, hi = tile.attributes["z_lo"].array, tile.attributes["z_hi"].array  # type: ignore[union-attr]
+        steps = (1 << int(op.attributes["bits"])) - 1  # type: ignore[arg-type]
+        span = np.where(hi > lo, hi - lo, 1.0)
+        code = np.clip(np.rint((z - lo) / span * steps), 0, steps)
+        return [(lo + code * span / steps).astype(z.dtype)]
+
+    def nl_adc(self, op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
+        analog = args[0]
+        assert analog is not None
+        c0, c1 = op.attributes["cols"]  # type: ignore[misc]
+        z = analog[..., c0:c1]
+        if not self.quantized:
+            return [apply_activation(op, z)]
+        ramp_op = op.operands[1].op  # type: ignore[union-attr]
+        ramp_id = int(ramp_op.attributes["image.ramp"])  # type: ignore[arg-type]
+        thresholds = self._ramp_thresholds(ramp_id)
+        # The ramp is read at the same voltage as the columns: both sides scale, the code does not move.
+        code = np.searchsorted(thresholds * self.vread_scale, z.astype(np.float64), side="right")
+        levels = np.asarray(self.ramps[ramp_id]["output_levels"])
+        return [levels[code].astype(z.dtype)]
+
+    def _ramp_thresholds(self, ramp_id: int) -> np.ndarray:
+        """Thresholds in z the programmed ramp devices realize: (offset + cumulative steps) / g_per_z.
+
+        When noisy, the calibration devices are then re-tuned, as after programming
+        on the chip: they absorb the ramp's median level error (programming
+        error, stuck devices), within what they can reach (0 to n G_max).
+        """
+        if ramp_id not in self._thresholds:
+            r = self.ramps[ramp_id]
+            column = self.devices[r["array"]][:, r["bit_line"]]
+            cal0, cal1 = r["calibration_rows"]
+            offset = r["offset_sign"] * column[cal0:cal1].sum()
+            bounds = np.cumsum([0] + r["step_devices"])
+            steps = np.array([column[bounds[i]:bounds[i + 1]].sum() for i in range(len(r["step_devices"]))])
+            levels = offset + np.cumsum(steps)
+            if self.noisy:
+                targets = r["g_per_z"] * np.asarray(r["thresholds"])
+                reach = (cal1 - cal0) * self.hw.device.g_max_us
+                corrected = np.clip(r["offset_sign"] * (offset + np.median(targets - levels)), 0.0, reach)
+                levels = levels - offset + r["offset_sign"] * corrected
+            self._thresholds[ramp_id] = levels / r["g_per_z"]
+        return self._thresholds[ramp_id]
+
+    def kernels(self) -> dict[str, Kernel]:
+        return {"cim.tile_mvm": self.tile_mvm, "cim.adc": self.adc, "cim.nl_adc": self.nl_adc}
+
+    def run(self, inputs: Mapping[str, np.ndarray], observer=None) -> dict[str, np.ndarray]:  # noqa: ANN001
+        """Run the program on ``inputs`` (keyed by the ONNX input names); outputs keyed by the ONNX output names."""
+        # The program was verified when the image was loaded; the inputs are still checked against its types.
+        return Interpreter(self.program, observer, self.kernels(), check_types=False).run(inputs)
+
+
+class _ReadGroup:
+    """Weights of the tiles one read serves, side by side, and the product of the current step."""
+
+    def __init__(self) -> None:
+        self.columns: dict[int, tuple[int, int]] = {}
+        self._pos: list[np.ndarray] = []
+        self._neg: list[np.ndarray] = []
+        self._scale: list[np.ndarray] = []
+        self._weights: dict[np.dtype, np.ndarray] = {}
+        self._args: list[np.ndarray | None] = []
+        self._product: np.ndarray | None = None
+
+    def add(self, tile: Operation, g_pos: np.ndarray, g_neg: np.ndarray) -> None:
+        start = sum(p.shape[1] for p in self._pos)
+        self.columns[id(tile)] = (start, start + g_pos.shape[1])
+        self._pos.append(g_pos)
+        self._neg.append(g_neg)
+        self._scale.append(tile.attributes["g_scale"].array)  # type: ignore[union-attr]
+
+    @property
+    def g_pos(self) -> np.ndarray:
+        return np.concatenate(self._pos, axis=1)
+
+    @property
+    def g_neg(self) -> np.ndarray:
+        return np.concatenate(self._neg, axis=1)
+
+    @property
+    def scale(self) -> np.ndarray:
+        return np.concatenate(self._scale)
+
+    def weights(self, dtype: np.dtype) -> np.ndarray:
+        if dtype not in self._weights:
+            self._weights[dtype] = ((self.g_pos - self.g_neg) / self.scale).astype(dtype)
+        return self._weights[dtype]
+
+    def result_for(self, args: Arrays) -> np.ndarray | None:
+        """This step's product if it was computed from these very input arrays."""
+        if self._product is not None and len(args) == len(self._args) and all(a is b for a, b in zip(args, self._args)):
+            return self._product
+        return None
+
+    def remember(self, args: Arrays, product: np.ndarray) -> None:
+        self._args, self._product = list(args), product
+
+
+def _first_tile(op: Operation) -> Operation:
+    return op if op.name == "cim.tile_mvm" else op.operands[0].op  # type: ignore[union-attr, return-value]

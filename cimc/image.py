@@ -1,0 +1,307 @@
+"""The programming image: what a chip's programming tool would consume, in one archive.
+
+A ``.cimg`` file is a zip archive (stored, fixed timestamps, sorted entries,
+so the same model, options and seed give the same bytes) readable with the
+standard library and numpy alone:
+
+- ``manifest.json``: format name and version, the hardware description, the
+  ONNX input/output names, dtypes and shapes, every used array with the
+  regions it holds (which logical weight block, rows and columns went where)
+  and the SHA-256 of each data entry, and every NL-ADC ramp (function, bits,
+  thresholds, output levels, devices);
+- ``arrays/<k>.target_us.npy`` (float64) and ``arrays/<k>.level.npy`` (int16):
+  the target conductance in uS and the programmed level index of every device
+  of physical array k (level -1 and 0 uS for a device that is not used, or is
+  a disabled calibration device);
+- ``program.cir`` and ``program/<key>.npy``: the step program, i.e. the
+  scheduled IR, without the conductances (they are the arrays above): array
+  reads, conversions and digital ops with their stages, inside the loop
+  structure, plus the input/output scales.
+
+Weight tile layout: weight column j of a tile placed at bit line c uses bit
+line c + 2j for G+ and c + 2j + 1 for G-, on word lines array_row onward.
+A ramp column uses one bit line: one device per step (two for a step wider
+than G_max) from word line 0, then its calibration devices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cimc.diagnostics import CimcError
+from cimc.hardware import Hardware, hardware_from_dict
+from cimc.interpreter import input_names, output_names
+from cimc.ir import Module, Operation
+from cimc.npz import write_atomic
+from cimc.parser import parse_module
+from cimc.printer import print_module
+from cimc.ramp import ramp_from_op
+
+FORMAT = "cimc-image"
+VERSION = 1
+_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _dims(shape: tuple) -> list[int | str | None]:
+    return [d if isinstance(d, (int, str)) or d is None else str(d) for d in shape]
+
+
+@dataclass
+class Image:
+    """A loaded (or freshly built) programming image."""
+
+    manifest: dict[str, Any]
+    arrays: dict[int, tuple[np.ndarray, np.ndarray]]  # array index -> (target_us, level)
+    program_text: str
+    program_resources: dict[str, np.ndarray]
+    _program: Module | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def hardware(self) -> Hardware:
+        return hardware_from_dict(self.manifest["hardware"], "the image's hardware description")
+
+    def program(self) -> Module:
+        """The step program, parsed once (simulators only read it)."""
+        if self._program is None:
+            self._program = parse_module(self.program_text, "program.cir", resources=self.program_resources)
+        return self._program
+
+    def to_bytes(self) -> bytes:
+        entries: dict[str, bytes] = {}
+        checksums: dict[str, str] = {}
+        for k, (target, level) in sorted(self.arrays.items()):
+            for name, data in ((f"arrays/{k}.target_us.npy", _npy(target)), (f"arrays/{k}.level.npy", _npy(level))):
+                entries[name] = data
+                checksums[name] = _sha(data)
+        entries["program.cir"] = self.program_text.encode("utf-8")
+        checksums["program.cir"] = _sha(entries["program.cir"])
+        for key, array in sorted(self.program_resources.items()):
+            name = f"program/{key}.npy"
+            entries[name] = _npy(array)
+            checksums[name] = _sha(entries[name])
+        manifest = dict(self.manifest, checksums=checksums)
+        entries["manifest.json"] = json.dumps(manifest, sort_keys=True, indent=1).encode("utf-8")
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
+            for name in sorted(entries):
+                info = zipfile.ZipInfo(name, date_time=_EPOCH)
+                info.external_attr = 0o644 << 16
+                zf.writestr(info, entries[name])
+        return buffer.getvalue()
+
+    def save(self, path: str | Path) -> None:
+        write_atomic(path, self.to_bytes())
+
+
+def build_image(module: Module, hw: Hardware) -> Image:
+    """Lay every placed tile and ramp of a scheduled module out on its physical arrays."""
+    a, d = hw.array, hw.device
+    delta_g = (d.g_max_us - d.g_min_us) / (d.levels - 1)
+    arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    regions: dict[int, list[dict[str, Any]]] = {}
+    ramps: list[dict[str, Any]] = []
+
+    def array(k: int) -> tuple[np.ndarray, np.ndarray]:
+        if k not in arrays:
+            arrays[k] = (np.zeros((a.rows, a.cols)), np.full((a.rows, a.cols), -1, np.int16))
+        return arrays[k]
+
+    def occupy(k: int, rows: slice, cols: slice | int, target: np.ndarray, levels: np.ndarray, what: str) -> None:
+        g, lv = array(k)
+        if (lv[rows, cols] != -1).any():
+            raise CimcError(f"internal placement clash in array {k} while laying out {what}")
+        g[rows, cols] = target
+        lv[rows, cols] = levels
+
+    def level_of(g: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint((g - d.g_min_us) / delta_g), 0, d.levels - 1).astype(np.int16)
+
+    program = module
+    tile_id = 0
+    for op in program.walk():
+        if op.name == "cim.tile_mvm":
+            if "array" not in op.attributes:
+                raise CimcError("the module is not placed: an image needs the full pipeline (place, fuse-activation, schedule)")
+            k, r, c = (int(op.attributes[n]) for n in ("array", "array_row", "array_col"))  # type: ignore[arg-type]
+            g_pos, g_neg = (op.attributes[n].array for n in ("g_pos", "g_neg"))  # type: ignore[union-attr]
+            rows, width = g_pos.shape
+            if r + rows > a.rows or c + 2 * width > a.cols:
+                raise CimcError(f"a tile of block '{op.attributes.get('block')}' at array {k}, row {r}, bit line {c} does not fit "
+                                f"a {a.rows} x {a.cols} array: the image's hardware differs from the one compiled for")
+            interleaved = np.empty((rows, 2 * width))
+            interleaved[:, 0::2], interleaved[:, 1::2] = g_pos, g_neg
+            occupy(k, slice(r, r + rows), slice(c, c + 2 * width), interleaved, level_of(interleaved), f"tile {tile_id}")
+            r0, r1 = op.attributes["rows"]  # type: ignore[misc]
+            c0, c1 = op.attributes["cols"]  # type: ignore[misc]
+            regions.setdefault(k, []).append({
+                "kind": "weights", "tile": tile_id, "block": op.attributes.get("block"),
+                "block_rows": [r0, r1], "block_cols": [c0, c1],
+                "word_lines": [r, r + rows], "bit_lines": [c, c + 2 * width]})
+            op.attributes["image.tile"] = tile_id
+            tile_id += 1
+        elif op.name == "cim.ramp":
+            k, c = int(op.attributes["array"]), int(op.attributes["array_col"])  # type: ignore[arg-type]
+            ramp = ramp_from_op(op, hw)
+            step_g = [g for step in ramp.steps for g in step.device_us]
+            step_lv = [lv for step in ramp.steps for lv in step.device_levels]
+            cal = ramp.calibration_devices
+            offset_lv = list(ramp.offset_levels) + [-1] * (cal - len(ramp.offset_levels))
+            offset_g = [d.g_min_us + lv * delta_g if lv >= 0 else 0.0 for lv in offset_lv]
+            column_g = np.array(step_g + offset_g)
+            column_lv = np.array(step_lv + offset_lv, np.int16)
+            if column_g.size > a.rows:
+                raise CimcError(f"the ramp at array {k}, bit line {c} needs {column_g.size} rows; the array has {a.rows}")
+            occupy(k, slice(0, column_g.size), c, column_g, column_lv, f"ramp {len(ramps)}")
+            ramps.append({
+                "id": len(ramps), "array": k, "bit_line": c,
+                **{key: op.attributes[key] for key in ("function", "alpha", "beta", "clip") if key in op.attributes},
+                "bits": ramp.bits, "z_lo": ramp.transfer.z_lo, "z_hi": ramp.transfer.z_hi, "g_per_z": ramp.g_per_z,
+                "thresholds": ramp.thresholds.tolist(), "output_levels": ramp.levels_y.tolist(),
+                "step_devices": [len(s.device_us) for s in ramp.steps],
+                "offset_sign": 1 if ramp.offset_us >= 0 else -1, "calibration_rows": [len(step_g), len(step_g) + cal],
+                "inl_lsb": float(np.abs(ramp.inl_lsb).max())})
+            regions.setdefault(k, []).append({"kind": "ramp", "ramp": len(ramps) - 1, "word_lines": [0, int(column_g.size)],
+                                             "bit_lines": [c, c + 1]})
+            op.attributes["image.ramp"] = len(ramps) - 1
+    printed = print_module(_without_conductances(program))
+    manifest = {
+        "format": FORMAT, "version": VERSION, "hardware": hw.to_dict(),
+        "model": {
+            "source": program.attributes.get("source"),
+            "inputs": [{"name": n, "dtype": v.type.dtype, "shape": _dims(v.type.shape)}
+                       for n, v in zip(input_names(program), program.inputs)],
+            "outputs": [{"name": n, "dtype": v.type.dtype, "shape": _dims(v.type.shape)}
+                        for n, v in zip(output_names(program), program.outputs)],
+        },
+        "arrays": [{"index": k, "rows": a.rows, "cols": a.cols, "regions": regions.get(k, []),
+                    "devices_used": int((arrays[k][1] >= 0).sum())} for k in sorted(arrays)],
+        "ramps": ramps,
+    }
+    return Image(manifest, arrays, printed.text, printed.resources)
+
+
+def _without_conductances(module: Module) -> Module:
+    """The module with every tile's g_pos/g_neg dropped: the image's arrays hold them."""
+    full = print_module(module)
+    copy = parse_module(full.text, "<program>", resources=full.resources)
+    for op in copy.walk():
+        if op.name == "cim.tile_mvm":
+            op.attributes.pop("g_pos", None)
+            op.attributes.pop("g_neg", None)
+    copy.attributes.pop("sidecar", None)
+    return copy
+
+
+def load_image(path: str | Path) -> Image:
+    """Read and check an image: format, version, every checksum; a bad file is a clear error."""
+    path = Path(path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise CimcError(f"cannot read {path}: no such file") from None
+    except (zipfile.BadZipFile, OSError) as e:
+        raise CimcError(f"{path} is not a cimc image (truncated or not a zip archive: {e})") from None
+    with zf:
+        try:
+            entries = {name: zf.read(name) for name in zf.namelist()}
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise CimcError(f"{path} is corrupt: {e}") from None
+    try:
+        manifest = json.loads(entries["manifest.json"])
+    except (KeyError, json.JSONDecodeError, UnicodeDecodeError):
+        raise CimcError(f"{path} is not a cimc image: no readable manifest.json") from None
+    if manifest.get("format") != FORMAT:
+        raise CimcError(f"{path} is not a cimc image (format {manifest.get('format')!r})")
+    if manifest.get("version") != VERSION:
+        raise CimcError(f"{path} is a version {manifest.get('version')} image; this cimc reads version {VERSION}")
+    checksums: dict[str, str] = manifest.get("checksums", {})
+    for name, digest in checksums.items():
+        if name not in entries:
+            raise CimcError(f"{path} is corrupt: entry {name} is missing")
+        if _sha(entries[name]) != digest:
+            raise CimcError(f"{path} is corrupt: checksum mismatch in {name}")
+    extra = set(entries) - set(checksums) - {"manifest.json"}
+    if extra:
+        raise CimcError(f"{path} is corrupt: unexpected entries {sorted(extra)}")
+
+    def npy(name: str) -> np.ndarray:
+        return np.lib.format.read_array(io.BytesIO(entries[name]), allow_pickle=False)
+
+    arrays = {int(info["index"]): (npy(f"arrays/{info['index']}.target_us.npy"), npy(f"arrays/{info['index']}.level.npy"))
+              for info in manifest["arrays"]}
+    resources = {name[len("program/"):-len(".npy")]: npy(name) for name in checksums if name.startswith("program/")}
+    manifest = {k: v for k, v in manifest.items() if k != "checksums"}
+    return Image(manifest, arrays, entries["program.cir"].decode("utf-8"), resources)
+
+
+def tile_conductances(image: Image, tile: Operation) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(target G+, target G-, level G+, level G-) of a program tile, read from its array."""
+    k, r, c = (int(tile.attributes[n]) for n in ("array", "array_row", "array_col"))  # type: ignore[arg-type]
+    r0, r1 = tile.attributes["rows"]  # type: ignore[misc]
+    c0, c1 = tile.attributes["cols"]  # type: ignore[misc]
+    target, level = image.arrays[k]
+    rows, cols = slice(r, r + r1 - r0), slice(c, c + 2 * (c1 - c0))
+    g, lv = target[rows, cols], level[rows, cols]
+    return g[:, 0::2], g[:, 1::2], lv[:, 0::2], lv[:, 1::2]
+
+
+def image_summary(image: Image) -> dict[str, Any]:
+    """What ``cimc dump --json`` prints: arrays and utilization, ramps, and the program's structure."""
+    program = image.program()
+    counts: dict[str, int] = {}
+    for op in program.walk():
+        counts[op.name] = counts.get(op.name, 0) + 1
+    loops = [{"location": op.location, "stages_per_step": op.attributes.get("sched.stages")}
+             for op in program.walk() if op.name == "cim.loop"]
+    arrays = []
+    for info in image.manifest["arrays"]:
+        total = info["rows"] * info["cols"]
+        arrays.append({"index": info["index"], "devices_used": info["devices_used"],
+                       "utilization": round(info["devices_used"] / total, 4), "regions": info["regions"]})
+    return {"model": image.manifest["model"], "hardware": image.manifest["hardware"], "arrays": arrays,
+            "ramps": [{k: v for k, v in r.items() if k not in ("thresholds", "output_levels")} for r in image.manifest["ramps"]],
+            "program": {"ops": dict(sorted(counts.items())), "loops": loops, "graph_stages": program.attributes.get("graph_stages")}}
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"model: {summary['model']['source']}"]
+    for kind in ("inputs", "outputs"):
+        lines.append(f"  {kind}: " + ", ".join(f"{t['name']} {t['dtype']}{t['shape']}" for t in summary["model"][kind]))
+    a = summary["hardware"]["array"]
+    lines.append(f"arrays used: {len(summary['arrays'])} of {a['count']} ({a['rows']} x {a['cols']})")
+    for info in summary["arrays"]:
+        lines.append(f"  array {info['index']}: {info['devices_used']} devices ({100 * info['utilization']:.0f}%)")
+        for region in info["regions"]:
+            if region["kind"] == "weights":
+                lines.append(f"    {region['block']}[rows {region['block_rows'][0]}:{region['block_rows'][1]}, cols "
+                             f"{region['block_cols'][0]}:{region['block_cols'][1]}] -> word lines {region['word_lines'][0]}:"
+                             f"{region['word_lines'][1]}, bit lines {region['bit_lines'][0]}:{region['bit_lines'][1]}")
+            else:
+                lines.append(f"    ramp {region['ramp']} -> bit line {region['bit_lines'][0]}, word lines 0:{region['word_lines'][1]}")
+    lines.append(f"ramps: {len(summary['ramps'])}")
+    for r in summary["ramps"]:
+        lines.append(f"  ramp {r['id']}: {r['function']} {r['bits']}-bit in array {r['array']}, z in [{r['z_lo']:.3g}, "
+                     f"{r['z_hi']:.3g}], worst |INL| {r['inl_lsb']:.3f} LSB")
+    p = summary["program"]
+    lines.append("program: " + ", ".join(f"{n} x{c}" for n, c in p["ops"].items()))
+    for loop in p["loops"]:
+        lines.append(f"  loop at {loop['location']}: {loop['stages_per_step']} stages per time step")
+    return "\n".join(lines) + "\n"
