@@ -42,7 +42,7 @@ from cimc.interpreter import input_names, output_names
 from cimc.ir import Module, Operation
 from cimc.npz import write_atomic
 from cimc.parser import parse_module
-from cimc.printer import print_module
+from cimc.printer import PrintedModule, print_module
 from cimc.ramp import ramp_from_op
 
 FORMAT = "cimc-image"
@@ -181,7 +181,7 @@ def build_image(module: Module, hw: Hardware) -> Image:
             regions.setdefault(k, []).append({"kind": "ramp", "ramp": len(ramps) - 1, "word_lines": [0, int(column_g.size)],
                                              "bit_lines": [c, c + 1]})
             op.attributes["image.ramp"] = len(ramps) - 1
-    printed = print_module(_without_conductances(program))
+    printed = _print_without_conductances(program)
     manifest = {
         "format": FORMAT, "version": VERSION, "hardware": hw.to_dict(),
         "model": {
@@ -198,16 +198,21 @@ def build_image(module: Module, hw: Hardware) -> Image:
     return Image(manifest, arrays, printed.text, printed.resources)
 
 
-def _without_conductances(module: Module) -> Module:
-    """The module with every tile's g_pos/g_neg dropped: the image's arrays hold them."""
-    full = print_module(module)
-    copy = parse_module(full.text, "<program>", resources=full.resources)
-    for op in copy.walk():
+def _print_without_conductances(module: Module) -> PrintedModule:
+    """Print the module as if every tile's g_pos/g_neg were gone: the image's arrays hold them."""
+    saved = []
+    for op in module.walk():
         if op.name == "cim.tile_mvm":
-            op.attributes.pop("g_pos", None)
-            op.attributes.pop("g_neg", None)
-    copy.attributes.pop("sidecar", None)
-    return copy
+            saved.append((op, op.attributes.pop("g_pos", None), op.attributes.pop("g_neg", None)))
+    sidecar = module.attributes.pop("sidecar", None)
+    try:
+        return print_module(module)
+    finally:
+        for op, g_pos, g_neg in saved:
+            if g_pos is not None:
+                op.attributes["g_pos"], op.attributes["g_neg"] = g_pos, g_neg  # type: ignore[assignment]
+        if sidecar is not None:
+            module.attributes["sidecar"] = sidecar
 
 
 def load_image(path: str | Path) -> Image:

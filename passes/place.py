@@ -105,22 +105,26 @@ def pack(tiles: list[Operation], levels: dict[int, tuple[int, int]], bitlines: i
     keys = [activation_keys(t) for t in tiles]
     order = sorted(range(len(tiles)), key=lambda i: (keys[i], levels[id(tiles[i])], i))
     arrays: list[_Array] = []
+    open_arrays: list[_Array] = []  # arrays with room for at least one more weight column
     placed = []
     for i in order:
         tile = tiles[i]
         c0, c1 = tile.attributes["cols"]  # type: ignore[misc]
         width = c1 - c0
         level, key = levels[id(tile)], read_key(tile)
-        fits = [a for a in arrays if a.fits(width, keys[i]) and (mix or set(keys[i]) <= a.functions)]
+        fits = [a for a in open_arrays if a.fits(width, keys[i]) and (mix or set(keys[i]) <= a.functions)]
         fits.sort(key=lambda a: a.conflicts(level, key))
         target = fits[0] if fits else None
         if target is None:
             target = _Array(len(arrays), bitlines, ramp_cols)
             arrays.append(target)
+            open_arrays.append(target)
         placed.append((tile, target.index, target.used))
         target.used += 2 * width
         target.functions.update(keys[i])
         target.reads.setdefault(level, set()).add(key)
+        if not target.fits(1, ()):
+            open_arrays.remove(target)
     return placed
 
 
