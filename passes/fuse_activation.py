@@ -25,14 +25,13 @@ columns' scale) is not used.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from cimc.attributes import Tensor
 from cimc.builder import Builder
 from cimc.diagnostics import CimcError
-from cimc.dialects.builtin import constant_array
 from cimc.dialects.cim import activation_key
 from cimc.hardware import Hardware, load_hardware
 from cimc.ir import Module, Operation, Value
