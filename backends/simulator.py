@@ -23,6 +23,7 @@ literature (e.g. aihwkit's and Wan et al., Nature 2022).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -190,10 +191,20 @@ class Simulator:
     def kernels(self) -> dict[str, Kernel]:
         return {"cim.tile_mvm": self.tile_mvm, "cim.adc": self.adc, "cim.nl_adc": self.nl_adc}
 
-    def run(self, inputs: Mapping[str, np.ndarray], observer=None) -> dict[str, np.ndarray]:  # noqa: ANN001
-        """Run the program on ``inputs`` (keyed by the ONNX input names); outputs keyed by the ONNX output names."""
+    def run(self, inputs: Mapping[str, np.ndarray], observer=None, progress=None) -> dict[str, np.ndarray]:  # noqa: ANN001
+        """Run the program on ``inputs`` (keyed by the ONNX input names); outputs keyed by the ONNX output names.
+
+        ``progress(where, step, steps)`` is called after every time step of every loop.
+        """
         # The program was verified when the image was loaded; the inputs are still checked against its types.
-        return Interpreter(self.program, observer, self.kernels(), check_types=False).run(inputs)
+        return Interpreter(self.program, observer, self.kernels(), check_types=False, progress=progress).run(inputs)
+
+
+def terminal_progress(where: str, step: int, steps: int) -> None:
+    """A one-line progress report on a terminal's stderr, redrawn in place at every tenth of a loop."""
+    if sys.stderr.isatty() and steps >= 20 and (step == steps or step % max(1, steps // 10) == 0):
+        end = "\n" if step == steps else ""
+        print(f"\r  {where}: step {step}/{steps}", end=end, file=sys.stderr, flush=True)
 
 
 class _ReadGroup:

@@ -137,12 +137,12 @@ def _cmd_dump(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from cimc.backends.simulator import Simulator, SimulatorOptions
+    from cimc.backends.simulator import Simulator, SimulatorOptions, terminal_progress
     from cimc.image import load_image
     from cimc.npz import npz_bytes, write_atomic
 
     simulator = Simulator(load_image(args.image), SimulatorOptions(args.fidelity, args.seed, args.drift_time))
-    outputs = simulator.run(_load_inputs(args.inputs))
+    outputs = simulator.run(_load_inputs(args.inputs), progress=terminal_progress)
     write_atomic(args.output, npz_bytes(outputs))
     return 0
 

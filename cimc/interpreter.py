@@ -68,7 +68,8 @@ class Interpreter:
     """Evaluates one module; create one per run (it holds the symbol bindings)."""
 
     def __init__(self, module: Module, observer: Callable[[Operation, Arrays, list[np.ndarray]], None] | None = None,
-                 overrides: Mapping[str, Kernel] | None = None, check_types: bool = True) -> None:
+                 overrides: Mapping[str, Kernel] | None = None, check_types: bool = True,
+                 progress: Callable[[str, int, int], None] | None = None) -> None:
         """``observer(op, operands, results)`` sees every op as it runs (calibration records value ranges with it);
         ``overrides`` replaces the kernels of some op kinds (the simulator executes crossbar ops its own way)."""
         _load_kernels()
@@ -76,6 +77,7 @@ class Interpreter:
         self.observer = observer
         self.kernels = {**_KERNELS, **(overrides or {})}
         self.check_types = check_types
+        self.progress = progress  # progress(where, step, steps) after every loop step
         self.values: dict[int, np.ndarray] = {}
         self.symbols: dict[str, int] = {}
         self._cache: dict[int, np.ndarray] = {}

@@ -35,6 +35,8 @@ def _loop(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
         state = out[:n_carried]
         for acc, value in zip(scans, out[n_carried:]):
             acc.append(value)
+        if it.progress is not None:
+            it.progress(op.location or op.name, t + 1, int(trip))
     stacked = []
     for acc, res in zip(scans, op.results[n_carried:]):
         if acc:

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from cimc.backends.simulator import Simulator, SimulatorOptions
+from cimc.backends.simulator import Simulator, SimulatorOptions, terminal_progress
 from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware
 from cimc.image import Image
@@ -149,7 +149,7 @@ def verify_image(model_path: str | Path, image: Image, inputs: Mapping[str, np.n
 
     print(f"running the simulator ({options.fidelity}) on {', '.join(f'{k}{list(v.shape)}' for k, v in feeds.items())}",
           file=sys.stderr)
-    actual = simulator.run(feeds, observe)
+    actual = simulator.run(feeds, observe, terminal_progress)
     layer_names = [onnx_names[n] for n in named]
     print("running onnxruntime", file=sys.stderr)
     expected = _reference(Path(model_path), feeds, layer_names)
