@@ -182,11 +182,22 @@ class Simulator:
             levels = offset + np.cumsum(steps)
             if self.noisy:
                 targets = r["g_per_z"] * np.asarray(r["thresholds"])
-                reach = (cal1 - cal0) * self.hw.device.g_max_us
-                corrected = np.clip(r["offset_sign"] * (offset + np.median(targets - levels)), 0.0, reach)
-                levels = levels - offset + r["offset_sign"] * corrected
+                wanted = r["offset_sign"] * (offset + np.median(targets - levels))
+                levels = levels - offset + r["offset_sign"] * self._calibration_sum(wanted, cal1 - cal0)
             self._thresholds[ramp_id] = levels / r["g_per_z"]
         return self._thresholds[ramp_id]
+
+    def _calibration_sum(self, wanted: float, devices: int) -> float:
+        """The achievable total of ``devices`` calibration devices (each off, or G_min + l dG) nearest to ``wanted``."""
+        d = self.hw.device
+        delta = (d.g_max_us - d.g_min_us) / (d.levels - 1)
+        best = 0.0
+        for n in range(1, devices + 1):
+            steps = np.clip(np.rint((wanted - n * d.g_min_us) / delta), 0, n * (d.levels - 1))
+            total = n * d.g_min_us + steps * delta
+            if abs(total - wanted) < abs(best - wanted):
+                best = float(total)
+        return best
 
     def kernels(self) -> dict[str, Kernel]:
         return {"cim.tile_mvm": self.tile_mvm, "cim.adc": self.adc, "cim.nl_adc": self.nl_adc}

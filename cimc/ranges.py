@@ -202,6 +202,11 @@ class IntervalAnalysis:
             if exponent is not None and exponent.size == 1:
                 e = float(exponent.reshape(-1)[0])
                 return function_range(lambda z: np.power(z, e), args[0])
+        if op.name == "onnx.Div":
+            a, b = args
+            if (b.lo > 0).all() or (b.hi < 0).all():  # a divisor interval without 0: multiply by its reciprocal
+                return _products(a, Interval(1.0 / b.hi, 1.0 / b.lo))
+            return Interval.unknown()
         if op.name == "onnx.Exp":
             return Interval.of(np.exp(args[0].collapse().lo), np.exp(args[0].collapse().hi))
         if op.name in ("onnx.MatMul", "onnx.Gemm") and all(np.isfinite(a.abs_max()) for a in args[:2]):

@@ -224,6 +224,7 @@ class FuseActivation(ModulePass):
                 groups[(use.array, activation_key(act))].append(use)
         outcomes = {key: self._plan_ramp(key[0], group, arrays[key[0]]) for key, group in sorted(groups.items())}
         ramp_values: dict[tuple[int, str], Value] = {}
+        fused = 0
         for act, uses in plans:
             keys = [(use.array, activation_key(act)) for use in uses]
             failed = [outcomes[k] for k in keys if isinstance(outcomes[k], str)]
@@ -234,9 +235,11 @@ class FuseActivation(ModulePass):
             fn_attrs = {k: act.attributes[k] for k in ("function", "alpha", "beta", "clip") if k in act.attributes}
             outputs = []
             for use, key in zip(uses, keys):
+                ramp, col, g_common = outcomes[key]  # type: ignore[misc]
                 if key not in ramp_values:
-                    ramp, col = outcomes[key]  # type: ignore[misc]
                     ramp_values[key] = self._ramp_op(module, ramp, key[0], col, act)
+                for tile in use.tiles:  # only columns that really use the ramp give up part of their window
+                    _rescale(tile, use.cols, g_common, self.g_min)
                 lead = act.results[0].type.shape[:-1]
                 out_type = TensorType(act.results[0].type.dtype, (*lead, use.cols[1] - use.cols[0]))
                 outputs.append(b.value("cim.nl_adc", [use.analog, ramp_values[key]], out_type,
@@ -247,7 +250,9 @@ class FuseActivation(ModulePass):
                 joined = b.value("onnx.Identity", [joined], result.type)
             result.replace_all_uses_with(joined)
             act.erase()
+            fused += 1
         module.attributes["fuse.ramps"] = len(ramp_values)
+        module.attributes["fuse.activations"] = fused
         return bool(ramp_values)
 
     def _wants_identity(self, act: Operation) -> bool:
@@ -314,8 +319,12 @@ class FuseActivation(ModulePass):
             pieces.append((tile, (0, w)))
         return pieces
 
-    def _plan_ramp(self, array: int, uses: list[_Use], state: _ArrayState) -> tuple[Ramp, int] | str:
-        """Synthesize the ramp of one (array, function) group and reserve its bit line, or say why not."""
+    def _plan_ramp(self, array: int, uses: list[_Use], state: _ArrayState) -> tuple[Ramp, int, float] | str:
+        """Synthesize the ramp of one (array, function) group and reserve its bit line, or say why not.
+
+        Returns the ramp, its bit line and the conductance per unit of z that every
+        column converted against it must be brought to.
+        """
         act = uses[0].act
         g_common = min(float(_g_per_z(t, u.cols).min()) for u in uses for t in u.tiles)
         try:
@@ -333,10 +342,7 @@ class FuseActivation(ModulePass):
         col = state.take()
         if col is None:
             return f"array {array} has no free bit line for a ramp column"
-        for use in uses:
-            for tile in use.tiles:
-                _rescale(tile, use.cols, g_common, self.g_min)
-        return ramp, col
+        return ramp, col, g_common
 
     def _synthesize(self, transfer: Transfer, g_per_z: float) -> Ramp:
         """Synthesize, narrowing the range where the calibration devices cannot reach its low end (the columns then clip)."""
@@ -366,13 +372,15 @@ class FuseActivation(ModulePass):
 
 def fusion_summary(module: Module) -> str:
     """How many activations were fused, how many fell back and why, how many ramp columns, and the worst INL."""
-    fused = sum(1 for op in module.walk() if op.name == "cim.nl_adc")
+    fused = int(module.attributes.get("fuse.activations", 0))  # type: ignore[arg-type]
+    conversions = sum(1 for op in module.walk() if op.name == "cim.nl_adc")
     reasons: dict[str, int] = defaultdict(int)
     for op in module.walk():
         if op.name == "cim.activation":
             reasons[str(op.attributes.get("fuse.reason", "not considered (no fuse-activation pass)"))] += 1
     ramps = [op for op in module.walk() if op.name == "cim.ramp"]
-    lines = [f"activations fused into NL-ADCs: {fused}; kept digital: {sum(reasons.values())}"]
+    lines = [f"activations fused into NL-ADCs: {fused} (converted in {conversions} column pieces); "
+             f"kept digital: {sum(reasons.values())}"]
     lines += [f"  {n} x {reason}" for reason, n in sorted(reasons.items())]
     if ramps:
         worst = max(ramps, key=lambda r: float(r.attributes["inl_lsb"]))  # type: ignore[arg-type]
