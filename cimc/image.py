@@ -132,7 +132,9 @@ def build_image(module: Module, hw: Hardware) -> Image:
         lv[rows, cols] = levels
 
     def level_of(g: np.ndarray) -> np.ndarray:
-        return np.clip(np.rint((g - d.g_min_us) / delta_g), 0, d.levels - 1).astype(np.int16)
+        """Programmed level of each device; -1 for a device left unformed (target 0 uS, below G_min)."""
+        levels = np.clip(np.rint((g - d.g_min_us) / delta_g), 0, d.levels - 1).astype(np.int16)
+        return np.where(g < d.g_min_us / 2, np.int16(-1), levels)
 
     program = module
     tile_id = 0

@@ -158,8 +158,10 @@ def _rescale(tile: Operation, cols: tuple[int, int], target: float, g_min: float
     g_pos, g_neg, scale = (a[k].array.copy() for k in ("g_pos", "g_neg", "g_scale"))  # type: ignore[union-attr]
     sl = slice(*cols)
     factor = target * float(a.get("input_scale", 1.0)) / scale[sl]  # type: ignore[arg-type]
-    g_pos[:, sl] = g_min + (g_pos[:, sl] - g_min) * factor
-    g_neg[:, sl] = g_min + (g_neg[:, sl] - g_min) * factor
+    pos, neg = g_pos[:, sl], g_neg[:, sl]
+    # A pair's deviations from G_min shrink; a device left unformed (0 uS) stays so, and its partner scales whole.
+    g_pos[:, sl] = np.where(pos == 0, 0.0, np.where(neg == 0, pos * factor, g_min + (pos - g_min) * factor))
+    g_neg[:, sl] = np.where(neg == 0, 0.0, np.where(pos == 0, neg * factor, g_min + (neg - g_min) * factor))
     scale[sl] = scale[sl] * factor
     for key, array in (("g_pos", g_pos), ("g_neg", g_neg), ("g_scale", scale)):
         a[key] = Tensor(array, key=a[key].key)  # type: ignore[union-attr]
@@ -300,17 +302,17 @@ class FuseActivation(ModulePass):
                 arrays[target] = _ArrayState(self.rows, self.cols)
             placements.append((c0, c1, target, arrays[target].used))
             arrays[target].used += 2 * (c1 - c0)
-        span_us = self.g_max - self.g_min
         block = f"{act.location or 'activation'}.identity"
         b = Builder(act.parent, act, act.location)  # type: ignore[arg-type]
         pieces: list[Piece] = []
         for c0, c1, array, col in placements:
             w = c1 - c0
             key = f"{block}.c{c0}"
+            # One formed device per row (G_max on the diagonal); every other device is left unformed.
             tile = b.value("cim.tile_mvm", [x], TensorType(x.type.dtype, (*x.type.shape[:-1], w)), {
-                "g_pos": Tensor(self.g_min + span_us * np.eye(w), key=f"{key}.g_pos"),
-                "g_neg": Tensor(np.full((w, w), self.g_min), key=f"{key}.g_neg"),
-                "g_scale": Tensor(np.full(w, span_us), key=f"{key}.g_scale"),
+                "g_pos": Tensor(self.g_max * np.eye(w), key=f"{key}.g_pos"),
+                "g_neg": Tensor(np.zeros((w, w)), key=f"{key}.g_neg"),
+                "g_scale": Tensor(np.full(w, self.g_max), key=f"{key}.g_scale"),
                 "block": block, "rows": (c0, c1), "cols": (0, w),
                 "input_scale": max(abs(lo), abs(hi), float(np.finfo(np.float32).tiny)),
                 "z_lo": Tensor(np.full(w, lo)), "z_hi": Tensor(np.full(w, hi)),
