@@ -1,0 +1,396 @@
+"""Accuracy of the keyword-spotting LSTM on the crossbar, against the float model.
+
+Compiles ``kws_lstm.onnx`` with cimc for one hardware description per NL-ADC
+resolution (3, 4, 5 and 8 bits; everything else fixed: 512 x 64 arrays, see
+``hardware_toml``), runs the programming image on the simulator over
+``eval_set.npz`` (all 600 clips) and reports top-1 accuracy:
+
+- float: onnxruntime (``float_eval.py``);
+- ``exact``: target conductances as floats, once, asserted equal to float;
+- ``ideal``: programmed levels, DAC/ADC/NL-ADC codes, no randomness;
+- ``noisy``: ``ideal`` plus programming/read noise and stuck devices, one
+  programmed chip per seed, mean and sample standard deviation over seeds.
+
+Besides the default compilation (calibrated on ``calib.npz``, identity
+columns chosen by cost), it tries what the compiler offers where accuracy
+drops: tanh(c_t) digital instead of through an identity column, analytic
+ranges instead of calibration data (and, since those fail on this model,
+calibration on synthetic inputs made from the model's own normalization
+constants), the default 128-row arrays, and which non-ideality costs the
+noisy accuracy, and, at 5 bits, which region's stuck-at faults (ramp,
+identity or weight columns) cost it most. Writes ``results.json`` (sorted
+keys, deterministic) and ``accuracy.png`` next to this file and prints
+markdown tables.
+
+Run from the repository root:  .venv/bin/python examples/kws/evaluate.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+import cimc
+from cimc.backends.simulator import Simulator, SimulatorOptions
+from cimc.diagnostics import CimcError
+from cimc.image import tile_conductances
+
+from float_eval import HERE, load_eval_set, onnx_logits
+
+MODEL = HERE / "kws_lstm.onnx"
+CALIB = HERE / "calib.npz"  # features [49, 100, 40] = eval_set.npz clips 0, 6, 12, ...
+BITS = (3, 4, 5, 8)
+INPUT = "features"
+OUTPUT = "logits"
+# One array geometry for the whole sweep: an 8-bit ramp needs 2^8 - 1 + 5 = 260 word lines,
+# more than the default 128, so every bits setting runs on 512-row arrays (64 of them).
+ARRAY = {"rows": 512, "cols": 64, "count": 64}
+NONIDEALITIES = ("program_noise_us", "read_noise_rel", "stuck_on_rate", "stuck_off_rate")
+
+
+def hardware_toml(bits: int, array: dict[str, int] | None = None, nonideality: dict[str, float] | None = None) -> str:
+    """The override of cimc's default hardware description used for ``bits``."""
+    lines = ["[array]"] + [f"{k} = {v}" for k, v in (array or ARRAY).items()]
+    lines += ["", "[converters]", f"nl_adc_bits = {bits}"]
+    if nonideality:
+        lines += ["", "[nonideality]"] + [f"{k} = {v!r}" for k, v in nonideality.items()]
+    return "\n".join(lines) + "\n"
+
+
+def compile_model(bits: int, calib: Path | None, identity: str = "auto", array: dict[str, int] | None = None,
+                  nonideality: dict[str, float] | None = None) -> cimc.CompiledModel:
+    with tempfile.TemporaryDirectory() as tmp:
+        hw = Path(tmp) / "hw.toml"
+        hw.write_text(hardware_toml(bits, array, nonideality))
+        return cimc.compile(MODEL, hw=hw, calib=calib, identity=identity)
+
+
+def short_reason(reason: str) -> str:
+    """A fuse.reason without its numbers, so that equal causes count together."""
+    if "INL" in reason:
+        return "ramp INL above max_inl (steps narrower than G_min)"
+    if "digital value" in reason:
+        return "digital input (tanh(c_t))"
+    if "partial sums" in reason:
+        return "digital partial sums"
+    return re.sub(r"[-+]?\d[\d.e+-]*", "#", reason)
+
+
+def fusion_stats(model: cimc.CompiledModel) -> dict:
+    """Activations fused (NL-ADC) vs kept digital, the reasons, the ramps and their worst INL."""
+    program = model.image.program()
+    nl_adcs = [op for op in program.walk() if op.name == "cim.nl_adc"]
+    # A gate wider than one array is converted in pieces (one cim.nl_adc per array) joined by a Concat.
+    fused = set()
+    for op in nl_adcs:
+        joins = [u for u in op.results[0].users
+                 if u.name == "onnx.Concat" and all(getattr(v, "op", None) is not None and v.op.name == "cim.nl_adc" for v in u.operands)]
+        fused.add(id(joins[0]) if joins else id(op))
+    digital = [str(op.attributes.get("fuse.reason", "")) for op in program.walk() if op.name == "cim.activation"]
+    ramps = model.image.manifest["ramps"]
+    return {
+        "activations_fused": len(fused),
+        "nl_adc_ops": len(nl_adcs),
+        "activations_digital": len(digital),
+        "digital_reasons": dict(sorted(Counter(short_reason(r) for r in digital).items())),
+        "digital_reasons_full": sorted(digital),
+        "ramps": len(ramps),
+        "worst_inl_lsb": round(max((float(r["inl_lsb"]) for r in ramps), default=0.0), 4),
+        "arrays_used": len(model.image.manifest["arrays"]),
+        "g_window_used_median": g_window_used(model),
+    }
+
+
+def g_window_used(model: cimc.CompiledModel) -> dict[str, float]:
+    """Per weight block: median over its columns of max |G+ - G-| / (G_max - G_min).
+
+    map-conductance gives every column the full window (1.0); fuse-activation
+    scales the columns that share a ramp down to the smallest conductance per
+    unit of z among them, so fused columns use less of it.
+    """
+    d = model.image.hardware.device
+    used: dict[str, dict[int, float]] = {}  # block -> column -> largest |G+ - G-| over its row tiles
+    for op in model.image.program().walk():
+        block = str(op.attributes.get("block", ""))
+        if op.name == "cim.tile_mvm" and not block.endswith(".identity"):
+            g_pos, g_neg, _, _ = tile_conductances(model.image, op)
+            columns = used.setdefault(block, {})
+            for j, g in zip(range(*op.attributes["cols"]), np.abs(g_pos - g_neg).max(0)):
+                columns[j] = max(columns.get(j, 0.0), float(g))
+    return {b: round(float(np.median(list(v.values()))) / (d.g_max_us - d.g_min_us), 3) for b, v in sorted(used.items())}
+
+
+def accuracy(logits: np.ndarray, y: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    hit = logits.argmax(1) == y
+    return {"all": round(float(hit.mean()), 6), "held_out": round(float(hit[mask].mean()), 6)}
+
+
+def noisy_summary(per_seed: list[dict[str, float]]) -> dict:
+    out: dict = {"per_seed": [a["all"] for a in per_seed]}
+    for key in ("all", "held_out"):
+        v = np.array([a[key] for a in per_seed])
+        out[key] = {"mean": round(float(v.mean()), 6), "std": round(float(v.std(ddof=1)) if v.size > 1 else 0.0, 6)}
+    return out
+
+
+def evaluate(model: cimc.CompiledModel, x: np.ndarray, y: np.ndarray, mask: np.ndarray, seeds: list[int]) -> dict:
+    ideal = accuracy(model.run({INPUT: x}, fidelity="ideal")[OUTPUT], y, mask)
+    noisy = [accuracy(model.run({INPUT: x}, fidelity="noisy", seed=s)[OUTPUT], y, mask) for s in seeds]
+    return {"ideal": ideal, "noisy": noisy_summary(noisy)}
+
+
+def stuck_fault_attribution(bits: int, identity: str, x: np.ndarray, y: np.ndarray, mask: np.ndarray,
+                            seeds: list[int]) -> dict:
+    """Noisy accuracy with the stuck-at faults of one kind of region undone (ramps, identity columns, weights).
+
+    The same image is compiled for the default non-idealities and for stuck rates 0. Both
+    simulators draw the same programming noise for a seed (the stuck draws happen either way),
+    so copying one region's devices from the fault-free chip removes exactly its stuck devices.
+    """
+    faulty = compile_model(bits, CALIB, identity)
+    clean = compile_model(bits, CALIB, identity, nonideality={"stuck_on_rate": 0.0, "stuck_off_rate": 0.0})
+    assert all(np.array_equal(faulty.image.arrays[k][1], clean.image.arrays[k][1]) for k in faulty.image.arrays)
+    hw = faulty.image.hardware.array
+    masks: dict[str, dict[int, np.ndarray]] = {"ramp columns": {}, "identity columns": {}, "weight columns": {}}
+    for info in faulty.image.manifest["arrays"]:
+        for region in info["regions"]:
+            kind = ("ramp columns" if region["kind"] == "ramp" else
+                    "identity columns" if str(region.get("block", "")).endswith(".identity") else "weight columns")
+            m = masks[kind].setdefault(info["index"], np.zeros((hw.rows, hw.cols), bool))
+            m[slice(*region["word_lines"]), slice(*region["bit_lines"])] = True
+    out = {}
+    for fix in ("none", *masks, "all"):
+        per_seed = []
+        for seed in seeds:
+            sim = Simulator(faulty.image, SimulatorOptions("noisy", seed))
+            if fix != "none":
+                ref = Simulator(clean.image, SimulatorOptions("noisy", seed))
+                for kind, arrays in masks.items():
+                    if fix in (kind, "all"):
+                        for k, m in arrays.items():
+                            sim.devices[k] = np.where(m, ref.devices[k], sim.devices[k])
+            per_seed.append(accuracy(sim.run({INPUT: x})[OUTPUT], y, mask))
+        out[f"stuck faults undone in: {fix}"] = noisy_summary(per_seed)
+    return out
+
+
+def synthetic_calibration(path: Path, steps: int, clips: int, seed: int = 0) -> str:
+    """Gaussian inputs with the per-feature mean and std the model normalizes with (no data used)."""
+    init = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(MODEL)).graph.initializer}
+    mean, std = init["mean"].astype(np.float32), init["std"].astype(np.float32)
+    rng = np.random.default_rng(seed)
+    x = (mean + std * rng.standard_normal((steps, clips, mean.size))).astype(np.float32)
+    np.savez(path, **{INPUT: x})
+    return f"{INPUT} [{steps}, {clips}, {mean.size}] ~ N(mean, std) from the model's 'mean'/'std' initializers, seed {seed}"
+
+
+def pct(v: float) -> str:
+    return f"{100 * v:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=10, help="noisy runs (programmed chips), seeds 0..N-1")
+    parser.add_argument("--out-dir", type=Path, default=HERE)
+    parser.add_argument("--no-ablation", action="store_true", help="only the main sweep and the compiler variants")
+    args = parser.parse_args()
+    t_start = time.perf_counter()
+    seeds = list(range(args.seeds))
+    x, y = load_eval_set(HERE / "eval_set.npz")
+    calib_x = np.load(CALIB)[INPUT]
+    held_out = np.ones(len(y), bool)
+    held_out[::6] = False  # calib.npz is every 6th clip of eval_set.npz
+    assert np.array_equal(calib_x, x[:, ~held_out]), "calib.npz is expected to be eval_set.npz[:, ::6]"
+
+    float_logits = onnx_logits(MODEL, x)
+    float_acc = accuracy(float_logits, y, held_out)
+    results: dict = {
+        "model": MODEL.name,
+        "eval_set": f"eval_set.npz, all {len(y)} clips ('all'); 'held_out': the {int(held_out.sum())} clips not in calib.npz",
+        "calibration": f"calib.npz: {INPUT} {list(calib_x.shape)}, eval_set.npz clips 0, 6, 12, ... (100 of the 600)",
+        "metric": "top-1 accuracy",
+        "seeds": seeds,
+        "noisy_std": "sample standard deviation (ddof=1) over seeds; one seed = one programmed chip",
+        "hardware_toml": {str(b): hardware_toml(b) for b in BITS},
+        "float": float_acc,
+        "command": ".venv/bin/python examples/kws/evaluate.py",
+    }
+    timings: dict[str, float] = {}
+
+    # exact fidelity must reproduce onnxruntime: a sanity check of the compiled image.
+    t0 = time.perf_counter()
+    model = compile_model(5, CALIB)
+    exact_logits = model.run({INPUT: x}, fidelity="exact")[OUTPUT]
+    diff = float(np.abs(exact_logits - float_logits).max())
+    assert np.array_equal(exact_logits.argmax(1), float_logits.argmax(1)), "exact fidelity changed a prediction"
+    assert diff <= 1e-4 * max(1.0, float(np.abs(float_logits).max())), f"exact fidelity differs from onnxruntime by {diff}"
+    results["exact"] = {**accuracy(exact_logits, y, held_out), "bits": 5, "max_abs_logit_diff_vs_float": float(f"{diff:.1e}")}
+    timings["exact"] = time.perf_counter() - t0
+
+    # The sweep, and the compiler variants tried where accuracy drops.
+    with tempfile.TemporaryDirectory() as tmp:
+        synth = Path(tmp) / "synthetic_calib.npz"
+        synth_note = synthetic_calibration(synth, *calib_x.shape[:2])
+        variants = {
+            "calib": dict(calib=CALIB, identity="auto"),
+            "calib, identity=digital": dict(calib=CALIB, identity="digital"),
+            "analytic ranges": dict(calib=None, identity="auto"),
+            "synthetic calib": dict(calib=synth, identity="auto"),
+        }
+        results["variants"] = {
+            "calib": "calibrated on calib.npz; tanh(c_t) identity column per the cost model (identity=auto, the default)",
+            "calib, identity=digital": "calibrated on calib.npz; tanh(c_t) computed digitally (identity=digital)",
+            "analytic ranges": "no calibration data: interval bounds, inputs assumed within +-1 (cimc's default without --calib)",
+            "synthetic calib": f"calibrated on synthetic data, no clip used: {synth_note}",
+        }
+        sweeps: dict = {}
+        for name, opts in variants.items():
+            sweeps[name] = {}
+            for bits in BITS:
+                t0 = time.perf_counter()
+                try:
+                    model = compile_model(bits, **opts)
+                except CimcError as e:
+                    sweeps[name][str(bits)] = {"error": e.message}
+                    print(f"[{name}, {bits} bits] compile failed: {e.message}", file=sys.stderr)
+                    continue
+                entry = {**fusion_stats(model), **evaluate(model, x, y, held_out, seeds)}
+                sweeps[name][str(bits)] = entry
+                timings[f"{name}, {bits} bits"] = time.perf_counter() - t0
+                print(f"[{name}, {bits} bits] ideal {pct(entry['ideal']['all'])} %, noisy "
+                      f"{pct(entry['noisy']['all']['mean'])} +- {pct(entry['noisy']['all']['std'])} % "
+                      f"({timings[f'{name}, {bits} bits']:.1f} s)", file=sys.stderr, flush=True)
+        results["sweeps"] = sweeps
+
+        # The default chip (128 x 64 arrays) at its default 5 bits, for comparison with the 512-row sweep.
+        t0 = time.perf_counter()
+        model = compile_model(5, CALIB, array={"rows": 128, "cols": 64, "count": 64})
+        results["default_arrays_5bit"] = {"array": "128 x 64 (cimc default), nl_adc_bits = 5",
+                                          **fusion_stats(model), **evaluate(model, x, y, held_out, seeds)}
+        timings["default arrays, 5 bits"] = time.perf_counter() - t0
+
+    # Which non-ideality costs the noisy accuracy: each one alone (5 bits, calibrated), for both identity choices.
+    if not args.no_ablation:
+        ablation: dict = {}
+        for identity in ("auto", "digital"):
+            for only in (None, *NONIDEALITIES):
+                t0 = time.perf_counter()
+                nonideality = {k: (None if k == only else 0.0) for k in NONIDEALITIES}
+                model = compile_model(5, CALIB, identity, nonideality={k: v for k, v in nonideality.items() if v is not None})
+                noisy = [accuracy(model.run({INPUT: x}, fidelity="noisy", seed=s)[OUTPUT], y, held_out) for s in seeds]
+                ablation[f"identity={identity}, {only or 'none'}"] = noisy_summary(noisy)
+                timings[f"ablation identity={identity}, {only}"] = time.perf_counter() - t0
+        results["noisy_ablation_5bit"] = ablation
+        attribution = {}
+        for identity, sweep in (("auto", "calib"), ("digital", "calib, identity=digital")):
+            t0 = time.perf_counter()
+            attribution[f"identity={identity}"] = a = stuck_fault_attribution(5, identity, x, y, held_out, seeds)
+            assert a["stuck faults undone in: none"] == results["sweeps"][sweep]["5"]["noisy"], "attribution does not reproduce the sweep"
+            timings[f"stuck attribution identity={identity}"] = time.perf_counter() - t0
+        results["stuck_fault_attribution_5bit"] = attribution
+        results["noisy_ablation_note"] = ("noisy fidelity with only the named non-ideality enabled (the others set to 0 "
+                                          "in [nonideality]); 'none': all four off. Defaults: "
+                                          "program_noise_us 1.0, read_noise_rel 0.01, stuck_on_rate 0.001, stuck_off_rate 0.005")
+
+    out = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    plot(results, out / "accuracy.png", len(seeds))
+    print(tables(results, len(seeds)))
+    total = time.perf_counter() - t_start
+    print(f"\nrun time {total:.0f} s ({', '.join(f'{k} {v:.1f} s' for k, v in timings.items())})", file=sys.stderr)
+
+
+def tables(r: dict, n_seeds: int) -> str:
+    f = r["float"]["all"]
+    lines = [f"float (onnxruntime): {pct(f)} %; exact fidelity: {pct(r['exact']['all'])} % "
+             f"(max |logit - float| {r['exact']['max_abs_logit_diff_vs_float']:.1e})", "",
+             f"| NL-ADC bits | ideal (%) | noisy (%), mean ± std of {n_seeds} | fused / digital activations (NL-ADC converters) "
+             "| ramp columns | worst ramp INL (LSB) | gate columns' G window used (median) | kept digital because |",
+             "|---|---|---|---|---|---|---|---|"]
+    for bits in BITS:
+        e = r["sweeps"]["calib"][str(bits)]
+        reasons = "; ".join(f"{n} × {why}" for why, n in e["digital_reasons"].items()) or "–"
+        lines.append(f"| {bits} | {pct(e['ideal']['all'])} | {pct(e['noisy']['all']['mean'])} ± {pct(e['noisy']['all']['std'])} "
+                     f"| {e['activations_fused']} / {e['activations_digital']} ({e['nl_adc_ops']}) | {e['ramps']} "
+                     f"| {e['worst_inl_lsb']:.2f} | {gates_window(e):.2f} | {reasons} |")
+    lines += ["", "Compiler variants (ideal / noisy mean ± std, %):", "",
+              "| variant | " + " | ".join(f"{b} bits" for b in BITS) + " |", "|---|" + "---|" * len(BITS)]
+    for name, sweep in r["sweeps"].items():
+        cells = []
+        for bits in BITS:
+            e = sweep[str(bits)]
+            cells.append("compile fails" if "error" in e else
+                         f"{pct(e['ideal']['all'])} / {pct(e['noisy']['all']['mean'])} ± {pct(e['noisy']['all']['std'])}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    d = r["default_arrays_5bit"]
+    lines += ["", f"Default 128 x 64 arrays, 5 bits: ideal {pct(d['ideal']['all'])} %, noisy {pct(d['noisy']['all']['mean'])} "
+              f"± {pct(d['noisy']['all']['std'])} %, {d['activations_fused']} fused / {d['activations_digital']} digital, "
+              f"{d['ramps']} ramps, worst INL {d['worst_inl_lsb']:.2f} LSB"]
+    if "noisy_ablation_5bit" in r:
+        lines += ["", "Noisy accuracy at 5 bits with one non-ideality at a time (%):", "",
+                  "| enabled | identity=auto | identity=digital |", "|---|---|---|"]
+        for only in ("none", *NONIDEALITIES):
+            cells = [r["noisy_ablation_5bit"][f"identity={i}, {only}"]["all"] for i in ("auto", "digital")]
+            lines.append(f"| {only} | " + " | ".join(f"{pct(c['mean'])} ± {pct(c['std'])}" for c in cells) + " |")
+        lines += ["", "Noisy accuracy at 5 bits, all non-idealities on, with the stuck-at faults of one region undone (%):", "",
+                  "| stuck faults undone in | identity=auto | identity=digital |", "|---|---|---|"]
+        for key in r["stuck_fault_attribution_5bit"]["identity=auto"]:
+            cells = [r["stuck_fault_attribution_5bit"][f"identity={i}"][key]["all"] for i in ("auto", "digital")]
+            lines.append(f"| {key.split(': ')[1]} | " + " | ".join(f"{pct(c['mean'])} ± {pct(c['std'])}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def gates_window(entry: dict) -> float:
+    return min(v for k, v in entry["g_window_used_median"].items() if k.endswith(".gates"))
+
+
+def plot(r: dict, path: Path, n_seeds: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 5.0), dpi=110)
+    ax.axhline(100 * r["float"]["all"], color="black", lw=1, ls="--", label="float (onnxruntime)")
+    styles = {"calib": ("tab:blue", "-"), "calib, identity=digital": ("tab:orange", ":")}
+    for name, (color, ls) in styles.items():
+        sweep = r["sweeps"][name]
+        bits = [b for b in BITS if "error" not in sweep[str(b)]]
+        ideal = [100 * sweep[str(b)]["ideal"]["all"] for b in bits]
+        mean = np.array([100 * sweep[str(b)]["noisy"]["all"]["mean"] for b in bits])
+        std = np.array([100 * sweep[str(b)]["noisy"]["all"]["std"] for b in bits])
+        ax.plot(bits, ideal, color=color, ls=ls, marker="o", label=f"ideal, {name}")
+        ax.errorbar(bits, mean, yerr=std, color=color, ls=ls, marker="s", mfc="white", capsize=3,
+                    label=f"noisy, {name} (mean ± std, {n_seeds} chips)")
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo - 0.15 * (hi - lo), hi)  # room for the labels below
+    for bits in BITS:  # how many of the LSTM's activations are NL-ADCs in the default compilation
+        e = r["sweeps"]["calib"][str(bits)]
+        n = e["activations_fused"] + e["activations_digital"]
+        ax.text(bits, 0.02, f"NL-ADC: {e['activations_fused']} of {n}\nactivations", transform=ax.get_xaxis_transform(),
+                ha="center", va="bottom", fontsize=7, color="tab:blue")
+    ax.set_xticks(list(BITS))
+    ax.set_xlim(2.3, 8.7)
+    ax.set_xlabel("NL-ADC bits")
+    ax.set_ylabel("top-1 accuracy on eval_set.npz (%)")
+    ax.set_title("KWS LSTM on the crossbar (512 x 64 arrays)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
