@@ -32,22 +32,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 import cimc
 from cimc.backends.simulator import Simulator, SimulatorOptions
-from cimc.compiler import default_pipeline
 from cimc.diagnostics import CimcError
-from cimc.hardware import load_hardware
-from cimc.image import tile_conductances
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import crossbar_eval  # noqa: E402  (shared by both examples)
+from crossbar_eval import fusion_stats, hardware_toml  # noqa: E402
 from float_eval import HERE, bits_per_char, load_eval_set, onnx_logits
 
 MODEL = HERE / "charlm.onnx"
@@ -55,87 +53,12 @@ BITS = (3, 4, 5, 8)
 INPUT = "ids"
 OUTPUT = "logits"
 CALIB_COLUMNS = 4  # eval_set.npz columns 0..3 calibrate; columns 4..15 are evaluated
-# One array geometry for the whole sweep: an 8-bit ramp needs 2^8 - 1 + 5 = 260 word lines,
-# more than the default 128, so every bits setting runs on 512-row arrays (64 of them).
-ARRAY = {"rows": 512, "cols": 64, "count": 64}
-NONIDEALITIES = ("program_noise_us", "read_noise_rel", "stuck_on_rate", "stuck_off_rate")
-
-
-def hardware_toml(bits: int, array: dict[str, int] | None = None, nonideality: dict[str, float] | None = None) -> str:
-    """The override of cimc's default hardware description used for ``bits``."""
-    lines = ["[array]"] + [f"{k} = {v}" for k, v in (array or ARRAY).items()]
-    lines += ["", "[converters]", f"nl_adc_bits = {bits}"]
-    if nonideality:
-        lines += ["", "[nonideality]"] + [f"{k} = {v!r}" for k, v in nonideality.items()]
-    return "\n".join(lines) + "\n"
+NONIDEALITIES = crossbar_eval.NONIDEALITIES
 
 
 def compile_model(bits: int, calib: Path | None, identity: str = "auto", array: dict[str, int] | None = None,
                   nonideality: dict[str, float] | None = None, max_inl: float | None = None) -> cimc.CompiledModel:
-    with tempfile.TemporaryDirectory() as tmp:
-        hw = Path(tmp) / "hw.toml"
-        hw.write_text(hardware_toml(bits, array, nonideality))
-        pipeline = None
-        if max_inl is not None:  # the default pipeline with fuse-activation's max_inl changed
-            pipeline = default_pipeline(load_hardware(hw), str(Path(calib).resolve()) if calib else None, identity)
-            assert "max_inl=1.0" in pipeline
-            pipeline = pipeline.replace("max_inl=1.0", f"max_inl={max_inl!r}")
-        return cimc.compile(MODEL, hw=hw, calib=calib, identity=identity, pipeline=pipeline)
-
-
-def short_reason(reason: str) -> str:
-    """A fuse.reason without its numbers, so that equal causes count together."""
-    if "INL" in reason:
-        return "ramp INL above max_inl (steps narrower than G_min)"
-    if "digital value" in reason:
-        return "digital input (tanh(c_t))"
-    if "partial sums" in reason:
-        return "digital partial sums"
-    return re.sub(r"[-+]?\d[\d.e+-]*", "#", reason)
-
-
-def fusion_stats(model: cimc.CompiledModel) -> dict:
-    """Activations fused (NL-ADC) vs kept digital, the reasons, the ramps and their worst INL."""
-    program = model.image.program()
-    nl_adcs = [op for op in program.walk() if op.name == "cim.nl_adc"]
-    # A gate wider than one array is converted in pieces (one cim.nl_adc per array) joined by a Concat.
-    fused = set()
-    for op in nl_adcs:
-        joins = [u for u in op.results[0].users
-                 if u.name == "onnx.Concat" and all(getattr(v, "op", None) is not None and v.op.name == "cim.nl_adc" for v in u.operands)]
-        fused.add(id(joins[0]) if joins else id(op))
-    digital = [str(op.attributes.get("fuse.reason", "")) for op in program.walk() if op.name == "cim.activation"]
-    ramps = model.image.manifest["ramps"]
-    return {
-        "activations_fused": len(fused),
-        "nl_adc_ops": len(nl_adcs),
-        "activations_digital": len(digital),
-        "digital_reasons": dict(sorted(Counter(short_reason(r) for r in digital).items())),
-        "digital_reasons_full": sorted(digital),
-        "ramps": len(ramps),
-        "worst_inl_lsb": round(max((float(r["inl_lsb"]) for r in ramps), default=0.0), 4),
-        "arrays_used": len(model.image.manifest["arrays"]),
-        "g_window_used_median": g_window_used(model),
-    }
-
-
-def g_window_used(model: cimc.CompiledModel) -> dict[str, float]:
-    """Per weight block: median over its columns of max |G+ - G-| / (G_max - G_min).
-
-    map-conductance gives every column the full window (1.0); fuse-activation
-    scales the columns that share a ramp down to the smallest conductance per
-    unit of z among them, so fused columns use less of it.
-    """
-    d = model.image.hardware.device
-    used: dict[str, dict[int, float]] = {}  # block -> column -> largest |G+ - G-| over its row tiles
-    for op in model.image.program().walk():
-        block = str(op.attributes.get("block", ""))
-        if op.name == "cim.tile_mvm" and not block.endswith(".identity"):
-            g_pos, g_neg, _, _ = tile_conductances(model.image, op)
-            columns = used.setdefault(block, {})
-            for j, g in zip(range(*op.attributes["cols"]), np.abs(g_pos - g_neg).max(0)):
-                columns[j] = max(columns.get(j, 0.0), float(g))
-    return {b: round(float(np.median(list(v.values()))) / (d.g_max_us - d.g_min_us), 3) for b, v in sorted(used.items())}
+    return crossbar_eval.compile_model(MODEL, bits, calib, identity, array, nonideality, max_inl)
 
 
 def metric(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
