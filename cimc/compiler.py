@@ -20,9 +20,13 @@ from cimc.passes.fuse_activation import identity_break_even
 from cimc.passes.ranges import Ranges
 
 
-def default_pipeline(hw: Hardware, calib: str | None = None, identity: str = "auto") -> str:
-    """The lowering pipeline with every option taken from ``hw``; ``calib`` names calibration data for ``ranges``."""
+def default_pipeline(hw: Hardware, calib: str | None = None, identity: str = "auto", share_weights: bool = True) -> str:
+    """The lowering pipeline with every option taken from ``hw``; ``calib`` names calibration data for ``ranges``.
+
+    ``share_weights=False`` leaves out share-weights: every MVM then gets its own copy of its weights.
+    """
     a, d, c = hw.array, hw.device, hw.converters
+    arrays = a.limit or 0  # 0: the chip is sized to the model
     analog = "true" if c.analog_partial_sums else "false"
     return ",".join([
         "decompose-rnn",
@@ -34,9 +38,10 @@ def default_pipeline(hw: Hardware, calib: str | None = None, identity: str = "au
         f"tile{{rows={a.rows} cols={a.cols} analog_sum={analog} adc_bits={c.adc_bits} ramp_cols=true}}",
         "canonicalize",
         "cse",
-        f"place{{rows={a.rows} cols={a.cols} arrays={a.count} ramp_cols=true}}",
+        *(["share-weights"] if share_weights else []),
+        f"place{{rows={a.rows} cols={a.cols} arrays={arrays} ramp_cols=true}}",
         f"fuse-activation{{bits={c.nl_adc_bits} g_min={d.g_min_us!r} g_max={d.g_max_us!r} levels={d.levels} "
-        f"calibration_devices={c.ramp_calibration_devices} rows={a.rows} cols={a.cols} arrays={a.count} "
+        f"calibration_devices={c.ramp_calibration_devices} rows={a.rows} cols={a.cols} arrays={arrays} "
         f"identity={identity} identity_min_width={identity_break_even(hw)} quantization=cumulative max_inl=1.0}}",
         "canonicalize",
         "schedule",
@@ -48,6 +53,7 @@ class CompileOptions:
     pipeline: str | None = None
     calib: str | None = None
     identity: str = "auto"
+    share_weights: bool = True
     input_shapes: Mapping[str, Sequence[DimSpec]] | None = None
     print_ir_after_all: bool = False
     print_ir_after: frozenset[str] = frozenset()
@@ -59,7 +65,7 @@ def compile_to_ir(model: str | Path, hw: Hardware, options: CompileOptions | Non
     """Import ``model`` and run the lowering pipeline (the hardware's default unless one is given)."""
     opts = options or CompileOptions()
     module = import_onnx(model, opts.input_shapes)
-    pipeline = opts.pipeline if opts.pipeline is not None else default_pipeline(hw, opts.calib, opts.identity)
+    pipeline = opts.pipeline if opts.pipeline is not None else default_pipeline(hw, opts.calib, opts.identity, opts.share_weights)
     passes = parse_pipeline(pipeline)
     PassManager(passes, opts.print_ir_after_all, opts.print_ir_after, opts.dump, opts.out).run(module)
     return module

@@ -17,11 +17,19 @@ from typing import Any
 from cimc.diagnostics import CimcError
 
 
+AUTO = "auto"
+
+
 @dataclass(frozen=True)
 class ArrayConfig:
     rows: int
     cols: int
-    count: int
+    count: int | str  # a fixed number of arrays, or "auto": as many as the mapping needs
+
+    @property
+    def limit(self) -> int | None:
+        """The most arrays a mapping may use: the fixed count, or None when the chip is sized to the model."""
+        return None if self.count == AUTO else int(self.count)
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,8 @@ class Hardware:
         for section, values in self.to_dict().items():
             lines.append(f"[{section}]")
             for key, value in values.items():
-                text = ("true" if value else "false") if isinstance(value, bool) else repr(value)
+                text = ("true" if value else "false") if isinstance(value, bool) else \
+                    f'"{value}"' if isinstance(value, str) else repr(value)
                 lines.append(f"{key} = {text}")
             lines.append("")
         return "\n".join(lines)
@@ -136,6 +145,11 @@ def hardware_from_dict(data: dict[str, dict[str, Any]], origin: str = "hardware 
             if f.name not in values:
                 raise CimcError(f"{origin}: [{name}] lacks '{f.name}'")
             value = values[f.name]
+            if f.type == "int | str":
+                if value != AUTO and (not isinstance(value, int) or isinstance(value, bool)):
+                    raise CimcError(f"{origin}: [{name}] {f.name} must be an integer or \"{AUTO}\", got {value!r}")
+                kwargs[f.name] = value
+                continue
             expected = {"int": int, "float": float, "bool": bool}[f.type]  # type: ignore[index]
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
@@ -151,7 +165,7 @@ def hardware_from_dict(data: dict[str, dict[str, Any]], origin: str = "hardware 
 def _validate(hw: Hardware, origin: str) -> None:
     a, d, c, n = hw.array, hw.device, hw.converters, hw.nonideality
     problems = []
-    if a.rows < 1 or a.cols < 2 or a.count < 1:
+    if a.rows < 1 or a.cols < 2 or (a.limit is not None and a.limit < 1):
         problems.append(f"arrays must have at least 1 row, 2 columns and count 1 (got {a.rows} x {a.cols}, count {a.count})")
     if not 0 <= d.g_min_us < d.g_max_us:
         problems.append(f"need 0 <= g_min_us < g_max_us (got g_min_us = {d.g_min_us}, g_max_us = {d.g_max_us})")

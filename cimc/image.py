@@ -4,11 +4,13 @@ A ``.cimg`` file is a zip archive (stored, fixed timestamps, sorted entries,
 so the same model, options and seed give the same bytes) readable with the
 standard library and numpy alone:
 
-- ``manifest.json``: format name and version, the hardware description, the
-  ONNX input/output names, dtypes and shapes, every used array with the
-  regions it holds (which logical weight block, rows and columns went where)
-  and the SHA-256 of each data entry, and every NL-ADC ramp (function, bits,
-  thresholds, output levels, devices);
+- ``manifest.json``: format name and version, the hardware description (a
+  chip sized to the model, ``count = "auto"``, records the count it uses),
+  the ONNX input/output names, dtypes and shapes, every used array with the
+  regions it holds (which logical weight block, rows and columns went where;
+  a region whose weights several MVMs share is programmed once and lists
+  them in ``shared_by`` and ``nodes``) and the SHA-256 of each data entry,
+  and every NL-ADC ramp (function, bits, thresholds, output levels, devices);
 - ``arrays/<k>.target_us.npy`` (float64) and ``arrays/<k>.level.npy`` (int16):
   the target conductance in uS and the programmed level index of every device
   of physical array k (level -1 and 0 uS for a device that is not used, or is
@@ -131,12 +133,17 @@ def build_image(module: Module, hw: Hardware) -> Image:
         g[rows, cols] = target
         lv[rows, cols] = levels
 
+    def same_devices(k: int, rows: slice, cols: slice, target: np.ndarray) -> bool:
+        """Whether a tile placed where another already is holds the very same conductances (shared weights)."""
+        return np.array_equal(array(k)[0][rows, cols], target)
+
     def level_of(g: np.ndarray) -> np.ndarray:
         """Programmed level of each device; -1 for a device left unformed (target 0 uS, below G_min)."""
         levels = np.clip(np.rint((g - d.g_min_us) / delta_g), 0, d.levels - 1).astype(np.int16)
         return np.where(g < d.g_min_us / 2, np.int16(-1), levels)
 
     program = module
+    programmed: dict[tuple[int, int, int, int, int], dict[str, Any]] = {}  # (array, row, bit line, rows, cols) -> region
     tile_id = 0
     for op in program.walk():
         if op.name == "cim.tile_mvm":
@@ -150,13 +157,26 @@ def build_image(module: Module, hw: Hardware) -> Image:
                                 f"a {a.rows} x {a.cols} array: the image's hardware differs from the one compiled for")
             interleaved = np.empty((rows, 2 * width))
             interleaved[:, 0::2], interleaved[:, 1::2] = g_pos, g_neg
-            occupy(k, slice(r, r + rows), slice(c, c + 2 * width), interleaved, level_of(interleaved), f"tile {tile_id}")
-            r0, r1 = op.attributes["rows"]  # type: ignore[misc]
-            c0, c1 = op.attributes["cols"]  # type: ignore[misc]
-            regions.setdefault(k, []).append({
-                "kind": "weights", "tile": tile_id, "block": op.attributes.get("block"),
-                "block_rows": [r0, r1], "block_cols": [c0, c1],
-                "word_lines": [r, r + rows], "bit_lines": [c, c + 2 * width]})
+            where = (k, r, c, rows, width)
+            if where in programmed:
+                # Shared weights: the devices are programmed once and read by every tile placed on them.
+                if not same_devices(k, slice(r, r + rows), slice(c, c + 2 * width), interleaved):
+                    raise CimcError(f"internal error: tiles sharing array {k}, bit line {c} hold different conductances")
+                region = programmed[where]
+                region.setdefault("shared_by", [region["tile"]]).append(tile_id)
+                if op.location and op.location not in region.setdefault("nodes", []):
+                    region["nodes"].append(op.location)
+            else:
+                occupy(k, slice(r, r + rows), slice(c, c + 2 * width), interleaved, level_of(interleaved), f"tile {tile_id}")
+                r0, r1 = op.attributes["rows"]  # type: ignore[misc]
+                c0, c1 = op.attributes["cols"]  # type: ignore[misc]
+                region = {"kind": "weights", "tile": tile_id, "block": op.attributes.get("block"),
+                          "block_rows": [r0, r1], "block_cols": [c0, c1],
+                          "word_lines": [r, r + rows], "bit_lines": [c, c + 2 * width]}
+                if "share" in op.attributes and op.location:
+                    region["nodes"] = [op.location]
+                programmed[where] = region
+                regions.setdefault(k, []).append(region)
             op.attributes["image.tile"] = tile_id
             tile_id += 1
         elif op.name == "cim.ramp":
@@ -184,8 +204,11 @@ def build_image(module: Module, hw: Hardware) -> Image:
                                              "bit_lines": [c, c + 1]})
             op.attributes["image.ramp"] = len(ramps) - 1
     printed = _print_without_conductances(program)
+    hardware = hw.to_dict()
+    if hw.array.limit is None:  # a chip sized to the model: record the count actually used
+        hardware["array"]["count"] = 1 + max(arrays, default=-1)
     manifest = {
-        "format": FORMAT, "version": VERSION, "hardware": hw.to_dict(),
+        "format": FORMAT, "version": VERSION, "hardware": hardware,
         "model": {
             "source": program.attributes.get("source"),
             "inputs": [{"name": n, "dtype": v.type.dtype, "shape": _dims(v.type.shape)}
@@ -300,7 +323,8 @@ def format_summary(summary: dict[str, Any]) -> str:
             if region["kind"] == "weights":
                 lines.append(f"    {region['block']}[rows {region['block_rows'][0]}:{region['block_rows'][1]}, cols "
                              f"{region['block_cols'][0]}:{region['block_cols'][1]}] -> word lines {region['word_lines'][0]}:"
-                             f"{region['word_lines'][1]}, bit lines {region['bit_lines'][0]}:{region['bit_lines'][1]}")
+                             f"{region['word_lines'][1]}, bit lines {region['bit_lines'][0]}:{region['bit_lines'][1]}"
+                             + (f" (shared by {len(region['shared_by'])} MVMs)" if "shared_by" in region else ""))
             else:
                 lines.append(f"    ramp {region['ramp']} -> bit line {region['bit_lines'][0]}, word lines 0:{region['word_lines'][1]}")
     lines.append(f"ramps: {len(summary['ramps'])}")

@@ -194,7 +194,7 @@ class FuseActivation(ModulePass):
     calibration_devices: int = _DEFAULT.converters.ramp_calibration_devices
     rows: int = _DEFAULT.array.rows
     cols: int = _DEFAULT.array.cols
-    arrays: int = _DEFAULT.array.count
+    arrays: int = _DEFAULT.array.limit or 0  # the chip's array count; 0: as many as the mapping needs
     identity: str = "auto"
     identity_min_width: int = identity_break_even(_DEFAULT)
     quantization: str = "cumulative"
@@ -296,7 +296,7 @@ class FuseActivation(ModulePass):
             need = 2 * (c1 - c0) + 1
             target = next((k for k, s in sorted(arrays.items()) if s.bitlines - s.used >= need), None)
             if target is None:
-                if len(arrays) >= self.arrays:
+                if self.arrays and len(arrays) >= self.arrays:
                     return "the input is a digital value and the chip has no room for its identity columns"
                 target = max(arrays, default=-1) + 1
                 arrays[target] = _ArrayState(self.rows, self.cols)

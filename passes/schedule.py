@@ -4,8 +4,11 @@ Within a block (the graph, or one time step of a loop body) each op gets a
 ``sched.stage``: one more than the latest stage among the ops it depends on,
 where dependencies are the SSA edges plus one resource rule: an array
 performs one read at a time, so two tiles on one array that are driven by
-different inputs go to different stages, while column pieces of one MVM read
-on the same array share the read. Constants cost no stage. The block's ops
+different inputs go to different stages (tiles that share weights are such
+tiles: one set of devices, read once per MVM), while column pieces of one
+MVM read on the same array share the read. A loop occupies every array its
+body reads for as long as it runs, so two loops that read one array go to
+different stages of the enclosing block. Constants cost no stage. The block's ops
 are then reordered by stage (a valid topological order, found with networkx),
 and each loop records ``sched.stages``, its latency in stages per time step.
 """
@@ -35,6 +38,15 @@ def _captured(op: Operation) -> list[Value]:
     return values
 
 
+def _arrays_read(op: Operation) -> set[int]:
+    """The arrays ``op`` reads: a placed tile's own, or, for a loop, every array its body reads at each step."""
+    if op.name == "cim.tile_mvm":
+        return {int(op.attributes["array"])} if "array" in op.attributes else set()  # type: ignore[arg-type]
+    if not op.regions:
+        return set()
+    return {int(t.attributes["array"]) for t in op.walk() if t.name == "cim.tile_mvm" and "array" in t.attributes}  # type: ignore[arg-type]
+
+
 def dependency_graph(block: Block) -> nx.DiGraph:
     ops = [op for op in block.ops if op is not block.terminator]
     position = {id(op): i for i, op in enumerate(ops)}
@@ -62,10 +74,10 @@ def schedule_block(block: Block) -> int:
     for i in nx.lexicographical_topological_sort(graph):
         op = ops[i]
         ready = max((stage[p] + (0 if ops[p].name in _FREE else 1) for p in graph.predecessors(i)), default=0)
-        if op.name == "cim.tile_mvm" and "array" in op.attributes:
-            array, key = int(op.attributes["array"]), read_key(op)  # type: ignore[arg-type]
-            while busy.get((array, ready), key) != key:
-                ready += 1
+        arrays, key = _arrays_read(op), read_key(op) if op.name == "cim.tile_mvm" else ("region", id(op))
+        while any(busy.get((array, ready), key) != key for array in arrays):
+            ready += 1
+        for array in arrays:
             busy[(array, ready)] = key
         stage[i] = ready
     order = sorted(range(len(ops)), key=lambda i: (stage[i], i))

@@ -210,7 +210,7 @@ TILE_MVM = define(
     operands="inputs*",
     results="partial",
     attributes=attrs(**{**_CONDUCTANCE_ATTRS, "g_pos": "tensor", "g_neg": "tensor"}, rows="ints!", cols="ints!",
-                     array="int", array_row="int", array_col="int"),
+                     array="int", array_row="int", array_col="int", share="str"),
     verify=_verify_tile,
 )
 

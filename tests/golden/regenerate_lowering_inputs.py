@@ -33,3 +33,14 @@ for name, m in (("lstm", model("LSTM", 4, {})), ("gru", model("GRU", 3, {"linear
         text = print_module(mod, inline_limit=1 << 30).text
         open(f"tests/golden/{stage}/{name}.cir", "w").write(f"// RUN: {spec}\n" + text)
         PassManager(parse_pipeline(spec + ("," + cleanup[stage] if stage in cleanup else ""))).run(mod)
+
+# share-weights: two unrolled decoder steps, GRU nodes over the same initializers, each step feeding the next.
+inits = [numpy_helper.from_array(np.round(rng.normal(size=s) * 0.5, 2).astype(np.float32), n)
+         for n, s in (("W", (1, 6, 2)), ("R", (1, 6, 2)), ("B", (1, 12)))]
+steps = [helper.make_node("GRU", [h, "W", "R", "B", "", h], [f"Y{k}", f"h{k + 1}"], hidden_size=2, linear_before_reset=1,
+                          name=f"step{k}") for k, h in enumerate(("h0", "h1"))]
+g = helper.make_graph(steps, "tiny_decoder", [helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, "batch", 2])],
+                      [helper.make_tensor_value_info("h2", TensorProto.FLOAT, [1, "batch", 2])], inits)
+mod = import_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), "tiny_decoder.onnx")
+PassManager(parse_pipeline(",".join(spec for stage, spec in stages[:5]) + ",canonicalize,cse")).run(mod)
+open("tests/golden/share-weights/decoder.cir", "w").write("// RUN: share-weights\n" + print_module(mod, inline_limit=1 << 30).text)
