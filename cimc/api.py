@@ -41,11 +41,14 @@ class CompiledModel:
 
 def compile(model: str | Path, hw: str | Path | Hardware | None = None, calib: str | Path | None = None,  # noqa: A001
             input_shapes: Mapping[str, Sequence[DimSpec]] | None = None, pipeline: str | None = None,
-            identity: str = "auto") -> CompiledModel:
-    """Import, lower and lay out ``model`` for ``hw`` (a TOML path, a :class:`Hardware`, or the defaults)."""
+            identity: str = "auto", share_weights: bool = True) -> CompiledModel:
+    """Import, lower and lay out ``model`` for ``hw`` (a TOML path, a :class:`Hardware`, or the defaults).
+
+    ``share_weights=False`` gives every MVM its own copy of its weights, even where several use the same constant.
+    """
     hardware = hw if isinstance(hw, Hardware) else load_hardware(hw)
     options = CompileOptions(pipeline=pipeline, calib=str(Path(calib).resolve()) if calib else None,
-                             identity=identity, input_shapes=input_shapes)
+                             identity=identity, share_weights=share_weights, input_shapes=input_shapes)
     return CompiledModel(build_image(compile_to_ir(model, hardware, options), hardware))
 
 

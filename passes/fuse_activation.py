@@ -24,6 +24,7 @@ columns' scale) is not used.
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -204,6 +205,7 @@ class FuseActivation(ModulePass):
         if self.identity not in ("auto", "column", "digital"):
             raise CimcError(f"fuse-activation identity must be auto, column or digital, got '{self.identity}'")
         arrays = self._array_states(module)
+        identities: dict[tuple, list[tuple[int, int, int, int]]] = {}  # shared identity columns: group -> placements
         plans: list[tuple[Operation, list[_Use]]] = []
         groups: dict[tuple[int, str], list[_Use]] = defaultdict(list)
         for act in [op for op in module.walk() if op.name == "cim.activation"]:
@@ -214,7 +216,7 @@ class FuseActivation(ModulePass):
                 if _digital_partial_sum(x):
                     pieces = "row-tiled partial sums are added digitally (the hardware has no analog partial sums)"
                 elif self._wants_identity(act):
-                    pieces = self._identity_pieces(act, arrays)
+                    pieces = self._identity_pieces(act, arrays, identities)
                 else:
                     pieces = "the input is a digital value, not a crossbar column"
             if isinstance(pieces, str):
@@ -224,6 +226,7 @@ class FuseActivation(ModulePass):
             plans.append((act, uses))
             for use in uses:
                 groups[(use.array, activation_key(act))].append(use)
+        _unify_shared_identities(module)
         outcomes = {key: self._plan_ramp(key[0], group, arrays[key[0]]) for key, group in sorted(groups.items())}
         ramp_values: dict[tuple[int, str], Value] = {}
         fused = 0
@@ -276,8 +279,14 @@ class FuseActivation(ModulePass):
                 state.used = max(state.used, int(op.attributes["array_col"]) + 1)  # type: ignore[arg-type]
         return states
 
-    def _identity_pieces(self, act: Operation, arrays: dict[int, _ArrayState]) -> list[Piece] | str:
-        """Route a digital value through identity tiles (one device per row), split to fit the arrays."""
+    def _identity_pieces(self, act: Operation, arrays: dict[int, _ArrayState],
+                         identities: dict[tuple, list[tuple[int, int, int, int]]]) -> list[Piece] | str:
+        """Route a digital value through identity tiles (one device per row), split to fit the arrays.
+
+        Activations in loop bodies that read the same shared weights (unrolled
+        steps of one decoder, see share-weights) run one after another and
+        would get identical identity columns: they share one copy.
+        """
         x = act.operands[0]
         assert x is not None
         width = int(x.type.shape[-1])  # type: ignore[arg-type]
@@ -291,8 +300,9 @@ class FuseActivation(ModulePass):
         lo, hi = transfer.z_lo, transfer.z_hi
         piece = min(self.rows, (self.cols - 1) // 2)
         spans = [(c0, min(c0 + piece, width)) for c0 in range(0, width, piece)]
-        placements = []
-        for c0, c1 in spans:
+        group = _identity_group(act, width)
+        placements = identities.get(group, []) if group is not None else []
+        for c0, c1 in spans if not placements else ():
             need = 2 * (c1 - c0) + 1
             target = next((k for k, s in sorted(arrays.items()) if s.bitlines - s.used >= need), None)
             if target is None:
@@ -302,6 +312,8 @@ class FuseActivation(ModulePass):
                 arrays[target] = _ArrayState(self.rows, self.cols)
             placements.append((c0, c1, target, arrays[target].used))
             arrays[target].used += 2 * (c1 - c0)
+        if group is not None:
+            identities[group] = placements
         block = f"{act.location or 'activation'}.identity"
         b = Builder(act.parent, act, act.location)  # type: ignore[arg-type]
         pieces: list[Piece] = []
@@ -317,6 +329,7 @@ class FuseActivation(ModulePass):
                 "input_scale": max(abs(lo), abs(hi), float(np.finfo(np.float32).tiny)),
                 "z_lo": Tensor(np.full(w, lo)), "z_hi": Tensor(np.full(w, hi)),
                 "array": array, "array_row": 0, "array_col": col,
+                **({"share": f"identity.{group[0]}.{group[1]}.{_digest(group[2])}.c{c0}"} if group is not None else {}),
             })
             pieces.append((tile, (0, w)))
         return pieces
@@ -370,6 +383,33 @@ class FuseActivation(ModulePass):
         })
         b = Builder(module.body, module.body.ops[0] if module.body.ops else None, act.location)
         return b.value("cim.ramp", [], TensorType("f64", (len(ramp.thresholds),)), attrs, f"ramp{array}_{col}")
+
+
+def _identity_group(act: Operation, width: int) -> tuple[str, int, tuple[str, ...]] | None:
+    """Activations with equal groups can share identity columns: same function and width, in loop bodies over the same shared weights."""
+    block = act.parent
+    shared = tuple(sorted({str(op.attributes["share"]) for op in getattr(block, "ops", ())
+                           if op.name == "cim.tile_mvm" and "share" in op.attributes}))
+    return (activation_key(act), width, shared) if shared else None
+
+
+def _digest(keys: tuple[str, ...]) -> str:
+    return hashlib.sha256(repr(keys).encode()).hexdigest()[:12]
+
+
+def _unify_shared_identities(module: Module) -> None:
+    """Identity tiles that share devices get one DAC full scale and one column range: the largest of their members'."""
+    groups: dict[str, list[Operation]] = defaultdict(list)
+    for op in module.walk():
+        if op.name == "cim.tile_mvm" and str(op.attributes.get("share", "")).startswith("identity."):
+            groups[str(op.attributes["share"])].append(op)
+    for members in groups.values():
+        scale = max(float(t.attributes["input_scale"]) for t in members)  # type: ignore[arg-type]
+        lo = min(float(t.attributes["z_lo"].array.min()) for t in members)  # type: ignore[union-attr]
+        hi = max(float(t.attributes["z_hi"].array.max()) for t in members)  # type: ignore[union-attr]
+        for t in members:
+            w = t.attributes["z_lo"].array.size  # type: ignore[union-attr]
+            t.attributes.update({"input_scale": scale, "z_lo": Tensor(np.full(w, lo)), "z_hi": Tensor(np.full(w, hi))})
 
 
 def fusion_summary(module: Module) -> str:

@@ -2,7 +2,9 @@
 
 Columns split freely; cuts prefer the boundaries where the consumers slice the
 result (an LSTM's i/o/f/c gates), so that a tile's columns share one
-activation where possible and the next passes can give them one ramp. With
+activation where possible and the next passes can give them one ramp. Gates
+of one function run on into each other (the LSTM's i, o, f sigmoids fill
+arrays end to end), since cutting there costs no ramp column. With
 ``ramp_cols`` every distinct activation in a tile reserves a bit line for its
 ramp column, so a gate that would fill an array is split to leave room. Rows
 split when the stacked input is taller than an array; the partial sums are
@@ -80,11 +82,23 @@ def column_groups(value: Value) -> list[Group]:
 
 
 def column_chunks(groups: list[Group], bitlines: int, ramp_cols: bool) -> list[tuple[int, int]]:
-    """Pack consecutive column groups into chunks that fit ``bitlines`` bit lines, splitting only oversized groups.
+    """Pack consecutive column groups into chunks that fit ``bitlines`` bit lines.
 
     A weight column takes two bit lines (G+ and G-); with ``ramp_cols`` each
     distinct activation in a chunk also reserves one bit line for its ramp.
+    Chunks end at group boundaries and a group too wide for one array is cut
+    to array-wide pieces; or else a group whose activation the chunk already
+    serves fills the chunk's remaining room (no extra ramp: a 16-column gate
+    shares an array with the next gate of its function, and a 32-column gate
+    does not leave a 1-column remainder of its own). The second is taken
+    when it needs fewer chunks, since it converts some gates in more pieces.
     """
+    aligned = _chunks(groups, bitlines, ramp_cols, run_on=False)
+    run_on = _chunks(groups, bitlines, ramp_cols, run_on=True)
+    return run_on if len(run_on) < len(aligned) else aligned
+
+
+def _chunks(groups: list[Group], bitlines: int, ramp_cols: bool, run_on: bool) -> list[tuple[int, int]]:
     def cost(width: int, keys: set[str]) -> int:
         return 2 * width + (len(keys - {"linear"}) if ramp_cols else 0)
 
@@ -94,7 +108,11 @@ def column_chunks(groups: list[Group], bitlines: int, ramp_cols: bool) -> list[t
         if cost(hi - start, keys | {key}) <= bitlines:
             keys.add(key)
             continue
-        if lo > start:
+        if run_on and key in keys:
+            cut = start + (bitlines - cost(0, keys)) // 2
+            chunks.append((start, cut))
+            start, keys = cut, set()
+        elif lo > start:
             chunks.append((start, lo))
             start, keys = lo, set()
         piece = (bitlines - cost(0, {key})) // 2

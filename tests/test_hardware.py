@@ -60,9 +60,10 @@ def test_cli_compile_with_bad_hardware_exits_2(cimc_cli, tmp_path: Path) -> None
 def test_cli_compile_reports_mapping_and_dumps_every_pass(cimc_cli, tmp_path: Path) -> None:
     result = cimc_cli("compile", str(TORCH / "lstm2.torchscript.onnx"), "--dump-ir", "dumps", "-o", "lowered.cir", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    # Each 16-column gate of a layer gets its own array: two gates (64 bit lines) leave no bit line for a ramp.
-    assert result.stdout.startswith("arrays used: 10 of 64 (128 x 64)")
-    assert "lstm_LSTM_1.d0.gates[rows 0:33, cols 0:16] -> bit lines 0:32" in result.stdout
+    # Per layer: the i, o, f sigmoid gates (48 columns) run on as 31 + 17, the tanh gate (16) takes a third array
+    # (17 + 16 columns are 66 bit lines with two ramps); tanh(c_t)'s identity columns take one more each.
+    assert result.stdout.startswith("arrays used: 8 (count = auto: the chip is sized to the model) (128 x 64)")
+    assert "lstm_LSTM_1.d0.gates[rows 0:33, cols 31:48] -> bit lines 0:34" in result.stdout
     dumps = sorted(p.name for p in (tmp_path / "dumps").glob("*.cir"))
     assert dumps[0] == "01-decompose-rnn.cir" and dumps[-1].endswith("-schedule.cir")
     assert len(dumps) == len(parse_pipeline(default_pipeline(load_hardware())))
