@@ -57,7 +57,7 @@ def main() -> None:
     onnx.save(lstm_model(args.inputs, args.hidden), model_path)
     x = np.random.default_rng(1).uniform(-1, 1, size=(args.steps, args.batch, args.inputs)).astype(np.float32)
     (folder / "calib.npz").write_bytes(npz_bytes({"x": x[:, :16]}))
-    compiled = cimc.compile(model_path, hw=_big_chip(folder), calib=folder / "calib.npz")
+    compiled = cimc.compile(model_path, calib=folder / "calib.npz")  # the default chip is sized to the model
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     t_ort = median_time(lambda: session.run(None, {"x": x}), args.repeat)
     print(f"LSTM input {args.inputs}, hidden {args.hidden}, batch {args.batch}, {args.steps} steps; median of {args.repeat}")
@@ -65,13 +65,6 @@ def main() -> None:
     for fidelity in ("exact", "ideal", "noisy"):
         t = median_time(lambda f=fidelity: compiled.run({"x": x}, fidelity=f, seed=0), max(1, args.repeat // 2))
         print(f"  simulator {fidelity:<8} {1000 * t:9.1f} ms   ratio {t / t_ort:6.1f}x")
-
-
-def _big_chip(folder: Path) -> Path:
-    """The default arrays, but enough of them for the benchmark model."""
-    path = folder / "hw.toml"
-    path.write_text("[array]\ncount = 4096\n")
-    return path
 
 
 if __name__ == "__main__":

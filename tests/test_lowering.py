@@ -144,9 +144,12 @@ def test_column_chunks_prefer_consumer_boundaries() -> None:
 
     gates = [(0, 4, "Sigmoid"), (4, 8, "Sigmoid"), (8, 12, "Sigmoid"), (12, 16, "Tanh")]
     assert column_chunks(gates, 16, ramp_cols=False) == [(0, 8), (8, 16)]
-    assert column_chunks(gates, 12, ramp_cols=False) == [(0, 4), (4, 8), (8, 12), (12, 16)]
+    # Gate-aligned, 6-column chunks would take 4 (one gate each); the sigmoid gates running on take 3.
+    assert column_chunks(gates, 12, ramp_cols=False) == [(0, 6), (6, 12), (12, 16)]
+    assert column_chunks(gates[:1] + [(4, 8, "Tanh"), (8, 12, "Sigmoid"), (12, 16, "Tanh")], 12, ramp_cols=False) == \
+        [(0, 4), (4, 8), (8, 12), (12, 16)]  # no two neighbours share a function: cut at every gate
     assert column_chunks([(0, 10, "linear")], 8, ramp_cols=False) == [(0, 4), (4, 8), (8, 10)]
-    assert column_chunks([(0, 3, "linear"), (3, 12, "linear")], 8, ramp_cols=False) == [(0, 3), (3, 7), (7, 11), (11, 12)]
+    assert column_chunks([(0, 3, "linear"), (3, 12, "linear")], 8, ramp_cols=False) == [(0, 4), (4, 8), (8, 12)]
 
 
 def test_column_chunks_leave_a_bit_line_per_ramp() -> None:
