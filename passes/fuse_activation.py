@@ -301,19 +301,21 @@ class FuseActivation(ModulePass):
         piece = min(self.rows, (self.cols - 1) // 2)
         spans = [(c0, min(c0 + piece, width)) for c0 in range(0, width, piece)]
         group = _identity_group(act, width)
-        placements = identities.get(group, []) if group is not None else []
-        for c0, c1 in spans if not placements else ():
-            need = 2 * (c1 - c0) + 1
-            target = next((k for k, s in sorted(arrays.items()) if s.bitlines - s.used >= need), None)
-            if target is None:
-                if self.arrays and len(arrays) >= self.arrays:
-                    return "the input is a digital value and the chip has no room for its identity columns"
-                target = max(arrays, default=-1) + 1
-                arrays[target] = _ArrayState(self.rows, self.cols)
-            placements.append((c0, c1, target, arrays[target].used))
-            arrays[target].used += 2 * (c1 - c0)
-        if group is not None:
-            identities[group] = placements
+        placements = identities.get(group) if group is not None else None
+        if placements is None:
+            placements = []
+            for c0, c1 in spans:
+                need = 2 * (c1 - c0) + 1
+                target = next((k for k, s in sorted(arrays.items()) if s.bitlines - s.used >= need), None)
+                if target is None:
+                    if self.arrays and len(arrays) >= self.arrays:
+                        return "the input is a digital value and the chip has no room for its identity columns"
+                    target = max(arrays, default=-1) + 1
+                    arrays[target] = _ArrayState(self.rows, self.cols)
+                placements.append((c0, c1, target, arrays[target].used))
+                arrays[target].used += 2 * (c1 - c0)
+            if group is not None:
+                identities[group] = placements
         block = f"{act.location or 'activation'}.identity"
         b = Builder(act.parent, act, act.location)  # type: ignore[arg-type]
         pieces: list[Piece] = []

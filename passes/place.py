@@ -9,8 +9,8 @@ function group, tiles are taken in dependency order (networkx generations of
 each block's dependency graph), and a tile avoids arrays that another tile
 of the same generation, driven by different inputs, already occupies (or a
 tile of another loop that runs at the same time), since an array serves one
-read at a time. Column pieces of one MVM read can share
-an array: one read serves them all. The 1-column remainders of gates cut to
+read at a time. Column pieces of one MVM read can share an array: one read
+serves them all. The 1-column remainders of gates cut to
 fit an array join an array of another activation (one more ramp column)
 rather than take an array each. Tiles that share-weights found to hold the
 same weights are placed once: their reads use the same devices.
@@ -24,6 +24,7 @@ never fuse fewer activations.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -80,7 +81,7 @@ def read_sets(module: Module) -> dict[int, set[Read]]:
     generation would run on the array at the same time.
     """
     reads: dict[int, set[Read]] = {}
-    counter = iter(range(1 << 62))
+    counter = itertools.count()
 
     def visit(block: Block, outer: frozenset[Read]) -> None:
         b = next(counter)
