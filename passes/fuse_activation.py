@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,7 +38,7 @@ from cimc.hardware import Hardware, load_hardware
 from cimc.ir import Module, Operation, Value
 from cimc.kernels.activations import Activation
 from cimc.pass_manager import ModulePass, register_pass
-from cimc.passes.tile import slice_range
+from cimc.passes.tile import activation_keys, slice_range
 from cimc.ramp import Ramp, Transfer, informative_range, synthesize_ramp
 from cimc.types import TensorType
 
@@ -78,6 +78,11 @@ class _ArrayState:
     rows: int
     bitlines: int
     used: int = 0
+    functions: set[str] = field(default_factory=set)  # what its columns reach: place left a ramp bit line for each
+
+    def fits_identity(self, width: int, key: str) -> bool:
+        """Room for ``width`` identity columns of ``key`` beside every ramp column this array will need."""
+        return self.used + 2 * width + len((self.functions | {key}) - {"linear"}) <= self.bitlines
 
     def take(self) -> int | None:
         if self.used >= self.bitlines:
@@ -274,6 +279,7 @@ class FuseActivation(ModulePass):
                 k = int(op.attributes["array"])  # type: ignore[arg-type]
                 state = states.setdefault(k, _ArrayState(self.rows, self.cols))
                 state.used = max(state.used, int(op.attributes["array_col"]) + 2 * (c1 - c0))  # type: ignore[arg-type]
+                state.functions.update(activation_keys(op))
             elif op.name == "cim.ramp":
                 state = states.setdefault(int(op.attributes["array"]), _ArrayState(self.rows, self.cols))  # type: ignore[arg-type]
                 state.used = max(state.used, int(op.attributes["array_col"]) + 1)  # type: ignore[arg-type]
@@ -304,9 +310,9 @@ class FuseActivation(ModulePass):
         placements = identities.get(group) if group is not None else None
         if placements is None:
             placements = []
+            key = activation_key(act)
             for c0, c1 in spans:
-                need = 2 * (c1 - c0) + 1
-                target = next((k for k, s in sorted(arrays.items()) if s.bitlines - s.used >= need), None)
+                target = next((k for k, s in sorted(arrays.items()) if s.fits_identity(c1 - c0, key)), None)
                 if target is None:
                     if self.arrays and len(arrays) >= self.arrays:
                         return "the input is a digital value and the chip has no room for its identity columns"
@@ -314,6 +320,7 @@ class FuseActivation(ModulePass):
                     arrays[target] = _ArrayState(self.rows, self.cols)
                 placements.append((c0, c1, target, arrays[target].used))
                 arrays[target].used += 2 * (c1 - c0)
+                arrays[target].functions.add(key)
             if group is not None:
                 identities[group] = placements
         block = f"{act.location or 'activation'}.identity"

@@ -30,43 +30,14 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from cimc.diagnostics import CimcError
-from cimc.dialects.cim import activation_key
 from cimc.hardware import load_hardware
-from cimc.ir import Block, Module, Operation, Value
+from cimc.ir import Block, Module, Operation
 from cimc.pass_manager import ModulePass, register_pass
 from cimc.passes.fuse_activation import analog_pieces
 from cimc.passes.schedule import dependency_graph, read_key
-from cimc.passes.tile import slice_range
+from cimc.passes.tile import activation_keys
 
 _DEFAULT = load_hardware()
-
-
-def activation_keys(tile: Operation) -> tuple[str, ...]:
-    """The activations that this tile's columns reach after conversion ('linear' where a column reaches none).
-
-    Columns are followed individually through conversions, concatenations and
-    slices of the last axis, so pieces of one gate that a Concat joins again
-    are not mistaken for the whole gate.
-    """
-    keys: set[str] = set()
-    frontier: list[tuple[Value, int, int]] = [(tile.results[0], 0, int(tile.results[0].type.shape[-1]))]  # type: ignore[arg-type]
-    while frontier:
-        value, lo, hi = frontier.pop()
-        for use in value.uses:
-            op = use.op
-            if op.name in ("cim.analog_sum", "cim.adc"):
-                frontier.append((op.results[0], lo, hi))
-            elif op.name == "onnx.Concat" and int(op.attributes["axis"]) % op.results[0].type.rank == op.results[0].type.rank - 1:  # type: ignore[arg-type]
-                offset = sum(int(v.type.shape[-1]) for v in op.operands[:use.index])  # type: ignore[arg-type, union-attr]
-                frontier.append((op.results[0], lo + offset, hi + offset))
-            elif op.name == "onnx.Slice" and (span := slice_range(op, value)) is not None:
-                if max(lo, span[0]) < min(hi, span[1]):
-                    frontier.append((op.results[0], max(lo, span[0]) - span[0], min(hi, span[1]) - span[0]))
-            elif op.name == "cim.activation" or (op.name == "cim.nl_adc" and use.index == 0):
-                keys.add(activation_key(op))
-            else:
-                keys.add("linear")
-    return tuple(sorted(keys))
 
 
 Read = tuple[tuple[int, int], tuple]  # ((block, generation), what is read): equal first parts are concurrent

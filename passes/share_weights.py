@@ -29,7 +29,7 @@ import numpy as np
 
 from cimc.ir import Module, Operation
 from cimc.pass_manager import ModulePass, register_pass
-from cimc.passes.place import activation_keys
+from cimc.passes.tile import activation_keys
 
 
 def weight_digest(tile: Operation) -> str:

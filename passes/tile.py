@@ -81,6 +81,34 @@ def column_groups(value: Value) -> list[Group]:
     return out
 
 
+def activation_keys(tile: Operation) -> tuple[str, ...]:
+    """The activations that this tile's columns reach after conversion ('linear' where a column reaches none).
+
+    Columns are followed individually through conversions, concatenations and
+    slices of the last axis, so pieces of one gate that a Concat joins again
+    are not mistaken for the whole gate.
+    """
+    keys: set[str] = set()
+    frontier: list[tuple[Value, int, int]] = [(tile.results[0], 0, int(tile.results[0].type.shape[-1]))]  # type: ignore[arg-type]
+    while frontier:
+        value, lo, hi = frontier.pop()
+        for use in value.uses:
+            op = use.op
+            if op.name in ("cim.analog_sum", "cim.adc"):
+                frontier.append((op.results[0], lo, hi))
+            elif op.name == "onnx.Concat" and int(op.attributes["axis"]) % op.results[0].type.rank == op.results[0].type.rank - 1:  # type: ignore[arg-type]
+                offset = sum(int(v.type.shape[-1]) for v in op.operands[:use.index])  # type: ignore[arg-type, union-attr]
+                frontier.append((op.results[0], lo + offset, hi + offset))
+            elif op.name == "onnx.Slice" and (span := slice_range(op, value)) is not None:
+                if max(lo, span[0]) < min(hi, span[1]):
+                    frontier.append((op.results[0], max(lo, span[0]) - span[0], min(hi, span[1]) - span[0]))
+            elif op.name == "cim.activation" or (op.name == "cim.nl_adc" and use.index == 0):
+                keys.add(activation_key(op))
+            else:
+                keys.add("linear")
+    return tuple(sorted(keys))
+
+
 def column_chunks(groups: list[Group], bitlines: int, ramp_cols: bool) -> list[tuple[int, int]]:
     """Pack consecutive column groups into chunks that fit ``bitlines`` bit lines.
 

@@ -220,3 +220,14 @@ def test_loops_over_shared_weights_run_one_after_another(decoders: dict) -> None
     program = decoders["shared"].image.program()
     stages = [int(op.attributes["sched.stage"]) for op in program.body.ops if op.name == "cim.loop"]  # type: ignore[arg-type]
     assert len(stages) == 20 and len(set(stages)) == 20
+
+
+def test_identity_columns_leave_the_ramp_bit_lines_place_reserved() -> None:
+    """An array with 60 of 64 bit lines taken by sigmoid and tanh columns has 2 left after their two ramps: no room for a
+    1-column identity tile and its own ramp (it needs 3), though 4 bit lines look free."""
+    from cimc.passes.fuse_activation import _ArrayState
+
+    state = _ArrayState(128, 64, used=60, functions={"Sigmoid", "Tanh", "linear"})
+    assert not state.fits_identity(1, "Relu")  # 60 + 2 + 3 ramps = 65
+    assert state.fits_identity(1, "Tanh")  # 60 + 2 + 2 ramps = 64: the tanh ramp serves it too
+    assert not state.fits_identity(2, "Tanh")
