@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cimc.cim_kernels import apply_activation, mvm_input
+from cimc.cim_kernels import apply_activation, driven_input, mvm_input
 from cimc.diagnostics import CimcError
 from cimc.image import Image, tile_conductances
 from cimc.interpreter import Arrays, Interpreter, Kernel
@@ -101,9 +101,15 @@ class Simulator:
             self._weights[key] = (np.ascontiguousarray(g_pos), np.ascontiguousarray(g_neg))
         return self._weights[key]
 
-    def _dac(self, x: np.ndarray, scale: float) -> np.ndarray:
+    def _dac(self, driven: np.ndarray, scale: float) -> np.ndarray:
+        """The DAC's output for the driven inputs x_i / r_i: each row's x_i over its own full scale s_ref r_i.
+
+        Dividing by r_i beforehand puts every row on the reference full scale
+        s_ref, so one quantizer of dac_bits (sign + magnitude, 2^(bits-1) - 1
+        steps each way) over [-s_ref, s_ref] serves every segment.
+        """
         levels = (1 << (self.hw.converters.dac_bits - 1)) - 1
-        return (np.rint(np.clip(x / scale, -1.0, 1.0) * levels) / levels * scale).astype(x.dtype)
+        return (np.rint(np.clip(driven / scale, -1.0, 1.0) * levels) / levels * scale).astype(driven.dtype)
 
     def _read_group(self, op: Operation) -> _ReadGroup:
         """Tiles driven by the same inputs over the same rows are read together: one product per step."""
@@ -121,7 +127,7 @@ class Simulator:
         product = group.result_for(args)
         if product is None:
             r0, r1 = op.attributes["rows"]  # type: ignore[misc]
-            x = mvm_input(op, args)[..., r0:r1]
+            x = driven_input(op, mvm_input(op, args)[..., r0:r1])
             if self.quantized:
                 x = self._dac(x, float(op.attributes.get("input_scale", 1.0)))  # type: ignore[arg-type]
             if self.noisy and self.hw.nonideality.read_noise_rel > 0:
