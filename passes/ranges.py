@@ -23,6 +23,7 @@ from cimc.interpreter import Arrays, Interpreter, input_names
 from cimc.ir import Module, Operation
 from cimc.npz import load_npz
 from cimc.pass_manager import ModulePass, register_pass
+from cimc.passes.tile import slice_range
 from cimc.ranges import Interval, analytic_ranges, observed_ranges
 
 _DEFAULT = load_hardware()
@@ -99,6 +100,27 @@ def segment_row_scales(segments: list[Interval], widths: list[int], weights: np.
     return reference, fractions[owner]
 
 
+def clipped_columns(op: Operation) -> list[tuple[int, int, float]]:
+    """Column spans [lo, hi) of an MVM that only a clipped activation f(clip(z, c)) reads, with their c.
+
+    Outside [-c, c] such a column's value does not matter, so its converter
+    range is narrowed to it: a linear ADC then spends its codes where f
+    changes (an LSTM with clip whose state grows to 1000s otherwise gets a
+    code step wider than the whole clip window).
+    """
+    result = op.results[0]
+    cols = result.type.shape[-1]
+    spans = []
+    for use in result.uses:
+        span = (0, cols) if use.op.name == "cim.activation" else \
+            slice_range(use.op, result) if use.op.name == "onnx.Slice" and use.index == 0 else None
+        readers = [use.op] if use.op.name == "cim.activation" else [u.op for u in use.op.results[0].uses] if span else []
+        if span is None or not readers or any(r.name != "cim.activation" or "clip" not in r.attributes for r in readers):
+            continue
+        spans.append((span[0], span[1], min(float(r.attributes["clip"]) for r in readers)))  # type: ignore[arg-type]
+    return spans if isinstance(cols, int) else []
+
+
 def _activation_ranges(module: Module, inputs: dict[str, np.ndarray]) -> dict[int, Interval]:
     seen: dict[int, Interval] = {}
 
@@ -148,6 +170,10 @@ class Ranges(ModulePass):
                 if not np.isfinite(scale) or not np.isfinite(cols.lo).all() or not np.isfinite(cols.hi).all():
                     raise CimcError(f"{op.location or op.name}: cannot bound the values of block '{op.attributes.get('block')}' "
                                     f"({source}); give calibration data with --calib")
+                for c0, c1, clip in clipped_columns(op):
+                    cols = Interval(cols.lo.copy(), cols.hi.copy())
+                    cols.lo[c0:c1] = np.clip(cols.lo[c0:c1], -clip, clip)
+                    cols.hi[c0:c1] = np.clip(cols.hi[c0:c1], -clip, clip)
                 block = str(op.attributes.get("block", "mvm"))
                 op.attributes["input_scale"] = scale
                 op.attributes["row_scale"] = Tensor(row_scale, key=f"{block}.row_scale")
