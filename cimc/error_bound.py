@@ -47,9 +47,11 @@ Sources of error (each can be switched off, which gives the breakdown
   at sigmas * sigma_p sqrt(devices of the ramp) / g_per_z.
 - ``gain`` (``noisy`` only): drift G(t) = G(t0) (t/t0)^-nu scales every
   conductance, and a read-voltage deviation every current. The NL-ADC is
-  ratiometric (its ramp drifts and is read with the columns), a linear ADC
-  with fixed references is not: |dz| <= |k - 1| |z| with k = (t/t0)^-nu (1 +
-  vread_sigmas sigma_v).
+  ratiometric to the read voltage (its ramp is read with the columns), a
+  linear ADC with fixed references is not: |dz| <= |k - 1| |z| with
+  k = (t/t0)^-nu (1 +- sigmas sigma_v). The ramp drifts with the columns, but
+  its calibration devices are re-tuned to undrifted targets, so an NL-ADC's
+  input gets |(t/t0)^-nu - 1| |z| too.
 
 Stuck-at devices are not an RMS term: one stuck device moves one weight by
 up to the whole range. They are counted (how many hit used weights, and the
@@ -97,17 +99,19 @@ class Sources:
     float32: bool = True
     sigmas: float = 0.0
     gain: float = 0.0  # |k - 1| of the linear ADC's gain (drift and read voltage)
+    saturate: bool = True  # converters clip to their ranges (not at exact fidelity, whose conversions are the identity)
+    ramp_gain: float = 0.0  # |k - 1| of drift left on an NL-ADC: its calibration devices are re-tuned to undrifted targets
 
     @staticmethod
     def for_fidelity(fidelity: str, image: Image, sigmas: float = 3.0, drift_time_s: float | None = None) -> Sources:
         if fidelity == "exact":
-            return Sources(dac=False, weights=False, adc=False, nl_adc=False)
+            return Sources(dac=False, weights=False, adc=False, nl_adc=False, saturate=False)
         if fidelity == "ideal":
             return Sources()
         n = image.hardware.nonideality
         drift = (max(drift_time_s, n.drift_t0_s) / n.drift_t0_s) ** (-n.drift_nu) if drift_time_s is not None else 1.0
         gain = max(abs(drift * (1 + sigmas * n.vread_rel_std) - 1), abs(drift * (1 - sigmas * n.vread_rel_std) - 1))
-        return Sources(sigmas=sigmas, gain=gain)
+        return Sources(sigmas=sigmas, gain=gain, ramp_gain=abs(drift - 1))
 
 
 def _abs(b: Bound, like: np.ndarray) -> np.ndarray:
@@ -249,14 +253,15 @@ class _BoundRun:
         return out
 
     def _adc(self, op: Operation, z: np.ndarray, e: Bound) -> np.ndarray:
+        """Monotone in z: the ends of [z - e, z + e] bound it. Without the ``adc`` source the ADC still clips to its range."""
         z64, e = z.astype(np.float64), _abs(e, z)
-        if not self.sources.adc:
-            return e + self.sources.gain * (np.abs(z64) + e)
         tile = _first_tile(op.operands[0].op)  # type: ignore[union-attr]
         lo, hi = tile.attributes["z_lo"].array, tile.attributes["z_hi"].array  # type: ignore[union-attr]
         bits = int(op.attributes["bits"])  # type: ignore[arg-type]
+        convert = (lambda v: adc_quantize(v, lo, hi, bits)) if self.sources.adc else \
+            (lambda v: np.clip(v, lo, hi)) if self.sources.saturate else (lambda v: v)
         reach = e + self.sources.gain * (np.abs(z64) + e)
-        return np.maximum(np.abs(adc_quantize(z64 - reach, lo, hi, bits) - z64), np.abs(adc_quantize(z64 + reach, lo, hi, bits) - z64))
+        return np.maximum(np.abs(convert(z64 - reach) - z64), np.abs(convert(z64 + reach) - z64))
 
     def _nl_adc(self, op: Operation, analog: np.ndarray, e: Bound, y: np.ndarray) -> np.ndarray:
         c0, c1 = op.attributes["cols"]  # type: ignore[misc]
@@ -266,9 +271,13 @@ class _BoundRun:
         ramp = self.ideal.ramps[ramp_id]
         if self.sources.sigmas:
             e = e + self.sources.sigmas * self.hw.nonideality.program_noise_us * np.sqrt(sum(ramp["step_devices"])) / ramp["g_per_z"]
-        if not self.sources.nl_adc:
+        e = e + self.sources.ramp_gain * (np.abs(z) + e)
+        if not self.sources.nl_adc:  # the ideal f, still saturating at the ends of the ramp's range
             fn, points = _function_of(op, [])
-            return _monotone(fn, z, e, points) + self._approximation(y)
+            if self.sources.saturate:
+                lo, hi = ramp["z_lo"], ramp["z_hi"]
+                fn, points = (lambda u, f=fn: f(np.clip(u, lo, hi))), points + [lo, hi]
+            return _monotone(fn, z, e, points, y.astype(np.float64)) + self._approximation(y)
         thresholds = self.ideal.realized_thresholds(ramp_id)
         levels = np.asarray(ramp["output_levels"])
         exact = y.astype(np.float64)
@@ -360,10 +369,11 @@ def _function_of(op: Operation, args: Arrays) -> tuple[Callable[[np.ndarray], np
     return fns[op.name], [0.0]
 
 
-def _monotone(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, e: np.ndarray, points: list[float]) -> np.ndarray:
-    """sup over u in [x - e, x + e] of |fn(u) - fn(x)|, for fn monotone between its breakpoints ``points``."""
+def _monotone(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, e: np.ndarray, points: list[float],
+              reference: np.ndarray | None = None) -> np.ndarray:
+    """sup over u in [x - e, x + e] of |fn(u) - reference| (default fn(x)), for fn monotone between its ``points``."""
     with np.errstate(all="ignore"):
-        y = fn(x)
+        y = fn(x) if reference is None else reference
         out = np.maximum(np.abs(fn(x - e) - y), np.abs(fn(x + e) - y))
         for p in points:
             for q in (np.nextafter(p, -np.inf), p, np.nextafter(p, np.inf)):
@@ -388,8 +398,9 @@ def breakdown(image: Image, inputs: Mapping[str, np.ndarray], sources: Sources) 
             parts.append((label, output_bounds(image, inputs, replace(alone, **{flag: True}))[1]))
     if sources.sigmas:
         parts.append((f"device noise at {sources.sigmas:g} sigma", output_bounds(image, inputs, replace(alone, sigmas=sources.sigmas))[1]))
-    if sources.gain:
-        parts.append((f"linear-ADC gain |k - 1| = {sources.gain:.3g}", output_bounds(image, inputs, replace(alone, gain=sources.gain))[1]))
+    if sources.gain or sources.ramp_gain:
+        parts.append((f"gain |k - 1| = {sources.gain:.3g} (linear ADC), {sources.ramp_gain:.3g} (NL-ADC)",
+                      output_bounds(image, inputs, replace(alone, gain=sources.gain, ramp_gain=sources.ramp_gain))[1]))
     return parts
 
 
