@@ -21,8 +21,8 @@ are the image's own numbers:
 - then through the cell update and the recurrence by interval rules per op
   (a worst case per step, not an RMS estimate: rounding errors of a DAC or a
   ramp are deterministic functions of the input and can align, so only a
-  worst case is a bound). It is a bound for any input, and it stays tight
-  where activations saturate or clip.
+  worst case is a bound). It is computed per sample of the inputs
+  verified, and it stays tight where activations saturate or clip.
 
 Pass/fail:
 
@@ -31,7 +31,8 @@ Pass/fail:
 - ``ideal``: every element within its bound.
 - ``noisy``: the bound adds programming and read noise at 3 standard
   deviations per column read, drift and the read-voltage deviation (3 sigma)
-  as a gain error of linear ADCs (NL-ADCs are ratiometric); the relative
+  as a gain error of linear ADCs (NL-ADCs are ratiometric to the read
+  voltage; drift reaches them through their re-tuned calibration); the relative
   RMS error must stay within the relative RMS of the bound. Stuck devices
   are a rare large error, not an RMS term: the report says how many hit used
   weights and how far they move them; the bound leaves them out, so they may
