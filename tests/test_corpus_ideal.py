@@ -26,6 +26,8 @@ from cimc.image import build_image
 from cimc.importer import import_model
 from cimc.npz import npz_bytes
 from cimc.pass_manager import PassManager, parse_pipeline
+from cimc.passes.ranges import segment_row_scales
+from cimc.ranges import Interval
 from cimc.verification import compare_output
 from onnx_corpus import CorpusCase, all_cases, reference_outputs
 
@@ -85,3 +87,24 @@ def test_the_bound_is_not_vacuous(runs: dict[str, Run]) -> None:
             if ref.dtype.kind == "f" and report.relative > 0 and np.isfinite(report.bound_relative):
                 ratios.append(report.bound_relative / report.relative)
     assert len(ratios) >= 100 and float(np.median(ratios)) < 10, np.percentile(ratios, [10, 50, 90])
+
+
+def test_the_worst_case_of_issue_15_is_fixed(runs: dict[str, Run]) -> None:
+    """An LSTM with Relu gates and clip whose state reaches 1000s while its inputs stay within +-16: with one DAC full
+    scale for [x; h] the inputs rounded to 0 and a linear ADC over the whole column range had a code step wider than
+    the clip window (relative RMS error 99 %). Per-segment full scales and clip-narrowed converter ranges: 4.6 %."""
+    actual, reference, bounds = runs["lstm-reverse-layout1-clip-seqlens-full-nobias-act-relu.stanh.aff-out-x.yh.yc-opset14"]
+    for name, ref in reference.items():
+        assert compare_output(name, actual[name], ref, bounds[name], "ideal").relative < 0.125, name
+
+
+def test_segment_scales_trade_dac_steps_for_device_levels() -> None:
+    """Inputs within +-1 next to a state within +-1000: the small segment gets a power-of-two fraction of the full
+    scale; the bias row, whose weight would fall below one device level, keeps a larger one."""
+    rng = np.random.default_rng(0)
+    weights = rng.uniform(-1, 1, size=(9, 6))
+    segments = [Interval.of(-1.0, 1.0), Interval.of(-1000.0, 1000.0), Interval.of(1.0, 1.0)]
+    reference, r = segment_row_scales(segments, [4, 4, 1], weights, 1, dac_bits=8, levels=64)
+    assert reference == 1000.0 and (r[4:8] == 1).all()
+    assert 1 / 1024 <= r[0] < 1 and (r[:4] == r[0]).all() and np.log2(r[0]) == int(np.log2(r[0]))
+    assert r[8] > r[0]
