@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cimc.cim_kernels import apply_activation, mvm_input
+from cimc.cim_kernels import apply_activation, driven_input, mvm_input
 from cimc.diagnostics import CimcError
 from cimc.image import Image, tile_conductances
 from cimc.interpreter import Arrays, Interpreter, Kernel
@@ -59,7 +59,10 @@ class Simulator:
         self.rng = np.random.default_rng(self.options.seed)
         self.noisy = self.options.fidelity == "noisy"
         self.quantized = self.options.fidelity != "exact"
+        self._stuck: list[np.ndarray] = []
         self.devices = {k: self._realize(target, level) for k, (target, level) in sorted(image.arrays.items())}
+        # Per array (noisy only): +1 stuck at G_max, -1 stuck at G_min, 0 programmed.
+        self.stuck: dict[int, np.ndarray] = dict(zip(sorted(image.arrays), self._stuck))
         vread = self.options.vread_scale
         if vread is None:
             vread = 1.0 + (self.rng.normal() * self.hw.nonideality.vread_rel_std if self.noisy else 0.0)
@@ -81,8 +84,9 @@ class Simulator:
             return g
         g = np.where(used, np.maximum(g + self.rng.normal(0.0, n.program_noise_us, g.shape), 0.0), 0.0)
         u = self.rng.random(g.shape)
-        g = np.where(used & (u < n.stuck_on_rate), d.g_max_us, g)
-        g = np.where(used & (u >= n.stuck_on_rate) & (u < n.stuck_on_rate + n.stuck_off_rate), d.g_min_us, g)
+        on, off = used & (u < n.stuck_on_rate), used & (u >= n.stuck_on_rate) & (u < n.stuck_on_rate + n.stuck_off_rate)
+        g = np.where(on, d.g_max_us, np.where(off, d.g_min_us, g))
+        self._stuck.append(on.astype(np.int8) - off.astype(np.int8))
         if self.options.drift_time_s is not None:
             g = g * (max(self.options.drift_time_s, n.drift_t0_s) / n.drift_t0_s) ** (-n.drift_nu)
         return g
@@ -101,9 +105,8 @@ class Simulator:
             self._weights[key] = (np.ascontiguousarray(g_pos), np.ascontiguousarray(g_neg))
         return self._weights[key]
 
-    def _dac(self, x: np.ndarray, scale: float) -> np.ndarray:
-        levels = (1 << (self.hw.converters.dac_bits - 1)) - 1
-        return (np.rint(np.clip(x / scale, -1.0, 1.0) * levels) / levels * scale).astype(x.dtype)
+    def _dac(self, driven: np.ndarray, scale: float) -> np.ndarray:
+        return dac_quantize(driven, scale, self.hw.converters.dac_bits)
 
     def _read_group(self, op: Operation) -> _ReadGroup:
         """Tiles driven by the same inputs over the same rows are read together: one product per step."""
@@ -121,7 +124,7 @@ class Simulator:
         product = group.result_for(args)
         if product is None:
             r0, r1 = op.attributes["rows"]  # type: ignore[misc]
-            x = mvm_input(op, args)[..., r0:r1]
+            x = driven_input(op, mvm_input(op, args)[..., r0:r1])
             if self.quantized:
                 x = self._dac(x, float(op.attributes.get("input_scale", 1.0)))  # type: ignore[arg-type]
             if self.noisy and self.hw.nonideality.read_noise_rel > 0:
@@ -145,10 +148,7 @@ class Simulator:
             return [z]
         tile = _first_tile(op.operands[0].op)  # type: ignore[union-attr]
         lo, hi = tile.attributes["z_lo"].array, tile.attributes["z_hi"].array  # type: ignore[union-attr]
-        steps = (1 << int(op.attributes["bits"])) - 1  # type: ignore[arg-type]
-        span = np.where(hi > lo, hi - lo, 1.0)
-        code = np.clip(np.rint((z - lo) / span * steps), 0, steps)
-        return [(lo + code * span / steps).astype(z.dtype)]
+        return [adc_quantize(z, lo, hi, int(op.attributes["bits"]))]  # type: ignore[arg-type]
 
     def nl_adc(self, op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
         analog = args[0]
@@ -164,6 +164,10 @@ class Simulator:
         code = np.searchsorted(thresholds * self.vread_scale, z.astype(np.float64), side="right")
         levels = np.asarray(self.ramps[ramp_id]["output_levels"])
         return [levels[code].astype(z.dtype)]
+
+    def realized_thresholds(self, ramp_id: int) -> np.ndarray:
+        """The z thresholds of a ramp as this chip's devices realize them (what the comparator sees at nominal Vread)."""
+        return self._ramp_thresholds(ramp_id)
 
     def _ramp_thresholds(self, ramp_id: int) -> np.ndarray:
         """Thresholds in z the programmed ramp devices realize: (offset + cumulative steps) / g_per_z.
@@ -209,6 +213,25 @@ class Simulator:
         """
         # The program was verified when the image was loaded; the inputs are still checked against its types.
         return Interpreter(self.program, observer, self.kernels(), check_types=False, progress=progress).run(inputs)
+
+
+def dac_quantize(driven: np.ndarray, scale: float, bits: int) -> np.ndarray:
+    """The DAC's output for the driven inputs x_i / r_i: each row's x_i over its own full scale s_ref r_i.
+
+    Dividing by r_i beforehand puts every row on the reference full scale
+    s_ref, so one quantizer of ``bits`` (sign + magnitude, 2^(bits-1) - 1
+    steps each way) over [-s_ref, s_ref] serves every segment.
+    """
+    levels = (1 << (bits - 1)) - 1
+    return (np.rint(np.clip(driven / scale, -1.0, 1.0) * levels) / levels * scale).astype(driven.dtype)
+
+
+def adc_quantize(z: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
+    """A linear ADC of ``bits`` over each column's [lo, hi]: the nearest of 2^bits levels, clipped to the range."""
+    steps = (1 << bits) - 1
+    span = np.where(hi > lo, hi - lo, 1.0)
+    code = np.clip(np.rint((z - lo) / span * steps), 0, steps)
+    return (lo + code * span / steps).astype(z.dtype)
 
 
 def terminal_progress(where: str, step: int, steps: int) -> None:

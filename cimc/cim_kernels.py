@@ -3,7 +3,9 @@
 They compute exactly what the IR means, in the model's float type: a
 conductance-form MVM uses the weights its conductances encode,
 ``(g_pos - g_neg) / g_scale`` (formed in float64, so the round trip through
-conductances changes no float32 weight), and conversions are the identity.
+conductances changes no float32 weight), driven by ``x / row_scale`` (the
+stored weights carry the per-segment DAC scale fractions, powers of two, so
+the product is the model's), and conversions are the identity.
 Quantization and device effects belong to the simulator backend, which
 executes the programming image, not the IR.
 """
@@ -53,6 +55,19 @@ def mvm_input(op: Operation, args: Arrays) -> np.ndarray:
     return np.concatenate(parts, axis=-1)
 
 
+def row_scales(op: Operation, rows: int) -> np.ndarray:
+    """Each row's fraction r_i of the reference DAC full scale (1 without per-segment scales)."""
+    value = op.attributes.get("row_scale")
+    return value.array if isinstance(value, Tensor) else np.ones(rows)
+
+
+def driven_input(op: Operation, x: np.ndarray) -> np.ndarray:
+    """What the DAC drives: x_i / r_i, in the input's float type (the stored weights carry r_i)."""
+    if "row_scale" not in op.attributes:
+        return x
+    return x / row_scales(op, x.shape[-1]).astype(x.dtype)
+
+
 def encoded_weights(op: Operation, dtype: np.dtype) -> np.ndarray:
     """The weights a conductance-form op encodes: (g_pos - g_neg) / g_scale per column."""
     g_pos, g_neg, scale = (_array(op, k).astype(np.float64) for k in ("g_pos", "g_neg", "g_scale"))
@@ -67,7 +82,7 @@ def _matvec(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
 
 @kernel("cim.crossbar_mvm")
 def _crossbar(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
-    x = mvm_input(op, args)
+    x = driven_input(op, mvm_input(op, args))
     weights = it.cached(op, lambda: encoded_weights(op, x.dtype))
     return [x @ weights]
 
@@ -75,7 +90,7 @@ def _crossbar(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
 @kernel("cim.tile_mvm")
 def _tile(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
     r0, r1 = op.attributes["rows"]  # type: ignore[misc]
-    x = mvm_input(op, args)[..., r0:r1]
+    x = driven_input(op, mvm_input(op, args)[..., r0:r1])
     weights = it.cached(op, lambda: encoded_weights(op, x.dtype))
     return [x @ weights]
 

@@ -33,7 +33,7 @@ def default_pipeline(hw: Hardware, calib: str | None = None, identity: str = "au
         "form-mvm",
         "canonicalize",
         "cse",
-        format_pipeline([Ranges(calib=calib or "")]),
+        format_pipeline([Ranges(calib=calib or "", dac_bits=c.dac_bits, levels=d.levels)]),
         f"map-conductance{{g_min={d.g_min_us!r} g_max={d.g_max_us!r} granularity=column}}",
         f"tile{{rows={a.rows} cols={a.cols} analog_sum={analog} adc_bits={c.adc_bits} ramp_cols=true}}",
         "canonicalize",

@@ -9,6 +9,12 @@ scale over the whole weight block, so every array that holds part of it reads
 in the same units. Conductances stay float here (float64, in uS): quantizing
 them to programmable levels is the image's job, so exact execution of the IR
 remains possible.
+
+With per-segment DAC full scales (``row_scale`` r_i, set by ``ranges``) the
+crossbar stores w_i r_i: the DAC drives row i with x_i / r_i, so the column
+current is still sum_i w_i x_i (in units of the reference full scale) and
+g_scale / input_scale keeps meaning uS per unit of z. The r_i are powers of
+two, so w_i r_i is exact.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from cimc.ir import Module, Operation
 from cimc.pass_manager import ModulePass, register_pass
 
 _DEFAULT = load_hardware().device
-RANGE_ATTRS = ("input_scale", "z_lo", "z_hi")
+RANGE_ATTRS = ("input_scale", "row_scale", "z_lo", "z_hi")
 
 
 def conductance_pair(weights: np.ndarray, g_min: float, g_max: float, granularity: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -42,7 +48,9 @@ def conductance_pair(weights: np.ndarray, g_min: float, g_max: float, granularit
 def map_matvec(op: Operation, g_min: float, g_max: float, granularity: str) -> None:
     weights = op.attributes["weights"]
     assert isinstance(weights, Tensor)
-    g_pos, g_neg, scale = conductance_pair(weights.array, g_min, g_max, granularity)
+    row_scale = op.attributes.get("row_scale")
+    stored = weights.array if not isinstance(row_scale, Tensor) else weights.array.astype(np.float64) * row_scale.array[:, None]
+    g_pos, g_neg, scale = conductance_pair(stored, g_min, g_max, granularity)
     block = str(op.attributes.get("block", "mvm"))
     attrs = {
         "g_pos": Tensor(g_pos, key=f"{block}.g_pos"),

@@ -180,6 +180,8 @@ def tile_mvm(op: Operation, rows: int, bitlines: int, ramp_cols: bool, analog: b
             for k in ("z_lo", "z_hi"):
                 if k in attrs:
                     tile_attrs[k] = Tensor(attrs[k].array[c0:c1], key=f"{key}.{k}")  # type: ignore[union-attr]
+            if "row_scale" in attrs:
+                tile_attrs["row_scale"] = Tensor(attrs["row_scale"].array[r0:r1], key=f"{key}.row_scale")  # type: ignore[union-attr]
             partials.append(b.value("cim.tile_mvm", op.operands, part_type, tile_attrs))
         if len(partials) == 1 or analog:
             summed = partials[0] if len(partials) == 1 else b.value("cim.analog_sum", partials, part_type)

@@ -138,13 +138,22 @@ def _tensor(op: Operation, name: str, rank: int) -> Tensor:
     return value
 
 
-# Set by the ranges pass: the DAC full scale of the inputs and each column's value range (of the whole column sum).
-_RANGE_ATTRS = dict(input_scale="float", z_lo="tensor", z_hi="tensor")
+# Set by the ranges pass: the reference DAC full scale of the inputs, each row's fraction of it (per input segment),
+# and each column's value range (of the whole column sum).
+_RANGE_ATTRS = dict(input_scale="float", row_scale="tensor", z_lo="tensor", z_hi="tensor")
+
+
+def _verify_row_scale(op: Operation, rows: int) -> None:
+    if "row_scale" in op.attributes:
+        r = _tensor(op, "row_scale", 1).array
+        if r.shape != (rows,) or not ((r > 0) & (r <= 1)).all():
+            raise VerifyError(op, f"'{op.name}' row_scale must hold {rows} values in (0, 1], got shape {r.shape}")
 
 
 def _verify_matvec(op: Operation) -> None:
     rows, cols = _tensor(op, "weights", 2).array.shape
     _verify_mvm_io(op, rows, cols)
+    _verify_row_scale(op, rows)
 
 
 MATVEC = define(
@@ -169,14 +178,17 @@ def _verify_conductances(op: Operation) -> tuple[int, int]:
 
 
 def _verify_crossbar(op: Operation) -> None:
-    _verify_mvm_io(op, *_verify_conductances(op))
+    rows, cols = _verify_conductances(op)
+    _verify_mvm_io(op, rows, cols)
+    _verify_row_scale(op, rows)
 
 
 _CONDUCTANCE_ATTRS = dict(g_pos="tensor!", g_neg="tensor!", g_scale="tensor!", bias_rows="int", block="str", **_RANGE_ATTRS)
 
 CROSSBAR_MVM = define(
     "cim.crossbar_mvm",
-    "An MVM as differential conductance pairs: w = (g_pos - g_neg) / g_scale[col], all in uS.",
+    "An MVM as differential conductance pairs: y = (x / row_scale) @ ((g_pos - g_neg) / g_scale[col]), all in uS; "
+    "the stored weights carry the row scales (w r), the DAC drives x / r.",
     operands="inputs*",
     results="y",
     attributes=attrs(**_CONDUCTANCE_ATTRS),
@@ -199,6 +211,7 @@ def _verify_tile(op: Operation) -> None:
         raise VerifyError(op, f"'{op.name}' reads rows up to {r1} of an input of {segment_rows(op)} rows")
     if op.results[0].type.shape[-1:] != (cols,):
         raise VerifyError(op, f"type mismatch: '{op.name}' has {cols} columns but its result is {op.results[0].type}")
+    _verify_row_scale(op, rows)
     placed = [k for k in ("array", "array_row", "array_col") if k in op.attributes]
     if placed and len(placed) != 3:
         raise VerifyError(op, f"'{op.name}' placement needs array, array_row and array_col together")
@@ -206,7 +219,8 @@ def _verify_tile(op: Operation) -> None:
 
 TILE_MVM = define(
     "cim.tile_mvm",
-    "The part of an MVM that one array computes: rows [r0, r1) x cols [c0, c1) of a block; yields a partial sum.",
+    "The part of an MVM that one array computes: rows [r0, r1) x cols [c0, c1) of a block; yields a partial sum "
+    "(row_scale: the tile's rows' DAC scale fractions, as in cim.crossbar_mvm).",
     operands="inputs*",
     results="partial",
     attributes=attrs(**{**_CONDUCTANCE_ATTRS, "g_pos": "tensor", "g_neg": "tensor"}, rows="ints!", cols="ints!",
