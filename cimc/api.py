@@ -18,6 +18,7 @@ from cimc.compiler import CompileOptions, compile_to_ir
 from cimc.hardware import Hardware, load_hardware
 from cimc.image import Image, build_image, load_image
 from cimc.importer import DimSpec
+from cimc.ranges import CALIB_SEPARATOR
 from cimc.verification import VerifyReport, verify_image
 
 
@@ -39,12 +40,19 @@ class CompiledModel:
         return CompiledModel(load_image(path))
 
 
-def compile(model: str | Path, hw: str | Path | Hardware | None = None, calib: str | Path | None = None,  # noqa: A001
+def compile(model: str | Path, hw: str | Path | Hardware | None = None,  # noqa: A001
+            calib: str | Path | Sequence[str | Path] | None = None,
             input_shapes: Mapping[str, Sequence[DimSpec]] | None = None, pipeline: str | None = None,
-            identity: str = "auto") -> CompiledModel:
-    """Import, lower and lay out ``model`` for ``hw`` (a TOML path, a :class:`Hardware`, or the defaults)."""
+            identity: str = "auto", input_ranges: Mapping[str, tuple[float, float]] | None = None) -> CompiledModel:
+    """Import, lower and lay out ``model`` for ``hw`` (a TOML path, a :class:`Hardware`, or the defaults).
+
+    ``calib``: one or more .npz files or directories of them (as ``cimc compile --calib``, repeated);
+    ``input_ranges``: declared (lo, hi) per graph input name (as ``--input-range``).
+    """
     hardware = hw if isinstance(hw, Hardware) else load_hardware(hw)
-    options = CompileOptions(pipeline=pipeline, calib=str(Path(calib).resolve()) if calib else None,
+    paths = [calib] if isinstance(calib, (str, Path)) else list(calib or ())
+    options = CompileOptions(pipeline=pipeline, calib=CALIB_SEPARATOR.join(str(Path(p).resolve()) for p in paths) or None,
+                             input_ranges=";".join(f"{n}={float(lo)!r},{float(hi)!r}" for n, (lo, hi) in (input_ranges or {}).items()),
                              identity=identity, input_shapes=input_shapes)
     return CompiledModel(build_image(compile_to_ir(model, hardware, options), hardware))
 

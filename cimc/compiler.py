@@ -20,8 +20,8 @@ from cimc.passes.fuse_activation import identity_break_even
 from cimc.passes.ranges import Ranges
 
 
-def default_pipeline(hw: Hardware, calib: str | None = None, identity: str = "auto") -> str:
-    """The lowering pipeline with every option taken from ``hw``; ``calib`` names calibration data for ``ranges``."""
+def default_pipeline(hw: Hardware, calib: str | None = None, identity: str = "auto", input_ranges: str = "") -> str:
+    """The lowering pipeline with every option taken from ``hw``; ``calib`` and ``input_ranges`` as the ``ranges`` pass takes them."""
     a, d, c = hw.array, hw.device, hw.converters
     analog = "true" if c.analog_partial_sums else "false"
     return ",".join([
@@ -29,7 +29,7 @@ def default_pipeline(hw: Hardware, calib: str | None = None, identity: str = "au
         "form-mvm",
         "canonicalize",
         "cse",
-        format_pipeline([Ranges(calib=calib or "")]),
+        format_pipeline([Ranges(calib=calib or "", input_ranges=input_ranges)]),
         f"map-conductance{{g_min={d.g_min_us!r} g_max={d.g_max_us!r} granularity=column}}",
         f"tile{{rows={a.rows} cols={a.cols} analog_sum={analog} adc_bits={c.adc_bits} ramp_cols=true}}",
         "canonicalize",
@@ -46,7 +46,8 @@ def default_pipeline(hw: Hardware, calib: str | None = None, identity: str = "au
 @dataclass
 class CompileOptions:
     pipeline: str | None = None
-    calib: str | None = None
+    calib: str | None = None  # the ranges pass's ``calib``: .npz files or directories joined by os.pathsep
+    input_ranges: str = ""  # the ranges pass's ``input_ranges``: NAME=LO,HI entries joined by ';'
     identity: str = "auto"
     input_shapes: Mapping[str, Sequence[DimSpec]] | None = None
     print_ir_after_all: bool = False
@@ -59,7 +60,7 @@ def compile_to_ir(model: str | Path, hw: Hardware, options: CompileOptions | Non
     """Import ``model`` and run the lowering pipeline (the hardware's default unless one is given)."""
     opts = options or CompileOptions()
     module = import_onnx(model, opts.input_shapes)
-    pipeline = opts.pipeline if opts.pipeline is not None else default_pipeline(hw, opts.calib, opts.identity)
+    pipeline = opts.pipeline if opts.pipeline is not None else default_pipeline(hw, opts.calib, opts.identity, opts.input_ranges)
     passes = parse_pipeline(pipeline)
     PassManager(passes, opts.print_ir_after_all, opts.print_ir_after, opts.dump, opts.out).run(module)
     return module
