@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cimc.backends.saturation import SaturationCounts
 from cimc.cim_kernels import apply_activation, mvm_input
 from cimc.diagnostics import CimcError
 from cimc.image import Image, tile_conductances
@@ -44,6 +45,7 @@ class SimulatorOptions:
     seed: int = 0
     drift_time_s: float | None = None  # seconds after programming; None: read at t0 (no drift)
     vread_scale: float | None = None  # actual/nominal read voltage; None: 1, or drawn from vread_rel_std when noisy
+    counters: bool = False  # count saturating conversions per layer into Simulator.saturation (see backends/saturation.py)
 
 
 class Simulator:
@@ -68,6 +70,7 @@ class Simulator:
         self._weights: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._thresholds: dict[int, np.ndarray] = {}
         self._groups: dict[tuple, _ReadGroup] | None = None
+        self.saturation = SaturationCounts() if self.options.counters and self.quantized else None
 
     def _realize(self, target: np.ndarray, level: np.ndarray) -> np.ndarray:
         """The conductance every device holds after programming (and drift)."""
@@ -123,6 +126,8 @@ class Simulator:
             r0, r1 = op.attributes["rows"]  # type: ignore[misc]
             x = mvm_input(op, args)[..., r0:r1]
             if self.quantized:
+                if self.saturation is not None:
+                    self.saturation.dac(op, x, float(op.attributes.get("input_scale", 1.0)))  # type: ignore[arg-type]
                 x = self._dac(x, float(op.attributes.get("input_scale", 1.0)))  # type: ignore[arg-type]
             if self.noisy and self.hw.nonideality.read_noise_rel > 0:
                 sigma = self.hw.nonideality.read_noise_rel
@@ -148,6 +153,8 @@ class Simulator:
         steps = (1 << int(op.attributes["bits"])) - 1  # type: ignore[arg-type]
         span = np.where(hi > lo, hi - lo, 1.0)
         code = np.clip(np.rint((z - lo) / span * steps), 0, steps)
+        if self.saturation is not None:
+            self.saturation.adc(tile, z, code, steps, lo, hi)
         return [(lo + code * span / steps).astype(z.dtype)]
 
     def nl_adc(self, op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
@@ -163,7 +170,15 @@ class Simulator:
         # The ramp is read at the same voltage as the columns: both sides scale, the code does not move.
         code = np.searchsorted(thresholds * self.vread_scale, z.astype(np.float64), side="right")
         levels = np.asarray(self.ramps[ramp_id]["output_levels"])
+        if self.saturation is not None:
+            self._count_nl_adc(op, z, ramp_id, levels)
         return [levels[code].astype(z.dtype)]
+
+    def _count_nl_adc(self, op: Operation, z: np.ndarray, ramp_id: int, levels: np.ndarray) -> None:
+        assert self.saturation is not None
+        ramp = self.ramps[ramp_id]
+        tile = _first_tile(op.operands[0].op)  # type: ignore[union-attr]
+        self.saturation.nl_adc(tile, op, z / z.dtype.type(self.vread_scale), float(ramp["z_lo"]), float(ramp["z_hi"]), levels)
 
     def _ramp_thresholds(self, ramp_id: int) -> np.ndarray:
         """Thresholds in z the programmed ramp devices realize: (offset + cumulative steps) / g_per_z.

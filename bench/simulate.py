@@ -1,5 +1,8 @@
 """Simulator time against onnxruntime on the same LSTM, batch and sequence length, at each fidelity.
 
+The last line is ``ideal`` with the saturation counters on, with its ratio to
+``ideal`` without them, measured in the same run: the counters' overhead.
+
     python bench/simulate.py [--hidden 256] [--batch 64] [--steps 100] [--repeat 5]
 
 Prints the median wall time of each and the ratio simulator / onnxruntime,
@@ -62,9 +65,13 @@ def main() -> None:
     t_ort = median_time(lambda: session.run(None, {"x": x}), args.repeat)
     print(f"LSTM input {args.inputs}, hidden {args.hidden}, batch {args.batch}, {args.steps} steps; median of {args.repeat}")
     print(f"  onnxruntime        {1000 * t_ort:9.1f} ms")
+    times = {}
     for fidelity in ("exact", "ideal", "noisy"):
         t = median_time(lambda f=fidelity: compiled.run({"x": x}, fidelity=f, seed=0), max(1, args.repeat // 2))
+        times[fidelity] = t
         print(f"  simulator {fidelity:<8} {1000 * t:9.1f} ms   ratio {t / t_ort:6.1f}x")
+    t = median_time(lambda: compiled.run_with_saturation({"x": x}, fidelity="ideal", seed=0), max(1, args.repeat // 2))
+    print(f"  ideal + counters   {1000 * t:9.1f} ms   ratio {t / t_ort:6.1f}x   counters' overhead {t / times['ideal']:.3f}x")
 
 
 def _big_chip(folder: Path) -> Path:

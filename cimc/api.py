@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cimc.backends.saturation import SaturationCounts
 from cimc.backends.simulator import Simulator, SimulatorOptions
 from cimc.compiler import CompileOptions, compile_to_ir
+from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware, load_hardware
 from cimc.image import Image, build_image, load_image
 from cimc.importer import DimSpec
@@ -31,6 +33,15 @@ class CompiledModel:
     def run(self, inputs: Mapping[str, np.ndarray], fidelity: str = "exact", seed: int = 0,
             drift_time_s: float | None = None, vread_scale: float | None = None) -> dict[str, np.ndarray]:
         return Simulator(self.image, SimulatorOptions(fidelity, seed, drift_time_s, vread_scale)).run(inputs)
+
+    def run_with_saturation(self, inputs: Mapping[str, np.ndarray], fidelity: str = "ideal", seed: int = 0,
+                            drift_time_s: float | None = None) -> tuple[dict[str, np.ndarray], SaturationCounts]:
+        """Outputs and, per layer, how many conversions went beyond their compiled ranges (``ideal``/``noisy`` only)."""
+        simulator = Simulator(self.image, SimulatorOptions(fidelity, seed, drift_time_s, counters=True))
+        outputs = simulator.run(inputs)
+        if simulator.saturation is None:
+            raise CimcError("saturation is counted at ideal and noisy fidelity only (exact has no converters)")
+        return outputs, simulator.saturation
 
     def save(self, path: str | Path) -> None:
         self.image.save(path)

@@ -159,9 +159,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from cimc.image import load_image
     from cimc.npz import npz_bytes, write_atomic
 
-    simulator = Simulator(load_image(args.image), SimulatorOptions(args.fidelity, args.seed, args.drift_time))
+    options = SimulatorOptions(args.fidelity, args.seed, args.drift_time, counters=True)
+    simulator = Simulator(load_image(args.image), options)
     outputs = simulator.run(_load_inputs(args.inputs), progress=terminal_progress)
     write_atomic(args.output, npz_bytes(outputs))
+    if simulator.saturation is not None:
+        print(simulator.saturation.summary())
     return 0
 
 

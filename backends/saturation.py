@@ -1,0 +1,124 @@
+"""Saturation counters: how often each converter saw a value outside the range it was compiled for.
+
+A converter clips silently: an input beyond the DAC's full scale is driven at
+full scale, a column current beyond the linear ADC's range reads as its first
+or last code, and one beyond an NL-ADC ramp's range reads as the ramp's end
+code. When ``cimc verify`` fails, these counts say where and why. Counted per
+layer (the weight block a crossbar read belongs to, with its ONNX node
+location), and in total:
+
+- ``dac_clipped`` of ``dac_inputs``: row inputs with |x| > the MVM's input
+  scale. Counted once per array read; tiles that share their inputs and rows
+  are read together, under the first tile's block.
+- ``adc_rail`` of ``adc_codes``: linear-ADC codes at 0 or at the top code.
+  A value at the very edge of its range also lands there, so ``adc_clipped``
+  counts those whose column value lies beyond the range by more than half a
+  step: the code then misstates it by more than half an LSB.
+- NL-ADC: for a saturating f (sigmoid, tanh) an end code is the right answer
+  far out, so rail codes say little. ``nl_adc_beyond`` of ``nl_adc_codes``
+  counts column values outside the ramp's conversion range [z_lo, z_hi];
+  ``nl_adc_clipped`` those of them where f still changes: |f(z) - f(edge)| is
+  more than half an output LSB, so the end code is wrong because of the range.
+
+Counting costs a few vectorized comparisons per conversion and is done only
+when the simulator is asked to (``SimulatorOptions.counters``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from cimc.cim_kernels import apply_activation
+from cimc.ir import Operation
+
+
+@dataclass
+class LayerCounts:
+    block: str
+    location: str
+    dac_inputs: int = 0
+    dac_clipped: int = 0
+    adc_codes: int = 0
+    adc_rail: int = 0
+    adc_clipped: int = 0
+    nl_adc_codes: int = 0
+    nl_adc_beyond: int = 0
+    nl_adc_clipped: int = 0
+
+    def add(self, other: LayerCounts) -> None:
+        for f in fields(self):
+            if isinstance(getattr(self, f.name), int):
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    @property
+    def clipped(self) -> int:
+        """Conversions whose result the range made wrong (beyond half an LSB or beyond full scale)."""
+        return self.dac_clipped + self.adc_clipped + self.nl_adc_clipped
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class SaturationCounts:
+    """Counts per layer, in the order the program first converts for each."""
+
+    def __init__(self) -> None:
+        self.layers: dict[str, LayerCounts] = {}
+
+    def _layer(self, tile: Operation) -> LayerCounts:
+        block = str(tile.attributes.get("block", tile.name))
+        if block not in self.layers:
+            self.layers[block] = LayerCounts(block, tile.location or "")
+        return self.layers[block]
+
+    def dac(self, tile: Operation, x: np.ndarray, scale: float | np.ndarray) -> None:
+        layer = self._layer(tile)
+        layer.dac_inputs += x.size
+        layer.dac_clipped += int(np.count_nonzero(np.abs(x) > scale))
+
+    def adc(self, tile: Operation, z: np.ndarray, code: np.ndarray, steps: int, lo: np.ndarray, hi: np.ndarray) -> None:
+        layer = self._layer(tile)
+        layer.adc_codes += code.size
+        layer.adc_rail += int(np.count_nonzero((code == 0) | (code == steps)))
+        half = np.where(hi > lo, hi - lo, 1.0) / (2 * steps)
+        layer.adc_clipped += int(np.count_nonzero((z < lo - half) | (z > hi + half)))
+
+    def nl_adc(self, tile: Operation, op: Operation, z: np.ndarray, z_lo: float, z_hi: float, levels: np.ndarray) -> None:
+        """``z`` in the ramp's units (the read-voltage scale divided out), ``levels`` the ramp's output levels."""
+        layer = self._layer(tile)
+        layer.nl_adc_codes += z.size
+        beyond = (z < z_lo) | (z > z_hi)
+        n_beyond = int(np.count_nonzero(beyond))
+        layer.nl_adc_beyond += n_beyond
+        if n_beyond:
+            out = z[beyond]
+            lsb = (float(levels.max()) - float(levels.min())) / max(len(levels) - 1, 1)
+            miss = np.abs(apply_activation(op, out) - apply_activation(op, np.clip(out, z_lo, z_hi).astype(out.dtype)))
+            layer.nl_adc_clipped += int(np.count_nonzero(miss > lsb / 2))
+
+    def total(self) -> LayerCounts:
+        out = LayerCounts("total", "")
+        for layer in self.layers.values():
+            out.add(layer)
+        return out
+
+    def as_json(self) -> dict[str, Any]:
+        return {"layers": [layer.as_dict() for layer in self.layers.values()], "total": self.total().as_dict()}
+
+    def summary(self) -> str:
+        """One line: the totals, and the layer that clipped most."""
+        t = self.total()
+        text = (f"saturation: DAC {_part(t.dac_clipped, t.dac_inputs)} inputs clipped; linear ADC "
+                f"{_part(t.adc_clipped, t.adc_codes)} codes clipped ({t.adc_rail} at the rails); NL-ADC "
+                f"{_part(t.nl_adc_clipped, t.nl_adc_codes)} codes clipped ({t.nl_adc_beyond} beyond the ramp's range)")
+        worst = max(self.layers.values(), key=lambda layer: layer.clipped, default=None)
+        if worst is not None and worst.clipped:
+            text += f"; most in {worst.block}" + (f" ({worst.location})" if worst.location else "")
+        return text
+
+
+def _part(count: int, total: int) -> str:
+    return f"{count} of {total}" + (f" ({count / total:.2%})" if total and count else "")
