@@ -14,7 +14,7 @@ and would let their state grow by about one per step. Two rules keep it:
 - *Convex combinations* (:meth:`IntervalAnalysis.convex_combination`): the GRU
   update h_t = (1 - z) n + z h_(t-1), with z within [0, 1], lies between n and
   h_(t-1), so the state stays in the hull of the candidate's range and h_0.
-- *Contracting state* (:meth:`IntervalAnalysis.contracting_bound`): the LSTM
+- *Contracting state* (:meth:`IntervalAnalysis.invariant`): the LSTM
   cell c_t = f c_(t-1) + s with f within [0, F], F < 1, and s = i g within
   [a, b] never leaves hull(c_0, [min(a, a/(1-F)), max(b, b/(1-F))]) (the sum
   of a geometric series), for sequences of any length.
@@ -143,6 +143,18 @@ class RangeReport:
 # The contracting bound is taken instead of the step-capped one when it is at most this much wider: it then
 # holds for sequences of any length at the cost of at most one bit of converter resolution (a design choice).
 CONTRACTING_BOUND_MAX_WIDENING = 2.0
+EXTRAPOLATED_STEPS = 100  # see IntervalAnalysis.invariant
+_MARGIN = 1e-6  # relative widening of a candidate invariant: absorbs float64 rounding in the containment test
+
+
+def _extrapolated(now: Interval, before: Interval, steps: int) -> Interval:
+    """``now`` pushed out by ``steps`` times its growth since ``before``."""
+    if now.lo.shape != before.lo.shape or not steps:
+        return now
+    with np.errstate(invalid="ignore"):
+        lo = now.lo - steps * np.nan_to_num(before.lo - now.lo, nan=0.0, posinf=0.0, neginf=0.0)
+        hi = now.hi + steps * np.nan_to_num(now.hi - before.hi, nan=0.0, posinf=0.0, neginf=0.0)
+    return Interval(lo, hi)
 
 
 class IntervalAnalysis:
@@ -330,36 +342,44 @@ class IntervalAnalysis:
         return Interval(center - spread, center + spread)
 
     def loop(self, op: Operation, args: list[Interval]) -> list[Interval]:
-        """Kleene iteration of the carried state to a fixed point, or for ``max_steps`` steps.
+        """The carried state's bound: an invariant valid for any length, else the Kleene bound after ``max_steps`` steps.
 
-        When the state does not settle, a contracting bound (valid for any
-        sequence length) replaces the step-capped one if it is not much wider.
+        Kleene iteration (the union of the states after 1, 2, ... steps) stops
+        when a step no longer moves the bound by more than ``close_to``'s
+        tolerance; that is not yet a proof, since a slowly contracting state
+        may still creep on. :meth:`invariant` turns the bound into one (or
+        fails, and iteration continues: after k steps the Kleene bound holds
+        for sequences of at most k steps, hence the step cap and the report).
+        When the state keeps growing, a contracting bound replaces the
+        step-capped one if it is at most ``CONTRACTING_BOUND_MAX_WIDENING``
+        times as wide.
         """
         body = op.regions[0].block
         init = args[1:]
-        carried = list(init)
-        scans: list[Interval] | None = None
-        converged = False
+        carried, previous = list(init), list(init)
+        scans: list[Interval] = []
+        invariant = None
+        attempted = False
         for _ in range(self.max_steps):
             out = self._step(body, carried)
             step_scans = out[len(carried):]
-            scans = step_scans if scans is None else [s.union(t) for s, t in zip(scans, step_scans)]
-            new = [c.union(o) for c, o in zip(carried, out)]
-            converged = all(n.close_to(c) for n, c in zip(new, carried))
-            carried = new
-            if converged:
-                break
-        if not converged:
-            bounded = self.contracting_bound(body, init, carried)
-            if bounded is not None and all(b.abs_max() <= CONTRACTING_BOUND_MAX_WIDENING * c.abs_max()
-                                           for b, c in zip(bounded[0], carried)):
-                carried, converged = bounded[0], True
-                scans = [s.union(t) for s, t in zip(scans or [], bounded[1])]
-            else:
-                self._step(body, carried)  # leave the body's values at the step-capped state
-        if not converged:
+            scans = [s.union(t) for s, t in zip(scans, step_scans)] if scans else step_scans
+            previous, carried = carried, [c.union(o) for c, o in zip(carried, out)]
+            if not attempted and all(n.close_to(c) for n, c in zip(carried, previous)):
+                attempted = True
+                invariant = self.invariant(body, init, carried, previous)
+                if invariant is not None:
+                    break
+        else:
+            invariant = self.invariant(body, init, carried, previous)
+            if invariant is not None and not all(b.abs_max() <= CONTRACTING_BOUND_MAX_WIDENING * c.abs_max()
+                                                 for b, c in zip(invariant[0], carried)):
+                invariant = None
+        if invariant is None:
             self.unconverged += 1
-        return carried + (scans or [])
+            self._step(body, carried)  # leave the body's values at the step-capped state
+            return carried + scans
+        return invariant[0] + [s.union(t) for s, t in zip(scans, invariant[1])]
 
     def _step(self, body: Block, carried: list[Interval]) -> list[Interval]:
         """One abstract time step: the body's yielded intervals with the carried state bound to ``carried``."""
@@ -368,41 +388,46 @@ class IntervalAnalysis:
             self.values[id(arg)] = interval
         return self.block(body)
 
-    def contracting_bound(self, body: Block, init: list[Interval], carried: list[Interval],
-                          rounds: int = 20) -> tuple[list[Interval], list[Interval]] | None:
-        """An invariant of the loop, valid for any number of steps, from the LSTM cell's geometric series; or None.
+    def invariant(self, body: Block, init: list[Interval], carried: list[Interval], previous: list[Interval],
+                  rounds: int = 20) -> tuple[list[Interval], list[Interval]] | None:
+        """(state bounds, scan bounds) such that one abstract step maps the state bounds into themselves; or None.
 
-        A carried value whose next value is ``f * c + s`` (Add and Mul in either
-        order, optionally under the ``sequence_lens`` mask ``Where(valid, new, c)``),
-        with f within [0, F] and F < 1, s within [a, b], satisfies
-        c_t <= F max(c_(t-1), 0) + b, so c_t <= max(b, b/(1-F)) if c_0 is, and
-        likewise below: the candidate is hull(c_0, [min(a, a/(1-F)), max(b, b/(1-F))]).
-        F, a and b come from the step evaluated at the candidate itself (with
-        peepholes f depends on c), so the candidate is refined until one abstract
-        step maps it into itself. Soundness does not rest on the pattern: a state
-        set I that contains the initial state and that one step maps into I holds
-        every reachable state, by induction over the steps. Other carried values
-        keep their Kleene bound and must be mapped into it as well. The ONNX
-        ``clip`` bounds the gate pre-activations, so it bounds F below 1 too.
+        Soundness does not rest on how the candidate is guessed: a set I that
+        contains the initial state and that one step maps into I holds every
+        reachable state, by induction over the steps, for any sequence length.
+
+        The guess: a carried value whose next value is ``f * c + s`` (Add and
+        Mul in either order, optionally under the ``sequence_lens`` mask
+        ``Where(valid, new, c)``; the LSTM cell), with f within [0, F], F < 1,
+        s within [a, b], satisfies c_t <= F max(c_(t-1), 0) + b, so it stays at
+        or below max(b, b/(1-F)) once there, and likewise below: its candidate
+        is hull(c_0, [min(a, a/(1-F)), max(b, b/(1-F))]), the sum of the
+        geometric series. ONNX's ``clip`` bounds the gate pre-activations, so
+        it keeps F below 1. F, a and b come from the step evaluated at the
+        candidate itself (with peepholes, f depends on c), so the candidate is
+        refined until it maps into itself. Every other carried value takes its
+        Kleene bound plus a relative margin for float64 rounding, and if that
+        fails, the bound pushed out by ``EXTRAPOLATED_STEPS`` times the last
+        step's growth (a state contracting at rate r has r / (1 - r) times that
+        growth still to come, so this covers r up to 0.99).
         """
         decaying = {k: m for k, m in ((k, self._decaying_state(body, k)) for k in range(len(init))) if m is not None}
-        if not decaying:
-            return None
-        margin = 1e-6  # relative; absorbs float64 rounding and what the Kleene bound still moved by (close_to's rtol 1e-5)
-        candidate = [init[k] if k in decaying else c.inflated(margin) for k, c in enumerate(carried)]
-        self._step(body, candidate)
-        for _ in range(rounds):
-            for k, (forget, drive) in decaying.items():
-                f, s = self.get(forget), self.get(drive)
-                if not ((f.lo >= 0).all() and (f.hi < 1).all() and np.isfinite(s.lo).all() and np.isfinite(s.hi).all()):
-                    return None
-                gain = 1.0 / (1.0 - f.hi)
-                series = Interval(*np.broadcast_arrays(np.minimum(s.lo, s.lo * gain), np.maximum(s.hi, s.hi * gain)))
-                candidate[k] = candidate[k].union(init[k]).union(series.inflated(margin))
-            out = self._step(body, candidate)
-            if all(c.contains(o) for c, o in zip(candidate, out)):
-                return candidate, out[len(candidate):]
-            candidate = [c.union(o) for c, o in zip(candidate, out)]
+        for steps, tries in ((0, 3), (EXTRAPOLATED_STEPS, rounds)):
+            candidate = [init[k] if k in decaying else _extrapolated(c, p, steps).inflated(_MARGIN)
+                         for k, (c, p) in enumerate(zip(carried, previous))]
+            self._step(body, candidate)
+            for _ in range(tries):
+                for k, (forget, drive) in decaying.items():
+                    f, s = self.get(forget), self.get(drive)
+                    if not ((f.lo >= 0).all() and (f.hi < 1).all() and np.isfinite(s.lo).all() and np.isfinite(s.hi).all()):
+                        return None
+                    gain = 1.0 / (1.0 - f.hi)
+                    series = Interval(*np.broadcast_arrays(np.minimum(s.lo, s.lo * gain), np.maximum(s.hi, s.hi * gain)))
+                    candidate[k] = candidate[k].union(init[k]).union(series.inflated(_MARGIN))
+                out = self._step(body, candidate)
+                if all(c.contains(o) for c, o in zip(candidate, out)):
+                    return candidate, out[len(candidate):]
+                candidate = [c.union(o) for c, o in zip(candidate, out)]
         return None
 
     def _decaying_state(self, body: Block, k: int) -> tuple[Value, Value] | None:
@@ -413,7 +438,7 @@ class IntervalAnalysis:
         if masked is not None and masked.operands[2] is state:
             new = masked.operands[1]
         add = _defining(new, "onnx.Add")
-        if add is None:
+        if add is None or self.convex_combination(add) is not None:  # the hull bound is the tighter one there
             return None
         for decay, drive in ((add.operands[0], add.operands[1]), (add.operands[1], add.operands[0])):
             mul = _defining(decay, "onnx.Mul")
