@@ -15,45 +15,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from cimc.importer import import_model
 from cimc.ir import Module
 from cimc.pass_manager import PassManager, parse_pipeline
 from cimc.ranges import Interval, IntervalAnalysis, analytic_ranges, observed_ranges
+from range_models import recurrent_model
 
 LOWER = "decompose-rnn,form-mvm,canonicalize,cse"
 
 
 def _tolerance(bound: np.ndarray) -> np.ndarray:
     return 1e-5 * np.maximum(1.0, np.abs(bound))
-
-
-def recurrent_model(kind: str, inputs: int, hidden: int, seed: int, scale: float, direction: str = "forward",
-                    lens: bool = False, bias: tuple[float, ...] | None = None, **attrs: object):
-    """One ONNX LSTM/GRU node with weights ~ U(-scale, scale) (PyTorch's init at scale 1/sqrt(hidden))."""
-    rng = np.random.default_rng(seed)
-    gates = {"GRU": 3, "LSTM": 4}[kind]
-    d = 2 if direction == "bidirectional" else 1
-    b = rng.uniform(-scale, scale, (d, 2 * gates * hidden))
-    if bias is not None:  # per gate, added to Wb
-        b[:, :gates * hidden] += np.repeat(np.asarray(bias), hidden)
-    inits = [numpy_helper.from_array(rng.uniform(-scale, scale, (d, gates * hidden, inputs)).astype(np.float32), "W"),
-             numpy_helper.from_array(rng.uniform(-scale, scale, (d, gates * hidden, hidden)).astype(np.float32), "R"),
-             numpy_helper.from_array(b.astype(np.float32), "B")]
-    names = ["X", "W", "R", "B"]
-    graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["seq", "batch", inputs])]
-    if lens:
-        names.append("lens")
-        graph_inputs.append(helper.make_tensor_value_info("lens", TensorProto.INT32, ["batch"]))
-    if kind == "LSTM" and attrs.pop("peepholes", False):
-        names += [""] * (5 - len(names)) + ["", "", "P"]
-        inits.append(numpy_helper.from_array(rng.uniform(-scale, scale, (d, 3 * hidden)).astype(np.float32), "P"))
-    node = helper.make_node(kind, names, ["Y", "Y_h"], hidden_size=hidden, direction=direction, name="cell", **attrs)
-    graph = helper.make_graph([node], "cell", graph_inputs,
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None),
-                               helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, None)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
 
 
 def lowered(model) -> Module:  # noqa: ANN001
