@@ -57,14 +57,14 @@ def calibration_samples(spec: str, module: Module) -> list[dict[str, np.ndarray]
         if missing:
             raise CimcError(f"calibration data {path} lacks inputs {missing} (it has {sorted(data)}; the model's inputs are {names})")
         stacked = {n for n in names if data[n].ndim == ranks[n] + 1}
-        wrong = [f"{n} {list(data[n].shape)}" for n in names if data[n].ndim not in (ranks[n], ranks[n] + 1)]
-        if wrong or (stacked and stacked != set(names)) or len({data[n].shape[0] for n in stacked}) > 1:
+        wrong_rank = any(data[n].ndim not in (ranks[n], ranks[n] + 1) for n in names)
+        if wrong_rank or (stacked and stacked != set(names)) or len({data[n].shape[0] for n in stacked}) > 1:
             expected = ", ".join(f"{n} rank {ranks[n]}" for n in names)
             raise CimcError(f"calibration data {path} has {', '.join(f'{n} {list(data[n].shape)}' for n in names)}; the model "
                             f"wants {expected} for one sample, or every input with one more leading axis of the same "
                             "length for stacked samples")
         if stacked:
-            samples += [{n: data[n][i] for n in names} for i in range(data[names[0]].shape[0])] if names else []
+            samples += [{n: data[n][i] for n in names} for i in range(data[names[0]].shape[0])]
         else:
             samples.append({n: data[n] for n in names})
     if not samples:
