@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware, load_hardware
 from cimc.image import Image, build_image, load_image
 from cimc.importer import DimSpec
-from cimc.ranges import CALIB_SEPARATOR
+from cimc.ranges import CALIB_SEPARATOR, range_warning
 from cimc.verification import VerifyReport, verify_image
 
 
@@ -51,6 +52,10 @@ class CompiledModel:
         return CompiledModel(load_image(path))
 
 
+class RangeAssumptionWarning(UserWarning):
+    """Converter ranges rest on assumed input bounds or a step cap, not on data or declared bounds."""
+
+
 def compile(model: str | Path, hw: str | Path | Hardware | None = None,  # noqa: A001
             calib: str | Path | Sequence[str | Path] | None = None,
             input_shapes: Mapping[str, Sequence[DimSpec]] | None = None, pipeline: str | None = None,
@@ -65,7 +70,12 @@ def compile(model: str | Path, hw: str | Path | Hardware | None = None,  # noqa:
     options = CompileOptions(pipeline=pipeline, calib=CALIB_SEPARATOR.join(str(Path(p).resolve()) for p in paths) or None,
                              input_ranges=";".join(f"{n}={float(lo)!r},{float(hi)!r}" for n, (lo, hi) in (input_ranges or {}).items()),
                              identity=identity, input_shapes=input_shapes)
-    return CompiledModel(build_image(compile_to_ir(model, hardware, options), hardware))
+    module = compile_to_ir(model, hardware, options)
+    warning = range_warning(module)
+    if warning:
+        warnings.warn(warning.removeprefix("warning: "), RangeAssumptionWarning, stacklevel=2)
+    return CompiledModel(build_image(module, hardware))
+
 
 
 def verify(model: str | Path, compiled: CompiledModel | str | Path, inputs: Mapping[str, np.ndarray] | None = None,

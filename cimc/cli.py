@@ -18,7 +18,7 @@ from cimc.ir import Module
 from cimc.irfile import read_ir, write_ir
 from cimc.pass_manager import PassManager, parse_pipeline, registered_passes
 from cimc.printer import print_module
-from cimc.ranges import CALIB_SEPARATOR, parse_input_range
+from cimc.ranges import CALIB_SEPARATOR, parse_input_range, range_warning
 
 
 class _Parser(argparse.ArgumentParser):
@@ -110,9 +110,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         build_image(module, hw).save(args.output)
     sys.stdout.write(mapping_summary(module, hw))
     sys.stdout.write(f"ranges: {module.attributes.get('ranges', 'not computed')}\n")
-    assumptions = module.attributes.get("range_assumptions")
-    if isinstance(assumptions, tuple) and assumptions:
-        print(range_warning([str(a) for a in assumptions]), file=sys.stderr, end="")
+    warning = range_warning(module)
+    if warning:
+        print(warning, file=sys.stderr)
     sys.stdout.write(fusion_summary(module))
     if args.plots:
         from cimc.plots import plot_module_ramps
@@ -120,12 +120,6 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         for path in plot_module_ramps(module, hw, Path(args.plots)):
             print(f"wrote {path}")
     return 0
-
-
-def range_warning(assumptions: Sequence[str]) -> str:
-    """The compile warning when converter ranges rest on assumptions rather than data or declared bounds."""
-    lines = ["warning: converter ranges rest on assumptions; inputs beyond them clip silently (cimc run/verify count it):"]
-    return "\n".join(lines + [f"  - {a}" for a in assumptions]) + "\n"
 
 
 def _input_range(text: str) -> tuple[str, float, float]:

@@ -526,3 +526,13 @@ def parse_input_range(text: str) -> tuple[str, float, float]:
     if lo >= hi:
         raise ValueError(f"'{text}' needs LO < HI")
     return name.strip(), lo, hi
+
+
+def range_warning(module: Module) -> str:
+    """The warning ``compile`` gives when converter ranges rest on assumptions (the ranges pass's
+    ``range_assumptions``), or "" when they rest on data and declared bounds only."""
+    assumptions = module.attributes.get("range_assumptions")
+    if not isinstance(assumptions, tuple) or not assumptions:
+        return ""
+    lines = ["warning: converter ranges rest on assumptions; inputs beyond them clip silently (cimc run/verify count it):"]
+    return "\n".join(lines + [f"  - {a}" for a in assumptions])

@@ -179,3 +179,16 @@ def test_gru_without_calibration_passes_ideal_verification(cimc_cli, tmp_path: P
     assert result.returncode == 0, result.stdout
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["passed"] and report["saturation"]["total"]["dac_clipped"] == 0
+
+
+def test_api_warns_like_the_cli(gru_file: Path) -> None:
+    import warnings
+
+    import cimc
+    from cimc.api import RangeAssumptionWarning
+
+    with pytest.warns(RangeAssumptionWarning, match="float input 'X' assumed within"):
+        cimc.compile(gru_file)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RangeAssumptionWarning)
+        cimc.compile(gru_file, input_ranges={"X": (-1.0, 1.0)})
