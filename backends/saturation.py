@@ -67,37 +67,61 @@ class SaturationCounts:
 
     def __init__(self) -> None:
         self.layers: dict[str, LayerCounts] = {}
+        self._by_tile: dict[int, LayerCounts] = {}
+        self._edges: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _layer(self, tile: Operation) -> LayerCounts:
-        block = str(tile.attributes.get("block", tile.name))
-        if block not in self.layers:
-            self.layers[block] = LayerCounts(block, tile.location or "")
-        return self.layers[block]
+        layer = self._by_tile.get(id(tile))
+        if layer is None:
+            block = str(tile.attributes.get("block", tile.name))
+            layer = self.layers.setdefault(block, LayerCounts(block, tile.location or ""))
+            self._by_tile[id(tile)] = layer
+        return layer
 
-    def dac(self, tile: Operation, x: np.ndarray, scale: float | np.ndarray) -> None:
+    # Each counter first checks the extremes (two reductions, no temporary arrays): nearly every
+    # conversion is in range, and only then are the offending elements counted.
+
+    def dac(self, tile: Operation, x: np.ndarray, scale: float) -> None:
         layer = self._layer(tile)
         layer.dac_inputs += x.size
-        layer.dac_clipped += int(np.count_nonzero(np.abs(x) > scale))
+        if x.size and (x.max() > scale or x.min() < -scale):
+            layer.dac_clipped += int(np.count_nonzero(x > scale)) + int(np.count_nonzero(x < -scale))
 
     def adc(self, tile: Operation, z: np.ndarray, code: np.ndarray, steps: int, lo: np.ndarray, hi: np.ndarray) -> None:
         layer = self._layer(tile)
         layer.adc_codes += code.size
-        layer.adc_rail += int(np.count_nonzero((code == 0) | (code == steps)))
-        half = np.where(hi > lo, hi - lo, 1.0) / (2 * steps)
-        layer.adc_clipped += int(np.count_nonzero((z < lo - half) | (z > hi + half)))
+        if not code.size:
+            return
+        if code.min() == 0:  # a clipped value sits at a rail: only then look at z
+            layer.adc_rail += int(np.count_nonzero(code == 0))
+            layer.adc_clipped += int(np.count_nonzero(z < self._clip_edges(tile, steps, lo, hi)[0]))
+        if code.max() == steps:
+            layer.adc_rail += int(np.count_nonzero(code == steps))
+            layer.adc_clipped += int(np.count_nonzero(z > self._clip_edges(tile, steps, lo, hi)[1]))
 
-    def nl_adc(self, tile: Operation, op: Operation, z: np.ndarray, z_lo: float, z_hi: float, levels: np.ndarray) -> None:
-        """``z`` in the ramp's units (the read-voltage scale divided out), ``levels`` the ramp's output levels."""
+    def _clip_edges(self, tile: Operation, steps: int, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The column values beyond which a linear-ADC code is off by more than half a step (per tile, cached)."""
+        edges = self._edges.get(id(tile))
+        if edges is None:
+            half = np.where(hi > lo, hi - lo, 1.0) / (2 * steps)
+            edges = self._edges[id(tile)] = (lo - half, hi + half)
+        return edges
+
+    def nl_adc(self, tile: Operation, op: Operation, z: np.ndarray, z_lo: float, z_hi: float, levels: np.ndarray,
+               vread_scale: float = 1.0) -> None:
+        """``z`` as read (scaled by ``vread_scale``, like the ramp), [z_lo, z_hi] the ramp's range at the nominal
+        read voltage, ``levels`` the ramp's output levels."""
         layer = self._layer(tile)
         layer.nl_adc_codes += z.size
-        beyond = (z < z_lo) | (z > z_hi)
-        n_beyond = int(np.count_nonzero(beyond))
-        layer.nl_adc_beyond += n_beyond
-        if n_beyond:
-            out = z[beyond]
-            lsb = (float(levels.max()) - float(levels.min())) / max(len(levels) - 1, 1)
-            miss = np.abs(apply_activation(op, out) - apply_activation(op, np.clip(out, z_lo, z_hi).astype(out.dtype)))
-            layer.nl_adc_clipped += int(np.count_nonzero(miss > lsb / 2))
+        lo, hi = z_lo * vread_scale, z_hi * vread_scale
+        if not z.size or (z.min() >= lo and z.max() <= hi):
+            return
+        beyond = (z < lo) | (z > hi)
+        out = z[beyond] / z.dtype.type(vread_scale)
+        layer.nl_adc_beyond += out.size
+        lsb = (float(levels.max()) - float(levels.min())) / max(len(levels) - 1, 1)
+        miss = np.abs(apply_activation(op, out) - apply_activation(op, np.clip(out, z_lo, z_hi).astype(out.dtype)))
+        layer.nl_adc_clipped += int(np.count_nonzero(miss > lsb / 2))
 
     def total(self) -> LayerCounts:
         out = LayerCounts("total", "")

@@ -178,7 +178,7 @@ class Simulator:
         assert self.saturation is not None
         ramp = self.ramps[ramp_id]
         tile = _first_tile(op.operands[0].op)  # type: ignore[union-attr]
-        self.saturation.nl_adc(tile, op, z / z.dtype.type(self.vread_scale), float(ramp["z_lo"]), float(ramp["z_hi"]), levels)
+        self.saturation.nl_adc(tile, op, z, float(ramp["z_lo"]), float(ramp["z_hi"]), levels, self.vread_scale)
 
     def _ramp_thresholds(self, ramp_id: int) -> np.ndarray:
         """Thresholds in z the programmed ramp devices realize: (offset + cumulative steps) / g_per_z.
