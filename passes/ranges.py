@@ -20,7 +20,7 @@ from cimc.interpreter import input_names
 from cimc.ir import Module
 from cimc.npz import load_npz
 from cimc.pass_manager import ModulePass, register_pass
-from cimc.ranges import CALIB_SEPARATOR, Interval, analytic_ranges, observed_ranges, parse_input_range
+from cimc.ranges import CALIB_SEPARATOR, analytic_ranges, observed_ranges, parse_input_range
 
 
 def calibration_files(spec: str) -> list[Path]:

@@ -178,13 +178,12 @@ def test_analytic_bounds_hold_on_the_whole_corpus() -> None:
     growing (their step-capped bound must still hold for the corpus's short
     sequences, far below the 100-step cap).
     """
-    from cimc.importer import import_model as load
     from cimc.interpreter import input_names
     from onnx_corpus import all_cases
 
     checked = 0
     for case in all_cases():
-        module = load(case.model, f"{case.name}.onnx")
+        module = import_model(case.model, f"{case.name}.onnx")
         PassManager(parse_pipeline(LOWER)).run(module)
         if not any(op.name == "cim.matvec" for op in module.walk()):
             continue
