@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cimc.backends.saturation import SaturationCounts
 from cimc.cim_kernels import apply_activation, driven_input, mvm_input
 from cimc.diagnostics import CimcError
 from cimc.image import Image, tile_conductances
@@ -44,6 +45,7 @@ class SimulatorOptions:
     seed: int = 0
     drift_time_s: float | None = None  # seconds after programming; None: read at t0 (no drift)
     vread_scale: float | None = None  # actual/nominal read voltage; None: 1, or drawn from vread_rel_std when noisy
+    counters: bool = False  # count saturating conversions per layer into Simulator.saturation (see backends/saturation.py)
 
 
 class Simulator:
@@ -71,6 +73,7 @@ class Simulator:
         self._weights: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._thresholds: dict[int, np.ndarray] = {}
         self._groups: dict[tuple, _ReadGroup] | None = None
+        self.saturation = SaturationCounts() if self.options.counters and self.quantized else None
 
     def _realize(self, target: np.ndarray, level: np.ndarray) -> np.ndarray:
         """The conductance every device holds after programming (and drift)."""
@@ -126,6 +129,8 @@ class Simulator:
             r0, r1 = op.attributes["rows"]  # type: ignore[misc]
             x = driven_input(op, mvm_input(op, args)[..., r0:r1])
             if self.quantized:
+                if self.saturation is not None:
+                    self.saturation.dac(op, x, float(op.attributes.get("input_scale", 1.0)))  # type: ignore[arg-type]
                 x = self._dac(x, float(op.attributes.get("input_scale", 1.0)))  # type: ignore[arg-type]
             if self.noisy and self.hw.nonideality.read_noise_rel > 0:
                 sigma = self.hw.nonideality.read_noise_rel
@@ -148,7 +153,10 @@ class Simulator:
             return [z]
         tile = _first_tile(op.operands[0].op)  # type: ignore[union-attr]
         lo, hi = tile.attributes["z_lo"].array, tile.attributes["z_hi"].array  # type: ignore[union-attr]
-        return [adc_quantize(z, lo, hi, int(op.attributes["bits"]))]  # type: ignore[arg-type]
+        bits = int(op.attributes["bits"])  # type: ignore[arg-type]
+        if self.saturation is not None:
+            self.saturation.adc(tile, z, adc_codes(z, lo, hi, bits), (1 << bits) - 1, lo, hi)
+        return [adc_quantize(z, lo, hi, bits)]
 
     def nl_adc(self, op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
         analog = args[0]
@@ -163,11 +171,19 @@ class Simulator:
         # The ramp is read at the same voltage as the columns: both sides scale, the code does not move.
         code = np.searchsorted(thresholds * self.vread_scale, z.astype(np.float64), side="right")
         levels = np.asarray(self.ramps[ramp_id]["output_levels"])
+        if self.saturation is not None:
+            self._count_nl_adc(op, z, ramp_id, levels)
         return [levels[code].astype(z.dtype)]
 
     def realized_thresholds(self, ramp_id: int) -> np.ndarray:
         """The z thresholds of a ramp as this chip's devices realize them (what the comparator sees at nominal Vread)."""
         return self._ramp_thresholds(ramp_id)
+
+    def _count_nl_adc(self, op: Operation, z: np.ndarray, ramp_id: int, levels: np.ndarray) -> None:
+        assert self.saturation is not None
+        ramp = self.ramps[ramp_id]
+        tile = _first_tile(op.operands[0].op)  # type: ignore[union-attr]
+        self.saturation.nl_adc(tile, op, z, float(ramp["z_lo"]), float(ramp["z_hi"]), levels, self.vread_scale)
 
     def _ramp_thresholds(self, ramp_id: int) -> np.ndarray:
         """Thresholds in z the programmed ramp devices realize: (offset + cumulative steps) / g_per_z.
@@ -226,12 +242,17 @@ def dac_quantize(driven: np.ndarray, scale: float, bits: int) -> np.ndarray:
     return (np.rint(np.clip(driven / scale, -1.0, 1.0) * levels) / levels * scale).astype(driven.dtype)
 
 
+def adc_codes(z: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
+    """The codes 0..2^bits-1 of a linear ADC over each column's [lo, hi] (a degenerate range reads as width 1)."""
+    steps = (1 << bits) - 1
+    return np.clip(np.rint((z - lo) / np.where(hi > lo, hi - lo, 1.0) * steps), 0, steps)
+
+
 def adc_quantize(z: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
     """A linear ADC of ``bits`` over each column's [lo, hi]: the nearest of 2^bits levels, clipped to the range."""
     steps = (1 << bits) - 1
     span = np.where(hi > lo, hi - lo, 1.0)
-    code = np.clip(np.rint((z - lo) / span * steps), 0, steps)
-    return (lo + code * span / steps).astype(z.dtype)
+    return (lo + adc_codes(z, lo, hi, bits) * span / steps).astype(z.dtype)
 
 
 def terminal_progress(where: str, step: int, steps: int) -> None:

@@ -1,5 +1,8 @@
 """Simulator time against onnxruntime on the same LSTM, batch and sequence length, at each fidelity.
 
+The last line is the saturation counters' overhead: the median ratio of counted
+to plain ``ideal`` runs, interleaved, in CPU time.
+
     python bench/simulate.py [--hidden 256] [--batch 64] [--steps 100] [--repeat 5]
 
 Prints the median wall time of each and the ratio simulator / onnxruntime,
@@ -35,12 +38,12 @@ def lstm_model(inputs: int, hidden: int, seed: int = 0) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
 
 
-def median_time(fn, repeat: int) -> float:  # noqa: ANN001
+def median_time(fn, repeat: int, clock=time.perf_counter) -> float:  # noqa: ANN001
     times = []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -65,6 +68,13 @@ def main() -> None:
     for fidelity in ("exact", "ideal", "noisy"):
         t = median_time(lambda f=fidelity: compiled.run({"x": x}, fidelity=f, seed=0), max(1, args.repeat // 2))
         print(f"  simulator {fidelity:<8} {1000 * t:9.1f} ms   ratio {t / t_ort:6.1f}x")
+    # Interleaved pairs, timed in CPU seconds of this process, so that load from other processes (the machine is
+    # shared) does not enter; the overhead is the median of the per-pair ratios.
+    pairs = [(median_time(lambda: compiled.run({"x": x}, fidelity="ideal", seed=0), 1, time.process_time),
+              median_time(lambda: compiled.run_with_saturation({"x": x}, fidelity="ideal", seed=0), 1, time.process_time))
+             for _ in range(args.repeat)]
+    print(f"  ideal + counters   counters' overhead {statistics.median(c / p for p, c in pairs):.3f}x in CPU time "
+          f"(median of {args.repeat} interleaved pairs)")
 
 
 if __name__ == "__main__":

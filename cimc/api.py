@@ -7,17 +7,21 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cimc.backends.saturation import SaturationCounts
 from cimc.backends.simulator import Simulator, SimulatorOptions
 from cimc.compiler import CompileOptions, compile_to_ir
+from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware, load_hardware
 from cimc.image import Image, build_image, load_image
 from cimc.importer import DimSpec
+from cimc.ranges import CALIB_SEPARATOR, range_warning
 from cimc.verification import VerifyReport, verify_image
 
 
@@ -31,6 +35,15 @@ class CompiledModel:
             drift_time_s: float | None = None, vread_scale: float | None = None) -> dict[str, np.ndarray]:
         return Simulator(self.image, SimulatorOptions(fidelity, seed, drift_time_s, vread_scale)).run(inputs)
 
+    def run_with_saturation(self, inputs: Mapping[str, np.ndarray], fidelity: str = "ideal", seed: int = 0,
+                            drift_time_s: float | None = None) -> tuple[dict[str, np.ndarray], SaturationCounts]:
+        """Outputs and, per layer, how many conversions went beyond their compiled ranges (``ideal``/``noisy`` only)."""
+        simulator = Simulator(self.image, SimulatorOptions(fidelity, seed, drift_time_s, counters=True))
+        outputs = simulator.run(inputs)
+        if simulator.saturation is None:
+            raise CimcError("saturation is counted at ideal and noisy fidelity only (exact has no converters)")
+        return outputs, simulator.saturation
+
     def save(self, path: str | Path) -> None:
         self.image.save(path)
 
@@ -39,17 +52,32 @@ class CompiledModel:
         return CompiledModel(load_image(path))
 
 
-def compile(model: str | Path, hw: str | Path | Hardware | None = None, calib: str | Path | None = None,  # noqa: A001
+class RangeAssumptionWarning(UserWarning):
+    """Converter ranges rest on assumed input bounds or a step cap, not on data or declared bounds."""
+
+
+def compile(model: str | Path, hw: str | Path | Hardware | None = None,  # noqa: A001
+            calib: str | Path | Sequence[str | Path] | None = None,
             input_shapes: Mapping[str, Sequence[DimSpec]] | None = None, pipeline: str | None = None,
-            identity: str = "auto", share_weights: bool = True) -> CompiledModel:
+            identity: str = "auto", share_weights: bool = True,
+            input_ranges: Mapping[str, tuple[float, float]] | None = None) -> CompiledModel:
     """Import, lower and lay out ``model`` for ``hw`` (a TOML path, a :class:`Hardware`, or the defaults).
 
+    ``calib``: one or more .npz files or directories of them (as ``cimc compile --calib``, repeated);
+    ``input_ranges``: declared (lo, hi) per graph input name (as ``--input-range``);
     ``share_weights=False`` gives every MVM its own copy of its weights, even where several use the same constant.
     """
     hardware = hw if isinstance(hw, Hardware) else load_hardware(hw)
-    options = CompileOptions(pipeline=pipeline, calib=str(Path(calib).resolve()) if calib else None,
+    paths = [calib] if isinstance(calib, (str, Path)) else list(calib or ())
+    options = CompileOptions(pipeline=pipeline, calib=CALIB_SEPARATOR.join(str(Path(p).resolve()) for p in paths) or None,
+                             input_ranges=";".join(f"{n}={float(lo)!r},{float(hi)!r}" for n, (lo, hi) in (input_ranges or {}).items()),
                              identity=identity, share_weights=share_weights, input_shapes=input_shapes)
-    return CompiledModel(build_image(compile_to_ir(model, hardware, options), hardware))
+    module = compile_to_ir(model, hardware, options)
+    warning = range_warning(module)
+    if warning:
+        warnings.warn(warning.removeprefix("warning: "), RangeAssumptionWarning, stacklevel=2)
+    return CompiledModel(build_image(module, hardware))
+
 
 
 def verify(model: str | Path, compiled: CompiledModel | str | Path, inputs: Mapping[str, np.ndarray] | None = None,

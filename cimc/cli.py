@@ -18,6 +18,7 @@ from cimc.ir import Module
 from cimc.irfile import read_ir, write_ir
 from cimc.pass_manager import PassManager, parse_pipeline, registered_passes
 from cimc.printer import print_module
+from cimc.ranges import CALIB_SEPARATOR, parse_input_range, range_warning
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,7 +93,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     hw = load_hardware(args.hw)
     options = CompileOptions(
         pipeline=args.pipeline,
-        calib=str(Path(args.calib).resolve()) if args.calib else None,
+        calib=CALIB_SEPARATOR.join(str(Path(c).resolve()) for c in args.calib) if args.calib else None,
+        input_ranges=";".join(f"{n}={lo!r},{hi!r}" for n, lo, hi in args.input_range or ()),
         identity=args.identity,
         input_shapes=dict(args.input_shape or ()),
         print_ir_after_all=args.print_ir_after_all,
@@ -108,6 +110,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         build_image(module, hw).save(args.output)
     sys.stdout.write(mapping_summary(module, hw))
     sys.stdout.write(f"ranges: {module.attributes.get('ranges', 'not computed')}\n")
+    warning = range_warning(module)
+    if warning:
+        print(warning, file=sys.stderr)
     sys.stdout.write(fusion_summary(module))
     if args.plots:
         from cimc.plots import plot_module_ramps
@@ -115,6 +120,13 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         for path in plot_module_ramps(module, hw, Path(args.plots)):
             print(f"wrote {path}")
     return 0
+
+
+def _input_range(text: str) -> tuple[str, float, float]:
+    try:
+        return parse_input_range(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _load_inputs(path: str) -> dict:
@@ -141,9 +153,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from cimc.image import load_image
     from cimc.npz import npz_bytes, write_atomic
 
-    simulator = Simulator(load_image(args.image), SimulatorOptions(args.fidelity, args.seed, args.drift_time))
+    options = SimulatorOptions(args.fidelity, args.seed, args.drift_time, counters=True)
+    simulator = Simulator(load_image(args.image), options)
     outputs = simulator.run(_load_inputs(args.inputs), progress=terminal_progress)
     write_atomic(args.output, npz_bytes(outputs))
+    if simulator.saturation is not None:
+        print(simulator.saturation.summary())
     return 0
 
 
@@ -201,8 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("-p", "--pipeline", help="pass pipeline (default: derived from the hardware description)")
     comp.add_argument("-o", "--output", metavar="OUT.cimg", help="write the programming image (OUT.cimg), or the "
                       "lowered IR if the name ends in .cir (with OUT.npz)")
-    comp.add_argument("--calib", metavar="DATA.npz", help="calibration inputs, named like the ONNX graph inputs, "
-                      "from which every MVM's input and column ranges are measured (default: analytic bounds)")
+    comp.add_argument("--calib", action="append", metavar="DATA.npz|DIR",
+                      help="calibration inputs, named like the ONNX graph inputs, from which every MVM's input and column "
+                           "ranges are measured (default: analytic bounds). Repeatable; a directory stands for its .npz "
+                           "files; each file is one sample, or several stacked on a new leading axis when every input has "
+                           "the model input's rank + 1. Ranges are the union over all samples, which may differ in "
+                           "sequence length")
+    comp.add_argument("--input-range", action="append", type=_input_range, metavar="NAME=LO,HI",
+                      help="declare that graph input NAME lies within [LO, HI]: replaces the assumed +-1 of the analytic "
+                           "bounds and the range 'cimc verify --samples' draws from (repeatable)")
     comp.add_argument("--identity", choices=("auto", "column", "digital"), default="auto",
                       help="tanh(c_t) and other activations of digital values: through an identity column into an "
                            "NL-ADC, digitally, or whichever the hardware's cost table favours (default)")

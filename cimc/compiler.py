@@ -20,8 +20,9 @@ from cimc.passes.fuse_activation import identity_break_even
 from cimc.passes.ranges import Ranges
 
 
-def default_pipeline(hw: Hardware, calib: str | None = None, identity: str = "auto", share_weights: bool = True) -> str:
-    """The lowering pipeline with every option taken from ``hw``; ``calib`` names calibration data for ``ranges``.
+def default_pipeline(hw: Hardware, calib: str | None = None, identity: str = "auto", share_weights: bool = True,
+                     input_ranges: str = "") -> str:
+    """The lowering pipeline with every option taken from ``hw``; ``calib`` and ``input_ranges`` as the ``ranges`` pass takes them.
 
     ``share_weights=False`` leaves out share-weights: every MVM then gets its own copy of its weights.
     """
@@ -33,7 +34,7 @@ def default_pipeline(hw: Hardware, calib: str | None = None, identity: str = "au
         "form-mvm",
         "canonicalize",
         "cse",
-        format_pipeline([Ranges(calib=calib or "", dac_bits=c.dac_bits, levels=d.levels)]),
+        format_pipeline([Ranges(calib=calib or "", input_ranges=input_ranges, dac_bits=c.dac_bits, levels=d.levels)]),
         f"map-conductance{{g_min={d.g_min_us!r} g_max={d.g_max_us!r} granularity=column}}",
         f"tile{{rows={a.rows} cols={a.cols} analog_sum={analog} adc_bits={c.adc_bits} ramp_cols=true}}",
         "canonicalize",
@@ -51,7 +52,8 @@ def default_pipeline(hw: Hardware, calib: str | None = None, identity: str = "au
 @dataclass
 class CompileOptions:
     pipeline: str | None = None
-    calib: str | None = None
+    calib: str | None = None  # the ranges pass's ``calib``: .npz files or directories joined by os.pathsep
+    input_ranges: str = ""  # the ranges pass's ``input_ranges``: NAME=LO,HI entries joined by ';'
     identity: str = "auto"
     share_weights: bool = True
     input_shapes: Mapping[str, Sequence[DimSpec]] | None = None
@@ -65,7 +67,8 @@ def compile_to_ir(model: str | Path, hw: Hardware, options: CompileOptions | Non
     """Import ``model`` and run the lowering pipeline (the hardware's default unless one is given)."""
     opts = options or CompileOptions()
     module = import_onnx(model, opts.input_shapes)
-    pipeline = opts.pipeline if opts.pipeline is not None else default_pipeline(hw, opts.calib, opts.identity, opts.share_weights)
+    pipeline = opts.pipeline if opts.pipeline is not None else \
+        default_pipeline(hw, opts.calib, opts.identity, opts.share_weights, opts.input_ranges)
     passes = parse_pipeline(pipeline)
     PassManager(passes, opts.print_ir_after_all, opts.print_ir_after, opts.dump, opts.out).run(module)
     return module

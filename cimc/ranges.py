@@ -4,14 +4,29 @@ The DAC's full scale (input scale), the linear ADC's full scale and the
 NL-ADC's conversion range all come from these ranges. With calibration data
 the ranges are what the data reaches, so nothing clips where the data does
 not. Without it, interval arithmetic over the IR bounds every value from an
-assumed bound on the graph's float inputs; loop-carried state is iterated to
-a fixed point, or for at most ``max_steps`` steps when it keeps growing (an
-LSTM's cell state can grow by one per step), and the report says so.
+assumed (or declared) bound on the graph's float inputs; loop-carried state is
+iterated to a fixed point, or for at most ``max_steps`` steps when it keeps
+growing, and the report says so.
+
+Plain interval arithmetic loses the structure of the recurrent cell updates
+and would let their state grow by about one per step. Two rules keep it:
+
+- *Convex combinations* (:meth:`IntervalAnalysis.convex_combination`): the GRU
+  update h_t = (1 - z) n + z h_(t-1), with z within [0, 1], lies between n and
+  h_(t-1), so the state stays in the hull of the candidate's range and h_0.
+- *Contracting state* (:meth:`IntervalAnalysis.invariant`): the LSTM
+  cell c_t = f c_(t-1) + s with f within [0, F], F < 1, and s = i g within
+  [a, b] never leaves hull(c_0, [min(a, a/(1-F)), max(b, b/(1-F))]) (the sum
+  of a geometric series), for sequences of any length.
+
+All bounds are in real arithmetic; float32 evaluation may exceed them by a few
+units in the last place, far below any converter's step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,10 +34,11 @@ import numpy as np
 from cimc.attributes import Tensor
 from cimc.dialects.builtin import constant_array
 from cimc.interpreter import Arrays, Interpreter, input_names
-from cimc.ir import Block, Module, Operation, Value
+from cimc.ir import Block, Module, OpResult, Operation, Value
 from cimc.kernels.activations import Activation
 
 INF = np.inf
+CALIB_SEPARATOR = os.pathsep  # between several calibration paths in the ranges pass's ``calib`` option, as in PATH
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,14 @@ class Interval:
     def close_to(self, other: Interval) -> bool:
         return self.lo.shape == other.lo.shape and bool(np.allclose(self.lo, other.lo) and np.allclose(self.hi, other.hi))
 
+    def contains(self, other: Interval) -> bool:
+        return bool((self.lo <= other.lo).all() and (other.hi <= self.hi).all())
+
+    def inflated(self, rel: float) -> Interval:
+        """Widened by ``rel`` of its magnitude on each side (a margin for float64 rounding in a containment test)."""
+        pad = rel * np.maximum(np.maximum(np.abs(self.lo), np.abs(self.hi)), 1.0)
+        return Interval(self.lo - pad, self.hi + pad)
+
 
 def _products(a: Interval, b: Interval) -> Interval:
     with np.errstate(invalid="ignore", over="ignore"):
@@ -97,18 +121,54 @@ def function_range(fn, interval: Interval) -> Interval:  # noqa: ANN001
     return Interval.of(out_lo, out_hi)
 
 
+def _defining(value: Value | None, name: str) -> Operation | None:
+    """The op named ``name`` that defines ``value``, if it is one."""
+    return value.op if isinstance(value, OpResult) and value.op.name == name else None
+
+
+def _is_one(value: Value | None) -> bool:
+    array = constant_array(value)
+    return array is not None and array.size > 0 and bool(np.all(array == 1))
+
+
 @dataclass
 class RangeReport:
+    """Where the ranges come from, and what they rest on."""
+
     source: str
     unconverged_loops: int = 0
+    assumed_inputs: tuple[str, ...] = ()  # float inputs bounded by the default assumption, not by data or a declaration
+
+
+# The contracting bound is taken instead of the step-capped one when it is at most this much wider: it then
+# holds for sequences of any length at the cost of at most one bit of converter resolution (a design choice).
+CONTRACTING_BOUND_MAX_WIDENING = 2.0
+EXTRAPOLATED_STEPS = 100  # see IntervalAnalysis.invariant
+_MARGIN = 1e-6  # relative widening of a candidate invariant: absorbs float64 rounding in the containment test
+
+
+def _extrapolated(now: Interval, before: Interval, steps: int) -> Interval:
+    """``now`` pushed out by ``steps`` times its growth since ``before``."""
+    if now.lo.shape != before.lo.shape or not steps:
+        return now
+    with np.errstate(invalid="ignore"):
+        lo = now.lo - steps * np.nan_to_num(before.lo - now.lo, nan=0.0, posinf=0.0, neginf=0.0)
+        hi = now.hi + steps * np.nan_to_num(now.hi - before.hi, nan=0.0, posinf=0.0, neginf=0.0)
+    return Interval(lo, hi)
 
 
 class IntervalAnalysis:
-    """Propagates intervals through the IR; ``max_steps`` bounds loops whose state keeps growing."""
+    """Propagates intervals through the IR; ``max_steps`` bounds loops whose state keeps growing.
 
-    def __init__(self, module: Module, input_bound: float, max_steps: int) -> None:
+    ``input_bounds`` gives (lo, hi) per graph input by name; other float inputs
+    are assumed within +-``input_bound``, other integer inputs are unbounded.
+    """
+
+    def __init__(self, module: Module, input_bound: float, max_steps: int,
+                 input_bounds: Mapping[str, tuple[float, float]] | None = None) -> None:
         self.module = module
         self.input_bound = input_bound
+        self.input_bounds = dict(input_bounds or {})
         self.max_steps = max_steps
         self.values: dict[int, Interval] = {}
         self.mvm_inputs: dict[int, list[Interval]] = {}
@@ -116,9 +176,9 @@ class IntervalAnalysis:
         self._abs_weights: dict[int, np.ndarray] = {}
 
     def run(self) -> None:
-        for arg in self.module.inputs:
+        for name, arg in zip(input_names(self.module), self.module.inputs):
             b = self.input_bound if arg.type.is_float else INF
-            self.values[id(arg)] = Interval.of(-b, b)
+            self.values[id(arg)] = Interval.of(*self.input_bounds.get(name, (-b, b)))
         self.block(self.module.body)
 
     def get(self, value: Value | None) -> Interval:
@@ -148,6 +208,9 @@ class IntervalAnalysis:
             return [self.matvec(op, args)]
         if name in ("onnx.Add", "onnx.Sub"):
             a, b = args
+            hull = self.convex_combination(op) if name == "onnx.Add" else None
+            if hull is not None:
+                return [hull]
             if name == "onnx.Add":
                 return [Interval(*np.broadcast_arrays(a.lo + b.lo, a.hi + b.hi))]
             return [Interval(*np.broadcast_arrays(a.lo - b.hi, a.hi - b.lo))]
@@ -194,6 +257,35 @@ class IntervalAnalysis:
             v = float(op.attributes["value"].array.reshape(-1)[0])  # type: ignore[union-attr]
             out = Interval.of(v, v)
         return [out for _ in op.results]
+
+    def convex_combination(self, op: Operation) -> Interval | None:
+        """hull(range(a), range(b)) if ``op`` is ``(1 - w) * a + w * b`` with w within [0, 1], else None.
+
+        Sound because (1 - w) a + w b = a + w (b - a) lies between a and b
+        elementwise whenever 0 <= w <= 1. This is the GRU update
+        h_t = (1 - z) n + z h_(t-1) (z a sigmoid, or any gate function whose
+        range the analysis finds inside [0, 1]) and LSTM's ``input_forget``
+        cell. The match takes Add and both Muls in either operand order and
+        needs the very same value w under ``Sub(1, w)`` and in the other Mul.
+        """
+        muls = [_defining(v, "onnx.Mul") for v in op.operands]
+        if muls[0] is None or muls[1] is None:
+            return None
+        for first, second in ((muls[0], muls[1]), (muls[1], muls[0])):
+            for i in (0, 1):
+                complement = _defining(first.operands[i], "onnx.Sub")
+                if complement is None or not _is_one(complement.operands[0]):
+                    continue
+                w = complement.operands[1]
+                others = [v for v in second.operands if v is not w]
+                if len(others) == len(second.operands):
+                    continue
+                weight = self.get(w)
+                if not ((weight.lo >= 0).all() and (weight.hi <= 1).all()):
+                    continue
+                b = others[0] if others else w
+                return self.get(first.operands[1 - i]).union(self.get(b))
+        return None
 
     def elementwise_fallback(self, op: Operation, args: list[Interval]) -> Interval:
         """Ops whose range cannot be bounded from their operands' ranges alone by a simple rule."""
@@ -250,41 +342,153 @@ class IntervalAnalysis:
         return Interval(center - spread, center + spread)
 
     def loop(self, op: Operation, args: list[Interval]) -> list[Interval]:
+        """The carried state's bound: an invariant valid for any length, else the Kleene bound after ``max_steps`` steps.
+
+        Kleene iteration (the union of the states after 1, 2, ... steps) stops
+        when a step no longer moves the bound by more than ``close_to``'s
+        tolerance; that is not yet a proof, since a slowly contracting state
+        may still creep on. :meth:`invariant` turns the bound into one (or
+        fails, and iteration continues: after k steps the Kleene bound holds
+        for sequences of at most k steps, hence the step cap and the report).
+        When the state keeps growing, a contracting bound replaces the
+        step-capped one if it is at most ``CONTRACTING_BOUND_MAX_WIDENING``
+        times as wide.
+        """
         body = op.regions[0].block
-        carried = args[1:]
-        scans: list[Interval] | None = None
+        init = args[1:]
+        carried, previous = list(init), list(init)
+        scans: list[Interval] = []
+        invariant = None
+        attempted = False
         for _ in range(self.max_steps):
-            self.values[id(body.args[0])] = Interval.of(0.0, INF)
-            for arg, interval in zip(body.args[1:], carried):
-                self.values[id(arg)] = interval
-            out = self.block(body)
-            new = [c.union(o) for c, o in zip(carried, out)]
+            out = self._step(body, carried)
             step_scans = out[len(carried):]
-            scans = step_scans if scans is None else [s.union(t) for s, t in zip(scans, step_scans)]
-            if all(n.close_to(c) for n, c in zip(new, carried)):
-                carried = new
-                break
-            carried = new
+            scans = [s.union(t) for s, t in zip(scans, step_scans)] if scans else step_scans
+            previous, carried = carried, [c.union(o) for c, o in zip(carried, out)]
+            if not attempted and all(n.close_to(c) for n, c in zip(carried, previous)):
+                attempted = True
+                invariant = self.invariant(body, init, carried, previous)
+                if invariant is not None:
+                    break
         else:
+            invariant = self.invariant(body, init, carried, previous)
+            if invariant is not None and not all(b.abs_max() <= CONTRACTING_BOUND_MAX_WIDENING * c.abs_max()
+                                                 for b, c in zip(invariant[0], carried)):
+                invariant = None
+        if invariant is None:
             self.unconverged += 1
-        return carried + (scans or [])
+            self._step(body, carried)  # leave the body's values at the step-capped state
+            return carried + scans
+        return invariant[0] + [s.union(t) for s, t in zip(scans, invariant[1])]
+
+    def _step(self, body: Block, carried: list[Interval]) -> list[Interval]:
+        """One abstract time step: the body's yielded intervals with the carried state bound to ``carried``."""
+        self.values[id(body.args[0])] = Interval.of(0.0, INF)
+        for arg, interval in zip(body.args[1:], carried):
+            self.values[id(arg)] = interval
+        return self.block(body)
+
+    def invariant(self, body: Block, init: list[Interval], carried: list[Interval], previous: list[Interval],
+                  rounds: int = 20) -> tuple[list[Interval], list[Interval]] | None:
+        """(state bounds, scan bounds) such that one abstract step maps the state bounds into themselves; or None.
+
+        Soundness does not rest on how the candidate is guessed: a set I that
+        contains the initial state and that one step maps into I holds every
+        reachable state, by induction over the steps, for any sequence length.
+
+        The guess: a carried value whose next value is ``f * c + s`` (Add and
+        Mul in either order, optionally under the ``sequence_lens`` mask
+        ``Where(valid, new, c)``; the LSTM cell), with f within [0, F], F < 1,
+        s within [a, b], satisfies c_t <= F max(c_(t-1), 0) + b, so it stays at
+        or below max(b, b/(1-F)) once there, and likewise below: its candidate
+        is hull(c_0, [min(a, a/(1-F)), max(b, b/(1-F))]), the sum of the
+        geometric series. ONNX's ``clip`` bounds the gate pre-activations, so
+        it keeps F below 1. F, a and b come from the step evaluated at the
+        candidate itself (with peepholes, f depends on c), so the candidate is
+        refined until it maps into itself. Every other carried value takes its
+        Kleene bound plus a relative margin for float64 rounding, and if that
+        fails, the bound pushed out by ``EXTRAPOLATED_STEPS`` times the last
+        step's growth (a state contracting at rate r has r / (1 - r) times that
+        growth still to come, so this covers r up to 0.99).
+        """
+        decaying = {k: m for k, m in ((k, self._decaying_state(body, k)) for k in range(len(init))) if m is not None}
+        for steps, tries in ((0, 3), (EXTRAPOLATED_STEPS, rounds)):
+            candidate = [init[k] if k in decaying else _extrapolated(c, p, steps).inflated(_MARGIN)
+                         for k, (c, p) in enumerate(zip(carried, previous))]
+            self._step(body, candidate)
+            for _ in range(tries):
+                for k, (forget, drive) in decaying.items():
+                    f, s = self.get(forget), self.get(drive)
+                    if not ((f.lo >= 0).all() and (f.hi < 1).all() and np.isfinite(s.lo).all() and np.isfinite(s.hi).all()):
+                        return None
+                    gain = 1.0 / (1.0 - f.hi)
+                    series = Interval(*np.broadcast_arrays(np.minimum(s.lo, s.lo * gain), np.maximum(s.hi, s.hi * gain)))
+                    candidate[k] = candidate[k].union(init[k]).union(series.inflated(_MARGIN))
+                out = self._step(body, candidate)
+                if all(c.contains(o) for c, o in zip(candidate, out)):
+                    return candidate, out[len(candidate):]
+                candidate = [c.union(o) for c, o in zip(candidate, out)]
+        return None
+
+    def _decaying_state(self, body: Block, k: int) -> tuple[Value, Value] | None:
+        """(f, s) if carried value ``k`` steps as ``f * c + s``, else None."""
+        state = body.args[1 + k]
+        new = body.terminator.operands[k] if body.terminator is not None else None
+        masked = _defining(new, "onnx.Where")
+        if masked is not None and masked.operands[2] is state:
+            new = masked.operands[1]
+        add = _defining(new, "onnx.Add")
+        if add is None or self.convex_combination(add) is not None:  # the hull bound is the tighter one there
+            return None
+        for decay, drive in ((add.operands[0], add.operands[1]), (add.operands[1], add.operands[0])):
+            mul = _defining(decay, "onnx.Mul")
+            if mul is not None and sum(v is state for v in mul.operands) == 1 and drive is not None:
+                forget = mul.operands[1] if mul.operands[0] is state else mul.operands[0]
+                assert forget is not None
+                return forget, drive
+        return None
 
 
-def analytic_ranges(module: Module, input_bound: float, max_steps: int) -> tuple[IntervalAnalysis, RangeReport]:
-    analysis = IntervalAnalysis(module, input_bound, max_steps)
+def analytic_ranges(module: Module, input_bound: float, max_steps: int,
+                    input_bounds: Mapping[str, tuple[float, float]] | None = None) -> tuple[IntervalAnalysis, RangeReport]:
+    """Interval bounds of every value; ``input_bounds`` declares (lo, hi) of some inputs, the rest are assumed."""
+    declared = dict(input_bounds or {})
+    analysis = IntervalAnalysis(module, input_bound, max_steps, declared)
     analysis.run()
-    note = f"analytic bounds: float graph inputs assumed within +-{input_bound:g}"
+    assumed = tuple(n for n, a in zip(input_names(module), module.inputs) if a.type.is_float and n not in declared)
+    parts = [f"float input{'s' if len(assumed) > 1 else ''} {', '.join(assumed)} assumed within +-{input_bound:g}"] if assumed else []
+    parts += [f"{n} declared within [{lo:g}, {hi:g}]" for n, (lo, hi) in declared.items()]
+    note = "analytic bounds" + (": " + ", ".join(parts) if parts else "")
     if analysis.unconverged:
         note += f"; {analysis.unconverged} loops' state keeps growing, bounded for sequences of at most {max_steps} steps"
-    return analysis, RangeReport(note, analysis.unconverged)
+    return analysis, RangeReport(note, analysis.unconverged, assumed)
 
 
-def observed_ranges(module: Module, inputs: Mapping[str, np.ndarray]) -> tuple[dict[int, list[Interval]], dict[int, Interval]]:
-    """Per MVM: the ranges its input segments and its columns reach when the interpreter runs on ``inputs``."""
-    seg: dict[int, list[Interval]] = {}
-    cols: dict[int, Interval] = {}
+@dataclass
+class ObservedRanges:
+    """What the interpreter saw on calibration data, as the union over every sample."""
+
+    segments: dict[int, list[Interval]]  # per cim.matvec: each input segment's range, per position (bias row last)
+    columns: dict[int, Interval]  # per cim.matvec: each column's range
+    activations: dict[int, Interval]  # per cim.activation: the range of its input
+
+
+def observed_ranges(module: Module, samples: Sequence[Mapping[str, np.ndarray]]) -> ObservedRanges:
+    """Run the interpreter once per sample and record, per MVM and activation, the union of what they reach.
+
+    One run per sample (not one batched run) lets samples differ in sequence
+    length and lets a model whose batch is fixed at 1 be calibrated on many
+    sequences.
+    """
+    seen = ObservedRanges({}, {}, {})
+
+    def merge(table: dict[int, Interval], key: int, now: Interval) -> None:
+        table[key] = table[key].union(now) if key in table else now
 
     def observe(op: Operation, operands: Arrays, results: list[np.ndarray]) -> None:
+        if op.name == "cim.activation" and operands[0] is not None and operands[0].size:
+            x = operands[0].astype(np.float64)
+            merge(seen.activations, id(op), Interval.of(x.min(), x.max()))
         if op.name != "cim.matvec":
             return
         parts = []
@@ -297,10 +501,38 @@ def observed_ranges(module: Module, inputs: Mapping[str, np.ndarray]) -> tuple[d
         y = results[0].reshape(-1, results[0].shape[-1]).astype(np.float64)
         if not y.size:
             return
-        observed = Interval(y.min(0), y.max(0))
         key = id(op)
-        cols[key] = cols[key].union(observed) if key in cols else observed
-        seg[key] = [s.union(p) for s, p in zip(seg[key], parts)] if key in seg else parts
+        merge(seen.columns, key, Interval(y.min(0), y.max(0)))
+        seen.segments[key] = [s.union(p) for s, p in zip(seen.segments[key], parts)] if key in seen.segments else parts
 
-    Interpreter(module, observe).run({k: inputs[k] for k in input_names(module)})
-    return seg, cols
+    names = input_names(module)
+    for sample in samples:
+        Interpreter(module, observe).run({k: sample[k] for k in names})
+    return seen
+
+
+def parse_input_range(text: str) -> tuple[str, float, float]:
+    """``NAME=LO,HI`` as (name, lo, hi): finite numbers with LO < HI; a ValueError says what is wrong."""
+    name, sep, bounds = text.rpartition("=")
+    parts = bounds.split(",")
+    if not sep or not name.strip() or len(parts) != 2:
+        raise ValueError(f"expected NAME=LO,HI, got '{text}'")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"bounds in '{text}' are not numbers") from None
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"bounds in '{text}' must be finite")
+    if lo >= hi:
+        raise ValueError(f"'{text}' needs LO < HI")
+    return name.strip(), lo, hi
+
+
+def range_warning(module: Module) -> str:
+    """The warning ``compile`` gives when converter ranges rest on assumptions (the ranges pass's
+    ``range_assumptions``), or "" when they rest on data and declared bounds only."""
+    assumptions = module.attributes.get("range_assumptions")
+    if not isinstance(assumptions, tuple) or not assumptions:
+        return ""
+    lines = ["warning: converter ranges rest on assumptions; inputs beyond them clip silently (cimc run/verify count it):"]
+    return "\n".join(lines + [f"  - {a}" for a in assumptions])

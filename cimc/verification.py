@@ -48,6 +48,7 @@ and all together (relative RMS).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -60,6 +61,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from cimc.backends.saturation import SaturationCounts
 from cimc.backends.simulator import Simulator, SimulatorOptions, terminal_progress
 from cimc.diagnostics import CimcError
 from cimc.error_bound import ACTIVATION_ULPS, Sources, breakdown, output_bounds, stuck_summary
@@ -90,6 +92,7 @@ class VerifyReport:
     tolerance: str
     outputs: list[OutputReport]
     layers: list[dict[str, Any]] = field(default_factory=list)
+    saturation: SaturationCounts | None = None  # converters driven beyond their ranges (ideal and noisy fidelity)
 
     @property
     def passed(self) -> bool:
@@ -97,7 +100,9 @@ class VerifyReport:
 
     def to_json(self) -> str:
         return json.dumps({"fidelity": self.fidelity, "tolerance": self.tolerance, "passed": self.passed,
-                           "outputs": [o.__dict__ for o in self.outputs], "layers": self.layers}, indent=1, sort_keys=True)
+                           "outputs": [o.__dict__ for o in self.outputs], "layers": self.layers,
+                           "saturation": self.saturation.as_json() if self.saturation is not None else None},
+                          indent=1, sort_keys=True)
 
     def table(self) -> str:
         lines = [f"fidelity {self.fidelity}; tolerance: {self.tolerance}",
@@ -111,6 +116,8 @@ class VerifyReport:
             lines.append(f"  {'tensor':<40} {'max |err|':>11} {'rel err':>9}")
             for layer in self.layers:
                 lines.append(f"  {layer['name'][:40]:<40} {layer['max_abs']:>11.4g} {layer['relative']:>9.3%}")
+        if self.saturation is not None:
+            lines += _saturation_table(self.saturation)
         return "\n".join(lines) + "\n"
 
 
@@ -167,6 +174,20 @@ def derivation(fidelity: str, image: Image, sources: Sources, parts: list[tuple[
     return "\n".join(lines)
 
 
+def _saturation_table(counts: SaturationCounts) -> list[str]:
+    """Per weight block: conversions beyond their range (see backends/saturation.py for what each column counts)."""
+    def cell(n: int, total: int) -> str:
+        return f"{n} ({n / total:.1%})" if total and n else "0" if total else "-"
+
+    lines = ["saturation per layer (converter inputs beyond the compiled ranges; clipped = the code is wrong by > 1/2 LSB):",
+             f"  {'block':<28} {'DAC clipped':>14} {'ADC at rails':>14} {'ADC clipped':>14} {'NL beyond':>14} {'NL clipped':>14}"]
+    for layer in [*counts.layers.values(), counts.total()]:
+        lines.append(f"  {layer.block[:28]:<28} {cell(layer.dac_clipped, layer.dac_inputs):>14} "
+                     f"{cell(layer.adc_rail, layer.adc_codes):>14} {cell(layer.adc_clipped, layer.adc_codes):>14} "
+                     f"{cell(layer.nl_adc_beyond, layer.nl_adc_codes):>14} {cell(layer.nl_adc_clipped, layer.nl_adc_codes):>14}")
+    return lines
+
+
 def random_inputs(image: Image, samples: int, seed: int) -> dict[str, np.ndarray]:
     """Inputs drawn uniformly inside the calibrated (or assumed) range of each graph input."""
     program = image.program()
@@ -207,7 +228,7 @@ def _reference(model_path: Path, inputs: Mapping[str, np.ndarray], extra: list[s
 def verify_image(model_path: str | Path, image: Image, inputs: Mapping[str, np.ndarray] | None = None,
                  samples: int = 8, options: SimulatorOptions | None = None) -> VerifyReport:
     """Run onnxruntime and the simulator on the same inputs and compare every output and every named layer."""
-    options = options or SimulatorOptions()
+    options = dataclasses.replace(options or SimulatorOptions(), counters=True)
     feeds = dict(inputs) if inputs is not None else random_inputs(image, samples, options.seed)
     simulator = Simulator(image, options)
     named: dict[str, np.ndarray] = {}
@@ -245,7 +266,7 @@ def verify_image(model_path: str | Path, image: Image, inputs: Mapping[str, np.n
         rms = float(np.sqrt(np.mean(err ** 2))) if err.size else 0.0
         layers.append({"name": onnx_name, "max_abs": float(np.abs(err).max(initial=0.0)),
                        "relative": rms / ref_rms if ref_rms > 0 else rms})
-    return VerifyReport(options.fidelity, description, outputs, layers)
+    return VerifyReport(options.fidelity, description, outputs, layers, simulator.saturation)
 
 
 def _onnx_tensor_names(model_path: Path) -> dict[str, str]:

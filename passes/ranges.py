@@ -19,26 +19,63 @@ import numpy as np
 from cimc.attributes import Tensor
 from cimc.diagnostics import CimcError
 from cimc.hardware import load_hardware
-from cimc.interpreter import Arrays, Interpreter, input_names
+from cimc.interpreter import input_names
 from cimc.ir import Module, Operation
 from cimc.npz import load_npz
 from cimc.pass_manager import ModulePass, register_pass
 from cimc.passes.tile import slice_range
-from cimc.ranges import Interval, analytic_ranges, observed_ranges
+from cimc.ranges import CALIB_SEPARATOR, Interval, analytic_ranges, observed_ranges, parse_input_range
 
 _DEFAULT = load_hardware()
 
 
-def _load_calibration(path: str, module: Module) -> dict[str, np.ndarray]:
-    try:
-        data = load_npz(path)
-    except (OSError, ValueError) as e:
-        raise CimcError(f"cannot read calibration data {path}: {e}") from None
+def calibration_files(spec: str) -> list[Path]:
+    """The .npz files ``spec`` names: paths joined by ``CALIB_SEPARATOR``, a directory standing for its .npz files."""
+    files: list[Path] = []
+    for part in filter(None, spec.split(CALIB_SEPARATOR)):
+        path = Path(part)
+        if path.is_dir():
+            found = sorted(path.glob("*.npz"))
+            if not found:
+                raise CimcError(f"calibration directory {part} holds no .npz files")
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
+def calibration_samples(spec: str, module: Module) -> list[dict[str, np.ndarray]]:
+    """Every calibration sample, keyed by graph input name.
+
+    A file holds one sample when each input has the model input's rank, or
+    several stacked along a new leading axis when each has that rank + 1
+    (the rank decides, so a batch axis is never taken for a sample axis).
+    """
     names = input_names(module)
-    missing = [n for n in names if n not in data]
-    if missing:
-        raise CimcError(f"calibration data {path} lacks inputs {missing} (it has {sorted(data)}; the model's inputs are {names})")
-    return {n: data[n] for n in names}
+    ranks = {n: arg.type.rank for n, arg in zip(names, module.inputs)}
+    samples: list[dict[str, np.ndarray]] = []
+    for path in calibration_files(spec):
+        try:
+            data = load_npz(path)
+        except (OSError, ValueError) as e:
+            raise CimcError(f"cannot read calibration data {path}: {e}") from None
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise CimcError(f"calibration data {path} lacks inputs {missing} (it has {sorted(data)}; the model's inputs are {names})")
+        stacked = {n for n in names if data[n].ndim == ranks[n] + 1}
+        wrong_rank = any(data[n].ndim not in (ranks[n], ranks[n] + 1) for n in names)
+        if wrong_rank or (stacked and stacked != set(names)) or len({data[n].shape[0] for n in stacked}) > 1:
+            expected = ", ".join(f"{n} rank {ranks[n]}" for n in names)
+            raise CimcError(f"calibration data {path} has {', '.join(f'{n} {list(data[n].shape)}' for n in names)}; the model "
+                            f"wants {expected} for one sample, or every input with one more leading axis of the same "
+                            "length for stacked samples")
+        if stacked:
+            samples += [{n: data[n][i] for n in names} for i in range(data[names[0]].shape[0])]
+        else:
+            samples.append({n: data[n] for n in names})
+    if not samples:
+        raise CimcError(f"calibration data '{spec}' holds no samples")
+    return samples
 
 
 def segment_row_scales(segments: list[Interval], widths: list[int], weights: np.ndarray, bias_rows: int,
@@ -121,23 +158,31 @@ def clipped_columns(op: Operation) -> list[tuple[int, int, float]]:
     return spans if isinstance(cols, int) else []
 
 
-def _activation_ranges(module: Module, inputs: dict[str, np.ndarray]) -> dict[int, Interval]:
-    seen: dict[int, Interval] = {}
-
-    def observe(op: Operation, operands: Arrays, results: list[np.ndarray]) -> None:
-        if op.name == "cim.activation" and operands[0] is not None and operands[0].size:
-            x = operands[0].astype(np.float64)
-            now = Interval.of(x.min(), x.max())
-            seen[id(op)] = seen[id(op)].union(now) if id(op) in seen else now
-
-    Interpreter(module, observe).run(inputs)
-    return seen
+def parse_input_ranges(spec: str, module: Module) -> dict[str, tuple[float, float]]:
+    """``NAME=LO,HI`` entries joined by ';' (the ``input_ranges`` option), checked against the graph's inputs."""
+    names = input_names(module)
+    out: dict[str, tuple[float, float]] = {}
+    for entry in filter(None, (e.strip() for e in spec.split(";"))):
+        try:
+            name, lo, hi = parse_input_range(entry)
+        except ValueError as e:
+            raise CimcError(f"--input-range: {e}") from None
+        if name not in names:
+            raise CimcError(f"--input-range: the model has no input '{name}' (its inputs are {names})")
+        out[name] = (lo, hi)
+    return out
 
 
 @register_pass
 @dataclass(frozen=True)
 class Ranges(ModulePass):
-    """Record MVM input scales and column ranges (calibration data if ``calib`` names an .npz, else analytic bounds)."""
+    """Record MVM input scales and column ranges (calibration data if ``calib`` names .npz files, else analytic bounds).
+
+    ``calib``: .npz files or directories of them joined by ``os.pathsep``
+    (see :func:`calibration_samples`); ranges are the union over the samples.
+    ``input_ranges``: ``NAME=LO,HI`` entries joined by ';', declared bounds that
+    replace the assumed +-``input_bound`` of those inputs in the analytic bounds.
+    """
 
     name = "ranges"
     calib: str = ""
@@ -145,21 +190,35 @@ class Ranges(ModulePass):
     max_steps: int = 100
     dac_bits: int = _DEFAULT.converters.dac_bits
     levels: int = _DEFAULT.device.levels
+    input_ranges: str = ""
 
     def apply(self, module: Module) -> bool:
-        analysis, report = analytic_ranges(module, self.input_bound, self.max_steps)
+        declared = parse_input_ranges(self.input_ranges, module)
+        analysis, report = analytic_ranges(module, self.input_bound, self.max_steps, declared)
         segments = analysis.mvm_inputs
         columns = {id(op): analysis.get(op.results[0]) for op in module.walk() if op.name == "cim.matvec"}
         activations = {id(op): analysis.get(op.operands[0]).collapse() for op in module.walk() if op.name == "cim.activation"}
         source = report.source
+        samples: list[dict[str, np.ndarray]] = []
+        assumptions: list[str] = []
         if self.calib:
-            inputs = _load_calibration(self.calib, module)
-            seen_segments, seen_columns = observed_ranges(module, inputs)
-            segments.update(seen_segments)
-            columns.update(seen_columns)
-            activations.update(_activation_ranges(module, inputs))
-            batch = next(iter(inputs.values())).shape
-            source = f"calibration data {Path(self.calib).name} (input shape {list(batch)})"
+            samples = calibration_samples(self.calib, module)
+            seen = observed_ranges(module, samples)
+            segments.update(seen.segments)
+            columns.update(seen.columns)
+            activations.update(seen.activations)
+            files = calibration_files(self.calib)
+            shapes = list(dict.fromkeys(str(list(a.shape)) for sample in samples for a in sample.values()))
+            source = (f"calibration data {', '.join(f.name for f in files[:3])}{' ...' if len(files) > 3 else ''} "
+                      f"({len(samples)} sample{'s' if len(samples) > 1 else ''}, input shape{'s' if len(shapes) > 1 else ''} "
+                      f"{', '.join(shapes[:3])}{' ...' if len(shapes) > 3 else ''})")
+        else:
+            assumptions += [f"float input '{n}' assumed within [-{self.input_bound:g}, {self.input_bound:g}]: values beyond "
+                            f"saturate the converters (declare --input-range {n}=LO,HI or give --calib DATA.npz)"
+                            for n in report.assumed_inputs]
+            if report.unconverged_loops:
+                assumptions.append(f"{report.unconverged_loops} loop(s) carry state that keeps growing: its bounds hold for "
+                                   f"sequences of at most {self.max_steps} steps (give --calib DATA.npz measured on sequences as long as yours)")
         for op in module.walk():
             if op.name == "cim.matvec":
                 bias_rows = int(op.attributes.get("bias_rows", 0))  # type: ignore[arg-type]
@@ -184,16 +243,21 @@ class Ranges(ModulePass):
                 op.attributes["range.lo"] = float(r.lo)
                 op.attributes["range.hi"] = float(r.hi)
         module.attributes["ranges"] = source
-        module.attributes["input_ranges"] = tuple(self._input_ranges(module))
+        if assumptions:
+            module.attributes["range_assumptions"] = tuple(assumptions)
+        module.attributes["input_ranges"] = tuple(self._input_ranges(module, samples, declared))
         return True
 
-    def _input_ranges(self, module: Module) -> list[tuple[float, float]]:
-        """Per graph input: the range verification draws random inputs from (calibrated, or the analytic assumption)."""
-        data = _load_calibration(self.calib, module) if self.calib else {}
+    def _input_ranges(self, module: Module, samples: list[dict[str, np.ndarray]],
+                      declared: dict[str, tuple[float, float]]) -> list[tuple[float, float]]:
+        """Per graph input: the range verification draws random inputs from (declared, calibrated, or assumed)."""
         out = []
         for name, arg in zip(input_names(module), module.inputs):
-            if name in data and data[name].size:
-                out.append((float(data[name].min()), float(data[name].max())))
+            seen = [s[name] for s in samples if s[name].size]
+            if name in declared:
+                out.append(declared[name])
+            elif seen:
+                out.append((float(min(a.min() for a in seen)), float(max(a.max() for a in seen))))
             elif arg.type.is_float:
                 out.append((-self.input_bound, self.input_bound))
             else:
