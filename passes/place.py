@@ -22,13 +22,10 @@ import networkx as nx
 
 from cimc.diagnostics import CimcError
 from cimc.dialects.cim import activation_key
-from cimc.hardware import load_hardware
 from cimc.ir import Module, Operation, Value
-from cimc.pass_manager import ModulePass, register_pass
+from cimc.pass_manager import ModulePass, from_hardware, register_pass
 from cimc.passes.schedule import dependency_graph, read_key
 from cimc.passes.tile import slice_range
-
-_DEFAULT = load_hardware()
 
 
 def activation_keys(tile: Operation) -> tuple[str, ...]:
@@ -134,9 +131,9 @@ class Place(ModulePass):
     """Assign tiles to physical arrays, grouping columns that share an activation; refuse models that do not fit."""
 
     name = "place"
-    rows: int = _DEFAULT.array.rows
-    cols: int = _DEFAULT.array.cols
-    arrays: int = _DEFAULT.array.count
+    rows: int | None = from_hardware(lambda hw: hw.array.rows, "array.rows")
+    cols: int | None = from_hardware(lambda hw: hw.array.cols, "array.cols")
+    arrays: int | None = from_hardware(lambda hw: hw.array.count, "array.count")
     ramp_cols: bool = True
 
     def apply(self, module: Module) -> bool:
