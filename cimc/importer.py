@@ -61,7 +61,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     except Exception as e:  # noqa: BLE001  (protobuf raises several unrelated types for garbage)
         raise CimcError(f"cannot read {path}: not an ONNX model ({type(e).__name__}: {_first_line(e)})") from None
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(str(path))  # from the file: no second serialization of the weights
     except onnx.checker.ValidationError as e:
         raise CimcError(f"{path} is not a valid ONNX model: {_first_line(e)}") from None
     return model
@@ -79,16 +79,49 @@ def import_model(model: onnx.ModelProto, source: str = "model.onnx",
     ``input_shapes`` fixes dims of graph inputs by name (an int fixes a dim, a
     string renames its symbol, None leaves it as the model has it).
     """
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    _apply_input_shapes(model, input_shapes or {})
-    # Exporters' own value_info can be stale (the dynamo exporter records traced
-    # sizes for dims it declares symbolic); infer every intermediate type afresh.
-    del model.graph.value_info[:]
+    skeleton = _skeleton(model)
+    _apply_input_shapes(skeleton, input_shapes or {})
     try:
-        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        skeleton = onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True, data_prop=True)
     except Exception as e:  # noqa: BLE001  (onnx raises InferenceError and RuntimeError variants)
         raise CimcError(f"shape inference failed on {source}: {_first_line(e)}") from None
-    return _Importer(model, source).build()
+    declared = {o.name: t for o in model.graph.output if (t := _onnx_type(o.type, f"output '{o.name}'")) is not None}
+    return _Importer(skeleton, list(model.graph.initializer), declared, source).build()
+
+
+_SKELETON_LIMIT = 1024  # elements: initializers up to this size keep their data for onnx's data propagation
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without its large initializers' data, for shape inference.
+
+    Weights only matter to inference by their types, so they enter as typed
+    graph inputs: the weights are then never serialized or copied (onnx's
+    inference round-trips the whole model through bytes). Exporters' own
+    ``value_info`` and the graph outputs' declared shapes are left out: they can
+    be stale (the dynamo exporter records traced sizes for dims it declares
+    symbolic), so every type is inferred afresh; a declared output dim only
+    fills in one inference could not name.
+    """
+    skeleton = onnx.ModelProto()
+    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+        setattr(skeleton, field, getattr(model, field))
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    graph, source = skeleton.graph, model.graph
+    graph.name = source.name
+    graph.node.extend(source.node)
+    graph.input.extend(source.input)
+    graph.output.extend(source.output)
+    for output in graph.output:
+        output.type.tensor_type.ClearField("shape")
+    declared = {i.name for i in source.input}
+    for init in source.initializer:
+        if int(np.prod(init.dims)) <= _SKELETON_LIMIT or init.data_location == onnx.TensorProto.EXTERNAL:
+            graph.initializer.append(init)
+        elif init.name not in declared:
+            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return skeleton
 
 
 def _first_line(e: BaseException) -> str:
@@ -145,9 +178,11 @@ def _dtype(elem_type: int, what: str) -> str:
 
 
 class _Importer:
-    def __init__(self, model: onnx.ModelProto, source: str) -> None:
+    def __init__(self, model: onnx.ModelProto, initializers: list[onnx.TensorProto],
+                 declared_outputs: Mapping[str, TensorType], source: str) -> None:
         self.model = model
         self.graph = model.graph
+        self.initializers = initializers
         self.source = source
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.types: dict[str, TensorType] = {}
@@ -162,10 +197,13 @@ class _Importer:
         # Symbols the graph inputs declare; any other symbol onnx reports is one it invented.
         self.input_symbols = {d for inp in self.graph.input for d in (self.types[inp.name].shape if inp.name in self.types else ())
                               if isinstance(d, str)}
+        for name, declared in declared_outputs.items():
+            inferred = self.types.get(name)
+            self.types[name] = declared if inferred is None else _merge(inferred, declared, self._is_known)
         self.block = Block()
 
     def build(self) -> Module:
-        initializers = {init.name: init for init in self.graph.initializer}
+        initializers = {init.name for init in self.initializers}
         input_names: list[str] = []
         for inp in self.graph.input:
             if inp.name in initializers:
@@ -175,7 +213,7 @@ class _Importer:
                 raise CimcError(f"graph input '{inp.name}' has no tensor type")
             self.values[inp.name] = self.block.add_arg(t, inp.name)
             input_names.append(inp.name)
-        for init in self.graph.initializer:
+        for init in self.initializers:
             self._constant(init.name, numpy_helper.to_array(init), location=None)
         for index, node in enumerate(self.graph.node):
             self._node(node, index)

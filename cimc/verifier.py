@@ -12,9 +12,11 @@ Verifying after every pass must stay cheap on models with millions of weights:
 the structural checks are linear in the number of ops, and an op's own rules
 (which may scan its weight and conductance tensors) are re-run only when the op
 changed since the last verification with the same :class:`VerifyCache`: a new
-op, or one whose attributes, operand types or result types are not the objects
-they were.  Attribute values are immutable, so an unchanged object needs no new
-look.  Ops with regions are always checked in full (their rules read the body).
+op, or one whose attributes (annotations aside), operand types or result types
+are not the objects they were.  Attribute values are immutable, so an unchanged object needs no new
+look.  Only ops that carry tensors (weights, conductances, constants) are
+cached: for the others, checking is as cheap as deciding whether to check.  Ops
+with regions are always checked in full (their rules read the body).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class VerifyCache:
                 and _same_types(entry[3], op.operands) and _same_types(entry[4], op.results))
 
     def keep(self, op: Operation) -> None:
-        self._next[id(op)] = (op, op.name, dict(op.attributes), [None if v is None else v.type for v in op.operands],
+        self._next[id(op)] = (op, op.name, _rule_attributes(op), [None if v is None else v.type for v in op.operands],
                               [r.type for r in op.results])
 
     def start(self) -> None:
@@ -48,8 +50,31 @@ class VerifyCache:
         self._seen, self._next = self._next, {}
 
 
+_TENSOR_OPS: dict[str, bool] = {}
+
+
+def _holds_tensors(opdef: OpDef) -> bool:
+    if opdef.name not in _TENSOR_OPS:
+        _TENSOR_OPS[opdef.name] = any(spec.kind == "tensor" for spec in opdef.attributes.values())
+    return _TENSOR_OPS[opdef.name]
+
+
+def _rule_attributes(op: Operation) -> dict:
+    """The attributes an op's rules read: annotations (``sched.stage``) change nothing an op computes."""
+    return {k: v for k, v in op.attributes.items() if not is_annotation(k)}
+
+
 def _same(old: dict, new: dict) -> bool:
-    return old.keys() == new.keys() and all(old[k] is new[k] for k in old)
+    count = 0
+    for k, v in new.items():
+        if not is_annotation(k):
+            if old.get(k, _MISSING) is not v:
+                return False
+            count += 1
+    return count == len(old)
+
+
+_MISSING = object()
 
 
 def _same_types(old: list, values: list) -> bool:
@@ -100,10 +125,11 @@ def _verify_block(block: Block, visible: set[int], expected_terminator: str | No
             if region.parent is not op or region.block.parent is not region:
                 raise VerifyError(op, f"'{op.name}' has a region that does not point back to it")
             _verify_block(region.block, scope, None, op, references, values, cache)
-        if cache is None or op.regions or not cache.unchanged(op):
+        cached = cache is not None and not op.regions and _holds_tensors(opdef)
+        if not cached or not cache.unchanged(op):  # type: ignore[union-attr]
             _verify_op(op, opdef)
-        if cache is not None and not op.regions:
-            cache.keep(op)
+        if cached:
+            cache.keep(op)  # type: ignore[union-attr]
         for res in op.results:
             scope.add(id(res))
             _verify_uses(res)
