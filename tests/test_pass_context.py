@@ -119,3 +119,22 @@ def test_opt_timing_and_hw(cimc_cli, tmp_path: Path) -> None:
     names = [name for _, _, name in _timing_rows(result.stderr)]
     assert names == ["parse", *pipeline.split(","), "output", "(verify, all runs)", "Total"]
     assert "rows = [0, 24]" in result.stdout and "rows = [0, 33]" not in result.stdout
+
+
+def test_progress_lines_only_once_the_compile_is_slow() -> None:
+    """Per-phase lines start when the elapsed time passes PROGRESS_AFTER_S, then catch up on earlier phases."""
+    import io
+    import time
+
+    from cimc.timing import PROGRESS_AFTER_S, Timing
+
+    out = io.StringIO()
+    timing = Timing(progress=out)
+    timing.add("import", 0.1)
+    timing.add("(verify)", 0.01)
+    assert out.getvalue() == ""  # a fast compile prints nothing
+    timing._start = time.perf_counter() - PROGRESS_AFTER_S  # as if the compile had been running that long
+    timing.add("ranges", 0.5)
+    lines = out.getvalue().splitlines()
+    assert [line.split(":")[0].strip() for line in lines] == ["import", "ranges"]  # verifier runs are not listed
+    assert lines[1].startswith("  ranges: 0.50 s (elapsed ")
