@@ -14,7 +14,9 @@ processes, the script measures
 
 and prints the medians of --repeat runs, their ratio, peak memory in MB and as a
 multiple of the weight bytes, and the growth exponent k of a least-squares fit of
-log(compile time) against log(weights): k = 1 is linear in the weights.
+log(compile time) against log(weights): k = 1 is linear in the weights. CPU time
+(user + system) is printed beside wall time, with its own ratio: on a shared
+machine it is the steadier of the two.
 Peak memory is ``ru_maxrss`` of the child process (``RUSAGE_CHILDREN`` read by a
 small wrapper that runs nothing else), so it is the compile's own peak.
 """
@@ -38,8 +40,9 @@ import json, resource, subprocess, sys, time
 start = time.perf_counter()
 status = subprocess.run(sys.argv[1:]).returncode
 seconds = time.perf_counter() - start
-peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"status": status, "seconds": seconds, "peak_mb": peak_kb / 1024}))
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"status": status, "seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                  "peak_mb": usage.ru_maxrss / 1024}))
 """
 
 _FLOOR = """
@@ -97,9 +100,9 @@ def main() -> None:
         folder = Path(tmp)
         hw = folder / "hw.toml"
         hw.write_text("[array]\ncount = 1000000\n")
-        rows: list[tuple[int, float]] = []
+        rows: list[tuple[int, float, float]] = []
         print(f"{'hidden':>7} {'weights':>11} {'weight MB':>10} {'compile s':>10} {'floor s':>8} {'ratio':>6} "
-              f"{'peak MB':>8} {'peak/weights':>13} {'image MB':>9}")
+              f"{'cpu s':>7} {'floor cpu':>9} {'cpu ratio':>9} {'peak MB':>8} {'peak/weights':>13} {'image MB':>9}")
         for hidden in args.sizes:
             model = folder / f"lstm{hidden}.onnx"
             proto = lstm_stack(hidden)
@@ -113,16 +116,21 @@ def main() -> None:
                 floors.append(measure(sys.executable, "-c", _FLOOR, str(model), str(floor_out)))
             t = statistics.median(c["seconds"] for c in compiles)
             floor = statistics.median(f["seconds"] for f in floors)
+            cpu = statistics.median(c["cpu_seconds"] for c in compiles)
+            floor_cpu = statistics.median(f["cpu_seconds"] for f in floors)
             peak = statistics.median(c["peak_mb"] for c in compiles)
             weight_mb = 4 * weights / 2**20
-            rows.append((weights, t))
+            rows.append((weights, t, cpu))
             print(f"{hidden:>7} {weights:>11,} {weight_mb:>10.1f} {t:>10.2f} {floor:>8.3f} {t / floor:>6.1f} "
+                  f"{cpu:>7.2f} {floor_cpu:>9.3f} {cpu / floor_cpu:>9.1f} "
                   f"{peak:>8.0f} {peak / weight_mb:>13.1f} {image.stat().st_size / 2**20:>9.0f}", flush=True)
             for path in (model, image, floor_out):
                 path.unlink()
     if len(rows) > 1:
-        k = np.polyfit(np.log([r[0] for r in rows]), np.log([r[1] for r in rows]), 1)[0]
-        print(f"growth: compile time ~ weights^{k:.2f} (1.00 = linear in the weights)")
+        logw = np.log([r[0] for r in rows])
+        k_wall = np.polyfit(logw, np.log([r[1] for r in rows]), 1)[0]
+        k_cpu = np.polyfit(logw, np.log([r[2] for r in rows]), 1)[0]
+        print(f"growth: compile time ~ weights^{k_wall:.2f} (wall), weights^{k_cpu:.2f} (cpu); 1.00 = linear in the weights")
 
 
 if __name__ == "__main__":

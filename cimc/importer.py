@@ -14,15 +14,16 @@ types the result ``[seq, batch, unk__0]`` even though the last dim is 16.  The
 importer therefore tracks the *elements* of every small integer tensor as dims
 (``[seq, batch, 1, 16]``), types Reshape/Expand/ConstantOfShape from them, and
 re-infers every node whose onnx type has an invented or unknown dim from its
-operands' (already resolved) types.  A dim that stays unresolved is an error
-naming the tensor, not a surprise in a later pass.
+operands' (already resolved) types.  The width an MVM contracts is taken
+from its constant weights where the operand's type lost it; one that nothing
+fixes is an error naming the tensor, not a surprise in a later pass.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -500,7 +501,7 @@ class _Importer:
                         "flattens the trailing axes; cimc supports the legacy form only on the last axis")
 
 
-def _merge(inferred: TensorType, derived: TensorType, known) -> TensorType:  # noqa: ANN001
+def _merge(inferred: TensorType, derived: TensorType, known: Callable[[Dim], bool]) -> TensorType:
     """Keep onnx's dims where they are known, take the derived ones where onnx lost them."""
     if derived.rank != inferred.rank:
         return inferred
