@@ -7,16 +7,6 @@ Checked, in this order, for every op:
   block or in an enclosing block, before the op that holds the region);
 - use lists agree with operand lists in both directions;
 - blocks end with exactly one terminator, and the graph ends with ``builtin.return``.
-
-Verifying after every pass must stay cheap on models with millions of weights:
-the structural checks are linear in the number of ops, and an op's own rules
-(which may scan its weight and conductance tensors) are re-run only when the op
-changed since the last verification with the same :class:`VerifyCache`: a new
-op, or one whose attributes (annotations aside), operand types or result types
-are not the objects they were.  Attribute values are immutable, so an unchanged object needs no new
-look.  Only ops that carry tensors (weights, conductances, constants) are
-cached: for the others, checking is as cheap as deciding whether to check.  Ops
-with regions are always checked in full (their rules read the body).
 """
 
 from __future__ import annotations
@@ -27,70 +17,11 @@ from cimc.dialects.registry import ArgSpec, OpDef, VerifyError
 from cimc.ir import Block, Module, Operation, Value
 
 
-class VerifyCache:
-    """What each op looked like when its own rules last passed; entries of ops no longer in the IR are dropped."""
-
-    def __init__(self) -> None:
-        self._seen: dict[int, tuple] = {}
-        self._next: dict[int, tuple] = {}
-
-    def unchanged(self, op: Operation) -> bool:
-        entry = self._seen.get(id(op))
-        return (entry is not None and entry[0] is op and entry[1] == op.name and _same(entry[2], op.attributes)
-                and _same_types(entry[3], op.operands) and _same_types(entry[4], op.results))
-
-    def keep(self, op: Operation) -> None:
-        self._next[id(op)] = (op, op.name, _rule_attributes(op), [None if v is None else v.type for v in op.operands],
-                              [r.type for r in op.results])
-
-    def start(self) -> None:
-        self._next = {}
-
-    def finish(self) -> None:
-        self._seen, self._next = self._next, {}
-
-
-_TENSOR_OPS: dict[str, bool] = {}
-
-
-def _holds_tensors(opdef: OpDef) -> bool:
-    if opdef.name not in _TENSOR_OPS:
-        _TENSOR_OPS[opdef.name] = any(spec.kind == "tensor" for spec in opdef.attributes.values())
-    return _TENSOR_OPS[opdef.name]
-
-
-def _rule_attributes(op: Operation) -> dict:
-    """The attributes an op's rules read: annotations (``sched.stage``) change nothing an op computes."""
-    return {k: v for k, v in op.attributes.items() if not is_annotation(k)}
-
-
-def _same(old: dict, new: dict) -> bool:
-    count = 0
-    for k, v in new.items():
-        if not is_annotation(k):
-            if old.get(k, _MISSING) is not v:
-                return False
-            count += 1
-    return count == len(old)
-
-
-_MISSING = object()
-
-
-def _same_types(old: list, values: list) -> bool:
-    return len(old) == len(values) and all((v is None and t is None) or (v is not None and t == v.type)
-                                           for t, v in zip(old, values))
-
-
-def verify(module: Module, cache: VerifyCache | None = None) -> None:
-    """Raise :class:`VerifyError` at the first op that breaks a rule; ``cache`` skips ops unchanged since its last run."""
+def verify(module: Module) -> None:
+    """Raise :class:`VerifyError` at the first op that breaks a rule."""
     references: dict[int, int] = {}
     values: list[Value] = []
-    if cache is not None:
-        cache.start()
-    _verify_block(module.body, set(), "builtin.return", None, references, values, cache)
-    if cache is not None:
-        cache.finish()
+    _verify_block(module.body, set(), "builtin.return", None, references, values)
     for value in values:
         if references.get(id(value), 0) != len(value.uses):
             user = value.uses[0].op if value.uses else None
@@ -99,7 +30,7 @@ def verify(module: Module, cache: VerifyCache | None = None) -> None:
 
 
 def _verify_block(block: Block, visible: set[int], expected_terminator: str | None, owner: Operation | None,
-                  references: dict[int, int], values: list[Value], cache: VerifyCache | None) -> None:
+                  references: dict[int, int], values: list[Value]) -> None:
     scope = set(visible)
     for arg in block.args:
         scope.add(id(arg))
@@ -124,12 +55,8 @@ def _verify_block(block: Block, visible: set[int], expected_terminator: str | No
         for region in op.regions:
             if region.parent is not op or region.block.parent is not region:
                 raise VerifyError(op, f"'{op.name}' has a region that does not point back to it")
-            _verify_block(region.block, scope, None, op, references, values, cache)
-        cached = cache is not None and not op.regions and _holds_tensors(opdef)
-        if not cached or not cache.unchanged(op):  # type: ignore[union-attr]
-            _verify_op(op, opdef)
-        if cached:
-            cache.keep(op)  # type: ignore[union-attr]
+            _verify_block(region.block, scope, None, op, references, values)
+        _verify_op(op, opdef)
         for res in op.results:
             scope.add(id(res))
             _verify_uses(res)
