@@ -1,13 +1,24 @@
-"""cimc compile time against the I/O floor, for single-layer LSTMs of growing hidden size.
+"""cimc compile time and memory against the I/O floor, for 2-layer LSTMs of growing hidden size.
 
-    python bench/compile.py [--sizes 128 256 512 1024 2048] [--repeat 1]
+    python bench/compile.py [--sizes 128 256 512 1024 2048] [--repeat 3]
 
-For each size (input = hidden, so 8 H^2 weights) a fresh process runs
-``cimc compile MODEL.onnx -o MODEL.cimg`` with enough arrays on the chip, and
-another measures the I/O floor: ``onnx.load`` of the model plus ``np.save``
-of its weights. The script prints both times (median of --repeat), their
-ratio, each compile's peak resident memory, and the growth exponent k of a
-least-squares fit time ~ H^k.
+Each model is a 2-layer LSTM with input = hidden (16 H^2 + 16 H weights, float32),
+built with onnx.helper from seeded random weights. For each size, in fresh
+processes, the script measures
+
+* the compile: ``cimc compile MODEL.onnx -o MODEL.cimg`` (default pipeline, chip
+  array count raised so that every size fits), wall time and peak resident memory;
+* the I/O floor: ``onnx.load`` of the model plus ``np.savez`` of its weights to a
+  file in the same folder, the least any compiler must do (read the model, write
+  the weights);
+
+and prints the medians of --repeat runs, their ratio, peak memory in MB and as a
+multiple of the weight bytes, and the growth exponent k of a least-squares fit of
+log(compile time) against log(weights): k = 1 is linear in the weights. CPU time
+(user + system) is printed beside wall time, with its own ratio: on a shared
+machine it is the steadier of the two.
+Peak memory is ``ru_maxrss`` of the child process (``RUSAGE_CHILDREN`` read by a
+small wrapper that runs nothing else), so it is the compile's own peak.
 """
 
 from __future__ import annotations
@@ -22,65 +33,104 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
 
-sys.path.insert(0, str(Path(__file__).parent))
-from simulate import lstm_model  # noqa: E402
-
-_COMPILE = """
-import json, resource, sys, time
-from cimc.cli import main
+_MEASURE = """
+import json, resource, subprocess, sys, time
 start = time.perf_counter()
-status = main(["compile", sys.argv[1], "--hw", sys.argv[2], "-o", sys.argv[3]])
-elapsed = time.perf_counter() - start
-print(json.dumps({"status": status, "seconds": elapsed, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+status = subprocess.run(sys.argv[1:]).returncode
+seconds = time.perf_counter() - start
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"status": status, "seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                  "peak_mb": usage.ru_maxrss / 1024}))
 """
 
 _FLOOR = """
-import io, json, sys, time
+import sys
 import numpy as np, onnx
 from onnx import numpy_helper
-start = time.perf_counter()
 model = onnx.load(sys.argv[1])
-buffer = io.BytesIO()
-for init in model.graph.initializer:
-    np.save(buffer, numpy_helper.to_array(init))
-print(json.dumps({"seconds": time.perf_counter() - start}))
+np.savez(sys.argv[2], **{init.name: numpy_helper.to_array(init) for init in model.graph.initializer})
 """
 
 
-def run(code: str, *args: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def lstm_stack(hidden: int, layers: int = 2, seed: int = 0) -> onnx.ModelProto:
+    """``layers`` stacked forward LSTMs, input = hidden, PyTorch-like uniform(+-1/sqrt(H)) weights."""
+    rng = np.random.default_rng(seed)
+    scale = 1.0 / np.sqrt(hidden)
+    inits, nodes, x = [], [], "x"
+    for layer in range(layers):
+        for name, shape in ((f"W{layer}", (1, 4 * hidden, hidden)), (f"R{layer}", (1, 4 * hidden, hidden)),
+                            (f"B{layer}", (1, 8 * hidden))):
+            inits.append(numpy_helper.from_array(rng.uniform(-scale, scale, size=shape).astype(np.float32), name))
+        nodes.append(helper.make_node("LSTM", [x, f"W{layer}", f"R{layer}", f"B{layer}"], [f"Y{layer}", f"Y_h{layer}"],
+                                      hidden_size=hidden, name=f"lstm{layer}"))
+        if layer < layers - 1:
+            inits.append(numpy_helper.from_array(np.array([1], np.int64), f"axis{layer}"))
+            nodes.append(helper.make_node("Squeeze", [f"Y{layer}", f"axis{layer}"], [f"x{layer + 1}"]))
+            x = f"x{layer + 1}"
+    graph = helper.make_graph(nodes, "lstm_stack", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["seq", "batch", hidden])],
+                              [helper.make_tensor_value_info(f"Y_h{layers - 1}", TensorProto.FLOAT, [1, "batch", hidden])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+
+
+def measure(*command: str) -> dict:
+    """Run ``command`` in a child of a fresh wrapper process; its wall time and peak RSS."""
+    out = subprocess.run([sys.executable, "-c", _MEASURE, *command], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["status"] != 0:
+        raise SystemExit(f"failed ({result['status']}): {' '.join(command)}\n{out.stderr}")
+    return result
+
+
+def cimc_script() -> str:
+    script = Path(sys.executable).with_name("cimc")
+    if not script.exists():
+        raise SystemExit(f"no cimc script next to {sys.executable}: run this with the venv's python")
+    return str(script)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512, 1024, 2048])
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp())
-    hw = folder / "hw.toml"
-    hw.write_text("[array]\ncount = 1000000\n")
-    rows = []
-    print(f"{'hidden':>7} {'weights':>10} {'compile s':>10} {'I/O floor s':>12} {'ratio':>7} {'peak MB':>8} {'image MB':>9}")
-    for hidden in args.sizes:
-        model = folder / f"lstm{hidden}.onnx"
-        onnx.save(lstm_model(hidden, hidden), model)
-        image = folder / f"lstm{hidden}.cimg"
-        compiles = [run(_COMPILE, str(model), str(hw), str(image)) for _ in range(args.repeat)]
-        floors = [run(_FLOOR, str(model))["seconds"] for _ in range(args.repeat)]
-        if any(c["status"] != 0 for c in compiles):
-            raise SystemExit(f"compile failed for hidden {hidden}")
-        t = statistics.median(c["seconds"] for c in compiles)
-        floor = statistics.median(floors)
-        peak = max(c["peak_mb"] for c in compiles)
-        rows.append((hidden, t))
-        print(f"{hidden:>7} {8 * hidden * hidden:>10} {t:>10.2f} {floor:>12.3f} {t / floor:>7.0f} {peak:>8.0f} "
-              f"{image.stat().st_size / 2**20:>9.0f}", flush=True)
-        image.unlink()
-    h, t = np.log([r[0] for r in rows]), np.log([r[1] for r in rows])
-    k = np.polyfit(h, t, 1)[0] if len(rows) > 1 else float("nan")
-    print(f"growth: compile time ~ hidden^{k:.2f} (weights grow as hidden^2)")
+    cimc = cimc_script()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        hw = folder / "hw.toml"
+        hw.write_text("[array]\ncount = 1000000\n")
+        rows: list[tuple[int, float, float]] = []
+        print(f"{'hidden':>7} {'weights':>11} {'weight MB':>10} {'compile s':>10} {'floor s':>8} {'ratio':>6} "
+              f"{'cpu s':>7} {'floor cpu':>9} {'cpu ratio':>9} {'peak MB':>8} {'peak/weights':>13} {'image MB':>9}")
+        for hidden in args.sizes:
+            model = folder / f"lstm{hidden}.onnx"
+            proto = lstm_stack(hidden)
+            weights = sum(int(np.prod(i.dims)) for i in proto.graph.initializer if i.data_type == TensorProto.FLOAT)
+            onnx.save(proto, model)
+            del proto
+            image, floor_out = folder / f"lstm{hidden}.cimg", folder / f"lstm{hidden}.npz"
+            compiles, floors = [], []
+            for _ in range(args.repeat):  # interleaved, so that machine load hits both alike
+                compiles.append(measure(cimc, "compile", str(model), "--hw", str(hw), "-o", str(image)))
+                floors.append(measure(sys.executable, "-c", _FLOOR, str(model), str(floor_out)))
+            t = statistics.median(c["seconds"] for c in compiles)
+            floor = statistics.median(f["seconds"] for f in floors)
+            cpu = statistics.median(c["cpu_seconds"] for c in compiles)
+            floor_cpu = statistics.median(f["cpu_seconds"] for f in floors)
+            peak = statistics.median(c["peak_mb"] for c in compiles)
+            weight_mb = 4 * weights / 2**20
+            rows.append((weights, t, cpu))
+            print(f"{hidden:>7} {weights:>11,} {weight_mb:>10.1f} {t:>10.2f} {floor:>8.3f} {t / floor:>6.1f} "
+                  f"{cpu:>7.2f} {floor_cpu:>9.3f} {cpu / floor_cpu:>9.1f} "
+                  f"{peak:>8.0f} {peak / weight_mb:>13.1f} {image.stat().st_size / 2**20:>9.0f}", flush=True)
+            for path in (model, image, floor_out):
+                path.unlink()
+    if len(rows) > 1:
+        logw = np.log([r[0] for r in rows])
+        k_wall = np.polyfit(logw, np.log([r[1] for r in rows]), 1)[0]
+        k_cpu = np.polyfit(logw, np.log([r[2] for r in rows]), 1)[0]
+        print(f"growth: compile time ~ weights^{k_wall:.2f} (wall), weights^{k_cpu:.2f} (cpu); 1.00 = linear in the weights")
 
 
 if __name__ == "__main__":

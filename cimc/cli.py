@@ -16,9 +16,10 @@ from cimc import __version__
 from cimc.diagnostics import CimcError
 from cimc.ir import Module
 from cimc.irfile import read_ir, write_ir
-from cimc.pass_manager import PassManager, parse_pipeline, registered_passes
+from cimc.pass_manager import PassContext, PassManager, parse_pipeline, registered_passes
 from cimc.printer import print_module
 from cimc.ranges import CALIB_SEPARATOR, parse_input_range, range_warning
+from cimc.timing import Timing, terminal_stream
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,14 +30,23 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_opt(args: argparse.Namespace) -> int:
-    module = read_ir(args.file)
+    from cimc.hardware import load_hardware
+
+    timing = Timing(progress=terminal_stream())
+    with timing.phase("parse"):
+        module = read_ir(args.file)
     passes = parse_pipeline(args.pipeline)
     dump = _dumper(Path(args.dump_ir)) if args.dump_ir else None
-    PassManager(passes, args.print_ir_after_all, frozenset(args.print_ir_after or ()), dump).run(module)
-    if args.output:
-        write_ir(module, args.output)
-    else:
-        sys.stdout.write(print_module(module).text)
+    context = PassContext(load_hardware(args.hw)) if args.hw else None
+    PassManager(passes, args.print_ir_after_all, frozenset(args.print_ir_after or ()), dump,
+                context=context, timing=timing).run(module)
+    with timing.phase("output"):
+        if args.output:
+            write_ir(module, args.output)
+        else:
+            sys.stdout.write(print_module(module).text)
+    if args.timing:
+        sys.stderr.write(timing.table())
     return 0
 
 
@@ -91,6 +101,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from cimc.report import mapping_summary
 
     hw = load_hardware(args.hw)
+    timing = Timing(progress=terminal_stream())
     options = CompileOptions(
         pipeline=args.pipeline,
         calib=CALIB_SEPARATOR.join(str(Path(c).resolve()) for c in args.calib) if args.calib else None,
@@ -100,14 +111,19 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         print_ir_after_all=args.print_ir_after_all,
         print_ir_after=frozenset(args.print_ir_after or ()),
         dump=_dumper(Path(args.dump_ir)) if args.dump_ir else None,
+        timing=timing,
     )
     module = compile_to_ir(args.model, hw, options)
     if args.output and Path(args.output).suffix == ".cir":
-        write_ir(module, args.output)
+        with timing.phase("write IR"):
+            write_ir(module, args.output)
     elif args.output:
         from cimc.image import build_image
 
-        build_image(module, hw).save(args.output)
+        with timing.phase("build image"):
+            image = build_image(module, hw)
+        with timing.phase("write image"):
+            image.save(args.output)
     sys.stdout.write(mapping_summary(module, hw))
     sys.stdout.write(f"ranges: {module.attributes.get('ranges', 'not computed')}\n")
     warning = range_warning(module)
@@ -119,6 +135,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
         for path in plot_module_ramps(module, hw, Path(args.plots)):
             print(f"wrote {path}")
+    if args.timing:
+        sys.stderr.write(timing.table())
     return 0
 
 
@@ -181,8 +199,7 @@ def _cmd_passes(args: argparse.Namespace) -> int:
     for name, cls in registered_passes().items():
         print(f"{name}: {cls.summary()}")
         for field, typ in cls.option_types().items():
-            default = next(f.default for f in cls.options() if f.name == field)
-            print(f"    {field}: {typ.__name__} = {default!r}")
+            print(f"    {field}: {typ.__name__} = {cls.option_default(field)}")
     return 0
 
 
@@ -198,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--print-ir-after-all", action="store_true", help="print the IR to stderr after every pass")
     opt.add_argument("--print-ir-after", action="append", metavar="PASS", help="print the IR to stderr after the named pass")
     opt.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass to DIR/NN-pass.cir")
+    opt.add_argument("--hw", metavar="HW.toml", help="hardware the passes' hardware options default to (default: cimc/hardware_default.toml)")
+    opt.add_argument("--timing", action="store_true", help="print each pass's wall time to stderr (like mlir-opt --mlir-timing)")
     opt.set_defaults(run=_cmd_opt)
 
     imp = sub.add_parser("import", help="import an ONNX model into textual IR",
@@ -213,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "and print which weight block went to which array.")
     comp.add_argument("model", metavar="MODEL.onnx")
     comp.add_argument("--hw", metavar="HW.toml", help="hardware description overriding the defaults (see cimc/hardware_default.toml)")
-    comp.add_argument("-p", "--pipeline", help="pass pipeline (default: derived from the hardware description)")
+    comp.add_argument("-p", "--pipeline", help="pass pipeline (default: the lowering pipeline; hardware options come from --hw)")
     comp.add_argument("-o", "--output", metavar="OUT.cimg", help="write the programming image (OUT.cimg), or the "
                       "lowered IR if the name ends in .cir (with OUT.npz)")
     comp.add_argument("--calib", action="append", metavar="DATA.npz|DIR",
@@ -234,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--print-ir-after-all", action="store_true", help="print the IR to stderr after every pass")
     comp.add_argument("--print-ir-after", action="append", metavar="PASS", help="print the IR to stderr after the named pass")
     comp.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass to DIR/NN-pass.cir (with sidecars)")
+    comp.add_argument("--timing", action="store_true", help="print the wall time of the import, each pass, the verifier "
+                      "and the image to stderr (like mlir-opt --mlir-timing)")
     comp.set_defaults(run=_cmd_compile)
 
     dump = sub.add_parser("dump", help="summarize a programming image", description="Print a programming image's arrays, "

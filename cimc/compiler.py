@@ -1,8 +1,9 @@
 """The compile driver: import an ONNX model and lower it for a given hardware description.
 
-The default pipeline is derived from the hardware description, so that the
-pass options (array size, conductance window, converter bits) and the
-hardware the image is built for can never disagree.
+The hardware reaches every pass through one typed :class:`PassContext`, the
+same description the image is then built for, so that the pass options and
+the image can never disagree; the default pipeline names only the choices that
+are not the hardware's (calibration data, identity columns, ramp quantization).
 """
 
 from __future__ import annotations
@@ -15,35 +16,30 @@ from typing import TextIO
 from cimc.hardware import Hardware
 from cimc.importer import DimSpec, import_onnx
 from cimc.ir import Module
-from cimc.pass_manager import PassManager, format_pipeline, parse_pipeline
-from cimc.passes.fuse_activation import identity_break_even
+from cimc.pass_manager import PassContext, PassManager, format_pipeline, parse_pipeline
 from cimc.passes.ranges import Ranges
+from cimc.timing import Timing
 
 
-def default_pipeline(hw: Hardware, calib: str | None = None, identity: str = "auto", share_weights: bool = True,
+def default_pipeline(calib: str | None = None, identity: str = "auto", share_weights: bool = True,
                      input_ranges: str = "") -> str:
-    """The lowering pipeline with every option taken from ``hw``; ``calib`` and ``input_ranges`` as the ``ranges`` pass takes them.
+    """The lowering pipeline; hardware parameters come from the context, ``calib`` and ``input_ranges`` as ``ranges`` takes them.
 
     ``share_weights=False`` leaves out share-weights: every MVM then gets its own copy of its weights.
     """
-    a, d, c = hw.array, hw.device, hw.converters
-    arrays = a.limit or 0  # 0: the chip is sized to the model
-    analog = "true" if c.analog_partial_sums else "false"
     return ",".join([
         "decompose-rnn",
         "form-mvm",
         "canonicalize",
         "cse",
-        format_pipeline([Ranges(calib=calib or "", input_ranges=input_ranges, dac_bits=c.dac_bits, levels=d.levels)]),
-        f"map-conductance{{g_min={d.g_min_us!r} g_max={d.g_max_us!r} granularity=column}}",
-        f"tile{{rows={a.rows} cols={a.cols} analog_sum={analog} adc_bits={c.adc_bits} ramp_cols=true}}",
+        format_pipeline([Ranges(calib=calib or "", input_ranges=input_ranges)]),
+        "map-conductance{granularity=column}",
+        "tile{ramp_cols=true}",
         "canonicalize",
         "cse",
         *(["share-weights"] if share_weights else []),
-        f"place{{rows={a.rows} cols={a.cols} arrays={arrays} ramp_cols=true}}",
-        f"fuse-activation{{bits={c.nl_adc_bits} g_min={d.g_min_us!r} g_max={d.g_max_us!r} levels={d.levels} "
-        f"calibration_devices={c.ramp_calibration_devices} rows={a.rows} cols={a.cols} arrays={arrays} "
-        f"identity={identity} identity_min_width={identity_break_even(hw)} quantization=cumulative max_inl=1.0}}",
+        "place{ramp_cols=true}",
+        f"fuse-activation{{identity={identity} quantization=cumulative max_inl=1.0}}",
         "canonicalize",
         "schedule",
     ])
@@ -61,14 +57,18 @@ class CompileOptions:
     print_ir_after: frozenset[str] = frozenset()
     dump: Callable[[str, Module], None] | None = None
     out: TextIO | None = None
+    timing: Timing | None = None
 
 
 def compile_to_ir(model: str | Path, hw: Hardware, options: CompileOptions | None = None) -> Module:
-    """Import ``model`` and run the lowering pipeline (the hardware's default unless one is given)."""
+    """Import ``model`` and run the lowering pipeline (the default unless one is given) for ``hw``."""
     opts = options or CompileOptions()
-    module = import_onnx(model, opts.input_shapes)
+    timing = opts.timing if opts.timing is not None else Timing()
+    with timing.phase("import"):
+        module = import_onnx(model, opts.input_shapes)
     pipeline = opts.pipeline if opts.pipeline is not None else \
-        default_pipeline(hw, opts.calib, opts.identity, opts.share_weights, opts.input_ranges)
+        default_pipeline(opts.calib, opts.identity, opts.share_weights, opts.input_ranges)
     passes = parse_pipeline(pipeline)
-    PassManager(passes, opts.print_ir_after_all, opts.print_ir_after, opts.dump, opts.out).run(module)
+    PassManager(passes, opts.print_ir_after_all, opts.print_ir_after, opts.dump, opts.out,
+                context=PassContext(hw), timing=timing).run(module)
     return module

@@ -34,7 +34,7 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -42,7 +42,7 @@ from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware, hardware_from_dict
 from cimc.interpreter import input_names, output_names
 from cimc.ir import Module, Operation
-from cimc.npz import write_atomic
+from cimc.npz import open_atomic
 from cimc.parser import parse_module
 from cimc.printer import PrintedModule, print_module
 from cimc.ramp import ramp_from_op
@@ -87,30 +87,35 @@ class Image:
         return self._program
 
     def to_bytes(self) -> bytes:
-        entries: dict[str, bytes] = {}
-        checksums: dict[str, str] = {}
-        for k, (target, level) in sorted(self.arrays.items()):
-            for name, data in ((f"arrays/{k}.target_us.npy", _npy(target)), (f"arrays/{k}.level.npy", _npy(level))):
-                entries[name] = data
-                checksums[name] = _sha(data)
-        entries["program.cir"] = self.program_text.encode("utf-8")
-        checksums["program.cir"] = _sha(entries["program.cir"])
-        for key, array in sorted(self.program_resources.items()):
-            name = f"program/{key}.npy"
-            entries[name] = _npy(array)
-            checksums[name] = _sha(entries[name])
-        manifest = dict(self.manifest, checksums=checksums)
-        entries["manifest.json"] = json.dumps(manifest, sort_keys=True, indent=1).encode("utf-8")
         buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
-            for name in sorted(entries):
-                info = zipfile.ZipInfo(name, date_time=_EPOCH)
-                info.external_attr = 0o644 << 16
-                zf.writestr(info, entries[name])
+        self._write_zip(buffer)
         return buffer.getvalue()
 
     def save(self, path: str | Path) -> None:
-        write_atomic(path, self.to_bytes())
+        with open_atomic(path) as f:
+            self._write_zip(f)
+
+    def _write_zip(self, out: BinaryIO) -> None:
+        """Entries in name order; array entries are encoded one at a time, so the image is never in memory twice."""
+        arrays = {f"arrays/{k}.{what}.npy": (k, i) for k in self.arrays for i, what in enumerate(("target_us", "level"))}
+        small = {"program.cir": self.program_text.encode("utf-8")}
+        small.update({f"program/{key}.npy": _npy(array) for key, array in self.program_resources.items()})
+        checksums = {name: _sha(data) for name, data in small.items()}
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zf:
+            def put(name: str, data: bytes) -> None:
+                info = zipfile.ZipInfo(name, date_time=_EPOCH)
+                info.external_attr = 0o644 << 16
+                zf.writestr(info, data)
+
+            for name in sorted(arrays):  # "arrays/..." sorts before "manifest.json" and "program..."
+                k, i = arrays[name]
+                data = _npy(self.arrays[k][i])
+                checksums[name] = _sha(data)
+                put(name, data)
+            manifest = dict(self.manifest, checksums=checksums)
+            put("manifest.json", json.dumps(manifest, sort_keys=True, indent=1).encode("utf-8"))
+            for name in sorted(small):
+                put(name, small[name])
 
 
 def build_image(module: Module, hw: Hardware) -> Image:

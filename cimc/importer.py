@@ -7,12 +7,23 @@ shapes are folded into constants with the interpreter's own kernels; attributes
 that later opsets turned into inputs become operands, so that the IR has one
 form per op. Batch and sequence dims stay symbolic unless ``input_shapes``
 fixes them. Every op's location is ``<model file>:<node name>``.
+
+onnx's shape inference loses symbols at shape arithmetic: the dynamo exporter
+reshapes through ``Shape -> Slice -> Mul -> Concat -> Reshape``, and onnx
+types the result ``[seq, batch, unk__0]`` even though the last dim is 16.  The
+importer therefore tracks the *elements* of every small integer tensor as dims
+(``[seq, batch, 1, 16]``), types Reshape/Expand/ConstantOfShape from them, and
+re-infers every node whose onnx type has an invented or unknown dim from its
+operands' (already resolved) types.  The width an MVM contracts is taken
+from its constant weights where the operand's type lost it; one that nothing
+fixes is an error naming the tensor, not a surprise in a later pass.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +62,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     except Exception as e:  # noqa: BLE001  (protobuf raises several unrelated types for garbage)
         raise CimcError(f"cannot read {path}: not an ONNX model ({type(e).__name__}: {_first_line(e)})") from None
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(str(path))  # from the file: no second serialization of the weights
     except onnx.checker.ValidationError as e:
         raise CimcError(f"{path} is not a valid ONNX model: {_first_line(e)}") from None
     return model
@@ -69,16 +80,49 @@ def import_model(model: onnx.ModelProto, source: str = "model.onnx",
     ``input_shapes`` fixes dims of graph inputs by name (an int fixes a dim, a
     string renames its symbol, None leaves it as the model has it).
     """
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    _apply_input_shapes(model, input_shapes or {})
-    # Exporters' own value_info can be stale (the dynamo exporter records traced
-    # sizes for dims it declares symbolic); infer every intermediate type afresh.
-    del model.graph.value_info[:]
+    skeleton = _skeleton(model)
+    _apply_input_shapes(skeleton, input_shapes or {})
     try:
-        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        skeleton = onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True, data_prop=True)
     except Exception as e:  # noqa: BLE001  (onnx raises InferenceError and RuntimeError variants)
         raise CimcError(f"shape inference failed on {source}: {_first_line(e)}") from None
-    return _Importer(model, source).build()
+    declared = {o.name: t for o in model.graph.output if (t := _onnx_type(o.type, f"output '{o.name}'")) is not None}
+    return _Importer(skeleton, list(model.graph.initializer), declared, source).build()
+
+
+_SKELETON_LIMIT = 1024  # elements: initializers up to this size keep their data for onnx's data propagation
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without its large initializers' data, for shape inference.
+
+    Weights only matter to inference by their types, so they enter as typed
+    graph inputs: the weights are then never serialized or copied (onnx's
+    inference round-trips the whole model through bytes). Exporters' own
+    ``value_info`` and the graph outputs' declared shapes are left out: they can
+    be stale (the dynamo exporter records traced sizes for dims it declares
+    symbolic), so every type is inferred afresh; a declared output dim only
+    fills in one inference could not name.
+    """
+    skeleton = onnx.ModelProto()
+    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+        setattr(skeleton, field, getattr(model, field))
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    graph, source = skeleton.graph, model.graph
+    graph.name = source.name
+    graph.node.extend(source.node)
+    graph.input.extend(source.input)
+    graph.output.extend(source.output)
+    for output in graph.output:
+        output.type.tensor_type.ClearField("shape")
+    declared = {i.name for i in source.input}
+    for init in source.initializer:
+        if int(np.prod(init.dims)) <= _SKELETON_LIMIT or init.data_location == onnx.TensorProto.EXTERNAL:
+            graph.initializer.append(init)
+        elif init.name not in declared:
+            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return skeleton
 
 
 def _first_line(e: BaseException) -> str:
@@ -135,9 +179,11 @@ def _dtype(elem_type: int, what: str) -> str:
 
 
 class _Importer:
-    def __init__(self, model: onnx.ModelProto, source: str) -> None:
+    def __init__(self, model: onnx.ModelProto, initializers: list[onnx.TensorProto],
+                 declared_outputs: Mapping[str, TensorType], source: str) -> None:
         self.model = model
         self.graph = model.graph
+        self.initializers = initializers
         self.source = source
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.types: dict[str, TensorType] = {}
@@ -147,10 +193,18 @@ class _Importer:
                 self.types[info.name] = t
         self.values: dict[str, Value] = {}
         self.constants: dict[str, np.ndarray] = {}
+        # The elements of small 1-D/0-D integer tensors computed from shapes, as dims.
+        self.shape_values: dict[str, tuple[Dim, ...]] = {}
+        # Symbols the graph inputs declare; any other symbol onnx reports is one it invented.
+        self.input_symbols = {d for inp in self.graph.input for d in (self.types[inp.name].shape if inp.name in self.types else ())
+                              if isinstance(d, str)}
+        for name, declared in declared_outputs.items():
+            inferred = self.types.get(name)
+            self.types[name] = declared if inferred is None else _merge(inferred, declared, self._is_known)
         self.block = Block()
 
     def build(self) -> Module:
-        initializers = {init.name: init for init in self.graph.initializer}
+        initializers = {init.name for init in self.initializers}
         input_names: list[str] = []
         for inp in self.graph.input:
             if inp.name in initializers:
@@ -160,7 +214,7 @@ class _Importer:
                 raise CimcError(f"graph input '{inp.name}' has no tensor type")
             self.values[inp.name] = self.block.add_arg(t, inp.name)
             input_names.append(inp.name)
-        for init in self.graph.initializer:
+        for init in self.initializers:
             self._constant(init.name, numpy_helper.to_array(init), location=None)
         for index, node in enumerate(self.graph.node):
             self._node(node, index)
@@ -224,6 +278,7 @@ class _Importer:
         if self._try_fold(node, op_type, inputs, attrs, loc):
             return
         result_types = self._result_types(node, op_type, inputs, attrs, loc)
+        self._track_shape_value(node, op_type, inputs, attrs, result_types)
         op = Operation(f"onnx.{op_type}", [self.values[n] if n else None for n in inputs], result_types, attrs,
                        location=loc, result_names=[n or None for n in node.output] + [None] * (len(result_types) - len(node.output)))
         self.block.append(op)
@@ -261,14 +316,154 @@ class _Importer:
         count = len(opdef.results)
         names = list(node.output) + [""] * (count - len(node.output))
         types: list[TensorType] = []
+        reinferred: dict[str, TensorType] | None = None
         for i, name in enumerate(names):
             t = self.types.get(name) if name else None
             if t is None and op_type in _RECURRENT:
                 t = _recurrent_result_type(self.values[inputs[0]].type, attrs, i)  # type: ignore[index]
             if t is None:
                 raise CimcError(f"{loc}: shape inference could not type output '{name}' of {op_type}")
+            if i == 0 and self._is_stale(t):
+                derived = self._shape_rule(op_type, inputs, attrs, t)
+                if derived is not None:
+                    t = _merge(t, derived, self._is_known)
+            if self._is_stale(t):
+                if reinferred is None:
+                    reinferred = self._reinfer(node)
+                if name in reinferred:
+                    t = _merge(t, reinferred[name], self._is_known)
             types.append(t)
+        self._require_static_features(op_type, inputs, attrs, loc)
         return types
+
+    def _is_known(self, dim: Dim) -> bool:
+        return isinstance(dim, int) or dim in self.input_symbols
+
+    def _is_stale(self, t: TensorType) -> bool:
+        """Whether a dim of ``t`` is one onnx invented (``unk__0``) or lost (``?``) while the inputs did not have it."""
+        return any(not self._is_known(d) for d in t.shape)
+
+    def _require_static_features(self, op_type: str, inputs: list[str | None], attrs: dict[str, AttrValue], loc: str) -> None:
+        """The dim a weight matrix contracts must be known: it is the number of crossbar rows.
+
+        Other dims may stay symbolic or unknown (a Pad over ``seq`` gives an
+        extent no symbol names).  The contracted dim is taken from the constant
+        weight when the operand's type lost it (a valid model must agree with
+        its weights), and refused with a clear error when nothing fixes it.
+        """
+        weight_axis = {"LSTM": (1, 2), "GRU": (1, 2), "RNN": (1, 2), "Conv": (1, 1),
+                       "Gemm": (1, 1 if attrs.get("transB", 0) else 0), "MatMul": (1, -2)}
+        if op_type not in weight_axis:
+            return
+        axis = 0 if op_type == "Gemm" and attrs.get("transA", 0) else 1 if op_type == "Conv" else -1
+        name = inputs[0]
+        value = self.values[name]  # type: ignore[index]
+        t = value.type
+        if t.rank < 2 or isinstance(t.shape[axis], int):
+            return
+        which, waxis = weight_axis[op_type]
+        weight = self.constants.get(inputs[which]) if len(inputs) > which and inputs[which] else None
+        if weight is not None and weight.ndim >= 2:
+            width = int(weight.shape[waxis]) * (int(attrs.get("group", 1)) if op_type == "Conv" else 1)  # type: ignore[arg-type]
+            shape = list(t.shape)
+            shape[axis] = width
+            value.type = t.with_shape(tuple(shape))
+            return
+        if op_type == "MatMul":
+            return  # a product of two computed tensors stays digital; its width is not a crossbar's
+        args = ", ".join(f"{a.name}: {a.type}" for a in self.block.args)
+        raise CimcError(
+            f"{loc}: the feature dim of '{name}' ({t}), the input of {op_type}, cannot be resolved from the graph "
+            f"inputs ({args}) and initializers; fix the inputs' dims with --input-shape NAME=D0,D1,...")
+
+    def _reinfer(self, node: onnx.NodeProto) -> dict[str, TensorType]:
+        """Run onnx's inference on this one node, with the operands' resolved types and constant data."""
+        schema = onnx.defs.get_schema(node.op_type, self.opset, node.domain)
+        types: dict[str, onnx.TypeProto] = {}
+        data: dict[str, onnx.TensorProto] = {}
+        for name in node.input:
+            if not name:
+                continue
+            t = self.values[name].type
+            types[name] = onnx.helper.make_tensor_type_proto(
+                onnx.helper.np_dtype_to_tensor_dtype(t.np_dtype), [d for d in t.shape])
+            if name in self.constants:
+                data[name] = numpy_helper.from_array(self.constants[name], name)
+            elif name in self.shape_values and all(isinstance(d, int) for d in self.shape_values[name]):
+                data[name] = numpy_helper.from_array(
+                    np.asarray(self.shape_values[name], np.int64).reshape(t.shape if t.is_static else (-1,)), name)
+        try:
+            out = onnx.shape_inference.infer_node_outputs(schema, node, types, data, opset_imports=list(self.model.opset_import))
+        except Exception:  # noqa: BLE001  (onnx raises InferenceError and RuntimeError variants)
+            return {}
+        return {k: t for k, v in out.items() if (t := _onnx_type(v, f"value '{k}'")) is not None}
+
+    def _dims_of(self, name: str | None) -> tuple[Dim, ...] | None:
+        """The elements of an integer tensor as dims, if they are known."""
+        if name is None:
+            return None
+        if name in self.shape_values:
+            return self.shape_values[name]
+        array = self.constants.get(name)
+        if array is not None and array.dtype.kind in "iu" and array.ndim <= 1 and array.size <= 64:
+            return tuple(int(v) for v in array.reshape(-1))
+        return None
+
+    def _shape_rule(self, op_type: str, inputs: list[str | None], attrs: dict[str, AttrValue],
+                    inferred: TensorType) -> TensorType | None:
+        """Type the ops whose result shape is an operand's *value*, from the tracked dims."""
+        if op_type == "Reshape":
+            target = self._dims_of(inputs[1])
+            if target is None:
+                return None
+            return inferred.with_shape(_reshape_dims(self.values[inputs[0]].type.shape, target,  # type: ignore[index]
+                                                     bool(attrs.get("allowzero", 0))))
+        if op_type == "Expand":
+            target = self._dims_of(inputs[1])
+            if target is None:
+                return None
+            return inferred.with_shape(_broadcast_dims(self.values[inputs[0]].type.shape, target))  # type: ignore[index]
+        if op_type == "ConstantOfShape":
+            target = self._dims_of(inputs[0])
+            return None if target is None else inferred.with_shape(target)
+        return None
+
+    def _track_shape_value(self, node: onnx.NodeProto, op_type: str, inputs: list[str | None],
+                           attrs: dict[str, AttrValue], result_types: list[TensorType]) -> None:
+        """Record the elements of a shape computation's result as dims (Shape, Slice, Concat, Gather, arithmetic)."""
+        result = result_types[0]
+        if result.dtype not in ("i64", "i32") or result.rank > 1 or not node.output or not node.output[0]:
+            return
+        dims: tuple[Dim, ...] | None = None
+        if op_type == "Shape":
+            shape = self.values[inputs[0]].type.shape  # type: ignore[index]
+            rank = len(shape)
+            start = int(attrs.get("start", 0))  # type: ignore[arg-type]
+            end = int(attrs.get("end", rank))  # type: ignore[arg-type]
+            dims = tuple(shape[max(start + rank if start < 0 else start, 0):end + rank if end < 0 else end])
+        elif op_type == "Concat":
+            parts = [self._dims_of(n) for n in inputs]
+            if all(p is not None for p in parts):
+                dims = tuple(d for p in parts for d in p)  # type: ignore[union-attr]
+        elif op_type == "Slice":
+            source, starts, ends = self._dims_of(inputs[0]), self._dims_of(inputs[1]), self._dims_of(inputs[2])
+            axes = self._dims_of(inputs[3]) if len(inputs) > 3 else (0,)
+            steps = self._dims_of(inputs[4]) if len(inputs) > 4 else (1,)
+            if source is not None and starts and ends and axes in ((0,), (-1,)) and steps and len(starts) == 1:
+                dims = source[slice(starts[0], ends[0], steps[0])]  # type: ignore[misc]
+        elif op_type == "Gather":
+            source, index = self._dims_of(inputs[0]), self._dims_of(inputs[1])
+            if source is not None and index is not None and all(isinstance(i, int) for i in index):
+                dims = tuple(source[i] for i in index)  # type: ignore[index]
+        elif op_type in ("Reshape", "Unsqueeze", "Squeeze", "Cast", "Identity"):
+            dims = self._dims_of(inputs[0])
+        elif op_type in ("Mul", "Add", "Sub", "Div"):
+            a, b = self._dims_of(inputs[0]), self._dims_of(inputs[1])
+            if a is not None and b is not None and (len(a) == len(b) or 1 in (len(a), len(b))):
+                n = max(len(a), len(b))
+                dims = tuple(_dim_arith(op_type, a[i % len(a)], b[i % len(b)]) for i in range(n))
+        if dims is not None:
+            self.shape_values[node.output[0]] = dims
 
     def _modernize(self, op_type: str, inputs: list[str | None], attrs: dict[str, AttrValue],
                    loc: str) -> tuple[str, list[str | None], dict[str, AttrValue]]:
@@ -304,6 +499,65 @@ class _Importer:
             return op_type, inputs, {"axis": -1}
         raise CimcError(f"{loc}: {op_type} (opset {self.opset}) over axis {axis} of a rank-{x.type.rank} tensor "
                         "flattens the trailing axes; cimc supports the legacy form only on the last axis")
+
+
+def _merge(inferred: TensorType, derived: TensorType, known: Callable[[Dim], bool]) -> TensorType:
+    """Keep onnx's dims where they are known, take the derived ones where onnx lost them."""
+    if derived.rank != inferred.rank:
+        return inferred
+    return inferred.with_shape(tuple(d if known(d) else e for d, e in zip(inferred.shape, derived.shape)))
+
+
+def _dim_arith(op_type: str, a: Dim, b: Dim) -> Dim:
+    if isinstance(a, int) and isinstance(b, int):
+        if op_type == "Div":
+            return a // b if b else None
+        return {"Mul": a * b, "Add": a + b, "Sub": a - b}[op_type]
+    if op_type in ("Mul", "Div") and b == 1:
+        return a
+    if op_type == "Mul" and a == 1:
+        return b
+    if op_type in ("Add", "Sub") and b == 0:
+        return a
+    return None
+
+
+def _product(dims: Sequence[Dim]) -> tuple[int, Counter[str]] | None:
+    """A product of dims as coefficient times symbols; None if a dim is unknown."""
+    coef, symbols = 1, Counter[str]()
+    for d in dims:
+        if isinstance(d, int):
+            coef *= d
+        elif d is None:
+            return None
+        else:
+            symbols[d] += 1
+    return coef, symbols
+
+
+def _reshape_dims(source: tuple[Dim, ...], target: tuple[Dim, ...], allowzero: bool) -> tuple[Dim, ...]:
+    """Reshape's output dims: 0 copies the input dim (unless allowzero), one -1 takes what is left."""
+    dims = [source[i] if d == 0 and not allowzero and i < len(source) else d for i, d in enumerate(target)]
+    if -1 in dims:
+        at = dims.index(-1)
+        total, rest = _product(source), _product(dims[:at] + dims[at + 1:])
+        dims[at] = None
+        if total is not None and rest is not None and rest[0] and total[0] % rest[0] == 0 and not rest[1] - total[1]:
+            coef, left = total[0] // rest[0], total[1] - rest[1]
+            symbols = sorted(left.elements())
+            if not symbols:
+                dims[at] = coef
+            elif coef == 1 and len(symbols) == 1:
+                dims[at] = symbols[0]
+    return tuple(dims)
+
+
+def _broadcast_dims(source: tuple[Dim, ...], target: tuple[Dim, ...]) -> tuple[Dim, ...]:
+    rank = max(len(source), len(target))
+    a = (1,) * (rank - len(source)) + source
+    b = (1,) * (rank - len(target)) + target
+    return tuple(y if x == 1 else x if y == 1 else (x if isinstance(x, int) or not isinstance(y, int) else y)
+                 for x, y in zip(a, b))
 
 
 def _recurrent_result_type(x: TensorType, attrs: Mapping[str, AttrValue], index: int) -> TensorType:

@@ -4,6 +4,12 @@ A pass is a small frozen dataclass whose fields are its typed options, so a
 pipeline is data: ``canonicalize,tile{rows=128 cols=64}``. The pass manager
 verifies the IR before the first pass and after every pass, so that a pass that
 breaks an invariant is named at once, together with the passes that ran before it.
+
+The hardware reaches the passes as a typed :class:`PassContext`, not as
+pipeline text: an option declared with :func:`from_hardware` defaults to None
+and is filled from the context's hardware just before the pass runs, so the
+image and the passes read one description, and an option written in the
+pipeline still overrides it (``tile{rows=16}`` on a 128-row chip).
 """
 
 from __future__ import annotations
@@ -11,16 +17,37 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
+import types
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
-from typing import ClassVar, TextIO, TypeVar, get_type_hints
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, TextIO, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from cimc.diagnostics import CimcError, InternalError
 from cimc.dialects import VerifyError
+from cimc.hardware import Hardware, load_hardware
 from cimc.ir import Module
 from cimc.printer import module_to_text
+from cimc.timing import Timing
 from cimc.verifier import verify
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """What every pass may rely on besides its options: the hardware the IR is lowered for."""
+
+    hardware: Hardware
+
+    @staticmethod
+    def default() -> PassContext:
+        """The shipped hardware description, for pipelines run without one (``cimc opt -p tile``)."""
+        return PassContext(load_hardware())
+
+
+def from_hardware(source: Callable[[Hardware], Any], doc: str) -> Any:
+    """Declare an option whose default is read from the context's hardware (``doc`` names where, for ``cimc passes``)."""
+    return field(default=None, metadata={"hardware": source, "doc": doc})
 
 
 @dataclass(frozen=True)
@@ -39,8 +66,26 @@ class ModulePass(ABC):
 
     @classmethod
     def option_types(cls) -> dict[str, type]:
+        """Each option's value type (``int`` for ``int | None``: None only means "from the hardware")."""
         hints = get_type_hints(cls)
-        return {f.name: hints[f.name] for f in fields(cls)}
+        return {f.name: _value_type(hints[f.name]) for f in fields(cls)}
+
+    @classmethod
+    def option_default(cls, name: str) -> str:
+        """The default as ``cimc passes`` shows it: a value, or where in the hardware it comes from."""
+        f = next(f for f in fields(cls) if f.name == name)
+        if "hardware" in f.metadata:
+            return f"hardware {f.metadata['doc']} ({_format_option(f.metadata['hardware'](load_hardware()))} by default)"
+        return _format_option(f.default)
+
+    def bind(self, context: PassContext) -> ModulePass:
+        """This pass with every option left at None filled from ``context``."""
+        filled = {f.name: f.metadata["hardware"](context.hardware) for f in fields(self)
+                  if "hardware" in f.metadata and getattr(self, f.name) is None}
+        return dataclasses.replace(self, **filled) if filled else self
+
+    def needs_context(self) -> bool:
+        return any("hardware" in f.metadata and getattr(self, f.name) is None for f in fields(self))
 
     @classmethod
     def summary(cls) -> str:
@@ -48,8 +93,8 @@ class ModulePass(ABC):
         return doc.split("\n\n", 1)[0].replace("\n", " ")
 
     def spec(self) -> str:
-        """This pass as pipeline text, every option written out."""
-        opts = [f"{f.name}={_format_option(getattr(self, f.name))}" for f in fields(self)]
+        """This pass as pipeline text, every option written out (options still to come from the hardware left out)."""
+        opts = [f"{f.name}={_format_option(getattr(self, f.name))}" for f in fields(self) if getattr(self, f.name) is not None]
         return self.name + ("{" + " ".join(opts) + "}" if opts else "")
 
 
@@ -68,6 +113,14 @@ def registered_passes() -> dict[str, type[ModulePass]]:
     import cimc.passes  # noqa: F401  (importing registers the passes)
 
     return dict(sorted(_PASSES.items()))
+
+
+def _value_type(hint: Any) -> type:
+    if get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
 
 
 def _format_option(value: object) -> str:
@@ -160,23 +213,36 @@ def format_pipeline(passes: Iterable[ModulePass]) -> str:
 
 @dataclass
 class PassManager:
-    """Runs passes in order, verifying after each, optionally printing IR between them."""
+    """Runs passes in order, verifying after each, optionally printing IR between them.
+
+    ``context`` is the hardware the passes lower for (the shipped description if
+    None); ``timing`` collects each pass's and each verifier run's wall time.
+    """
 
     passes: list[ModulePass]
     print_after_all: bool = False
     print_after: frozenset[str] = frozenset()
     dump: Callable[[str, Module], None] | None = None
     out: TextIO | None = None
+    context: PassContext | None = None
+    timing: Timing | None = None
 
     def run(self, module: Module) -> Module:
-        self._verify(module, None, [])
+        timing = self.timing if self.timing is not None else Timing()
+        context = self.context
+        if context is None and any(p.needs_context() for p in self.passes):
+            context = PassContext.default()
+        self._verify(module, None, [], timing)
         done: list[str] = []
-        for p in self.passes:
+        for unbound in self.passes:
+            p = unbound.bind(context) if context is not None else unbound
+            t0 = time.perf_counter()
             try:
                 p.apply(module)
             except CimcError as e:
                 raise CimcError(f"in pass '{p.name}': {e.message}", e.pos) from None
-            self._verify(module, p, done)
+            timing.add(p.name, time.perf_counter() - t0)
+            self._verify(module, p, done, timing)
             done.append(p.name)
             if self.print_after_all or p.name in self.print_after:
                 self._print(f"// -----// IR Dump After {p.spec()} //----- //\n" + module_to_text(module))
@@ -184,7 +250,8 @@ class PassManager:
                 self.dump(p.name, module)
         return module
 
-    def _verify(self, module: Module, p: ModulePass | None, done: list[str]) -> None:
+    def _verify(self, module: Module, p: ModulePass | None, done: list[str], timing: Timing) -> None:
+        t0 = time.perf_counter()
         try:
             verify(module)
         except VerifyError as e:
@@ -194,6 +261,8 @@ class PassManager:
             raise InternalError(
                 f"IR invalid after pass '{p.name}' (ran after passes [{', '.join(done)}]){where}: {e.message}"
             ) from None
+        finally:
+            timing.phases.append(("(verify)", time.perf_counter() - t0))
 
     def _print(self, text: str) -> None:
         import sys

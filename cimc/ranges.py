@@ -174,6 +174,11 @@ class IntervalAnalysis:
         self.mvm_inputs: dict[int, list[Interval]] = {}
         self.unconverged = 0
         self._abs_weights: dict[int, np.ndarray] = {}
+        self._weights64: dict[int, np.ndarray] = {}
+        # Per MVM: its last input rows and result. A loop re-runs its body up to
+        # max_steps times while only some state (an LSTM's c) still grows; an MVM
+        # whose inputs did not change gives the same bound without a product.
+        self._last_matvec: dict[int, tuple[np.ndarray, np.ndarray, Interval]] = {}
 
     def run(self) -> None:
         for name, arg in zip(input_names(self.module), self.module.inputs):
@@ -321,13 +326,23 @@ class IntervalAnalysis:
         return Interval(data.lo[sl], data.hi[sl])
 
     def matvec(self, op: Operation, args: list[Interval]) -> Interval:
-        weights = op.attributes["weights"].array.astype(np.float64, copy=False)  # type: ignore[union-attr]
         rows = [a.width_for(int(v.type.shape[-1])) for a, v in zip(args, op.operands)]  # type: ignore[arg-type]
         if op.attributes.get("bias_rows", 0):
             rows.append(Interval.of(np.ones(1), np.ones(1)))
         self.mvm_inputs[id(op)] = rows
         lo = np.concatenate([r.lo for r in rows])
         hi = np.concatenate([r.hi for r in rows])
+        last = self._last_matvec.get(id(op))
+        if last is not None and np.array_equal(last[0], lo) and np.array_equal(last[1], hi):
+            return last[2]
+        result = self._matvec_bound(op, lo, hi)
+        self._last_matvec[id(op)] = (lo, hi, result)
+        return result
+
+    def _matvec_bound(self, op: Operation, lo: np.ndarray, hi: np.ndarray) -> Interval:
+        if id(op) not in self._weights64:
+            self._weights64[id(op)] = op.attributes["weights"].array.astype(np.float64, copy=False)  # type: ignore[union-attr]
+        weights = self._weights64[id(op)]
         if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
             with np.errstate(invalid="ignore"):
                 a, b = weights * lo[:, None], weights * hi[:, None]

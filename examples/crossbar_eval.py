@@ -15,7 +15,6 @@ import numpy as np
 
 import cimc
 from cimc.compiler import default_pipeline
-from cimc.hardware import load_hardware
 from cimc.image import tile_conductances
 
 # One geometry for the whole sweep: an 8-bit ramp needs 2^8 - 1 + 5 = 260 word lines.
@@ -40,7 +39,7 @@ def compile_model(model: Path, bits: int, calib: Path | None, identity: str = "a
         hw.write_text(hardware_toml(bits, array, nonideality))
         pipeline = None
         if max_inl is not None:
-            pipeline = default_pipeline(load_hardware(hw), str(Path(calib).resolve()) if calib else None, identity)
+            pipeline = default_pipeline(str(Path(calib).resolve()) if calib else None, identity)
             assert "max_inl=1.0" in pipeline
             pipeline = pipeline.replace("max_inl=1.0", f"max_inl={max_inl!r}")
         return cimc.compile(model, hw=hw, calib=calib, identity=identity, pipeline=pipeline)

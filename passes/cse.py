@@ -11,25 +11,33 @@ from cimc.pass_manager import ModulePass, register_pass
 
 
 def _key(op: Operation) -> tuple | None:
+    """What two ops must share to be twins; tensors enter by type only, so no weight is hashed unless needed."""
     opdef = lookup(op.name)
     if opdef is None or not opdef.pure or op.regions or opdef.terminator:
         return None
-    attrs = tuple(sorted((k, v.digest if isinstance(v, Tensor) else repr(v)) for k, v in op.attributes.items()))
+    attrs = tuple(sorted((k, ("tensor", v.array.dtype.char, v.array.shape) if isinstance(v, Tensor) else repr(v))
+                         for k, v in op.attributes.items()))
     return (op.name, tuple(id(v) if v is not None else None for v in op.operands), attrs, tuple(r.type for r in op.results))
 
 
-def _cse_block(block: Block, available: dict[tuple, Operation]) -> bool:
+def _same_tensors(a: Operation, b: Operation) -> bool:
+    """Content equality of the tensor attributes (digests, computed only for ops whose other parts agree)."""
+    return all(v == b.attributes[k] for k, v in a.attributes.items() if isinstance(v, Tensor))
+
+
+def _cse_block(block: Block, available: dict[tuple, list[Operation]]) -> bool:
     changed = False
-    scope = dict(available)
+    scope = {k: list(v) for k, v in available.items()}
     for op in list(block.ops):
         for region in op.regions:
             changed |= _cse_block(region.block, scope)
         key = _key(op)
         if key is None:
             continue
-        twin = scope.get(key)
+        candidates = scope.setdefault(key, [])
+        twin = next((c for c in candidates if _same_tensors(op, c)), None)
         if twin is None:
-            scope[key] = op
+            candidates.append(op)
             continue
         for old, new in zip(op.results, twin.results):
             old.replace_all_uses_with(new)

@@ -34,15 +34,13 @@ from cimc.attributes import Tensor
 from cimc.builder import Builder
 from cimc.diagnostics import CimcError
 from cimc.dialects.cim import activation_key
-from cimc.hardware import Hardware, load_hardware
+from cimc.hardware import Hardware
 from cimc.ir import Module, Operation, Value
 from cimc.kernels.activations import Activation
-from cimc.pass_manager import ModulePass, register_pass
+from cimc.pass_manager import ModulePass, from_hardware, register_pass
 from cimc.passes.tile import activation_keys, slice_range
 from cimc.ramp import Ramp, Transfer, informative_range, synthesize_ramp
 from cimc.types import TensorType
-
-_DEFAULT = load_hardware()
 
 
 def identity_break_even(hw: Hardware) -> int:
@@ -193,16 +191,17 @@ class FuseActivation(ModulePass):
     """Replace ADC + digital activation by an NL-ADC against a synthesized, shared ramp column wherever the hardware allows."""
 
     name = "fuse-activation"
-    bits: int = _DEFAULT.converters.nl_adc_bits
-    g_min: float = _DEFAULT.device.g_min_us
-    g_max: float = _DEFAULT.device.g_max_us
-    levels: int = _DEFAULT.device.levels
-    calibration_devices: int = _DEFAULT.converters.ramp_calibration_devices
-    rows: int = _DEFAULT.array.rows
-    cols: int = _DEFAULT.array.cols
-    arrays: int = _DEFAULT.array.limit or 0  # the chip's array count; 0: as many as the mapping needs
+    bits: int | None = from_hardware(lambda hw: hw.converters.nl_adc_bits, "converters.nl_adc_bits")
+    g_min: float | None = from_hardware(lambda hw: hw.device.g_min_us, "device.g_min_us")
+    g_max: float | None = from_hardware(lambda hw: hw.device.g_max_us, "device.g_max_us")
+    levels: int | None = from_hardware(lambda hw: hw.device.levels, "device.levels")
+    calibration_devices: int | None = from_hardware(lambda hw: hw.converters.ramp_calibration_devices,
+                                                    "converters.ramp_calibration_devices")
+    rows: int | None = from_hardware(lambda hw: hw.array.rows, "array.rows")
+    cols: int | None = from_hardware(lambda hw: hw.array.cols, "array.cols")
+    arrays: int | None = from_hardware(lambda hw: hw.array.limit or 0, "array.count; 0: auto, as many as the mapping needs")
     identity: str = "auto"
-    identity_min_width: int = identity_break_even(_DEFAULT)
+    identity_min_width: int | None = from_hardware(identity_break_even, "[cost] break-even width")
     quantization: str = "cumulative"
     max_inl: float = 1.0
 

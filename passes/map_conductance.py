@@ -26,11 +26,9 @@ import numpy as np
 from cimc.attributes import Tensor
 from cimc.builder import Builder
 from cimc.diagnostics import CimcError
-from cimc.hardware import load_hardware
 from cimc.ir import Module, Operation
-from cimc.pass_manager import ModulePass, register_pass
+from cimc.pass_manager import ModulePass, from_hardware, register_pass
 
-_DEFAULT = load_hardware().device
 RANGE_ATTRS = ("input_scale", "row_scale", "z_lo", "z_hi")
 
 
@@ -72,8 +70,8 @@ class MapConductance(ModulePass):
     """Map every MVM's weights to differential conductance pairs with a per-column or per-block scale."""
 
     name = "map-conductance"
-    g_min: float = _DEFAULT.g_min_us
-    g_max: float = _DEFAULT.g_max_us
+    g_min: float | None = from_hardware(lambda hw: hw.device.g_min_us, "device.g_min_us")
+    g_max: float | None = from_hardware(lambda hw: hw.device.g_max_us, "device.g_max_us")
     granularity: str = "column"
 
     def apply(self, module: Module) -> bool:

@@ -30,14 +30,11 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from cimc.diagnostics import CimcError
-from cimc.hardware import load_hardware
 from cimc.ir import Block, Module, Operation
-from cimc.pass_manager import ModulePass, register_pass
+from cimc.pass_manager import ModulePass, from_hardware, register_pass
 from cimc.passes.fuse_activation import analog_pieces
 from cimc.passes.schedule import dependency_graph, read_key
 from cimc.passes.tile import activation_keys
-
-_DEFAULT = load_hardware()
 
 
 Read = tuple[tuple[int, int], tuple]  # ((block, generation), what is read): equal first parts are concurrent
@@ -190,9 +187,9 @@ class Place(ModulePass):
     """
 
     name = "place"
-    rows: int = _DEFAULT.array.rows
-    cols: int = _DEFAULT.array.cols
-    arrays: int = _DEFAULT.array.limit or 0
+    rows: int | None = from_hardware(lambda hw: hw.array.rows, "array.rows")
+    cols: int | None = from_hardware(lambda hw: hw.array.cols, "array.cols")
+    arrays: int | None = from_hardware(lambda hw: hw.array.limit or 0, "array.count; 0: auto, as many as the mapping needs")
     ramp_cols: bool = True
 
     def apply(self, module: Module) -> bool:

@@ -18,15 +18,12 @@ import numpy as np
 
 from cimc.attributes import Tensor
 from cimc.diagnostics import CimcError
-from cimc.hardware import load_hardware
 from cimc.interpreter import input_names
 from cimc.ir import Module, Operation
 from cimc.npz import load_npz
-from cimc.pass_manager import ModulePass, register_pass
+from cimc.pass_manager import ModulePass, from_hardware, register_pass
 from cimc.passes.tile import slice_range
 from cimc.ranges import CALIB_SEPARATOR, Interval, analytic_ranges, observed_ranges, parse_input_range
-
-_DEFAULT = load_hardware()
 
 
 def calibration_files(spec: str) -> list[Path]:
@@ -188,8 +185,8 @@ class Ranges(ModulePass):
     calib: str = ""
     input_bound: float = 1.0
     max_steps: int = 100
-    dac_bits: int = _DEFAULT.converters.dac_bits
-    levels: int = _DEFAULT.device.levels
+    dac_bits: int | None = from_hardware(lambda hw: hw.converters.dac_bits, "converters.dac_bits")
+    levels: int | None = from_hardware(lambda hw: hw.device.levels, "device.levels")
     input_ranges: str = ""
 
     def apply(self, module: Module) -> bool:

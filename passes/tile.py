@@ -23,13 +23,9 @@ from cimc.builder import Builder
 from cimc.diagnostics import CimcError
 from cimc.dialects.builtin import constant_array
 from cimc.dialects.cim import activation_key
-from cimc.hardware import load_hardware
 from cimc.ir import Module, Operation, Value
-from cimc.pass_manager import ModulePass, register_pass
+from cimc.pass_manager import ModulePass, from_hardware, register_pass
 from cimc.types import TensorType
-
-_DEFAULT = load_hardware()
-
 
 Group = tuple[int, int, str]  # columns [lo, hi) and the activation they feed ("linear" if none)
 
@@ -203,10 +199,10 @@ class Tile(ModulePass):
     """Cut crossbar MVMs to the array size: rows x cols word/bit lines, a weight column using two bit lines."""
 
     name = "tile"
-    rows: int = _DEFAULT.array.rows
-    cols: int = _DEFAULT.array.cols
-    analog_sum: bool = _DEFAULT.converters.analog_partial_sums
-    adc_bits: int = _DEFAULT.converters.adc_bits
+    rows: int | None = from_hardware(lambda hw: hw.array.rows, "array.rows")
+    cols: int | None = from_hardware(lambda hw: hw.array.cols, "array.cols")
+    analog_sum: bool | None = from_hardware(lambda hw: hw.converters.analog_partial_sums, "converters.analog_partial_sums")
+    adc_bits: int | None = from_hardware(lambda hw: hw.converters.adc_bits, "converters.adc_bits")
     ramp_cols: bool = True
 
     def apply(self, module: Module) -> bool:

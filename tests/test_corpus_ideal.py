@@ -25,7 +25,7 @@ from cimc.hardware import load_hardware
 from cimc.image import build_image
 from cimc.importer import import_model
 from cimc.npz import npz_bytes
-from cimc.pass_manager import PassManager, parse_pipeline
+from cimc.pass_manager import PassContext, PassManager, parse_pipeline
 from cimc.passes.ranges import segment_row_scales
 from cimc.ranges import Interval
 from cimc.verification import compare_output
@@ -57,7 +57,7 @@ class _Runs(dict):
         calib.write_bytes(npz_bytes(case.feeds))
         module = import_model(case.model, f"{case.name}.onnx")
         hw = load_hardware()
-        PassManager(parse_pipeline(default_pipeline(hw, str(calib)))).run(module)
+        PassManager(parse_pipeline(default_pipeline(str(calib))), context=PassContext(hw)).run(module)
         image = build_image(module, hw)
         actual = Simulator(image, SimulatorOptions("ideal")).run(case.feeds)
         _, bounds = output_bounds(image, case.feeds, Sources.for_fidelity("ideal", image))

@@ -20,7 +20,7 @@ from cimc.importer import import_model
 from cimc.interpreter import evaluate
 from cimc.ir import Module
 from cimc.npz import npz_bytes
-from cimc.pass_manager import PassManager, parse_pipeline
+from cimc.pass_manager import PassContext, PassManager, parse_pipeline
 from onnx_corpus import reference_outputs
 from passes_support import assert_matches, bidirectional_lstm_case
 
@@ -34,7 +34,7 @@ def compile_case(tmp_path: Path, hw_text: str = "", identity: str = "auto", I: i
     calib = tmp_path / "calib.npz"
     calib.write_bytes(npz_bytes(case.feeds))
     module = import_model(case.model, "big.onnx")
-    PassManager(parse_pipeline(default_pipeline(load_hardware(hw_path), str(calib), identity))).run(module)
+    PassManager(parse_pipeline(default_pipeline(str(calib), identity)), context=PassContext(load_hardware(hw_path))).run(module)
     assert_matches(evaluate(module, case.feeds), reference_outputs(case.model, case.feeds))
     return module, case.feeds
 

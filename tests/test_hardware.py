@@ -66,7 +66,7 @@ def test_cli_compile_reports_mapping_and_dumps_every_pass(cimc_cli, tmp_path: Pa
     assert "lstm_LSTM_1.d0.gates[rows 0:33, cols 31:48] -> bit lines 0:34" in result.stdout
     dumps = sorted(p.name for p in (tmp_path / "dumps").glob("*.cir"))
     assert dumps[0] == "01-decompose-rnn.cir" and dumps[-1].endswith("-schedule.cir")
-    assert len(dumps) == len(parse_pipeline(default_pipeline(load_hardware())))
+    assert len(dumps) == len(parse_pipeline(default_pipeline()))
     assert (tmp_path / "lowered.cir").read_text() == (tmp_path / "dumps" / dumps[-1]).read_text().replace(
         f'"{dumps[-1][:-4]}.npz"', '"lowered.npz"')
 
@@ -75,4 +75,4 @@ def test_cli_compile_print_ir_after_all(cimc_cli, tmp_path: Path) -> None:
     result = cimc_cli("compile", str(TORCH / "bigru.torchscript.onnx"), "--print-ir-after-all", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     headers = [line for line in result.stderr.splitlines() if "IR Dump After" in line]
-    assert len(headers) == len(parse_pipeline(default_pipeline(load_hardware()))) and "cim.nl_adc" in result.stderr
+    assert len(headers) == len(parse_pipeline(default_pipeline())) and "cim.nl_adc" in result.stderr

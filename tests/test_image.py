@@ -21,7 +21,7 @@ from cimc.hardware import load_hardware
 from cimc.image import build_image, load_image
 from cimc.importer import import_model
 from cimc.npz import npz_bytes
-from cimc.pass_manager import PassManager, parse_pipeline
+from cimc.pass_manager import PassContext, PassManager, parse_pipeline
 from onnx_corpus import CorpusCase, all_cases, reference_outputs
 from passes_support import assert_matches
 
@@ -35,7 +35,7 @@ def image_of(case: CorpusCase, tmp_path: Path):  # noqa: ANN201
     calib.write_bytes(npz_bytes(case.feeds))
     module = import_model(case.model, f"{case.name}.onnx")
     hw = load_hardware()
-    PassManager(parse_pipeline(default_pipeline(hw, str(calib)))).run(module)
+    PassManager(parse_pipeline(default_pipeline(str(calib))), context=PassContext(hw)).run(module)
     return build_image(module, hw)
 
 

@@ -17,7 +17,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from cimc.compiler import default_pipeline
 from cimc.diagnostics import CimcError
-from cimc.hardware import load_hardware
 from cimc.importer import import_model, import_onnx
 from cimc.interpreter import evaluate
 from cimc.ir import Module
@@ -50,7 +49,7 @@ def test_default_hardware(case: CorpusCase, tmp_path: Path) -> None:
     calib = tmp_path / "calib.npz"
     calib.write_bytes(npz_bytes(case.feeds))
     module = import_model(case.model, f"{case.name}.onnx")
-    left = check_every_pass(module, default_pipeline(load_hardware(), str(calib)), case.feeds, reference_outputs(case.model, case.feeds))
+    left = check_every_pass(module, default_pipeline(str(calib)), case.feeds, reference_outputs(case.model, case.feeds))
     assert not {"onnx.LSTM", "onnx.GRU", "onnx.RNN", "cim.matvec", "cim.crossbar_mvm", "onnx.Gemm", "onnx.Conv"} & set(left)
 
 

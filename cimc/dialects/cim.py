@@ -172,7 +172,8 @@ def _verify_conductances(op: Operation) -> tuple[int, int]:
     scale = _tensor(op, "g_scale", 1).array
     if g_pos.shape != g_neg.shape or scale.shape != g_pos.shape[1:]:
         raise VerifyError(op, f"'{op.name}' conductance shapes disagree: g_pos {g_pos.shape}, g_neg {g_neg.shape}, g_scale {scale.shape}")
-    if (g_pos < 0).any() or (g_neg < 0).any() or not (scale > 0).all():
+    # min() instead of (g < 0).any(): no boolean temporary the size of the conductances, same answer (NaN included)
+    if g_pos.min(initial=0.0) < 0 or g_neg.min(initial=0.0) < 0 or not scale.min(initial=np.inf) > 0:
         raise VerifyError(op, f"'{op.name}' needs non-negative conductances and positive scales")
     return g_pos.shape
 

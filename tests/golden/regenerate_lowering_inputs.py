@@ -22,9 +22,9 @@ def model(op, gates, extra):
                            helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [1, "batch", H])], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 stages = [("decompose-rnn", "decompose-rnn"), ("form-mvm", "form-mvm"), ("ranges", "ranges{calib=\"\" input_bound=1.0 max_steps=100}"),
-          ("map-conductance", "map-conductance{g_min=2.0 g_max=100.0 granularity=column}"),
-          ("tile", "tile{rows=4 cols=6 analog_sum=true adc_bits=8 ramp_cols=true}"), ("place", "place{rows=4 cols=6 arrays=64 ramp_cols=true}"),
-          ("fuse-activation", "fuse-activation{bits=3 g_min=2.0 g_max=100.0 levels=64 calibration_devices=5 rows=16 cols=6 arrays=64 identity=digital identity_min_width=12 quantization=cumulative}"),
+          ("map-conductance", "map-conductance{granularity=column}"),
+          ("tile", "tile{rows=4 cols=6 analog_sum=true adc_bits=8 ramp_cols=true}"), ("place", "place{rows=4 cols=6 ramp_cols=true}"),
+          ("fuse-activation", "fuse-activation{bits=3 rows=16 cols=6 identity=digital quantization=cumulative}"),
           ("schedule", "schedule")]
 cleanup = {"form-mvm": "canonicalize,cse", "tile": "canonicalize,cse", "fuse-activation": "canonicalize"}
 for name, m in (("lstm", model("LSTM", 4, {})), ("gru", model("GRU", 3, {"linear_before_reset": 1}))):

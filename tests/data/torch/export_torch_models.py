@@ -64,6 +64,32 @@ class BiGru(nn.Module):
         return y, h_n
 
 
+class BiGruTagger(nn.Module):
+    """Batch-first bidirectional GRU with a linear head on every step (a sequence tagger)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(input_size=8, hidden_size=12, bidirectional=True, batch_first=True)
+        self.fc = nn.Linear(24, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, h_n = self.gru(x)
+        return self.fc(y), h_n
+
+
+class LstmTagger(nn.Module):
+    """Batch-first two-layer LSTM with a linear head on every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(input_size=6, hidden_size=20, num_layers=2, batch_first=True)
+        self.fc = nn.Linear(20, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.lstm(x)
+        return self.fc(y)
+
+
 class LstmClassifier(nn.Module):
     """Batch-first LSTM whose last time step feeds a linear classifier."""
 
@@ -87,12 +113,21 @@ class ModelSpec:
     other_shape: tuple[int, int, int]  # a different batch/sequence size, to probe dynamic axes
     axes: dict[int, str]  # input axis index -> symbolic name
     output_names: tuple[str, ...]
+    # "named": torch.export.Dim(name) per axis (what the first exports used);
+    # "auto": torch.export.Dim.DYNAMIC, which lets torch.export keep what it can
+    # dynamic (batch) instead of falling back to the example sizes.
+    dims: str = "named"
+    exporters: tuple[str, ...] = EXPORTERS
 
 
 SPECS = (
     ModelSpec("lstm2", LstmStack, (6, 3, 8), (9, 2, 8), {0: "seq", 1: "batch"}, ("y", "h_n", "c_n")),
     ModelSpec("bigru", BiGru, (6, 3, 8), (9, 2, 8), {0: "seq", 1: "batch"}, ("y", "h_n")),
     ModelSpec("lstm_classifier", LstmClassifier, (3, 6, 10), (2, 9, 10), {0: "batch", 1: "seq"}, ("logits",)),
+    ModelSpec("bigru_tagger", BiGruTagger, (3, 6, 8), (2, 9, 8), {0: "batch", 1: "seq"}, ("tags", "h_n"),
+              dims="auto", exporters=("dynamo",)),
+    ModelSpec("lstm_tagger", LstmTagger, (3, 6, 6), (2, 9, 6), {0: "batch", 1: "seq"}, ("tags",),
+              dims="auto", exporters=("dynamo",)),
 )
 
 
@@ -101,7 +136,10 @@ def export_one(spec: ModelSpec, model: nn.Module, x: torch.Tensor, exporter: str
     with tempfile.TemporaryDirectory() as tmp:
         raw = pathlib.Path(tmp) / "model.onnx"
         if exporter == "dynamo":
-            dims = {axis: torch.export.Dim(name) for axis, name in spec.axes.items()}
+            if spec.dims == "auto":
+                dims = {axis: torch.export.Dim.DYNAMIC for axis in spec.axes}
+            else:
+                dims = {axis: torch.export.Dim(name) for axis, name in spec.axes.items()}
             torch.onnx.export(
                 model,
                 (x,),
@@ -185,7 +223,7 @@ def main() -> None:
         model = spec.build().eval()
         x = torch.randn(*spec.input_shape, generator=torch.Generator().manual_seed(99 + index))
         reference = {"x": x.numpy()} | torch_outputs(spec, model, x)
-        for exporter in EXPORTERS:
+        for exporter in spec.exporters:
             path = OUT_DIR / f"{spec.name}.{exporter}.onnx"
             export_one(spec, model, x, exporter, path)
             onnx.checker.check_model(onnx.load_model(str(path)), full_check=True)
