@@ -216,12 +216,10 @@ class Ranges(ModulePass):
             if report.unconverged_loops:
                 assumptions.append(f"{report.unconverged_loops} loop(s) carry state that keeps growing: its bounds hold for "
                                    f"sequences of at most {self.max_steps} steps (give --calib DATA.npz measured on sequences as long as yours)")
+        row_scales = self._shared_row_scales(module, segments)
         for op in module.walk():
             if op.name == "cim.matvec":
-                bias_rows = int(op.attributes.get("bias_rows", 0))  # type: ignore[arg-type]
-                widths = [int(v.type.shape[-1]) for v in op.operands if v is not None] + ([bias_rows] if bias_rows else [])  # type: ignore[arg-type]
-                weights = op.attributes["weights"].array  # type: ignore[union-attr]
-                scale, row_scale = segment_row_scales(segments[id(op)], widths, weights, bias_rows, self.dac_bits, self.levels)
+                scale, row_scale = row_scales[id(op)]
                 cols = columns[id(op)].width_for(int(op.results[0].type.shape[-1]))  # type: ignore[arg-type]
                 if not np.isfinite(scale) or not np.isfinite(cols.lo).all() or not np.isfinite(cols.hi).all():
                     raise CimcError(f"{op.location or op.name}: cannot bound the values of block '{op.attributes.get('block')}' "
@@ -244,6 +242,30 @@ class Ranges(ModulePass):
             module.attributes["range_assumptions"] = tuple(assumptions)
         module.attributes["input_ranges"] = tuple(self._input_ranges(module, samples, declared))
         return True
+
+    def _shared_row_scales(self, module: Module, segments: dict[int, list[Interval]]) -> dict[int, tuple[float, np.ndarray]]:
+        """Per MVM: (s_ref, r) from ``segment_row_scales``, chosen once for every MVM over the same weights.
+
+        The crossbar stores w r, so MVMs that could share one physical copy of
+        their weights (an unrolled decoder's steps, see share-weights) must
+        also agree on r: their segments' ranges are joined and one choice
+        serves them all.
+        """
+        groups: dict[tuple, list[Operation]] = {}
+        for op in module.walk():
+            if op.name == "cim.matvec":
+                bias_rows = int(op.attributes.get("bias_rows", 0))  # type: ignore[arg-type]
+                widths = tuple(int(v.type.shape[-1]) for v in op.operands if v is not None) + ((bias_rows,) if bias_rows else ())  # type: ignore[arg-type]
+                groups.setdefault((op.attributes["weights"].digest, widths, bias_rows), []).append(op)  # type: ignore[union-attr]
+        chosen: dict[int, tuple[float, np.ndarray]] = {}
+        for (_, widths, bias_rows), members in groups.items():
+            joined = segments[id(members[0])]
+            for op in members[1:]:
+                joined = [a.union(b) for a, b in zip(joined, segments[id(op)])]
+            weights = members[0].attributes["weights"].array  # type: ignore[union-attr]
+            choice = segment_row_scales(joined, list(widths), weights, bias_rows, self.dac_bits, self.levels)  # type: ignore[arg-type]
+            chosen.update({id(op): choice for op in members})
+        return chosen
 
     def _input_ranges(self, module: Module, samples: list[dict[str, np.ndarray]],
                       declared: dict[str, tuple[float, float]]) -> list[tuple[float, float]]:
