@@ -14,7 +14,7 @@ from cimc.diagnostics import CimcError
 from cimc.importer import import_model
 from cimc.ir import Module
 from cimc.npz import npz_bytes
-from cimc.pass_manager import PassManager, parse_pipeline
+from cimc.pass_manager import PassContext, PassManager, parse_pipeline
 from cimc.passes.ranges import Ranges
 from range_models import recurrent_model
 
@@ -25,7 +25,7 @@ WARNING = "warning: converter ranges rest on assumptions"
 def ranged(model: onnx.ModelProto, **options: object) -> Module:
     module = import_model(model, "cell.onnx")
     PassManager(parse_pipeline(LOWER)).run(module)
-    Ranges(**options).apply(module)  # type: ignore[arg-type]
+    Ranges(**options).bind(PassContext.default()).apply(module)  # type: ignore[arg-type]
     return module
 
 

@@ -69,32 +69,37 @@ def compiled(cimc_cli, tmp_path: Path, model: onnx.ModelProto, name: str, feeds:
 
 
 def test_linear_adc_and_dac_counts(cimc_cli, tmp_path: Path) -> None:  # noqa: ANN001
-    """DAC: 4 of 20 clipped; linear ADC: the 4 beyond-range values sit at the rails and are clipped, nothing else is."""
+    """DAC: 8 of 20 clipped; linear ADC: the 4 beyond-range values sit at the rails and are clipped, nothing else is."""
     model, image = compiled(cimc_cli, tmp_path, matmul_model(), "mm", INPUTS, CALIB)
     verify = cimc_cli("verify", str(model), str(image), "--inputs", "in.npz", "--fidelity", "ideal", "--json", "r.json", cwd=tmp_path)
     total = json.loads((tmp_path / "r.json").read_text())["saturation"]["total"]
-    assert (total["dac_inputs"], total["dac_clipped"]) == (20, 4)
+    assert (total["dac_inputs"], total["dac_clipped"]) == (20, 8)
     assert (total["adc_codes"], total["adc_rail"], total["adc_clipped"]) == (8, 4, 4)
     assert (total["nl_adc_codes"], total["nl_adc_beyond"]) == (0, 0)
-    assert "saturation per layer" in verify.stdout and "4 (20.0%)" in verify.stdout and "4 (50.0%)" in verify.stdout
+    assert "saturation per layer" in verify.stdout and "8 (40.0%)" in verify.stdout and "4 (50.0%)" in verify.stdout
     run = cimc_cli("run", str(image), "--inputs", "in.npz", "-o", "out.npz", "--fidelity", "ideal", cwd=tmp_path)
     assert run.returncode == 0
-    assert "saturation: DAC 4 of 20 (20.00%) inputs clipped; linear ADC 4 of 8 (50.00%) codes clipped (4 at the rails)" in run.stdout
+    assert "saturation: DAC 8 of 20 (40.00%) inputs clipped; linear ADC 4 of 8 (50.00%) codes clipped (4 at the rails)" in run.stdout
     assert set(load_npz(tmp_path / "out.npz")) == {"y"}  # the output file holds the model's outputs only
 
 
 def test_nl_adc_counts(cimc_cli, tmp_path: Path) -> None:  # noqa: ANN001
-    """The tanh ramp spans [-0.4, 0.3] (both columns share it); the 4 values beyond it are where tanh still changes.
+    """The tanh ramp spans [-0.4, 0.3] (both columns share it); the values beyond it are where tanh still changes.
 
-    DAC: the rows are [x; h; 1], 7 per input, 28 in all, 4 clipped.
+    DAC: the rows are [x; h; 1], 7 per input, 28 in all, 8 clipped (h = 0 and the bias row never clip).
     """
     model, image = compiled(cimc_cli, tmp_path, rnn_model(), "rnn", INPUTS[None], CALIB[None])
     ramps = load_image(image).manifest["ramps"]
     assert len(ramps) == 1 and (ramps[0]["z_lo"], ramps[0]["z_hi"]) == pytest.approx((-0.4, 0.3), abs=1e-6)
     cimc_cli("verify", str(model), str(image), "--inputs", "in.npz", "--fidelity", "ideal", "--json", "r.json", cwd=tmp_path)
     total = json.loads((tmp_path / "r.json").read_text())["saturation"]["total"]
-    assert (total["dac_inputs"], total["dac_clipped"]) == (28, 4)
-    assert (total["nl_adc_codes"], total["nl_adc_beyond"], total["nl_adc_clipped"]) == (8, 4, 4)
+    assert (total["dac_inputs"], total["dac_clipped"]) == (28, 8)
+    # The column values the comparators see are those of the DAC-clipped inputs: x within the x segment's full scale.
+    tile = next(op for op in load_image(image).program().walk() if op.name == "cim.tile_mvm")
+    full_scale = float(tile.attributes["input_scale"]) * tile.attributes["row_scale"].array[:4]  # type: ignore[union-attr, arg-type]
+    z = np.clip(INPUTS, -full_scale, full_scale) @ W + BIAS
+    beyond = int(((z < -0.4 - 1e-6) | (z > 0.3 + 1e-6)).sum())
+    assert beyond >= 1 and (total["nl_adc_codes"], total["nl_adc_beyond"], total["nl_adc_clipped"]) == (8, beyond, beyond)
     assert total["adc_codes"] == 0
 
 
