@@ -27,6 +27,7 @@ def default_pipeline(hw: Hardware, calib: str | None = None, identity: str = "au
     return ",".join([
         "decompose-rnn",
         "form-mvm",
+        "lift-activation",
         "canonicalize",
         "cse",
         format_pipeline([Ranges(calib=calib or "")]),
