@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from cimc.backends.simulator import Simulator, SimulatorOptions
-from cimc.compiler import CompileOptions, compile_to_ir
+from cimc.compiler import CompileOptions, compile_to_ir, with_nl_adc_bits
+from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware, load_hardware
 from cimc.image import Image, build_image, load_image
 from cimc.importer import DimSpec
@@ -41,11 +42,19 @@ class CompiledModel:
 
 def compile(model: str | Path, hw: str | Path | Hardware | None = None, calib: str | Path | None = None,  # noqa: A001
             input_shapes: Mapping[str, Sequence[DimSpec]] | None = None, pipeline: str | None = None,
-            identity: str = "auto") -> CompiledModel:
-    """Import, lower and lay out ``model`` for ``hw`` (a TOML path, a :class:`Hardware`, or the defaults)."""
+            identity: str = "auto", nl_adc_bits: int | str | None = None) -> CompiledModel:
+    """Import, lower and lay out ``model`` for ``hw`` (a TOML path, a :class:`Hardware`, or the defaults).
+
+    ``nl_adc_bits``: an int overrides the hardware's NL-ADC bits; ``"auto"`` lets fuse-activation pick the fewest
+    bits per ramp (see ``cimc compile --nl-adc-bits``).
+    """
     hardware = hw if isinstance(hw, Hardware) else load_hardware(hw)
+    if nl_adc_bits is not None and nl_adc_bits != "auto":
+        if isinstance(nl_adc_bits, bool) or not isinstance(nl_adc_bits, int):
+            raise CimcError(f"nl_adc_bits must be a number of bits or 'auto', got {nl_adc_bits!r}")
+        hardware = with_nl_adc_bits(hardware, nl_adc_bits)
     options = CompileOptions(pipeline=pipeline, calib=str(Path(calib).resolve()) if calib else None,
-                             identity=identity, input_shapes=input_shapes)
+                             identity=identity, input_shapes=input_shapes, auto_bits=nl_adc_bits == "auto")
     return CompiledModel(build_image(compile_to_ir(model, hardware, options), hardware))
 
 

@@ -443,6 +443,75 @@ def synthesize_ramp(
     )
 
 
+def _synthesize_in_reach(transfer: Transfer, bits: int, g_per_z: float, g_min_us: float, g_max_us: float, levels: int,
+                         calibration_devices: int, quantization: str, gain: float) -> tuple[Ramp, bool]:
+    """Synthesize at ``gain``, narrowing the range to where the calibration devices can place the ramp's start
+    (columns beyond it then clip); also says whether it narrowed."""
+    reach = calibration_devices * g_max_us / (gain * g_per_z)
+    lo, hi = max(transfer.z_lo, -reach), min(transfer.z_hi, reach)
+    if lo >= hi:
+        raise CimcError(f"the calibration devices reach only z in [{-reach:.3g}, {reach:.3g}], outside the columns' range")
+    narrowed = (lo, hi) != (transfer.z_lo, transfer.z_hi)
+    ramp = synthesize_ramp(Transfer(transfer.activation, transfer.clip, lo, hi), bits, g_per_z, g_min_us, g_max_us,
+                           levels, calibration_devices, quantization, gain)
+    return ramp, narrowed
+
+
+def synthesize_with_gain(
+    transfer: Transfer,
+    bits: int,
+    g_per_z: float,
+    g_min_us: float,
+    g_max_us: float,
+    levels: int,
+    calibration_devices: int,
+    quantization: str,
+    gains: tuple[float, ...],
+    rows: int,
+    max_inl: float,
+) -> Ramp:
+    """The ramp at the ramp gain, among ``gains``, that a circuit designer would pick; a CimcError says why none works.
+
+    Rule: the *smallest* gain whose ramp has every step at least G_min wide, fits
+    ``rows`` word lines and has its start within the calibration devices' reach
+    over the whole range (and, trivially then, worst |INL| <= ``max_inl``). With
+    every step realizable, cumulative tracking keeps every level within ΔG/2 of
+    its target, so worst |INL| <= ΔG / (2 G_min) LSB; a larger mirror ratio
+    would only draw more current and area. If no gain realizes every step, the
+    gain with the least worst |INL| that is within ``max_inl`` (not narrowing
+    the range preferred) is used.
+    """
+    fitting: list[tuple[bool, float, float, Ramp]] = []  # (narrowed, worst INL, gain, ramp)
+    too_tall: Ramp | None = None
+    for gain in sorted(gains):
+        try:
+            ramp, narrowed = _synthesize_in_reach(transfer, bits, g_per_z, g_min_us, g_max_us, levels,
+                                                  calibration_devices, quantization, gain)
+        except CimcError:
+            continue
+        if ramp.rows > rows:
+            too_tall = ramp if too_tall is None or ramp.rows < too_tall.rows else too_tall
+            continue
+        worst = float(np.abs(ramp.inl_lsb).max())
+        if not narrowed and ramp.infeasible_steps == 0 and worst <= max_inl:
+            return ramp
+        fitting.append((narrowed, worst, gain, ramp))
+    accepted = [f for f in fitting if f[1] <= max_inl]
+    if accepted:
+        return min(accepted, key=lambda f: f[:3])[3]
+    listed = "/".join(_fmt(a) for a in sorted(gains))
+    if fitting:
+        _, worst, gain, ramp = min(fitting, key=lambda f: (f[1], f[2]))
+        narrow = (f"; {ramp.infeasible_steps} steps are narrower than G_min = {_fmt(g_min_us)} uS at "
+                  f"{gain * g_per_z:.3g} uS per unit of z" if ramp.infeasible_steps else "")
+        raise CimcError(f"no ramp gain in {listed} realizes the {bits}-bit ramp within max_inl = {max_inl:g}: the best "
+                        f"(gain {_fmt(gain)}) has worst |INL| {worst:.2f} LSB{narrow} (fewer NL-ADC bits, a lower G_min "
+                        "or more ramp gains would make it)")
+    if too_tall is not None:
+        raise CimcError(f"the {bits}-bit ramp needs {too_tall.rows} rows; the array has {rows}")
+    raise CimcError(f"no ramp gain in {listed} puts the start of the {bits}-bit ramp within the calibration devices' reach")
+
+
 def linear_adc_codes(
     z: np.ndarray, bits: int, z_lo: float, z_hi: float, vread: float, nominal_vread: float, g_per_z: float
 ) -> np.ndarray:

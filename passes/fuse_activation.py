@@ -33,9 +33,16 @@ that no gain brings within ``max_inl`` is not used and the reason names the
 limit.
 
 Bits: ``bits`` for every ramp, or with ``auto_bits`` the fewest bits in
-``min_bits..max_bits`` whose realized ramp keeps the output error over the
-calibrated conversion range (hence on every calibration sample) within
-``auto_max_error`` of the activation's output span.
+``min_bits..max_bits`` whose realized ramp keeps the output error
+max |y_code(z) - f(z)| over the calibrated conversion range (hence on every
+calibration sample) within ``auto_max_error``, in the activation's output
+units. An absolute target, because what consumes the activation (the cell
+update c_t = f c + i g, a classifier's logits) sees absolute errors: a gate
+whose calibrated range spans only part of the sigmoid needs fewer bits than
+one that spans all of it, and tanh (output span 2) one more than sigmoid
+(span 1). The default 1/32 is what a 5-bit sigmoid over its full span meets
+(0.5 LSB + INL <= 0.97 LSB of 1/31). Bit widths whose ramp does not fit the
+array's rows are skipped; if none meets the target the least error is used.
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ from cimc.ir import Module, Operation, Value
 from cimc.kernels.activations import Activation
 from cimc.pass_manager import ModulePass, register_pass
 from cimc.passes.tile import slice_range
-from cimc.ramp import Ramp, Transfer, informative_range, synthesize_ramp
+from cimc.ramp import Ramp, Transfer, informative_range, synthesize_with_gain
 from cimc.ramp import _fmt as fmt_number
 from cimc.types import TensorType
 
@@ -283,7 +290,7 @@ class FuseActivation(ModulePass):
         if self.auto_bits:
             module.attributes["fuse.auto_bits"] = (
                 f"fewest bits in {self.min_bits}..{self.max_bits} with max |NL-ADC output - f(z)| over the calibrated "
-                f"conversion range <= {self.auto_max_error:.4g} of the output span")
+                f"conversion range <= {self.auto_max_error:.4g}")
         return bool(ramp_values)
 
     def _gains(self) -> tuple[float, ...]:
@@ -392,48 +399,11 @@ class FuseActivation(ModulePass):
         return outcome, col, g_common
 
     def _choose_gain(self, base: Transfer, bits: int, g_per_z: float, rows: int, gains: tuple[float, ...]) -> Ramp | str:
-        """The ramp at the smallest gain that realizes every step (else the least INL within max_inl), or why none does."""
-        transfer = informative_range(base, bits)
-        fitting: list[tuple[bool, float, float, Ramp]] = []  # (narrowed, worst INL, gain, ramp)
-        too_tall: Ramp | None = None
-        for gain in gains:
-            try:
-                ramp, narrowed = self._synthesize(transfer, bits, g_per_z, gain)
-            except CimcError:
-                continue
-            if ramp.rows > rows:
-                too_tall = ramp if too_tall is None or ramp.rows < too_tall.rows else too_tall
-                continue
-            worst = float(np.abs(ramp.inl_lsb).max())
-            if not narrowed and ramp.infeasible_steps == 0 and worst <= self.max_inl:
-                return ramp
-            fitting.append((narrowed, worst, gain, ramp))
-        accepted = [f for f in fitting if f[1] <= self.max_inl]
-        if accepted:
-            return min(accepted, key=lambda f: f[:3])[3]
-        listed = "/".join(fmt_number(a) for a in gains)
-        if fitting:
-            _, worst, gain, ramp = min(fitting, key=lambda f: (f[1], f[2]))
-            narrow = f"; {ramp.infeasible_steps} steps are narrower than G_min = {self.g_min:g} uS at {gain * g_per_z:.3g} uS " \
-                     "per unit of z" if ramp.infeasible_steps else ""
-            return (f"no ramp gain in {listed} realizes the {bits}-bit ramp within max_inl = {self.max_inl:g}: the best "
-                    f"(gain {fmt_number(gain)}) has worst |INL| {worst:.2f} LSB{narrow} (fewer NL-ADC bits, a lower G_min "
-                    "or more gains would make it)")
-        if too_tall is not None:
-            return f"the {bits}-bit ramp needs {too_tall.rows} rows; the array has {rows}"
-        return f"no ramp gain in {listed} gives the {bits}-bit ramp an offset the calibration devices can reach"
-
-    def _synthesize(self, transfer: Transfer, bits: int, g_per_z: float, gain: float) -> tuple[Ramp, bool]:
-        """Synthesize at ``gain``, narrowing the range where the calibration devices cannot reach its low end (the columns
-        then clip); also says whether it narrowed."""
-        reach = self.calibration_devices * self.g_max / (gain * g_per_z)
-        lo, hi = max(transfer.z_lo, -reach), min(transfer.z_hi, reach)
-        if lo >= hi:
-            raise CimcError(f"the calibration devices reach only z in [{-reach:.3g}, {reach:.3g}], outside the columns' range")
-        narrowed = (lo, hi) != (transfer.z_lo, transfer.z_hi)
-        ramp = synthesize_ramp(Transfer(transfer.activation, transfer.clip, lo, hi), bits, g_per_z, self.g_min,
-                               self.g_max, self.levels, self.calibration_devices, self.quantization, gain)
-        return ramp, narrowed
+        try:
+            return synthesize_with_gain(informative_range(base, bits), bits, g_per_z, self.g_min, self.g_max, self.levels,
+                                        self.calibration_devices, self.quantization, gains, rows, self.max_inl)
+        except CimcError as e:
+            return e.message
 
     def _ramp_op(self, module: Module, ramp: Ramp, array: int, col: int, act: Operation) -> Value:
         a = act.attributes
@@ -489,5 +459,5 @@ def fusion_summary(module: Module) -> str:
 
 
 def _max_error(ramp: Ramp) -> float:
-    """Largest |NL-ADC output - f(z)| over the ramp's conversion range, as a fraction of the output span."""
-    return ramp.max_output_error_lsb(20_001) / (len(ramp.levels_y) - 1)
+    """Largest |NL-ADC output - f(z)| over the ramp's conversion range, in the activation's output units."""
+    return ramp.max_output_error_lsb(20_001) * abs(ramp.lsb)
