@@ -472,18 +472,20 @@ def synthesize_with_gain(
 ) -> Ramp:
     """The ramp at the ramp gain, among ``gains``, that a circuit designer would pick; a CimcError says why none works.
 
-    Rule: the *smallest* gain whose ramp has every step at least G_min wide, fits
-    ``rows`` word lines and has its start within the calibration devices' reach
-    over the whole range (and, trivially then, worst |INL| <= ``max_inl``). With
-    every step realizable, cumulative tracking keeps every level within ΔG/2 of
-    its target, so worst |INL| <= ΔG / (2 G_min) LSB; a larger mirror ratio
-    would only draw more current and area. If no gain realizes every step, the
-    gain with the least worst |INL| that is within ``max_inl`` (not narrowing
-    the range preferred) is used.
+    Rule: the gain *closest to 1* (in ratio; of two equally close, the smaller)
+    whose ramp has every step at least G_min wide, fits ``rows`` word lines and
+    has its start within the calibration devices' reach over the whole range
+    (and then worst |INL| <= ``max_inl``). Gain 1 is the paper's design, a direct
+    comparison; a > 1 costs mirror current and area in proportion, a < 1 shrinks
+    every step toward G_min, so ΔG/2 becomes a larger part of each step and the
+    INL grows. With every step realizable, cumulative tracking keeps every level
+    within ΔG/2 of its target, so worst |INL| <= ΔG / (2 G_min) LSB. If no gain
+    realizes every step, the gain with the least worst |INL| that is within
+    ``max_inl`` (not narrowing the range preferred) is used.
     """
     fitting: list[tuple[bool, float, float, Ramp]] = []  # (narrowed, worst INL, gain, ramp)
     too_tall: Ramp | None = None
-    for gain in sorted(gains):
+    for gain in sorted(gains, key=lambda a: (abs(math.log(a)), a)):
         try:
             ramp, narrowed = _synthesize_in_reach(transfer, bits, g_per_z, g_min_us, g_max_us, levels,
                                                   calibration_devices, quantization, gain)

@@ -21,16 +21,15 @@ table says it saves energy, i.e. for activations at least
 
 Ramp gain: the hardware declares the column-to-comparator current ratios its
 readout offers (``ramp_gains``); with ratio a the ramp devices realize a * g
-per unit of z. Per ramp the pass takes the *smallest* a for which every step
-is at least G_min wide (so cumulative tracking keeps every level within
+per unit of z. Per ramp the pass takes the a *closest to 1* for which every
+step is at least G_min wide (so cumulative tracking keeps every level within
 ΔG/2: worst |INL| <= ΔG / (2 G_min) LSB), the column fits the array's rows
 (wide steps take two devices) and the calibration devices reach the whole
-conversion range. Smallest, because a larger mirror ratio draws
-proportionally more current in the comparator branch and takes more area,
-and buys nothing once every step is realizable. If no gain makes every step
-realizable, the gain with the least INL within ``max_inl`` is used; a ramp
-that no gain brings within ``max_inl`` is not used and the reason names the
-limit.
+conversion range (``cimc.ramp.synthesize_with_gain`` says why: a = 1 is the
+paper's direct comparison, a > 1 costs mirror current and area, a < 1
+resolution). If no gain makes every step realizable, the gain with the
+least INL within ``max_inl`` is used; a ramp that no gain brings within
+``max_inl`` is not used and the reason names the limit.
 
 Bits: ``bits`` for every ramp, or with ``auto_bits`` the fewest bits in
 ``min_bits..max_bits`` whose realized ramp keeps the output error
@@ -434,6 +433,9 @@ def fusion_summary(module: Module) -> str:
     lines = [f"activations fused into NL-ADCs: {fused} (converted in {conversions} column pieces); "
              f"kept digital: {sum(reasons.values())}"]
     lines += [f"  {n} x {reason}" for reason, n in sorted(reasons.items())]
+    clips = sum(1 for op in module.walk() if op.name == "onnx.Clip")
+    if clips:
+        lines.append(f"  {clips} x onnx.Clip with bounds other than [0, c] or [-c, c] (no single-ramp form) computed digitally")
     if ramps:
         worst = max(ramps, key=lambda r: float(r.attributes["inl_lsb"]))  # type: ignore[arg-type]
         lines.append(f"ramp columns: {len(ramps)}; worst |INL| {float(worst.attributes['inl_lsb']):.3f} LSB "  # type: ignore[arg-type]
