@@ -369,8 +369,10 @@ def synthesize_ramp(
     ``quantization`` chooses how targets become device levels:
 
     * ``cumulative``: each step is chosen so the realised absolute level tracks
-      ``g_per_z * T_k``; every level stays within ΔG/2 of its target as long as
-      every step is feasible, and the offset's rounding is absorbed by step 1.
+      ``a * g_per_z * T_k``; every level stays within ΔG/2 of its target as long as
+      every step is feasible, and the offset's rounding is absorbed by step 1. A
+      step narrower than G_min may leave its device unselected (0 µS) where that
+      is nearer; the levels then stay within max(ΔG, G_min)/2 of their targets.
     * ``stepwise``: each step and the offset are rounded on their own, so the
       errors add up along the ramp (the baseline cumulative must beat).
     * ``none``: ideal devices at exactly the targets (the device counts and
@@ -430,7 +432,11 @@ def synthesize_ramp(
             device_levels, device_us = (), (target / n,) * n
         else:
             desired = ramp_g * float(thresholds[k]) - level if quantization == "cumulative" else target
-            device_levels, _ = _round_devices(desired, n, g_min_us, delta_g, levels)
+            device_levels, total = _round_devices(desired, n, g_min_us, delta_g, levels)
+            if quantization == "cumulative" and n == 1 and abs(desired) < abs(total - desired):
+                # Nearer to leave the step's device unselected (1T1R: it adds nothing; the ramp holds for a clock)
+                # and catch up at a later step: a step narrower than G_min then costs at most G_min/2 of level.
+                device_levels = ()
             device_us = tuple(g_min_us + lv * delta_g for lv in device_levels)
         steps.append(RampStep(target, device_levels, device_us, target >= g_min_us))
         level += steps[-1].conductance_us
@@ -441,20 +447,6 @@ def synthesize_ramp(
         offset_target_us=offset_target, offset_levels=offset_levels, offset_us=offset_us,
         quantization=quantization, calibration_devices=calibration_devices, gain=gain,
     )
-
-
-def _synthesize_in_reach(transfer: Transfer, bits: int, g_per_z: float, g_min_us: float, g_max_us: float, levels: int,
-                         calibration_devices: int, quantization: str, gain: float) -> tuple[Ramp, bool]:
-    """Synthesize at ``gain``, narrowing the range to where the calibration devices can place the ramp's start
-    (columns beyond it then clip); also says whether it narrowed."""
-    reach = calibration_devices * g_max_us / (gain * g_per_z)
-    lo, hi = max(transfer.z_lo, -reach), min(transfer.z_hi, reach)
-    if lo >= hi:
-        raise CimcError(f"the calibration devices reach only z in [{-reach:.3g}, {reach:.3g}], outside the columns' range")
-    narrowed = (lo, hi) != (transfer.z_lo, transfer.z_hi)
-    ramp = synthesize_ramp(Transfer(transfer.activation, transfer.clip, lo, hi), bits, g_per_z, g_min_us, g_max_us,
-                           levels, calibration_devices, quantization, gain)
-    return ramp, narrowed
 
 
 def synthesize_with_gain(
@@ -474,36 +466,36 @@ def synthesize_with_gain(
 
     Rule: the gain *closest to 1* (in ratio; of two equally close, the smaller)
     whose ramp has every step at least G_min wide, fits ``rows`` word lines and
-    has its start within the calibration devices' reach over the whole range
-    (and then worst |INL| <= ``max_inl``). Gain 1 is the paper's design, a direct
+    has its start within the calibration devices' reach (and then worst |INL| <=
+    ``max_inl``). The range is never narrowed to what the calibration devices
+    reach: the columns would clip where f still changes. Gain 1 is the paper's design, a direct
     comparison; a > 1 costs mirror current and area in proportion, a < 1 shrinks
     every step toward G_min, so ΔG/2 becomes a larger part of each step and the
     INL grows. With every step realizable, cumulative tracking keeps every level
     within ΔG/2 of its target, so worst |INL| <= ΔG / (2 G_min) LSB. If no gain
     realizes every step, the gain with the least worst |INL| that is within
-    ``max_inl`` (not narrowing the range preferred) is used.
+    ``max_inl`` is used.
     """
-    fitting: list[tuple[bool, float, float, Ramp]] = []  # (narrowed, worst INL, gain, ramp)
+    fitting: list[tuple[float, float, Ramp]] = []  # (worst INL, |log gain|, ramp)
     too_tall: Ramp | None = None
     for gain in sorted(gains, key=lambda a: (abs(math.log(a)), a)):
-        try:
-            ramp, narrowed = _synthesize_in_reach(transfer, bits, g_per_z, g_min_us, g_max_us, levels,
-                                                  calibration_devices, quantization, gain)
-        except CimcError:
-            continue
+        if math.ceil(gain * g_per_z * abs(transfer.z_lo) / g_max_us) > calibration_devices:
+            continue  # the calibration devices cannot place the ramp's start
+        ramp = synthesize_ramp(transfer, bits, g_per_z, g_min_us, g_max_us, levels, calibration_devices, quantization, gain)
         if ramp.rows > rows:
             too_tall = ramp if too_tall is None or ramp.rows < too_tall.rows else too_tall
             continue
         worst = float(np.abs(ramp.inl_lsb).max())
-        if not narrowed and ramp.infeasible_steps == 0 and worst <= max_inl:
+        if ramp.infeasible_steps == 0 and worst <= max_inl:
             return ramp
-        fitting.append((narrowed, worst, gain, ramp))
-    accepted = [f for f in fitting if f[1] <= max_inl]
+        fitting.append((worst, abs(math.log(gain)), ramp))
+    accepted = [f for f in fitting if f[0] <= max_inl]
     if accepted:
-        return min(accepted, key=lambda f: f[:3])[3]
+        return min(accepted, key=lambda f: f[:2])[2]
     listed = "/".join(_fmt(a) for a in sorted(gains))
     if fitting:
-        _, worst, gain, ramp = min(fitting, key=lambda f: (f[1], f[2]))
+        worst, _, ramp = min(fitting, key=lambda f: f[:2])
+        gain = ramp.gain
         narrow = (f"; {ramp.infeasible_steps} steps are narrower than G_min = {_fmt(g_min_us)} uS at "
                   f"{gain * g_per_z:.3g} uS per unit of z" if ramp.infeasible_steps else "")
         raise CimcError(f"no ramp gain in {listed} realizes the {bits}-bit ramp within max_inl = {max_inl:g}: the best "
@@ -540,7 +532,8 @@ def output_error_bound_lsb(ramp: Ramp) -> float:
 
     The ideal quantiser is off by at most 0.5 LSB. Rounding to a ΔG grid moves
     each ramp level by at most a radius ``r_k`` (µS): ΔG/2 with cumulative
-    tracking, ``j * ΔG/2`` after j independent roundings with stepwise, 0 for
+    tracking (max(ΔG, G_min)/2 if some step is narrower than G_min, since a
+    step then adds 0 or at least G_min), ``j * ΔG/2`` after j independent roundings with stepwise, 0 for
     ideal devices. A threshold then moves by at most ``r_k / (a * g_per_z)``, and a
     code can only be wrong for z within that distance of T_k, where the output
     moves by at most how far f gets from the crossed midpoint within it:
@@ -556,7 +549,7 @@ def output_error_bound_lsb(ramp: Ramp) -> float:
         return 0.5
     half = ramp.delta_g_us / 2
     if ramp.quantization == "cumulative":
-        radius = np.full(len(ramp.steps), half)
+        radius = np.full(len(ramp.steps), half if ramp.infeasible_steps == 0 else max(half, ramp.g_min_us / 2))
     else:
         roundings = int(ramp.offset_target_us != 0) + np.cumsum([bool(s.device_levels) for s in ramp.steps])
         radius = roundings * half
