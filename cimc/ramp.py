@@ -478,9 +478,11 @@ def synthesize_with_gain(
     """
     fitting: list[tuple[float, float, Ramp]] = []  # (worst INL, |log gain|, ramp)
     too_tall: Ramp | None = None
+    unreachable: list[float] = []
     for gain in sorted(gains, key=lambda a: (abs(math.log(a)), a)):
         if math.ceil(gain * g_per_z * abs(transfer.z_lo) / g_max_us) > calibration_devices:
-            continue  # the calibration devices cannot place the ramp's start
+            unreachable.append(gain)  # the calibration devices cannot place the ramp's start
+            continue
         ramp = synthesize_ramp(transfer, bits, g_per_z, g_min_us, g_max_us, levels, calibration_devices, quantization, gain)
         if ramp.rows > rows:
             too_tall = ramp if too_tall is None or ramp.rows < too_tall.rows else too_tall
@@ -498,9 +500,11 @@ def synthesize_with_gain(
         gain = ramp.gain
         narrow = (f"; {ramp.infeasible_steps} steps are narrower than G_min = {_fmt(g_min_us)} uS at "
                   f"{gain * g_per_z:.3g} uS per unit of z" if ramp.infeasible_steps else "")
+        reach = (f"; gains from {_fmt(min(unreachable))} up would start the ramp beyond the {calibration_devices} "
+                 f"calibration devices" if unreachable else "")
         raise CimcError(f"no ramp gain in {listed} realizes the {bits}-bit ramp within max_inl = {max_inl:g}: the best "
-                        f"(gain {_fmt(gain)}) has worst |INL| {worst:.2f} LSB{narrow} (fewer NL-ADC bits, a lower G_min "
-                        "or more ramp gains would make it)")
+                        f"(gain {_fmt(gain)}) has worst |INL| {worst:.2f} LSB{narrow}{reach} (fewer NL-ADC bits, a lower "
+                        "G_min or more calibration devices would make it)")
     if too_tall is not None:
         raise CimcError(f"the {bits}-bit ramp needs {too_tall.rows} rows; the array has {rows}")
     raise CimcError(f"no ramp gain in {listed} puts the start of the {bits}-bit ramp within the calibration devices' reach")
