@@ -53,7 +53,7 @@ _NOISE_ULPS = 64.0
 _ROUNDING_SLACK = 1e-9
 
 
-def _fmt(x: float) -> str:
+def format_number(x: float) -> str:
     """Shortest exact decimal text of x without a trailing '.0', so names are stable and readable."""
     return np.format_float_positional(float(x), trim="-")
 
@@ -94,12 +94,12 @@ class Transfer:
     def name(self) -> str:
         """Human-readable, stable name, e.g. ``LeakyRelu(alpha=0.1)`` or ``Tanh∘clip(3)``."""
         act = self.activation
-        params = [f"{label}={_fmt(v)}" for label, v in (("alpha", act.alpha), ("beta", act.beta)) if v is not None]
+        params = [f"{label}={format_number(v)}" for label, v in (("alpha", act.alpha), ("beta", act.beta)) if v is not None]
         text = act.name + (f"({', '.join(params)})" if params else "")
-        return text + (f"∘clip({_fmt(self.clip)})" if self.clip is not None else "")
+        return text + (f"∘clip({format_number(self.clip)})" if self.clip is not None else "")
 
     def _range_text(self) -> str:
-        return f"[{_fmt(self.z_lo)}, {_fmt(self.z_hi)}]"
+        return f"[{format_number(self.z_lo)}, {format_number(self.z_hi)}]"
 
     def _breakpoints(self) -> list[float]:
         """Where f may have a kink or a jump, so the monotonicity grid cannot step over one."""
@@ -403,9 +403,9 @@ def synthesize_ramp(
     offset_devices = math.ceil(abs(offset_target) / g_max_us)
     if offset_devices > calibration_devices:
         raise CimcError(
-            f"the {transfer.name} ramp starts at {offset_target:.4g} µS (gain {_fmt(gain)} x g_per_z={g_per_z:.4g} µS x "
-            f"z_lo={_fmt(transfer.z_lo)}), which needs {offset_devices} calibration devices of at most "
-            f"{_fmt(g_max_us)} µS, but only {calibration_devices} are available; raise "
+            f"the {transfer.name} ramp starts at {offset_target:.4g} µS (gain {format_number(gain)} x g_per_z={g_per_z:.4g} µS x "
+            f"z_lo={format_number(transfer.z_lo)}), which needs {offset_devices} calibration devices of at most "
+            f"{format_number(g_max_us)} µS, but only {calibration_devices} are available; raise "
             f"calibration_devices or narrow the range"
         )
     if quantization == "none" or offset_devices == 0:
@@ -494,16 +494,16 @@ def synthesize_with_gain(
     accepted = [f for f in fitting if f[0] <= max_inl]
     if accepted:
         return min(accepted, key=lambda f: f[:2])[2]
-    listed = "/".join(_fmt(a) for a in sorted(gains))
+    listed = "/".join(format_number(a) for a in sorted(gains))
     if fitting:
         worst, _, ramp = min(fitting, key=lambda f: f[:2])
         gain = ramp.gain
-        narrow = (f"; {ramp.infeasible_steps} steps are narrower than G_min = {_fmt(g_min_us)} uS at "
+        narrow = (f"; {ramp.infeasible_steps} steps are narrower than G_min = {format_number(g_min_us)} uS at "
                   f"{gain * g_per_z:.3g} uS per unit of z" if ramp.infeasible_steps else "")
-        reach = (f"; gains from {_fmt(min(unreachable))} up would start the ramp beyond the {calibration_devices} "
+        reach = (f"; gains from {format_number(min(unreachable))} up would start the ramp beyond the {calibration_devices} "
                  f"calibration devices" if unreachable else "")
         raise CimcError(f"no ramp gain in {listed} realizes the {bits}-bit ramp within max_inl = {max_inl:g}: the best "
-                        f"(gain {_fmt(gain)}) has worst |INL| {worst:.2f} LSB{narrow}{reach} (fewer NL-ADC bits, a lower "
+                        f"(gain {format_number(gain)}) has worst |INL| {worst:.2f} LSB{narrow}{reach} (fewer NL-ADC bits, a lower "
                         "G_min or more calibration devices would make it)")
     if too_tall is not None:
         raise CimcError(f"the {bits}-bit ramp needs {too_tall.rows} rows; the array has {rows}")

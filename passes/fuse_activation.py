@@ -60,8 +60,7 @@ from cimc.ir import Module, Operation, Value
 from cimc.kernels.activations import Activation
 from cimc.pass_manager import ModulePass, register_pass
 from cimc.passes.tile import slice_range
-from cimc.ramp import Ramp, Transfer, informative_range, synthesize_with_gain
-from cimc.ramp import _fmt as fmt_number
+from cimc.ramp import Ramp, Transfer, format_number, informative_range, synthesize_with_gain
 from cimc.types import TensorType
 
 _DEFAULT = load_hardware()
@@ -222,7 +221,7 @@ class FuseActivation(ModulePass):
     identity_min_width: int = identity_break_even(_DEFAULT)
     quantization: str = "cumulative"
     max_inl: float = 1.0
-    ramp_gains: str = ",".join(fmt_number(a) for a in _DEFAULT.converters.ramp_gains)
+    ramp_gains: str = ",".join(format_number(a) for a in _DEFAULT.converters.ramp_gains)
     auto_bits: bool = False
     min_bits: int = 3
     max_bits: int = 8
@@ -443,7 +442,7 @@ def fusion_summary(module: Module) -> str:
         for r in sorted(ramps, key=lambda r: (r.attributes["array"], r.attributes["array_col"])):  # type: ignore[arg-type, return-value]
             a = r.attributes
             lines.append(f"  array {a['array']} bit line {a['array_col']}: {activation_key(r)} {a['bits']}-bit, gain "
-                         f"{fmt_number(float(a.get('gain', 1.0)))} ({float(a.get('gain', 1.0)) * float(a['g_per_z']):.3g} uS "  # type: ignore[arg-type]
+                         f"{format_number(float(a.get('gain', 1.0)))} ({float(a.get('gain', 1.0)) * float(a['g_per_z']):.3g} uS "  # type: ignore[arg-type]
                          f"per unit of z), {a['rows']} rows, worst |INL| {float(a['inl_lsb']):.3f} LSB")  # type: ignore[arg-type]
         if "fuse.auto_bits" in module.attributes:
             lines.append(f"NL-ADC bits per activation ({module.attributes['fuse.auto_bits']}):")
