@@ -1,6 +1,7 @@
 """Accuracy of NL-ADC fusion per model and bit width, and the example accuracy tables.
 
     python bench/accuracy.py                # the NL-ADC table (ideal fidelity, ~3 min on 2 cores)
+    python bench/accuracy.py --gain-rule    # also: KWS at 5 bits, noisy, largest ramp gain vs the gain closest to 1
     python bench/accuracy.py --examples     # also rerun each example's evaluate.py (noisy sweeps, ~8 min more)
 
 The NL-ADC table compiles four models, each calibrated on its own calibration
@@ -110,12 +111,42 @@ def nl_adc_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def gain_rule_comparison(seeds: int) -> str:
+    """KWS at 5 bits on the default hardware: fuse-activation's gain_rule=largest against gain_rule=unity.
+
+    Noisy fidelity (default non-idealities), one programmed chip per seed, on the held-out clips;
+    mean and population std over the chips, plus the worst ideal INL over the ramps.
+    """
+    from cimc.compiler import default_pipeline
+    from cimc.hardware import load_hardware
+
+    case = _kws()
+    lines = ["| gain rule | gains used | worst ideal INL (LSB) | noisy accuracy, mean ± std over chips |", "|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        calib = Path(tmp) / "calib.npz"
+        np.savez(calib, **case["calib"])
+        for rule in ("largest", "unity"):
+            pipeline = default_pipeline(load_hardware(), str(calib)).replace("fuse-activation{", f"fuse-activation{{gain_rule={rule} ")
+            model = cimc.compile(case["model"], calib=calib, pipeline=pipeline)
+            ramps = model.image.manifest["ramps"]
+            accs = [case["metric"][1](next(iter(model.run(case["inputs"], fidelity="noisy", seed=s).values())))
+                    for s in range(seeds)]
+            lines.append(f"| {rule} | {'/'.join(f'{g:g}' for g in sorted({r['gain'] for r in ramps}))} "
+                         f"| {max(r['inl_lsb'] for r in ramps):.2f} | {100 * np.mean(accs):.1f} ± {100 * np.std(accs):.1f} % "
+                         f"({seeds} chips) |")
+            print(lines[-1], flush=True)
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", action="store_true", help="also rerun examples/*/evaluate.py (noisy sweeps)")
-    parser.add_argument("--seeds", type=int, default=10, help="noisy runs per setting for --examples")
+    parser.add_argument("--gain-rule", action="store_true", help="also compare the ramp gain rules on KWS, noisy")
+    parser.add_argument("--seeds", type=int, default=10, help="noisy runs (programmed chips) per setting for --gain-rule and --examples")
     args = parser.parse_args()
     print(nl_adc_table())
+    if args.gain_rule:
+        print(gain_rule_comparison(args.seeds))
     if args.examples:
         for example in ("kws", "charlm"):
             print(f"== {example}", flush=True)

@@ -21,13 +21,14 @@ table says it saves energy, i.e. for activations at least
 
 Ramp gain: the hardware declares the column-to-comparator current ratios its
 readout offers (``ramp_gains``); with ratio a the ramp devices realize a * g
-per unit of z. Per ramp the pass takes the a *closest to 1* for which every
-step is at least G_min wide (so cumulative tracking keeps every level within
+per unit of z. Per ramp the pass takes the *largest* a for which every step
+is at least G_min wide (so cumulative tracking keeps every level within
 ΔG/2: worst |INL| <= ΔG / (2 G_min) LSB), the column fits the array's rows
-(wide steps take two devices) and the calibration devices reach the whole
-conversion range (``cimc.ramp.synthesize_with_gain`` says why: a = 1 is the
-paper's direct comparison, a > 1 costs mirror current and area, a < 1
-resolution). If no gain makes every step realizable, the gain with the
+(wide steps take two devices) and the calibration devices reach the ramp's
+start (``cimc.ramp.synthesize_with_gain`` says why: device errors are
+absolute, so the widest steps give the least INL, ideal and under
+programming noise). ``gain_rule=unity`` takes the realizable gain closest
+to 1 instead, for the least mirror current. If no gain makes every step realizable, the gain with the
 least INL within ``max_inl`` is used; a ramp that no gain brings within
 ``max_inl`` is not used and the reason names the limit.
 
@@ -226,6 +227,7 @@ class FuseActivation(ModulePass):
     min_bits: int = 3
     max_bits: int = 8
     auto_max_error: float = 1 / 32
+    gain_rule: str = "largest"
 
     def apply(self, module: Module) -> bool:
         if self.identity not in ("auto", "column", "digital"):
@@ -399,7 +401,8 @@ class FuseActivation(ModulePass):
     def _choose_gain(self, base: Transfer, bits: int, g_per_z: float, rows: int, gains: tuple[float, ...]) -> Ramp | str:
         try:
             return synthesize_with_gain(informative_range(base, bits), bits, g_per_z, self.g_min, self.g_max, self.levels,
-                                        self.calibration_devices, self.quantization, gains, rows, self.max_inl)
+                                        self.calibration_devices, self.quantization, gains, rows, self.max_inl,
+                                        self.gain_rule)
         except CimcError as e:
             return e.message
 

@@ -109,13 +109,13 @@ def test_ramp_is_realized_over_three_decades_of_weight_scale(log_g, function, bi
     assert ramp.rows <= HW.array.rows
     assert np.abs(ramp.inl_lsb).max() <= DELTA_G / (2 * G_MIN) + 1e-9
     assert ramp.max_output_error_lsb(20_001) <= output_error_bound_lsb(ramp) + 1e-9
-    # The gain closest to 1 that works was taken: every gain nearer to 1 leaves a step below
-    # G_min or a start beyond the calibration devices.
+    # The largest gain that works was taken: every larger one starts the ramp beyond the
+    # calibration devices or needs more rows than the array has (steps wider than G_max take more devices).
     widths = np.diff(ramp.thresholds, prepend=transfer.z_lo)
-    narrowest = widths[widths > 0].min()
     for a in GAINS:
-        if abs(math.log(a)) < abs(math.log(ramp.gain)) - 1e-12:
-            assert a * g * narrowest < G_MIN or math.ceil(abs(a * g * transfer.z_lo) / G_MAX) > CAL
+        if a > ramp.gain:
+            rows = int(np.sum(np.maximum(1, np.ceil(a * g * widths / G_MAX)))) + CAL
+            assert math.ceil(abs(a * g * transfer.z_lo) / G_MAX) > CAL or rows > HW.array.rows
 
 
 def test_without_a_suitable_gain_the_limit_is_named():
