@@ -170,3 +170,28 @@ def test_ratiometric_with_a_ramp_gain(tmp_path: Path) -> None:
     nominal = model.run({"x": x}, fidelity="ideal")["y"]
     for scale in (0.75, 1.25):
         np.testing.assert_array_equal(model.run({"x": x}, fidelity="ideal", vread_scale=scale)["y"], nominal)
+
+
+@pytest.mark.parametrize(("op", "kind"), [("Tanh", "gemm"), ("Relu", "conv")])
+def test_noisy_recalibration_uses_the_ramp_gain(tmp_path: Path, op: str, kind: str) -> None:
+    """After programming noise, each ramp's calibration devices absorb its median level error.
+
+    The levels live on the ramp's side of the mirror, at a * g_per_z per unit of z, so the
+    recalibrated realized thresholds times a * g_per_z must sit within the calibration devices'
+    resolution (dG/2, one level of their nearest achievable sum) of the targets in the median.
+    Programming noise is 1 uS per device, so an uncorrected 33-device ramp is off by far more.
+    Relu's thresholds are all positive, so a recalibration that ignored the gain would be off
+    by (a - 1) g median(T).
+    """
+    from cimc.backends.simulator import Simulator, SimulatorOptions
+
+    model, *_ = _compile(tmp_path, op, kind)
+    (ramp,) = model.image.manifest["ramps"]
+    assert ramp["gain"] != 1.0  # the case where forgetting the gain would show
+    d = model.image.hardware.device
+    delta_g = (d.g_max_us - d.g_min_us) / (d.levels - 1)
+    targets = ramp["gain"] * ramp["g_per_z"] * np.asarray(ramp["thresholds"])
+    for seed in range(3):
+        sim = Simulator(model.image, SimulatorOptions("noisy", seed))
+        levels = sim._ramp_thresholds(ramp["id"]) * ramp["gain"] * ramp["g_per_z"]
+        assert abs(np.median(levels - targets)) <= delta_g / 2 + 1e-9
