@@ -68,9 +68,11 @@ def clip_form(op: Operation) -> dict[str, object] | None:
 def activation_form(op: Operation) -> dict[str, object] | None:
     """The ``cim.activation`` attributes equivalent to ONNX op ``op``, or None if it has none."""
     name = op.name.removeprefix("onnx.")
+    if not op.operands or op.operands[0] is None or not op.operands[0].type.is_float:
+        return None
     if op.name == "onnx.Clip":
         return clip_form(op)
-    if name not in _FUNCTIONS or not op.operands or op.operands[0] is None or not op.operands[0].type.is_float:
+    if name not in _FUNCTIONS:
         return None
     act = Activation.create(name, op.attributes.get("alpha"), op.attributes.get("beta"))  # type: ignore[arg-type]
     attrs: dict[str, object] = {"function": act.name}
@@ -79,7 +81,8 @@ def activation_form(op: Operation) -> dict[str, object] | None:
 
 
 def _layout_chain(x: Value) -> tuple[Value, list[Operation]]:
-    """Walk down single-use layout ops from ``x`` to an MVM result; ([], x) if the chain does not end at one."""
+    """Walk down single-use layout ops from ``x`` to an MVM result: (that result, the ops from it up to ``x``),
+    or (x, []) if the chain does not end at an MVM."""
     chain: list[Operation] = []
     value = x
     while getattr(value, "op", None) is not None and value.op.name in _LAYOUT and len(value.uses) == 1:  # type: ignore[union-attr]
