@@ -195,3 +195,26 @@ def test_noisy_recalibration_uses_the_ramp_gain(tmp_path: Path, op: str, kind: s
         sim = Simulator(model.image, SimulatorOptions("noisy", seed))
         levels = sim._ramp_thresholds(ramp["id"]) * ramp["gain"] * ramp["g_per_z"]
         assert abs(np.median(levels - targets)) <= delta_g / 2 + 1e-9
+
+
+def test_image_programs_the_ramp_fuse_activation_recorded(tmp_path: Path) -> None:
+    """build_image takes the ramp devices from the cim.ramp op (no second synthesis): a level changed on the op
+    is the level programmed, and the manifest carries the op's gain."""
+    from cimc.compiler import CompileOptions, compile_to_ir
+    from cimc.hardware import load_hardware
+    from cimc.image import build_image
+
+    path = tmp_path / "m.onnx"
+    _model(path, "Sigmoid", {}, "gemm")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=_inputs("gemm"))
+    hw = load_hardware()
+    module = compile_to_ir(path, hw, CompileOptions(calib=str(calib)))
+    (op,) = [o for o in module.walk() if o.name == "cim.ramp"]
+    levels = list(op.attributes["device_levels"])
+    levels[0] = (levels[0] + 7) % hw.device.levels
+    op.attributes["device_levels"] = tuple(levels)
+    image = build_image(module, hw)
+    (ramp,) = image.manifest["ramps"]
+    assert image.arrays[ramp["array"]][1][0, ramp["bit_line"]] == levels[0]
+    assert ramp["gain"] == op.attributes["gain"]
