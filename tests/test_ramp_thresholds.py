@@ -137,3 +137,15 @@ def test_gain_keeps_the_comparison_ratiometric():
         np.testing.assert_array_equal(ramp.codes(z, vread), nominal)
     # The realised thresholds are where a * g * z meets the ramp's levels.
     np.testing.assert_allclose(ramp.realized_thresholds * ramp.gain * 3.0, ramp.ramp_levels_us, rtol=1e-12)
+
+
+@pytest.mark.parametrize(("value", "match"), [("[]", "non-empty list of positive"), ("[1.0, 0.0]", "non-empty list of positive"),
+                                              ('"4"', "must be a list of numbers"), ("[true]", "must be a list of numbers")])
+def test_hardware_ramp_gains_are_validated(tmp_path, value, match):
+    path = tmp_path / "hw.toml"
+    path.write_text(f"[converters]\nramp_gains = {value}\n")
+    with pytest.raises(CimcError, match=match):
+        load_hardware(path)
+    path.write_text("[converters]\nramp_gains = [1, 3]\n")
+    hw = load_hardware(path)
+    assert hw.converters.ramp_gains == (1.0, 3.0) and "ramp_gains = [1.0, 3.0]" in hw.to_toml()
