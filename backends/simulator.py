@@ -186,7 +186,12 @@ class Simulator:
         self.saturation.nl_adc(tile, op, z, float(ramp["z_lo"]), float(ramp["z_hi"]), levels, self.vread_scale)
 
     def _ramp_thresholds(self, ramp_id: int) -> np.ndarray:
-        """Thresholds in z the programmed ramp devices realize: (offset + cumulative steps) / g_per_z.
+        """Thresholds in z the programmed ramp devices realize: (offset + cumulative steps) / (gain * g_per_z).
+
+        The comparator sees the column current scaled by the ramp gain a (a fixed
+        mirror ratio) against the ramp current, both at the same read voltage:
+        it flips where a * Vread * g_per_z * z = Vread * level, so the threshold
+        in z is level / (a * g_per_z) whatever Vread is.
 
         When noisy, the calibration devices are then re-tuned, as after programming
         on the chip: they absorb the ramp's median level error (programming
@@ -200,11 +205,12 @@ class Simulator:
             bounds = np.cumsum([0] + r["step_devices"])
             steps = np.array([column[bounds[i]:bounds[i + 1]].sum() for i in range(len(r["step_devices"]))])
             levels = offset + np.cumsum(steps)
+            ramp_g_per_z = r.get("gain", 1.0) * r["g_per_z"]
             if self.noisy:
-                targets = r["g_per_z"] * np.asarray(r["thresholds"])
+                targets = ramp_g_per_z * np.asarray(r["thresholds"])
                 wanted = r["offset_sign"] * (offset + np.median(targets - levels))
                 levels = levels - offset + r["offset_sign"] * self._calibration_sum(wanted, cal1 - cal0)
-            self._thresholds[ramp_id] = levels / r["g_per_z"]
+            self._thresholds[ramp_id] = levels / ramp_g_per_z
         return self._thresholds[ramp_id]
 
     def _calibration_sum(self, wanted: float, devices: int) -> float:

@@ -16,7 +16,7 @@ import numpy as np
 
 from cimc.backends.saturation import SaturationCounts
 from cimc.backends.simulator import Simulator, SimulatorOptions
-from cimc.compiler import CompileOptions, compile_to_ir
+from cimc.compiler import CompileOptions, compile_to_ir, with_nl_adc_bits
 from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware, load_hardware
 from cimc.image import Image, build_image, load_image
@@ -60,18 +60,26 @@ def compile(model: str | Path, hw: str | Path | Hardware | None = None,  # noqa:
             calib: str | Path | Sequence[str | Path] | None = None,
             input_shapes: Mapping[str, Sequence[DimSpec]] | None = None, pipeline: str | None = None,
             identity: str = "auto", share_weights: bool = True,
-            input_ranges: Mapping[str, tuple[float, float]] | None = None) -> CompiledModel:
+            input_ranges: Mapping[str, tuple[float, float]] | None = None,
+            nl_adc_bits: int | str | None = None) -> CompiledModel:
     """Import, lower and lay out ``model`` for ``hw`` (a TOML path, a :class:`Hardware`, or the defaults).
 
     ``calib``: one or more .npz files or directories of them (as ``cimc compile --calib``, repeated);
     ``input_ranges``: declared (lo, hi) per graph input name (as ``--input-range``);
-    ``share_weights=False`` gives every MVM its own copy of its weights, even where several use the same constant.
+    ``share_weights=False`` gives every MVM its own copy of its weights, even where several use the same constant;
+    ``nl_adc_bits``: an int overrides the hardware's NL-ADC bits; ``"auto"`` lets fuse-activation pick the fewest
+    bits per ramp (see ``cimc compile --nl-adc-bits``).
     """
     hardware = hw if isinstance(hw, Hardware) else load_hardware(hw)
+    if nl_adc_bits is not None and nl_adc_bits != "auto":
+        if isinstance(nl_adc_bits, bool) or not isinstance(nl_adc_bits, int):
+            raise CimcError(f"nl_adc_bits must be a number of bits or 'auto', got {nl_adc_bits!r}")
+        hardware = with_nl_adc_bits(hardware, nl_adc_bits)
     paths = [calib] if isinstance(calib, (str, Path)) else list(calib or ())
     options = CompileOptions(pipeline=pipeline, calib=CALIB_SEPARATOR.join(str(Path(p).resolve()) for p in paths) or None,
                              input_ranges=";".join(f"{n}={float(lo)!r},{float(hi)!r}" for n, (lo, hi) in (input_ranges or {}).items()),
-                             identity=identity, share_weights=share_weights, input_shapes=input_shapes)
+                             identity=identity, share_weights=share_weights, input_shapes=input_shapes,
+                             auto_bits=nl_adc_bits == "auto")
     module = compile_to_ir(model, hardware, options)
     warning = range_warning(module)
     if warning:

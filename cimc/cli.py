@@ -94,6 +94,15 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nl_adc_bits(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of bits or 'auto', got '{text}'") from None
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
     from cimc.compiler import CompileOptions, compile_to_ir
     from cimc.hardware import load_hardware
@@ -101,12 +110,17 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from cimc.report import mapping_summary
 
     hw = load_hardware(args.hw)
+    if args.nl_adc_bits not in (None, "auto"):
+        from cimc.compiler import with_nl_adc_bits
+
+        hw = with_nl_adc_bits(hw, args.nl_adc_bits)
     timing = Timing(progress=terminal_stream())
     options = CompileOptions(
         pipeline=args.pipeline,
         calib=CALIB_SEPARATOR.join(str(Path(c).resolve()) for c in args.calib) if args.calib else None,
         input_ranges=";".join(f"{n}={lo!r},{hi!r}" for n, lo, hi in args.input_range or ()),
         identity=args.identity,
+        auto_bits=args.nl_adc_bits == "auto",
         input_shapes=dict(args.input_shape or ()),
         print_ir_after_all=args.print_ir_after_all,
         print_ir_after=frozenset(args.print_ir_after or ()),
@@ -247,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--identity", choices=("auto", "column", "digital"), default="auto",
                       help="tanh(c_t) and other activations of digital values: through an identity column into an "
                            "NL-ADC, digitally, or whichever the hardware's cost table favours (default)")
+    comp.add_argument("--nl-adc-bits", type=_nl_adc_bits, metavar="N|auto",
+                      help="NL-ADC resolution: N bits for every ramp (overrides the hardware's nl_adc_bits), or auto: "
+                           "per ramp the fewest bits in 3..8 whose output error over the calibrated range is at most "
+                           "1/32 (in the activation's output units)")
     comp.add_argument("--plots", metavar="DIR", help="write PNG plots of every distinct NL-ADC (needs matplotlib)")
     comp.add_argument("--input-shape", action="append", type=parse_input_shape, metavar="NAME=D0,D1,...",
                       help="fix dims of a graph input (repeatable)")

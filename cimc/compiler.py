@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from cimc.hardware import Hardware
+from cimc.hardware import Hardware, hardware_from_dict
 from cimc.importer import DimSpec, import_onnx
 from cimc.ir import Module
 from cimc.pass_manager import PassContext, PassManager, format_pipeline, parse_pipeline
@@ -22,14 +22,16 @@ from cimc.timing import Timing
 
 
 def default_pipeline(calib: str | None = None, identity: str = "auto", share_weights: bool = True,
-                     input_ranges: str = "") -> str:
+                     input_ranges: str = "", auto_bits: bool = False) -> str:
     """The lowering pipeline; hardware parameters come from the context, ``calib`` and ``input_ranges`` as ``ranges`` takes them.
 
     ``share_weights=False`` leaves out share-weights: every MVM then gets its own copy of its weights.
+    ``auto_bits``: fuse-activation picks each ramp's bits (3..8) instead of using ``nl_adc_bits``.
     """
     return ",".join([
         "decompose-rnn",
         "form-mvm",
+        "lift-activation",
         "canonicalize",
         "cse",
         format_pipeline([Ranges(calib=calib or "", input_ranges=input_ranges)]),
@@ -39,10 +41,18 @@ def default_pipeline(calib: str | None = None, identity: str = "auto", share_wei
         "cse",
         *(["share-weights"] if share_weights else []),
         "place{ramp_cols=true}",
-        f"fuse-activation{{identity={identity} quantization=cumulative max_inl=1.0}}",
+        f"fuse-activation{{identity={identity} quantization=cumulative max_inl=1.0 auto_bits={'true' if auto_bits else 'false'}}}",
         "canonicalize",
         "schedule",
     ])
+
+
+def with_nl_adc_bits(hw: Hardware, bits: int) -> Hardware:
+    """``hw`` with ``nl_adc_bits`` replaced and validated again: an array too short for the ramp is refused, with the
+    rows that bit width needs."""
+    data = hw.to_dict()
+    data["converters"]["nl_adc_bits"] = bits
+    return hardware_from_dict(data, f"--nl-adc-bits {bits}")
 
 
 @dataclass
@@ -52,6 +62,7 @@ class CompileOptions:
     input_ranges: str = ""  # the ranges pass's ``input_ranges``: NAME=LO,HI entries joined by ';'
     identity: str = "auto"
     share_weights: bool = True
+    auto_bits: bool = False  # fuse-activation picks every ramp's bits (--nl-adc-bits auto)
     input_shapes: Mapping[str, Sequence[DimSpec]] | None = None
     print_ir_after_all: bool = False
     print_ir_after: frozenset[str] = frozenset()
@@ -67,7 +78,7 @@ def compile_to_ir(model: str | Path, hw: Hardware, options: CompileOptions | Non
     with timing.phase("import"):
         module = import_onnx(model, opts.input_shapes)
     pipeline = opts.pipeline if opts.pipeline is not None else \
-        default_pipeline(opts.calib, opts.identity, opts.share_weights, opts.input_ranges)
+        default_pipeline(opts.calib, opts.identity, opts.share_weights, opts.input_ranges, opts.auto_bits)
     passes = parse_pipeline(pipeline)
     PassManager(passes, opts.print_ir_after_all, opts.print_ir_after, opts.dump, opts.out,
                 context=PassContext(hw), timing=timing).run(module)

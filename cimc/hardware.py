@@ -8,6 +8,7 @@ short to hold one ramp column) must be refused before any compilation starts.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from importlib import resources as package_data
@@ -47,6 +48,7 @@ class ConverterConfig:
     nl_adc_bits: int
     ramp_calibration_devices: int
     analog_partial_sums: bool
+    ramp_gains: tuple[float, ...]  # column-to-comparator current ratios a the readout offers (design choice)
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,14 @@ class Hardware:
         for section, values in self.to_dict().items():
             lines.append(f"[{section}]")
             for key, value in values.items():
-                text = ("true" if value else "false") if isinstance(value, bool) else \
-                    f'"{value}"' if isinstance(value, str) else repr(value)
+                if isinstance(value, bool):
+                    text = "true" if value else "false"
+                elif isinstance(value, tuple):
+                    text = "[" + ", ".join(repr(v) for v in value) + "]"
+                elif isinstance(value, str):
+                    text = f'"{value}"'
+                else:
+                    text = repr(value)
                 lines.append(f"{key} = {text}")
             lines.append("")
         return "\n".join(lines)
@@ -150,6 +158,12 @@ def hardware_from_dict(data: dict[str, dict[str, Any]], origin: str = "hardware 
                     raise CimcError(f"{origin}: [{name}] {f.name} must be an integer or \"{AUTO}\", got {value!r}")
                 kwargs[f.name] = value
                 continue
+            if f.type == "tuple[float, ...]":
+                if not isinstance(value, (list, tuple)) or not all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                    raise CimcError(f"{origin}: [{name}] {f.name} must be a list of numbers, got {value!r}")
+                kwargs[f.name] = tuple(float(v) for v in value)
+                continue
             expected = {"int": int, "float": float, "bool": bool}[f.type]  # type: ignore[index]
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
@@ -176,6 +190,8 @@ def _validate(hw: Hardware, origin: str) -> None:
     for key in ("dac_bits", "adc_bits", "nl_adc_bits"):
         if not 1 <= getattr(c, key) <= 16:
             problems.append(f"{key} must lie in 1..16 (got {getattr(c, key)})")
+    if not c.ramp_gains or not all(math.isfinite(v) and v > 0 for v in c.ramp_gains):
+        problems.append(f"ramp_gains must be a non-empty list of positive numbers (got {list(c.ramp_gains)})")
     if c.ramp_calibration_devices < 0:
         problems.append(f"ramp_calibration_devices cannot be negative (got {c.ramp_calibration_devices})")
     if 1 <= c.nl_adc_bits <= 16 and a.rows < hw.ramp_rows():

@@ -185,26 +185,13 @@ def build_image(module: Module, hw: Hardware) -> Image:
             op.attributes["image.tile"] = tile_id
             tile_id += 1
         elif op.name == "cim.ramp":
-            k, c = int(op.attributes["array"]), int(op.attributes["array_col"])  # type: ignore[arg-type]
-            ramp = ramp_from_op(op, hw)
-            step_g = [g for step in ramp.steps for g in step.device_us]
-            step_lv = [lv for step in ramp.steps for lv in step.device_levels]
-            cal = ramp.calibration_devices
-            offset_lv = list(ramp.offset_levels) + [-1] * (cal - len(ramp.offset_levels))
-            offset_g = [d.g_min_us + lv * delta_g if lv >= 0 else 0.0 for lv in offset_lv]
-            column_g = np.array(step_g + offset_g)
-            column_lv = np.array(step_lv + offset_lv, np.int16)
+            ramp = _ramp_entry(op, hw, len(ramps))
+            k, c, column_lv = ramp.pop("array_index"), ramp["bit_line"], ramp.pop("column_levels")
+            column_g = np.where(column_lv >= 0, d.g_min_us + column_lv * delta_g, 0.0)
             if column_g.size > a.rows:
                 raise CimcError(f"the ramp at array {k}, bit line {c} needs {column_g.size} rows; the array has {a.rows}")
             occupy(k, slice(0, column_g.size), c, column_g, column_lv, f"ramp {len(ramps)}")
-            ramps.append({
-                "id": len(ramps), "array": k, "bit_line": c,
-                **{key: op.attributes[key] for key in ("function", "alpha", "beta", "clip") if key in op.attributes},
-                "bits": ramp.bits, "z_lo": ramp.transfer.z_lo, "z_hi": ramp.transfer.z_hi, "g_per_z": ramp.g_per_z,
-                "thresholds": ramp.thresholds.tolist(), "output_levels": ramp.levels_y.tolist(),
-                "step_devices": [len(s.device_us) for s in ramp.steps],
-                "offset_sign": 1 if ramp.offset_us >= 0 else -1, "calibration_rows": [len(step_g), len(step_g) + cal],
-                "inl_lsb": float(np.abs(ramp.inl_lsb).max())})
+            ramps.append({"array": k, **ramp})
             regions.setdefault(k, []).append({"kind": "ramp", "ramp": len(ramps) - 1, "word_lines": [0, int(column_g.size)],
                                              "bit_lines": [c, c + 1]})
             op.attributes["image.ramp"] = len(ramps) - 1
@@ -226,6 +213,31 @@ def build_image(module: Module, hw: Hardware) -> Image:
         "ramps": ramps,
     }
     return Image(manifest, arrays, printed.text, printed.resources)
+
+
+def _ramp_entry(op: Operation, hw: Hardware, index: int) -> dict[str, Any]:
+    """A ramp's manifest entry and the programmed level of every device of its column, from the ``cim.ramp`` op.
+
+    The devices are the ones fuse-activation chose (its gain, range and levels);
+    nothing is synthesized again here. Column layout: the step devices from word
+    line 0, then every reserved calibration device (level -1 where unused).
+    """
+    ramp = ramp_from_op(op, hw)
+    attrs = op.attributes
+    if ramp.quantization == "none":
+        raise CimcError("a ramp synthesized with quantization=none has ideal devices and cannot be programmed")
+    step_lv = [lv for step in ramp.steps for lv in step.device_levels]
+    cal = ramp.calibration_devices
+    offset_lv = list(ramp.offset_levels) + [-1] * (cal - len(ramp.offset_levels))
+    return {
+        "id": index, "array_index": int(attrs["array"]), "bit_line": int(attrs["array_col"]),  # type: ignore[arg-type]
+        "column_levels": np.array(step_lv + offset_lv, np.int16),
+        **{key: attrs[key] for key in ("function", "alpha", "beta", "clip") if key in attrs},
+        "bits": ramp.bits, "z_lo": ramp.transfer.z_lo, "z_hi": ramp.transfer.z_hi, "g_per_z": ramp.g_per_z,
+        "gain": ramp.gain, "thresholds": ramp.thresholds.tolist(), "output_levels": ramp.levels_y.tolist(),
+        "step_devices": [len(s.device_us) for s in ramp.steps],
+        "offset_sign": 1 if ramp.offset_us >= 0 else -1, "calibration_rows": [len(step_lv), len(step_lv) + cal],
+        "inl_lsb": float(attrs["inl_lsb"])}  # type: ignore[arg-type]
 
 
 def _print_without_conductances(module: Module) -> PrintedModule:
@@ -335,7 +347,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append(f"ramps: {len(summary['ramps'])}")
     for r in summary["ramps"]:
         lines.append(f"  ramp {r['id']}: {r['function']} {r['bits']}-bit in array {r['array']}, z in [{r['z_lo']:.3g}, "
-                     f"{r['z_hi']:.3g}], worst |INL| {r['inl_lsb']:.3f} LSB")
+                     f"{r['z_hi']:.3g}], gain {r.get('gain', 1.0):g}, worst |INL| {r['inl_lsb']:.3f} LSB")
     p = summary["program"]
     lines.append("program: " + ", ".join(f"{n} x{c}" for n, c in p["ops"].items()))
     for loop in p["loops"]:

@@ -100,6 +100,32 @@ def _unary(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
     return [_same(x, _UNARY[op.name](x))]
 
 
+@kernel("onnx.HardSigmoid", "onnx.LeakyRelu", "onnx.Elu", "onnx.ThresholdedRelu", "onnx.Softsign", "onnx.Softplus")
+def _parametric_activation(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
+    """The standalone operators share the RNN activations' functions and their defaults (see kernels.activations)."""
+    from cimc.kernels.activations import Activation
+
+    (x,) = args
+    assert x is not None
+    a = op.attributes
+    act = Activation.create(op.name.removeprefix("onnx."), a.get("alpha"), a.get("beta"))  # type: ignore[arg-type]
+    return [_same(x, act(x))]
+
+
+@kernel("onnx.Clip")
+def _clip(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
+    x, lo, hi = (list(args) + [None, None])[:3]
+    assert x is not None
+    lo = lo if lo is not None else op.attributes.get("min")
+    hi = hi if hi is not None else op.attributes.get("max")
+    out = x
+    if lo is not None:
+        out = np.maximum(out, np.asarray(lo, x.dtype))
+    if hi is not None:
+        out = np.minimum(out, np.asarray(hi, x.dtype))
+    return [_same(x, out)]
+
+
 @kernel("onnx.Softmax", "onnx.LogSoftmax")
 def _softmax(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
     fn = tensor_ops.softmax if op.name == "onnx.Softmax" else tensor_ops.log_softmax

@@ -104,7 +104,7 @@ def plot_ramp_conductances(ramp: Ramp, path: str | os.PathLike[str]) -> None:
     axes.set_xlabel("ramp step k")
     axes.set_ylabel("step conductance (µS)")
     level_axes = axes.twinx()
-    level_axes.plot(k, ramp.g_per_z * ramp.thresholds, color="0.4", linewidth=2.0, label="target level g·T_k")
+    level_axes.plot(k, ramp.ramp_g_per_z * ramp.thresholds, color="0.4", linewidth=2.0, label="target level a·g·T_k")
     level_axes.plot(k, ramp.ramp_levels_us, color="black", linewidth=0.8, marker=".", markersize=3,
                     label="realised level")
     level_axes.set_ylabel("ramp level (µS)")

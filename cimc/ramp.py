@@ -15,16 +15,25 @@ currents in µA.
 
 Device model: a programmable device takes ``G_min + l * ΔG`` for level
 ``l = 0..levels-1``; in a 1T1R array a device can also be left disabled
-(contributes nothing). A step of width w in z needs ``g_per_z * w`` µS, made by
-``n = max(1, ceil(target / G_max))`` devices (one row each); the ramp's start
-``g_per_z * z_lo`` is a signed offset made by the calibration devices.
+(contributes nothing). A step of width w in z needs ``a * g_per_z * w`` µS,
+made by ``n = max(1, ceil(target / G_max))`` devices (one row each); the
+ramp's start ``a * g_per_z * z_lo`` is a signed offset made by the
+calibration devices.
+
+``a`` is the ramp gain: the fixed ratio by which the column's readout scales
+its current before the comparator (a current-mirror ratio or a TIA feedback
+ratio, set by transistor sizing; see ``docs/nl-adc.md`` §5, a design choice
+beyond the paper). The comparator compares ``a * I_column`` with ``I_ramp``,
+so the ramp devices realise ``a * g_per_z`` µS per unit of z. The ratio is
+passive and both currents come from the same read voltage, so the comparison
+stays ratiometric in Vread.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -34,6 +43,7 @@ from cimc.ir import Operation
 from cimc.kernels.activations import Activation
 
 QUANTIZATIONS: tuple[str, ...] = ("cumulative", "stepwise", "none")
+GAIN_RULES: tuple[str, ...] = ("largest", "unity")
 
 _MAX_BITS = 12
 # Points of the dense grid on which monotonicity is checked.
@@ -44,7 +54,7 @@ _NOISE_ULPS = 64.0
 _ROUNDING_SLACK = 1e-9
 
 
-def _fmt(x: float) -> str:
+def format_number(x: float) -> str:
     """Shortest exact decimal text of x without a trailing '.0', so names are stable and readable."""
     return np.format_float_positional(float(x), trim="-")
 
@@ -85,12 +95,12 @@ class Transfer:
     def name(self) -> str:
         """Human-readable, stable name, e.g. ``LeakyRelu(alpha=0.1)`` or ``Tanh∘clip(3)``."""
         act = self.activation
-        params = [f"{label}={_fmt(v)}" for label, v in (("alpha", act.alpha), ("beta", act.beta)) if v is not None]
+        params = [f"{label}={format_number(v)}" for label, v in (("alpha", act.alpha), ("beta", act.beta)) if v is not None]
         text = act.name + (f"({', '.join(params)})" if params else "")
-        return text + (f"∘clip({_fmt(self.clip)})" if self.clip is not None else "")
+        return text + (f"∘clip({format_number(self.clip)})" if self.clip is not None else "")
 
     def _range_text(self) -> str:
-        return f"[{_fmt(self.z_lo)}, {_fmt(self.z_hi)}]"
+        return f"[{format_number(self.z_lo)}, {format_number(self.z_hi)}]"
 
     def _breakpoints(self) -> list[float]:
         """Where f may have a kink or a jump, so the monotonicity grid cannot step over one."""
@@ -159,6 +169,8 @@ class Ramp:
 
     Compared by identity (``eq=False``) since it holds arrays. ``calibration_devices``
     is the number of calibration rows reserved in the column whatever the offset uses.
+    ``g_per_z`` is the MAC columns' conductance per unit of z; ``gain`` the ramp
+    gain a, so the ramp's own devices realise ``ramp_g_per_z = a * g_per_z``.
     """
 
     transfer: Transfer
@@ -175,6 +187,12 @@ class Ramp:
     offset_us: float
     quantization: str
     calibration_devices: int
+    gain: float = 1.0
+
+    @property
+    def ramp_g_per_z(self) -> float:
+        """Ramp conductance per unit of z: the column's ``g_per_z`` times the ramp gain."""
+        return self.gain * self.g_per_z
 
     @property
     def lsb(self) -> float:
@@ -196,7 +214,7 @@ class Ramp:
     @property
     def realized_thresholds(self) -> np.ndarray:
         """The z at which the comparator flips to each code with the realised devices."""
-        return self.ramp_levels_us / self.g_per_z
+        return self.ramp_levels_us / self.ramp_g_per_z
 
     @property
     def rows(self) -> int:
@@ -233,14 +251,16 @@ class Ramp:
     def codes(self, z: np.ndarray, vread: float = 0.2, ramp_vread: float | None = None) -> np.ndarray:
         """Codes as the comparators latch them, from currents.
 
-        The column carries ``vread * g_per_z * z`` µA and the ramp after k steps
+        The column carries ``vread * g_per_z * z`` µA, which its readout scales
+        by the gain a before the comparator, and the ramp after k steps carries
         ``ramp_vread * (offset + S_k)`` µA; the code is the number of ramp levels
-        at or below the column current. With one supply for both
-        (``ramp_vread=None``) a drift of Vread scales both sides and cancels.
+        at or below the scaled column current. With one supply for both
+        (``ramp_vread=None``) a drift of Vread scales both sides and cancels; the
+        gain is a fixed ratio and does not depend on Vread.
         """
         vread = _positive("vread", vread)
         ramp_vread = vread if ramp_vread is None else _positive("ramp_vread", ramp_vread)
-        current = vread * self.g_per_z * np.asarray(z, dtype=np.float64)
+        current = self.gain * (vread * self.g_per_z * np.asarray(z, dtype=np.float64))
         # Steps are non-negative conductances, so the ramp currents are sorted.
         return np.searchsorted(ramp_vread * self.ramp_levels_us, current, side="right").astype(np.int64)
 
@@ -288,8 +308,12 @@ def _thresholds(transfer: Transfer, midpoints: np.ndarray, direction: int) -> np
     return np.maximum.accumulate(hi)
 
 
+@lru_cache(maxsize=512)
 def ideal_levels(transfer: Transfer, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ideal output levels y_k [2^bits] and decision thresholds T_k [2^bits - 1] of ``transfer``."""
+    """The ideal output levels y_k [2^bits] and decision thresholds T_k [2^bits - 1] of ``transfer``.
+
+    Cached (the arrays are read-only): fuse-activation synthesizes one transfer at several ramp gains.
+    """
     direction = transfer.direction()
     count = 2**bits
     y0 = float(transfer(np.float64(transfer.z_lo)))
@@ -339,14 +363,17 @@ def synthesize_ramp(
     levels: int,
     calibration_devices: int = 5,
     quantization: str = "cumulative",
+    gain: float = 1.0,
 ) -> Ramp:
-    """Build the ramp column of an N-bit NL-ADC for ``transfer``.
+    """Build the ramp column of an N-bit NL-ADC for ``transfer``, its devices at ``gain * g_per_z`` µS per unit of z.
 
     ``quantization`` chooses how targets become device levels:
 
     * ``cumulative``: each step is chosen so the realised absolute level tracks
-      ``g_per_z * T_k``; every level stays within ΔG/2 of its target as long as
-      every step is feasible, and the offset's rounding is absorbed by step 1.
+      ``a * g_per_z * T_k``; every level stays within ΔG/2 of its target as long as
+      every step is feasible, and the offset's rounding is absorbed by step 1. A
+      step narrower than G_min may leave its device unselected (0 µS) where that
+      is nearer; the levels then stay within max(ΔG, G_min)/2 of their targets.
     * ``stepwise``: each step and the offset are rounded on their own, so the
       errors add up along the ramp (the baseline cumulative must beat).
     * ``none``: ideal devices at exactly the targets (the device counts and
@@ -357,6 +384,8 @@ def synthesize_ramp(
     """
     bits = _check_bits(bits)
     g_per_z = _positive("g_per_z", g_per_z)
+    gain = _positive("ramp gain", gain)
+    ramp_g = gain * g_per_z
     if not (math.isfinite(g_min_us) and math.isfinite(g_max_us) and 0 <= g_min_us < g_max_us):
         raise CimcError(f"device conductances need 0 <= G_min < G_max, got G_min={g_min_us}, G_max={g_max_us} µS")
     if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 2:
@@ -371,13 +400,13 @@ def synthesize_ramp(
     levels_y, thresholds = ideal_levels(transfer, bits)
 
     delta_g = (g_max_us - g_min_us) / (levels - 1)
-    offset_target = g_per_z * transfer.z_lo
+    offset_target = ramp_g * transfer.z_lo
     offset_devices = math.ceil(abs(offset_target) / g_max_us)
     if offset_devices > calibration_devices:
         raise CimcError(
-            f"the {transfer.name} ramp starts at {offset_target:.4g} µS (g_per_z={g_per_z:.4g} µS x "
-            f"z_lo={_fmt(transfer.z_lo)}), which needs {offset_devices} calibration devices of at most "
-            f"{_fmt(g_max_us)} µS, but only {calibration_devices} are available; raise "
+            f"the {transfer.name} ramp starts at {offset_target:.4g} µS (gain {format_number(gain)} x g_per_z={g_per_z:.4g} µS x "
+            f"z_lo={format_number(transfer.z_lo)}), which needs {offset_devices} calibration devices of at most "
+            f"{format_number(g_max_us)} µS, but only {calibration_devices} are available; raise "
             f"calibration_devices or narrow the range"
         )
     if quantization == "none" or offset_devices == 0:
@@ -394,7 +423,7 @@ def synthesize_ramp(
     steps = []
     level = offset_us
     for k in range(len(thresholds)):
-        target = g_per_z * float(widths[k])
+        target = ramp_g * float(widths[k])
         if widths[k] == 0:
             # Coinciding thresholds (f jumps by more than one level): the ramp holds for a clock.
             steps.append(RampStep(0.0, (), (), True))
@@ -403,8 +432,12 @@ def synthesize_ramp(
         if quantization == "none":
             device_levels, device_us = (), (target / n,) * n
         else:
-            desired = g_per_z * float(thresholds[k]) - level if quantization == "cumulative" else target
-            device_levels, _ = _round_devices(desired, n, g_min_us, delta_g, levels)
+            desired = ramp_g * float(thresholds[k]) - level if quantization == "cumulative" else target
+            device_levels, total = _round_devices(desired, n, g_min_us, delta_g, levels)
+            if quantization == "cumulative" and n == 1 and abs(desired) < abs(total - desired):
+                # Nearer to leave the step's device unselected (1T1R: it adds nothing; the ramp holds for a clock)
+                # and catch up at a later step: a step narrower than G_min then costs at most G_min/2 of level.
+                device_levels = ()
             device_us = tuple(g_min_us + lv * delta_g for lv in device_levels)
         steps.append(RampStep(target, device_levels, device_us, target >= g_min_us))
         level += steps[-1].conductance_us
@@ -413,8 +446,77 @@ def synthesize_ramp(
         transfer=transfer, bits=bits, g_per_z=g_per_z, g_min_us=float(g_min_us), g_max_us=float(g_max_us),
         levels=levels, levels_y=levels_y, thresholds=thresholds, steps=tuple(steps),
         offset_target_us=offset_target, offset_levels=offset_levels, offset_us=offset_us,
-        quantization=quantization, calibration_devices=calibration_devices,
+        quantization=quantization, calibration_devices=calibration_devices, gain=gain,
     )
+
+
+def synthesize_with_gain(
+    transfer: Transfer,
+    bits: int,
+    g_per_z: float,
+    g_min_us: float,
+    g_max_us: float,
+    levels: int,
+    calibration_devices: int,
+    quantization: str,
+    gains: tuple[float, ...],
+    rows: int,
+    max_inl: float,
+    prefer: str = "largest",
+) -> Ramp:
+    """The ramp at the ramp gain, among ``gains``, that a circuit designer would pick; a CimcError says why none works.
+
+    Rule: the *largest* gain whose ramp has every step at least G_min wide, fits
+    ``rows`` word lines and has its start within the calibration devices' reach
+    (and then worst |INL| <= ``max_inl``). Largest, because device errors are
+    absolute: rounding (ΔG/2) and programming noise (about 1 µS after
+    write-verify) move a threshold by error / (a * g) in z, so the widest steps
+    that the calibration devices and the rows allow give the least INL, ideal
+    and noisy (KWS at 5 bits, 10 programmed chips: 82.1 ± 5.4 % with the largest
+    gain, 70.5 ± 24.8 % with the gain closest to 1; ``bench/accuracy.py --gain-rule``). The price is the mirror branch's current,
+    proportional to a, which the cost model does not price. With every step
+    realizable, cumulative tracking keeps every level within ΔG/2 of its target,
+    so worst |INL| <= ΔG / (2 G_min) LSB. If no gain realizes every step, the
+    gain with the least worst |INL| within ``max_inl`` is used (the larger of
+    two equal). The range is never narrowed to what the calibration devices
+    reach: the columns would clip where f still changes. ``prefer="unity"`` takes the
+    realizable gain closest to 1 instead (least mirror current).
+    """
+    fitting: list[tuple[float, float, Ramp]] = []  # (worst INL, |log gain|, ramp)
+    too_tall: Ramp | None = None
+    unreachable: list[float] = []
+    if prefer not in GAIN_RULES:
+        raise CimcError(f"unknown ramp gain rule {prefer!r}; choose one of {', '.join(GAIN_RULES)}")
+    order = sorted(gains, reverse=True) if prefer == "largest" else sorted(gains, key=lambda a: (abs(math.log(a)), a))
+    for gain in order:
+        if math.ceil(gain * g_per_z * abs(transfer.z_lo) / g_max_us) > calibration_devices:
+            unreachable.append(gain)  # the calibration devices cannot place the ramp's start
+            continue
+        ramp = synthesize_ramp(transfer, bits, g_per_z, g_min_us, g_max_us, levels, calibration_devices, quantization, gain)
+        if ramp.rows > rows:
+            too_tall = ramp if too_tall is None or ramp.rows < too_tall.rows else too_tall
+            continue
+        worst = float(np.abs(ramp.inl_lsb).max())
+        if ramp.infeasible_steps == 0 and worst <= max_inl:
+            return ramp
+        fitting.append((worst, order.index(gain), ramp))
+    accepted = [f for f in fitting if f[0] <= max_inl]
+    if accepted:
+        return min(accepted, key=lambda f: f[:2])[2]
+    listed = "/".join(format_number(a) for a in sorted(gains))
+    if fitting:
+        worst, _, ramp = min(fitting, key=lambda f: f[:2])
+        gain = ramp.gain
+        narrow = (f"; {ramp.infeasible_steps} steps are narrower than G_min = {format_number(g_min_us)} uS at "
+                  f"{gain * g_per_z:.3g} uS per unit of z" if ramp.infeasible_steps else "")
+        reach = (f"; gains from {format_number(min(unreachable))} up would start the ramp beyond the {calibration_devices} "
+                 f"calibration devices" if unreachable else "")
+        raise CimcError(f"no ramp gain in {listed} realizes the {bits}-bit ramp within max_inl = {max_inl:g}: the best "
+                        f"(gain {format_number(gain)}) has worst |INL| {worst:.2f} LSB{narrow}{reach} (fewer NL-ADC bits, a lower "
+                        "G_min or more calibration devices would make it)")
+    if too_tall is not None:
+        raise CimcError(f"the {bits}-bit ramp needs {too_tall.rows} rows; the array has {rows}")
+    raise CimcError(f"no ramp gain in {listed} puts the start of the {bits}-bit ramp within the calibration devices' reach")
 
 
 def linear_adc_codes(
@@ -443,8 +545,9 @@ def output_error_bound_lsb(ramp: Ramp) -> float:
 
     The ideal quantiser is off by at most 0.5 LSB. Rounding to a ΔG grid moves
     each ramp level by at most a radius ``r_k`` (µS): ΔG/2 with cumulative
-    tracking, ``j * ΔG/2`` after j independent roundings with stepwise, 0 for
-    ideal devices. A threshold then moves by at most ``r_k / g_per_z``, and a
+    tracking (max(ΔG, G_min)/2 if some step is narrower than G_min, since a
+    step then adds 0 or at least G_min), ``j * ΔG/2`` after j independent roundings with stepwise, 0 for
+    ideal devices. A threshold then moves by at most ``r_k / (a * g_per_z)``, and a
     code can only be wrong for z within that distance of T_k, where the output
     moves by at most how far f gets from the crossed midpoint within it:
     ``max(|f(T_k + r) - m_k|, |m_k - f(T_k - r)|)``. That is at most
@@ -459,11 +562,11 @@ def output_error_bound_lsb(ramp: Ramp) -> float:
         return 0.5
     half = ramp.delta_g_us / 2
     if ramp.quantization == "cumulative":
-        radius = np.full(len(ramp.steps), half)
+        radius = np.full(len(ramp.steps), half if ramp.infeasible_steps == 0 else max(half, ramp.g_min_us / 2))
     else:
         roundings = int(ramp.offset_target_us != 0) + np.cumsum([bool(s.device_levels) for s in ramp.steps])
         radius = roundings * half
-    targets = ramp.g_per_z * ramp.thresholds
+    targets = ramp.ramp_g_per_z * ramp.thresholds
     deviation = np.abs(ramp.ramp_levels_us - targets)
     broken = deviation > radius * (1 + _ROUNDING_SLACK) + _ROUNDING_SLACK * np.abs(targets)
     if broken.any():
@@ -474,7 +577,7 @@ def output_error_bound_lsb(ramp: Ramp) -> float:
             f"ΔG = {ramp.delta_g_us:.4g} µS guarantees ({ramp.infeasible_steps} steps are narrower than G_min)"
         )
     f = ramp.transfer
-    r = radius / ramp.g_per_z
+    r = radius / ramp.ramp_g_per_z
     midpoints = (ramp.levels_y[:-1] + ramp.levels_y[1:]) / 2
     above = np.abs(f(np.minimum(ramp.thresholds + r, f.z_hi)) - midpoints)
     below = np.abs(midpoints - f(np.maximum(ramp.thresholds - r, f.z_lo)))
@@ -483,10 +586,44 @@ def output_error_bound_lsb(ramp: Ramp) -> float:
 
 
 def ramp_from_op(op: Operation, hw: Hardware) -> Ramp:
-    """Re-synthesize the ramp a ``cim.ramp`` op describes (synthesis is deterministic) on hardware ``hw``."""
+    """The ramp a ``cim.ramp`` op records, rebuilt from its devices (no new synthesis) on hardware ``hw``.
+
+    fuse-activation decides a ramp once (gain, range, device levels) and records
+    it on the op; the image, the plots and the tests read that decision back, so
+    none of them can disagree with what the compiler chose.
+    """
     a = op.attributes
     activation = Activation.create(str(a["function"]), a.get("alpha"), a.get("beta"))  # type: ignore[arg-type]
     clip = float(a["clip"]) if "clip" in a else None  # type: ignore[arg-type]
     transfer = Transfer(activation, clip, float(a["z_lo"]), float(a["z_hi"]))  # type: ignore[arg-type]
-    return synthesize_ramp(transfer, int(a["bits"]), float(a["g_per_z"]), hw.device.g_min_us, hw.device.g_max_us,  # type: ignore[arg-type]
-                           hw.device.levels, int(a["calibration_devices"]), str(a["quantization"]))  # type: ignore[arg-type]
+    bits, gain, g_per_z = int(a["bits"]), float(a.get("gain", 1.0)), float(a["g_per_z"])  # type: ignore[arg-type]
+    d = hw.device
+    delta_g = (d.g_max_us - d.g_min_us) / (d.levels - 1)
+    thresholds = np.array(a["thresholds"].array, dtype=np.float64)  # type: ignore[union-attr]
+    steps_us = a["steps_us"].array  # type: ignore[union-attr]
+    counts = [int(n) for n in a["step_devices"]]  # type: ignore[union-attr]
+    device_levels = [int(v) for v in a.get("device_levels", ())]  # type: ignore[union-attr]
+    quantization = str(a["quantization"])
+    widths = np.diff(thresholds, prepend=transfer.z_lo)
+    steps, cursor = [], 0
+    for k, n in enumerate(counts):
+        target = gain * g_per_z * float(widths[k])
+        if quantization == "none" or n == 0:
+            levels_k: tuple[int, ...] = ()
+            device_us = (float(steps_us[k]) / n,) * n if n else ()
+        else:
+            levels_k = tuple(device_levels[cursor:cursor + n])
+            cursor += n
+            device_us = tuple(d.g_min_us + lv * delta_g for lv in levels_k)
+        steps.append(RampStep(target, levels_k, device_us, target == 0 or target >= d.g_min_us))
+    y0, y1 = (float(transfer(np.float64(z))) for z in (transfer.z_lo, transfer.z_hi))
+    levels_y = y0 + np.arange(1 << bits) * ((y1 - y0) / ((1 << bits) - 1))
+    levels_y.setflags(write=False)
+    thresholds.setflags(write=False)
+    offset_target = gain * g_per_z * transfer.z_lo
+    return Ramp(
+        transfer=transfer, bits=bits, g_per_z=g_per_z, g_min_us=d.g_min_us, g_max_us=d.g_max_us, levels=d.levels,
+        levels_y=levels_y, thresholds=thresholds, steps=tuple(steps), offset_target_us=offset_target,
+        offset_levels=tuple(int(v) for v in a.get("offset_levels", ())), offset_us=float(a["offset_us"]),  # type: ignore[union-attr, arg-type]
+        quantization=quantization, calibration_devices=int(a["calibration_devices"]), gain=gain,  # type: ignore[arg-type]
+    )

@@ -17,9 +17,32 @@ room for the ramp. An activation of a digital value can instead be fed
 through an identity column (one device per row) into the NL-ADC
 (``identity=column``); ``identity=auto`` does so where the hardware's cost
 table says it saves energy, i.e. for activations at least
-``identity_min_width`` values wide. A ramp whose devices cannot realize its
-thresholds to within ``max_inl`` LSB (steps narrower than G_min at the
-columns' scale) is not used.
+``identity_min_width`` values wide.
+
+Ramp gain: the hardware declares the column-to-comparator current ratios its
+readout offers (``ramp_gains``); with ratio a the ramp devices realize a * g
+per unit of z. Per ramp the pass takes the *largest* a for which every step
+is at least G_min wide (so cumulative tracking keeps every level within
+ΔG/2: worst |INL| <= ΔG / (2 G_min) LSB), the column fits the array's rows
+(wide steps take two devices) and the calibration devices reach the ramp's
+start (``cimc.ramp.synthesize_with_gain`` says why: device errors are
+absolute, so the widest steps give the least INL, ideal and under
+programming noise). ``gain_rule=unity`` takes the realizable gain closest
+to 1 instead, for the least mirror current. If no gain makes every step realizable, the gain with the
+least INL within ``max_inl`` is used; a ramp that no gain brings within
+``max_inl`` is not used and the reason names the limit.
+
+Bits: ``bits`` for every ramp, or with ``auto_bits`` the fewest bits in
+``min_bits..max_bits`` whose realized ramp keeps the output error
+max |y_code(z) - f(z)| over the calibrated conversion range (hence on every
+calibration sample) within ``auto_max_error``, in the activation's output
+units. An absolute target, because what consumes the activation (the cell
+update c_t = f c + i g, a classifier's logits) sees absolute errors: a gate
+whose calibrated range spans only part of the sigmoid needs fewer bits than
+one that spans all of it, and tanh (output span 2) one more than sigmoid
+(span 1). The default 1/32 is what a 5-bit sigmoid over its full span meets
+(0.5 LSB + INL <= 0.97 LSB of 1/31). Bit widths whose ramp does not fit the
+array's rows are skipped; if none meets the target the least error is used.
 """
 
 from __future__ import annotations
@@ -39,7 +62,7 @@ from cimc.ir import Module, Operation, Value
 from cimc.kernels.activations import Activation
 from cimc.pass_manager import ModulePass, from_hardware, register_pass
 from cimc.passes.tile import activation_keys, slice_range
-from cimc.ramp import Ramp, Transfer, informative_range, synthesize_ramp
+from cimc.ramp import Ramp, Transfer, format_number, informative_range, synthesize_with_gain
 from cimc.types import TensorType
 
 
@@ -204,10 +227,20 @@ class FuseActivation(ModulePass):
     identity_min_width: int | None = from_hardware(identity_break_even, "[cost] break-even width")
     quantization: str = "cumulative"
     max_inl: float = 1.0
+    ramp_gains: str | None = from_hardware(lambda hw: ",".join(format_number(a) for a in hw.converters.ramp_gains),
+                                           "converters.ramp_gains")
+    auto_bits: bool = False
+    min_bits: int = 3
+    max_bits: int = 8
+    auto_max_error: float = 1 / 32
+    gain_rule: str = "largest"
 
     def apply(self, module: Module) -> bool:
         if self.identity not in ("auto", "column", "digital"):
             raise CimcError(f"fuse-activation identity must be auto, column or digital, got '{self.identity}'")
+        gains = self._gains()
+        if self.auto_bits and not 1 <= self.min_bits <= self.max_bits <= 12:
+            raise CimcError(f"fuse-activation needs 1 <= min_bits <= max_bits <= 12, got {self.min_bits}..{self.max_bits}")
         arrays = self._array_states(module)
         identities: dict[tuple, list[tuple[int, int, int, int]]] = {}  # shared identity columns: group -> placements
         plans: list[tuple[Operation, list[_Use]]] = []
@@ -231,7 +264,7 @@ class FuseActivation(ModulePass):
             for use in uses:
                 groups[(use.array, activation_key(act))].append(use)
         _unify_shared_identities(module)
-        outcomes = {key: self._plan_ramp(key[0], group, arrays[key[0]]) for key, group in sorted(groups.items())}
+        outcomes = {key: self._plan_ramp(key[0], group, arrays[key[0]], gains) for key, group in sorted(groups.items())}
         ramp_values: dict[tuple[int, str], Value] = {}
         fused = 0
         for act, uses in plans:
@@ -252,7 +285,7 @@ class FuseActivation(ModulePass):
                 lead = act.results[0].type.shape[:-1]
                 out_type = TensorType(act.results[0].type.dtype, (*lead, use.cols[1] - use.cols[0]))
                 outputs.append(b.value("cim.nl_adc", [use.analog, ramp_values[key]], out_type,
-                                       {**fn_attrs, "bits": self.bits, "cols": use.cols}))
+                                       {**fn_attrs, "bits": ramp.bits, "cols": use.cols}))
             result = act.results[0]
             joined = outputs[0] if len(outputs) == 1 else b.value("onnx.Concat", outputs, result.type, {"axis": result.type.rank - 1})
             if joined.type != result.type:
@@ -262,7 +295,20 @@ class FuseActivation(ModulePass):
             fused += 1
         module.attributes["fuse.ramps"] = len(ramp_values)
         module.attributes["fuse.activations"] = fused
+        if self.auto_bits:
+            module.attributes["fuse.auto_bits"] = (
+                f"fewest bits in {self.min_bits}..{self.max_bits} with max |NL-ADC output - f(z)| over the calibrated "
+                f"conversion range <= {self.auto_max_error:.4g}")
         return bool(ramp_values)
+
+    def _gains(self) -> tuple[float, ...]:
+        try:
+            gains = tuple(sorted({float(v) for v in self.ramp_gains.split(",") if v.strip()}))
+        except ValueError:
+            gains = ()
+        if not gains or not all(np.isfinite(a) and a > 0 for a in gains):
+            raise CimcError(f"fuse-activation ramp_gains must be a comma-separated list of positive numbers, got '{self.ramp_gains}'")
+        return gains
 
     def _wants_identity(self, act: Operation) -> bool:
         width = act.results[0].type.shape[-1]
@@ -342,7 +388,7 @@ class FuseActivation(ModulePass):
             pieces.append((tile, (0, w)))
         return pieces
 
-    def _plan_ramp(self, array: int, uses: list[_Use], state: _ArrayState) -> tuple[Ramp, int, float] | str:
+    def _plan_ramp(self, array: int, uses: list[_Use], state: _ArrayState, gains: tuple[float, ...]) -> tuple[Ramp, int, float] | str:
         """Synthesize the ramp of one (array, function) group and reserve its bit line, or say why not.
 
         Returns the ramp, its bit line and the conductance per unit of z that every
@@ -352,30 +398,35 @@ class FuseActivation(ModulePass):
         g_common = min(float(_g_per_z(t, u.cols).min()) for u in uses for t in u.tiles)
         try:
             z_lo, z_hi = _z_range(uses)
-            ramp = self._synthesize(informative_range(Transfer(_activation_of(act), _clip_of(act), z_lo, z_hi), self.bits), g_common)
+            base = Transfer(_activation_of(act), _clip_of(act), z_lo, z_hi)
+            base.direction()
         except CimcError as e:
             return e.message
-        worst = float(np.abs(ramp.inl_lsb).max())
-        if worst > self.max_inl:
-            narrow = f"; {ramp.infeasible_steps} steps are narrower than G_min = {self.g_min:g} uS at {g_common:.3g} uS per " \
-                     "unit of z (fewer NL-ADC bits or a lower G_min would make them)" if ramp.infeasible_steps else ""
-            return f"the realizable {self.bits}-bit ramp's worst |INL| is {worst:.2f} LSB, above max_inl = {self.max_inl:g}{narrow}"
-        if ramp.rows > state.rows:
-            return f"the {self.bits}-bit ramp needs {ramp.rows} rows; the array has {state.rows}"
+        outcome: Ramp | str = ""
+        for bits in range(self.min_bits, self.max_bits + 1) if self.auto_bits else (self.bits,):
+            candidate = self._choose_gain(base, bits, g_common, state.rows, gains)
+            if isinstance(candidate, str):
+                outcome = outcome if isinstance(outcome, Ramp) else candidate
+                continue
+            if not self.auto_bits or _max_error(candidate) <= self.auto_max_error:
+                outcome = candidate
+                break
+            if not isinstance(outcome, Ramp) or _max_error(candidate) < _max_error(outcome):
+                outcome = candidate  # the best so far, if no bit width meets the target
+        if isinstance(outcome, str):
+            return outcome
         col = state.take()
         if col is None:
             return f"array {array} has no free bit line for a ramp column"
-        return ramp, col, g_common
+        return outcome, col, g_common
 
-    def _synthesize(self, transfer: Transfer, g_per_z: float) -> Ramp:
-        """Synthesize, narrowing the range where the calibration devices cannot reach its low end (the columns then clip)."""
-        reach = self.calibration_devices * self.g_max / g_per_z
-        lo, hi = max(transfer.z_lo, -reach), min(transfer.z_hi, reach)
-        if lo >= hi:
-            raise CimcError(f"the calibration devices reach only z in [{-reach:.3g}, {reach:.3g}], outside the columns' range")
-        transfer.direction()
-        return synthesize_ramp(Transfer(transfer.activation, transfer.clip, lo, hi), self.bits, g_per_z, self.g_min,
-                               self.g_max, self.levels, self.calibration_devices, self.quantization)
+    def _choose_gain(self, base: Transfer, bits: int, g_per_z: float, rows: int, gains: tuple[float, ...]) -> Ramp | str:
+        try:
+            return synthesize_with_gain(informative_range(base, bits), bits, g_per_z, self.g_min, self.g_max, self.levels,
+                                        self.calibration_devices, self.quantization, gains, rows, self.max_inl,
+                                        self.gain_rule)
+        except CimcError as e:
+            return e.message
 
     def _ramp_op(self, module: Module, ramp: Ramp, array: int, col: int, act: Operation) -> Value:
         a = act.attributes
@@ -387,7 +438,8 @@ class FuseActivation(ModulePass):
             "steps_us": Tensor(np.array([s.conductance_us for s in ramp.steps]), key=f"ramp{array}.{col}.steps_us"),
             "step_devices": tuple(len(s.device_levels) for s in ramp.steps),
             "offset_us": float(ramp.offset_us), "calibration_devices": self.calibration_devices,
-            "quantization": ramp.quantization, "inl_lsb": float(np.abs(ramp.inl_lsb).max()),
+            "quantization": ramp.quantization, "inl_lsb": float(np.abs(ramp.inl_lsb).max()), "gain": float(ramp.gain),
+            "device_levels": tuple(lv for s in ramp.steps for lv in s.device_levels), "offset_levels": ramp.offset_levels,
         })
         b = Builder(module.body, module.body.ops[0] if module.body.ops else None, act.location)
         return b.value("cim.ramp", [], TensorType("f64", (len(ramp.thresholds),)), attrs, f"ramp{array}_{col}")
@@ -432,13 +484,33 @@ def fusion_summary(module: Module) -> str:
     lines = [f"activations fused into NL-ADCs: {fused} (converted in {conversions} column pieces); "
              f"kept digital: {sum(reasons.values())}"]
     lines += [f"  {n} x {reason}" for reason, n in sorted(reasons.items())]
+    clips = sum(1 for op in module.walk() if op.name == "onnx.Clip")
+    if clips:
+        lines.append(f"  {clips} x onnx.Clip with bounds other than [0, c] or [-c, c] (no single-ramp form) computed digitally")
     if ramps:
         worst = max(ramps, key=lambda r: float(r.attributes["inl_lsb"]))  # type: ignore[arg-type]
         lines.append(f"ramp columns: {len(ramps)}; worst |INL| {float(worst.attributes['inl_lsb']):.3f} LSB "  # type: ignore[arg-type]
                      f"({worst.attributes['function']} {worst.attributes['bits']}-bit ramp in array {worst.attributes['array']})")
+        for r in sorted(ramps, key=lambda r: (r.attributes["array"], r.attributes["array_col"])):  # type: ignore[arg-type, return-value]
+            a = r.attributes
+            lines.append(f"  array {a['array']} bit line {a['array_col']}: {activation_key(r)} {a['bits']}-bit, gain "
+                         f"{format_number(float(a.get('gain', 1.0)))} ({float(a.get('gain', 1.0)) * float(a['g_per_z']):.3g} uS "  # type: ignore[arg-type]
+                         f"per unit of z), {a['rows']} rows, worst |INL| {float(a['inl_lsb']):.3f} LSB")  # type: ignore[arg-type]
+        if "fuse.auto_bits" in module.attributes:
+            lines.append(f"NL-ADC bits per activation ({module.attributes['fuse.auto_bits']}):")
+            bits: dict[str, set[int]] = defaultdict(set)
+            for op in module.walk():
+                if op.name == "cim.nl_adc":
+                    bits[f"{activation_key(op)} at {op.location or '?'}"].add(int(op.attributes["bits"]))  # type: ignore[arg-type]
+            lines += [f"  {where}: {'/'.join(str(b) for b in sorted(v))} bits" for where, v in sorted(bits.items())]
     else:
         lines.append("ramp columns: 0")
     identity = sum(1 for op in module.walk() if op.name == "cim.tile_mvm" and str(op.attributes.get("block", "")).endswith(".identity"))
     if identity:
         lines.append(f"identity columns: {identity}")
     return "\n".join(lines) + "\n"
+
+
+def _max_error(ramp: Ramp) -> float:
+    """Largest |NL-ADC output - f(z)| over the ramp's conversion range, in the activation's output units."""
+    return ramp.max_output_error_lsb(20_001) * abs(ramp.lsb)

@@ -219,18 +219,21 @@ def test_wide_steps_take_two_devices_and_narrow_steps_are_infeasible():
         ramp = synthesize_ramp(transfer, 5, g, g_min, G_MAX, LEVELS, quantization=quantization)
         assert ramp.two_device_steps >= 1 and ramp.infeasible_steps >= 1
         for step in ramp.steps:
-            assert len(step.device_us) == max(1, math.ceil(step.target_us / G_MAX))
+            # Cumulative tracking may leave a narrow step's device unselected (0 uS) where that is nearer.
+            skipped = quantization == "cumulative" and not step.feasible and not step.device_us
+            assert skipped or len(step.device_us) == max(1, math.ceil(step.target_us / G_MAX))
             assert step.feasible == (step.target_us >= g_min)
             assert len(step.device_levels) == len(step.device_us)
-            assert max(step.device_levels) - min(step.device_levels) <= 1  # spread evenly
+            assert skipped or max(step.device_levels) - min(step.device_levels) <= 1  # spread evenly
             for level, us in zip(step.device_levels, step.device_us):
                 assert 0 <= level < LEVELS and us == pytest.approx(g_min + level * delta_g)
         assert ramp.rows == sum(len(s.device_us) for s in ramp.steps) + 5
     stepwise = ramp
     assert all(s.device_levels == (0,) for s in stepwise.steps if not s.feasible)
+    # Cumulative: every level within max(dG, G_min)/2 of its target, so the bound holds with that radius.
     cumulative = synthesize_ramp(transfer, 5, g, g_min, G_MAX, LEVELS)
-    with pytest.raises(CimcError, match="no quantisation bound"):
-        output_error_bound_lsb(cumulative)
+    assert np.abs(cumulative.ramp_levels_us - g * cumulative.thresholds).max() <= g_min / 2 * (1 + 1e-9)
+    assert cumulative.max_output_error_lsb() <= output_error_bound_lsb(cumulative) + 1e-9
 
 
 def test_jump_gives_zero_width_steps_without_devices():

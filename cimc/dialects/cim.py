@@ -286,6 +286,11 @@ def _verify_ramp(op: Operation) -> None:
         raise VerifyError(op, "ramp thresholds must not decrease")
     if op.results[0].type != TensorType("f64", thresholds.shape):
         raise VerifyError(op, f"type mismatch: a {bits}-bit ramp has type f64[{thresholds.shape[0]}], not {op.results[0].type}")
+    gain = a.get("gain", 1.0)
+    if not gain > 0:  # type: ignore[operator]
+        raise VerifyError(op, f"a ramp's gain (column-to-comparator current ratio) must be positive, got {gain}")
+    if "device_levels" in a and len(a["device_levels"]) != sum(a["step_devices"]):  # type: ignore[arg-type]
+        raise VerifyError(op, f"a ramp with {sum(a['step_devices'])} step devices records {len(a['device_levels'])} device levels")  # type: ignore[arg-type]
 
 
 _FUNCTION_ATTRS = dict(function="str!", alpha="float", beta="float", clip="float", bits="int!")
@@ -297,7 +302,8 @@ RAMP = define(
     results="thresholds",
     attributes=attrs(**_FUNCTION_ATTRS, array="int!", array_col="int!", rows="int!", z_lo="float!", z_hi="float!",
                      g_per_z="float!", thresholds="tensor!", steps_us="tensor!", step_devices="ints!", offset_us="float!",
-                     calibration_devices="int!", quantization="str!", inl_lsb="float!"),
+                     calibration_devices="int!", quantization="str!", inl_lsb="float!", gain="float",
+                     device_levels="ints", offset_levels="ints"),
     verify=_verify_ramp,
 )
 

@@ -68,6 +68,18 @@ for _name in ("Add", "Sub", "Mul", "Div", "Pow"):
 for _name in ("Sigmoid", "Tanh", "Relu", "Sqrt", "Identity", "Neg", "Exp", "Log", "Abs"):
     define(f"onnx.{_name}", f"Elementwise {_name}.", operands="X", results="Y", verify=unary_same_type)
 
+# Monotonic standalone activations (the ONNX RNN set's functions as operators): lift-activation maps them to
+# cim.activation, so that fuse-activation can compute them in an NL-ADC.
+define("onnx.HardSigmoid", "Elementwise max(0, min(1, alpha * x + beta)).", operands="X", results="Y",
+       attributes=attrs(alpha="float", beta="float"), verify=unary_same_type)
+for _name in ("LeakyRelu", "Elu", "ThresholdedRelu"):
+    define(f"onnx.{_name}", f"Elementwise {_name} with parameter alpha.", operands="X", results="Y",
+           attributes=attrs(alpha="float"), verify=unary_same_type)
+for _name in ("Softsign", "Softplus"):
+    define(f"onnx.{_name}", f"Elementwise {_name}.", operands="X", results="Y", verify=unary_same_type)
+define("onnx.Clip", "Elementwise clamp to [min, max] (absent bound: unbounded; opset-6 attributes or opset-11 inputs).",
+       operands="input, min?, max?", results="output", attributes=attrs(min="float", max="float"))
+
 define("onnx.Softmax", "Softmax along one axis (opset 13 semantics).", operands="input", results="output",
        attributes=attrs(axis="int"), verify=unary_same_type)
 define("onnx.LogSoftmax", "Log of softmax along one axis (opset 13 semantics).", operands="input", results="output",
