@@ -35,7 +35,7 @@ class LoopRun:
 
     loop: Operation
     index: int  # execution order among the run's loop executions (the same in every run of one program)
-    entering: list[list[np.ndarray]] = field(default_factory=list)  # carried values entering steps 1, 2, ...
+    entering: list[list[np.ndarray]] = field(default_factory=list)  # carried values entering steps 0, 1, ... (run's own)
     steps: list[list[np.ndarray]] = field(default_factory=list)
 
     @property
@@ -60,19 +60,18 @@ class Trajectory:
         if step == 0:
             self._open[id(loop)] = LoopRun(loop, len(self.runs))
             self.runs.append(self._open[id(loop)])
-            return values
         run = self._open[id(loop)]
         run.entering.append(list(values))
-        if self.reference is None:
+        if self.reference is None or step == 0:  # the first step starts from the run's own initial values
             return values
-        return self.reference.runs[run.index].entering[step - 1]
+        return self.reference.runs[run.index].entering[step]
 
     def observe(self, op: Operation, operands: Arrays, results: list[np.ndarray]) -> None:
         if op.name != "cim.loop" or id(op) not in self._open:
             return
         run = self._open.pop(id(op))
-        n, trip = run.n_carried, len(run.entering) + 1
-        carried = run.entering + [list(results[:n])]
+        n, trip = run.n_carried, len(run.entering)
+        carried = run.entering[1:] + [list(results[:n])]
         run.steps = [carried[t] + [scan[t] for scan in results[n:]] for t in range(trip)]
 
 

@@ -67,7 +67,8 @@ from cimc.image import Image
 from cimc.importer import load_onnx
 from cimc.ir import Operation
 from cimc.printer import legal_name
-from cimc.stepwise import run_trajectory
+from cimc.onnx_steps import operand_names, per_step_against_onnxruntime, recurrent_nodes
+from cimc.stepwise import Trajectory, run_trajectory
 
 DEFAULT_SEQUENCE = 20
 
@@ -91,36 +92,39 @@ class VerifyReport:
     tolerance: str
     outputs: list[OutputReport]
     layers: list[dict[str, Any]] = field(default_factory=list)
-    steps: list[OutputReport] = field(default_factory=list)  # teacher-forced per-step checks (quantized fidelities)
-    exact: list[OutputReport] = field(default_factory=list)  # the exact reference against onnxruntime (quantized fidelities)
+    steps: list[OutputReport] = field(default_factory=list)  # quantized fidelities: teacher-forced, against the exact run
+    onnx_steps: list[OutputReport] = field(default_factory=list)  # the exact run's every step against onnxruntime's
+    exact: list[OutputReport] = field(default_factory=list)  # quantized fidelities: the exact run's outputs against onnxruntime
 
     @property
     def outputs_informational(self) -> bool:
-        """With per-step checks, the free-running outputs' compounding bound is reported, not enforced."""
-        return bool(self.steps)
+        """With per-step checks of a quantized fidelity, its free-running outputs' compounding bound is reported only."""
+        return bool(self.steps) and self.fidelity != "exact"
 
     @property
     def passed(self) -> bool:
-        enforced = self.steps + self.exact + ([] if self.outputs_informational else self.outputs)
+        enforced = self.steps + self.onnx_steps + self.exact + ([] if self.outputs_informational else self.outputs)
         return all(o.passed for o in enforced)
 
     def to_json(self) -> str:
         return json.dumps({"fidelity": self.fidelity, "tolerance": self.tolerance, "passed": self.passed,
                            "outputs": [o.__dict__ for o in self.outputs], "layers": self.layers,
                            "outputs_informational": self.outputs_informational,
-                           "steps": [o.__dict__ for o in self.steps], "exact": [o.__dict__ for o in self.exact]},
+                           "steps": [o.__dict__ for o in self.steps], "onnx_steps": [o.__dict__ for o in self.onnx_steps],
+                           "exact": [o.__dict__ for o in self.exact]},
                           indent=1, sort_keys=True)
 
     def table(self) -> str:
         lines = [f"fidelity {self.fidelity}; tolerance: {self.tolerance}"]
         sections = [("per step, teacher-forced, against the exact run (enforced)", self.steps, "FAIL"),
+                    ("exact run per step, from the same states, against onnxruntime (enforced)", self.onnx_steps, "FAIL"),
                     ("exact run against onnxruntime (enforced)", self.exact, "FAIL"),
                     ("free-running against onnxruntime" + (" (informational: compounding bound)" if self.outputs_informational
                                                           else ""), self.outputs, "over" if self.outputs_informational else "FAIL")]
         for title, rows, failed in sections:
             if not rows:
                 continue
-            if self.steps or self.exact:
+            if self.steps or self.onnx_steps or self.exact:
                 lines.append(title + ":")
             lines.append(f"{'output':<20} {'max |err|':>11} {'RMS err':>11} {'rel err':>9} {'rel bound':>9} {'err/bound':>9} {'argmax':>8}  result")
             for o in rows:
@@ -249,18 +253,25 @@ def verify_image(model_path: str | Path, image: Image, inputs: Mapping[str, np.n
     actual = simulator.run(feeds, observe, terminal_progress)
     layer_names = [onnx_names[n] for n in named]
     print("running onnxruntime", file=sys.stderr)
-    expected = _reference(Path(model_path), feeds, layer_names)
+    model = load_onnx(Path(model_path))
+    step_operands = [n for node in recurrent_nodes(model).values() for n in operand_names(node)]
+    expected = _reference(Path(model_path), feeds, layer_names + step_operands)
     names = [o["name"] for o in image.manifest["model"]["outputs"]]
     print("bounding the error", file=sys.stderr)
     steps: list[OutputReport] = []
     exact_rows: list[OutputReport] = []
+    reference_out, reference = run_trajectory(Simulator(image, SimulatorOptions("exact")), feeds)
+    exact_steps = step_bounds(image, feeds, Sources.for_fidelity("exact", image))[1]
+    onnx_rows = [compare_output(label, got, want, bound, "exact")
+                 for label, got, want, bound in per_step_against_onnxruntime(model, expected, reference, exact_steps)]
     if options.fidelity == "exact":
         sources = Sources.for_fidelity("exact", image)
         _, bounds = output_bounds(image, feeds, sources)
         parts: list[tuple[str, dict[str, np.ndarray]]] = []
         enforced = bounds
     else:
-        steps, exact_rows, sources, parts, enforced, bounds = _per_step(image, feeds, simulator, options, expected, names)
+        steps, exact_rows, sources, parts, enforced, bounds = _per_step(image, feeds, simulator, options, expected, names,
+                                                                       reference_out, reference)
     outputs = [compare_output(n, actual[n], expected[n], bounds[n], options.fidelity) for n in names]
     stuck = stuck_summary(simulator) if options.fidelity == "noisy" else None
     description = derivation(options.fidelity, image, sources, parts, enforced, expected, stuck)
@@ -275,11 +286,12 @@ def verify_image(model_path: str | Path, image: Image, inputs: Mapping[str, np.n
         rms = float(np.sqrt(np.mean(err ** 2))) if err.size else 0.0
         layers.append({"name": onnx_name, "max_abs": float(np.abs(err).max(initial=0.0)),
                        "relative": rms / ref_rms if ref_rms > 0 else rms})
-    return VerifyReport(options.fidelity, description, outputs, layers, steps, exact_rows)
+    return VerifyReport(options.fidelity, description, outputs, layers, steps, onnx_rows, exact_rows)
 
 
 def _per_step(image: Image, feeds: Mapping[str, np.ndarray], simulator: Simulator, options: SimulatorOptions,
-              expected: Mapping[str, np.ndarray], names: list[str]) -> tuple[list[OutputReport], list[OutputReport], Sources,
+              expected: Mapping[str, np.ndarray], names: list[str], reference_out: Mapping[str, np.ndarray],
+              reference: Trajectory) -> tuple[list[OutputReport], list[OutputReport], Sources,
                                                                             list[tuple[str, dict[str, np.ndarray]]],
                                                                             dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Teacher-forced checks of a quantized fidelity (see ``cimc.stepwise``) and the exact reference against onnxruntime.
@@ -287,7 +299,6 @@ def _per_step(image: Image, feeds: Mapping[str, np.ndarray], simulator: Simulato
     Returns (per-step rows, exact rows, the sources of the enforced bound, its breakdown per source, the teacher-forced
     bound of the outputs, the free-running compounding bound of the outputs).
     """
-    reference_out, reference = run_trajectory(Simulator(image, SimulatorOptions("exact")), feeds)
     _, exact_bounds = output_bounds(image, feeds, Sources.for_fidelity("exact", image))
     exact_rows = [compare_output(n, reference_out[n], expected[n], exact_bounds[n], "exact") for n in names]
     sigmas = 3.0
