@@ -126,7 +126,8 @@ class _BoundRun:
         self.image = image
         self.per_step = per_step
         self.steps: list[list[list[np.ndarray]]] = []  # per_step: per loop execution, per step, the yields' bounds
-        self.draws = 0  # Gaussian draws the noise term covers: one per column read and per ramp threshold
+        self.draws = 0  # Gaussian draws the noise term covers: one per column read, and per threshold of each ramp
+        self._ramps_drawn: set[int] = set()
         self.sources = sources
         self.hw = image.hardware
         self.exact = Simulator(image, SimulatorOptions("exact"))
@@ -278,7 +279,9 @@ class _BoundRun:
         ramp = self.ideal.ramps[ramp_id]
         if self.sources.sigmas:
             e = e + self.sources.sigmas * self.hw.nonideality.program_noise_us * np.sqrt(sum(ramp["step_devices"])) / ramp["g_per_z"]
-            self.draws += len(ramp["step_devices"])
+            if ramp_id not in self._ramps_drawn:  # a ramp's devices are programmed once per chip
+                self._ramps_drawn.add(ramp_id)
+                self.draws += len(ramp["step_devices"])
         e = e + self.sources.ramp_gain * (np.abs(z) + e)
         if not self.sources.nl_adc:  # the ideal f, still saturating at the ends of the ramp's range
             fn, points = _function_of(op, [])
