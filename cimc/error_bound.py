@@ -12,6 +12,14 @@ per sample, so a value far from an activation's threshold or saturated by a
 clip gets the small bound it deserves. See ``cimc/verification.py`` for how
 verification uses it and README ("The programming image and the simulator").
 
+Free-running (``output_bounds``), the bound is sound but compounds: each step
+multiplies the carried bound by |Jacobian|, which grows geometrically over a
+long sequence even where the signed dynamics contract. ``step_bounds`` is the
+bound of a teacher-forced run (``cimc.stepwise``): every step after the first
+starts from the reference's carried values, so the carried bound is reset to
+zero there and each step's bound covers that step alone. That is the bound
+verification enforces on recurrences.
+
 Sources of error (each can be switched off, which gives the breakdown
 ``cimc verify`` prints):
 
@@ -40,7 +48,9 @@ Sources of error (each can be switched off, which gives the breakdown
 - ``noise`` (``noisy`` only): programming noise sigma_p per device and read
   noise sigma_r G per device and read give column j a Gaussian error of std
   sqrt(sum_i (2 sigma_p^2 + sigma_r^2 (G+^2 + G-^2)) (x_i / r_i)^2) / g_scale_j;
-  it enters the bound at ``sigmas`` standard deviations and is then carried
+  it enters the bound at ``sigmas`` standard deviations (verification takes
+  ``tail_sigmas`` of the run's number of draws: the union bound makes an
+  element outside its bound have probability <= 1e-3) and is then carried
   like any other error (conservative: independent terms would add in
   quadrature). Ramp devices are programmed with the same noise and their
   calibration devices then re-tuned; the residual threshold error is taken
