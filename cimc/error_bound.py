@@ -436,10 +436,10 @@ def tail_sigmas(draws: int, false_alarm: float = 1e-3) -> float:
     return hi
 
 
-def step_bounds(image: Image, inputs: Mapping[str, np.ndarray], sources: Sources) -> tuple[dict[str, np.ndarray], StepBounds]:
+def step_bounds(image: Image, inputs: Mapping[str, np.ndarray], sources: Sources) -> StepBounds:
     """Bounds of a teacher-forced run (``cimc.stepwise``): every loop step restarts from the reference's carried values.
 
-    Returns the bounds of the ONNX outputs and, per ``cim.loop`` execution (in
+    The bounds of the ONNX outputs and, per ``cim.loop`` execution (in
     execution order), per step, the bounds of the values its body yields
     (carried values, then scan outputs). The carried bound is reset to zero at
     every step after the first, because the run under test is given the very
@@ -447,26 +447,30 @@ def step_bounds(image: Image, inputs: Mapping[str, np.ndarray], sources: Sources
     """
     run = _BoundRun(image, sources, per_step=True)
     _, bounds = run.run(inputs)
-    return bounds, StepBounds(bounds, run.steps, run.draws)
+    return StepBounds(bounds, run.steps, run.draws)
+
+
+def _free_running(image: Image, inputs: Mapping[str, np.ndarray], sources: Sources) -> dict[str, np.ndarray]:
+    return output_bounds(image, inputs, sources)[1]
 
 
 def breakdown(image: Image, inputs: Mapping[str, np.ndarray], sources: Sources,
-              bound: Callable[..., tuple[object, object]] = output_bounds) -> list[tuple[str, object]]:
+              bound: Callable[[Image, Mapping[str, np.ndarray], Sources], object] = _free_running) -> list[tuple[str, object]]:
     """The bound with one source at a time (what each effect alone contributes), then with all of them.
 
-    ``bound`` is ``output_bounds`` (free-running) or ``step_bounds`` (teacher-forced); each part is its result[1].
+    ``bound`` gives one part: the free-running output bounds (default) or ``step_bounds`` (teacher-forced).
     """
     parts = []
     flags = [("DAC", "dac"), ("device levels", "weights"), ("linear ADC", "adc"), ("NL-ADC", "nl_adc"), ("float32", "float32")]
     alone = Sources(dac=False, weights=False, adc=False, nl_adc=False, float32=False)
     for label, flag in flags:
         if getattr(sources, flag):
-            parts.append((label, bound(image, inputs, replace(alone, **{flag: True}))[1]))
+            parts.append((label, bound(image, inputs, replace(alone, **{flag: True}))))
     if sources.sigmas:
-        parts.append((f"device noise at {sources.sigmas:g} sigma", bound(image, inputs, replace(alone, sigmas=sources.sigmas))[1]))
+        parts.append((f"device noise at {sources.sigmas:g} sigma", bound(image, inputs, replace(alone, sigmas=sources.sigmas))))
     if sources.gain or sources.ramp_gain:
         parts.append((f"gain |k - 1| = {sources.gain:.3g} (linear ADC), {sources.ramp_gain:.3g} (NL-ADC)",
-                      bound(image, inputs, replace(alone, gain=sources.gain, ramp_gain=sources.ramp_gain))[1]))
+                      bound(image, inputs, replace(alone, gain=sources.gain, ramp_gain=sources.ramp_gain))))
     return parts
 
 

@@ -71,8 +71,8 @@ class _Runs(dict):
         self[name] = (actual, reference_outputs(case.model, case.feeds), bounds)
         exact_out, exact = run_trajectory(Simulator(image, SimulatorOptions("exact")), case.feeds)
         forced_out, forced = run_trajectory(ideal, case.feeds, exact)
-        step_out, steps = step_bounds(image, case.feeds, sources)
-        rows: list[Step] = [(n, forced_out[n], exact_out[n], step_out[n]) for n in exact_out]
+        steps = step_bounds(image, case.feeds, sources)
+        rows: list[Step] = [(n, forced_out[n], exact_out[n], steps.outputs[n]) for n in exact_out]
         for run, loop_bounds in zip(forced.runs, steps.loops):
             for j in range(len(run.steps[0])):
                 got, want, b = (np.stack([s[j] for s in seq]) for seq in (run.steps, exact.runs[run.index].steps, loop_bounds))

@@ -46,7 +46,7 @@ def _operand_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dic
 def test_every_step_within_its_float32_bound(case: CorpusCase, tmp_path: Path) -> None:
     image = image_of(case, tmp_path)
     _, trajectory = run_trajectory(Simulator(image, SimulatorOptions("exact")), case.feeds)
-    _, bounds = step_bounds(image, case.feeds, Sources.for_fidelity("exact", image))
+    bounds = step_bounds(image, case.feeds, Sources.for_fidelity("exact", image))
     rows = per_step_against_onnxruntime(case.model, _operand_values(case.model, case.feeds), trajectory, bounds)
     assert rows, "no loop matched its recurrent node"
     for label, got, want, bound in rows:

@@ -32,6 +32,7 @@ def inputs() -> dict[str, np.ndarray]:
 
 
 def _stuck_free(kws: cimc.CompiledModel) -> cimc.CompiledModel:
+    """The same chip without stuck devices (the image's hardware description edited in memory)."""
     image = kws.image
     image.manifest["hardware"]["nonideality"]["stuck_on_rate"] = 0.0
     image.manifest["hardware"]["nonideality"]["stuck_off_rate"] = 0.0
@@ -45,11 +46,12 @@ def test_teacher_forcing_with_its_own_trajectory_reproduces_the_run(kws: cimc.Co
     forced, again = run_trajectory(simulator, inputs, trajectory)
     assert len(trajectory.runs) == 1 and len(trajectory.runs[0].steps) == inputs["features"].shape[0]
     assert all(np.array_equal(free[k], forced[k]) for k in free)
-    ideal_h = np.stack([s[0] for s in trajectory.runs[0].steps])
-    exact, reference = run_trajectory(Simulator(kws.image, SimulatorOptions("exact")), inputs)
-    teacher, _ = run_trajectory(simulator, inputs, reference)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(trajectory.runs[0].steps, again.runs[0].steps))
+    _, reference = run_trajectory(Simulator(kws.image, SimulatorOptions("exact")), inputs)
+    teacher, forced_run = run_trajectory(simulator, inputs, reference)
     assert not np.array_equal(teacher["logits"], free["logits"])  # teacher forcing does change an ideal run
-    assert ideal_h.shape == np.stack([s[0] for s in reference.runs[0].steps]).shape
+    # Step 1 of the forced run started from the exact run's state, not its own: it yields what the free run did not.
+    assert not np.array_equal(forced_run.runs[0].steps[1][0], trajectory.runs[0].steps[1][0])
 
 
 def test_ideal_per_step_bound_is_not_vacuous(kws: cimc.CompiledModel, inputs: dict) -> None:
