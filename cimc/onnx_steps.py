@@ -26,6 +26,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from cimc.diagnostics import CimcError
 from cimc.error_bound import StepBounds
 from cimc.stepwise import LoopRun, Trajectory
 
@@ -80,8 +81,11 @@ def step_results(steps: NodeSteps, states: list[list[np.ndarray]]) -> list[list[
         [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for n, v in feeds.items()],
         [helper.make_tensor_value_info(n, dtype, None) for n in outputs if n])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    results = session.run(None, feeds)
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        results = session.run(None, feeds)
+    except Exception as e:  # noqa: BLE001  (onnxruntime raises its own types)
+        raise CimcError(f"onnxruntime cannot run one step of '{node.name or node.op_type}': {str(e).splitlines()[0]}") from None
     return [[results[k][d].reshape(t, b, -1)[::-1 if rev else 1] for k in range(n_states)] for d, rev in enumerate(reverse)]
 
 

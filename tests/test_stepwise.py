@@ -8,6 +8,7 @@ carried values and its bound covers one step's error only.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 
 import cimc
 from cimc.backends.simulator import Simulator, SimulatorOptions
+from cimc.error_bound import tail_sigmas
 from cimc.stepwise import run_trajectory
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -75,3 +77,18 @@ def test_noisy_fails_with_stuck_devices_and_passes_without(cimc_cli, tmp_path: P
         clean = cimc_cli(*verify[:2], "clean.cimg", *verify[2:], "--seed", seed, cwd=tmp_path)
         assert clean.returncode == 0, clean.stdout + clean.stderr
         assert "0 stuck devices on used weight devices" in clean.stdout
+
+
+def test_tail_sigmas_is_the_union_bound() -> None:
+    """P(|N(0,1)| > 3) = 0.0027 (closed form erfc(3 / sqrt 2)); a million draws at false-alarm 1e-3 need P = 1e-9 each,
+    i.e. 6.11 sigma."""
+    assert abs(tail_sigmas(1, 0.0026998) - 3.0) < 1e-3
+    assert abs(tail_sigmas(1_000_000, 1e-3) - 6.109) < 1e-2
+    assert tail_sigmas(10, 1e-3) < tail_sigmas(1000, 1e-3)
+
+
+def test_verify_json_carries_the_per_step_rows(kws: cimc.CompiledModel, inputs: dict) -> None:
+    report = json.loads(cimc.verify(KWS, kws, inputs=inputs, fidelity="ideal").to_json())
+    assert report["passed"] and report["outputs_informational"]
+    assert {r["name"] for r in report["onnx_steps"]} == {"/lstm/LSTM h", "/lstm/LSTM c"}
+    assert any(r["name"] == "/lstm/LSTM carried #0" for r in report["steps"]) and report["exact"][0]["passed"]
