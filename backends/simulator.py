@@ -228,13 +228,16 @@ class Simulator:
     def kernels(self) -> dict[str, Kernel]:
         return {"cim.tile_mvm": self.tile_mvm, "cim.adc": self.adc, "cim.nl_adc": self.nl_adc}
 
-    def run(self, inputs: Mapping[str, np.ndarray], observer=None, progress=None) -> dict[str, np.ndarray]:  # noqa: ANN001
+    def run(self, inputs: Mapping[str, np.ndarray], observer=None, progress=None,  # noqa: ANN001
+            carried_override=None) -> dict[str, np.ndarray]:  # noqa: ANN001
         """Run the program on ``inputs`` (keyed by the ONNX input names); outputs keyed by the ONNX output names.
 
-        ``progress(where, step, steps)`` is called after every time step of every loop.
+        ``progress(where, step, steps)`` is called after every time step of every loop;
+        ``carried_override`` is the interpreter's teacher-forcing hook (see ``cimc.stepwise``).
         """
         # The program was verified when the image was loaded; the inputs are still checked against its types.
-        return Interpreter(self.program, observer, self.kernels(), check_types=False, progress=progress).run(inputs)
+        return Interpreter(self.program, observer, self.kernels(), check_types=False, progress=progress,
+                           carried_override=carried_override).run(inputs)
 
 
 def dac_quantize(driven: np.ndarray, scale: float, bits: int) -> np.ndarray:

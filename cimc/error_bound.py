@@ -12,6 +12,14 @@ per sample, so a value far from an activation's threshold or saturated by a
 clip gets the small bound it deserves. See ``cimc/verification.py`` for how
 verification uses it and README ("The programming image and the simulator").
 
+Free-running (``output_bounds``), the bound is sound but compounds: each step
+multiplies the carried bound by |Jacobian|, which grows geometrically over a
+long sequence even where the signed dynamics contract. ``step_bounds`` is the
+bound of a teacher-forced run (``cimc.stepwise``): every step after the first
+starts from the reference's carried values, so the carried bound is reset to
+zero there and each step's bound covers that step alone. That is the bound
+verification enforces on recurrences.
+
 Sources of error (each can be switched off, which gives the breakdown
 ``cimc verify`` prints):
 
@@ -40,7 +48,9 @@ Sources of error (each can be switched off, which gives the breakdown
 - ``noise`` (``noisy`` only): programming noise sigma_p per device and read
   noise sigma_r G per device and read give column j a Gaussian error of std
   sqrt(sum_i (2 sigma_p^2 + sigma_r^2 (G+^2 + G-^2)) (x_i / r_i)^2) / g_scale_j;
-  it enters the bound at ``sigmas`` standard deviations and is then carried
+  it enters the bound at ``sigmas`` standard deviations (verification takes
+  ``tail_sigmas`` of the run's number of draws: the union bound makes an
+  element outside its bound have probability <= 1e-3) and is then carried
   like any other error (conservative: independent terms would add in
   quadrature). Ramp devices are programmed with the same noise and their
   calibration devices then re-tuned; the residual threshold error is taken
@@ -71,6 +81,7 @@ silent zero.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
@@ -121,8 +132,12 @@ def _abs(b: Bound, like: np.ndarray) -> np.ndarray:
 class _BoundRun:
     """Runs the image's program at exact fidelity with a bound next to every value."""
 
-    def __init__(self, image: Image, sources: Sources) -> None:
+    def __init__(self, image: Image, sources: Sources, per_step: bool = False) -> None:
         self.image = image
+        self.per_step = per_step
+        self.steps: list[list[list[np.ndarray]]] = []  # per_step: per loop execution, per step, the yields' bounds
+        self.draws = 0  # Gaussian draws the noise term covers: one per column read, and per threshold of each ramp
+        self._ramps_drawn: set[int] = set()
         self.sources = sources
         self.hw = image.hardware
         self.exact = Simulator(image, SimulatorOptions("exact"))
@@ -252,6 +267,7 @@ class _BoundRun:
             out = out + 2 * gamma * ((np.abs(d) + m) @ (np.abs(w) + np.abs(dw)))
         if self.sources.sigmas:
             out = out + self.sources.sigmas * np.sqrt(((np.abs(d) + m) ** 2) @ variance)
+            self.draws += out.size
         return out
 
     def _adc(self, op: Operation, z: np.ndarray, e: Bound) -> np.ndarray:
@@ -273,6 +289,9 @@ class _BoundRun:
         ramp = self.ideal.ramps[ramp_id]
         if self.sources.sigmas:
             e = e + self.sources.sigmas * self.hw.nonideality.program_noise_us * np.sqrt(sum(ramp["step_devices"])) / ramp["g_per_z"]
+            if ramp_id not in self._ramps_drawn:  # a ramp's devices are programmed once per chip
+                self._ramps_drawn.add(ramp_id)
+                self.draws += len(ramp["step_devices"])
         e = e + self.sources.ramp_gain * (np.abs(z) + e)
         if not self.sources.nl_adc:  # the ideal f, still saturating at the ends of the ramp's range
             fn, points = _function_of(op, [])
@@ -309,13 +328,19 @@ class _BoundRun:
         scans: list[list[np.ndarray]] = [[] for _ in op.results[n_carried:]]
         scan_bounds: list[list[np.ndarray]] = [[] for _ in op.results[n_carried:]]
         yields = [v for v in body.terminator.operands if v is not None]  # type: ignore[union-attr]
+        steps: list[list[np.ndarray]] = []
+        if self.per_step and int(trip) > 0:  # type: ignore[arg-type]
+            self.steps.append(steps)
         for t in range(int(trip)):  # type: ignore[arg-type]
+            if self.per_step and t > 0:
+                state_bounds = [None] * len(state_bounds)  # teacher forcing: this step starts from the reference's values
             self.bounds[id(body.args[0])] = None
             for arg, b in zip(body.args[1:], state_bounds):
                 self.bounds[id(arg)] = b
             out = it.run_block(body, [np.array(t, dtype=np.int64), *state])
             out_bounds = [_abs(self.bounds.get(id(v)), a) for v, a in zip(yields, out)]
             state, state_bounds = out[:n_carried], out_bounds[:n_carried]  # type: ignore[assignment]
+            steps.append(out_bounds)
             for acc, accb, value, b in zip(scans, scan_bounds, out[n_carried:], out_bounds[n_carried:]):
                 acc.append(value)
                 accb.append(b)
@@ -390,19 +415,62 @@ def output_bounds(image: Image, inputs: Mapping[str, np.ndarray], sources: Sourc
     return _BoundRun(image, sources).run(inputs)
 
 
-def breakdown(image: Image, inputs: Mapping[str, np.ndarray], sources: Sources) -> list[tuple[str, dict[str, np.ndarray]]]:
-    """The bound with one source at a time (what each effect alone contributes), then with all of them."""
+@dataclass
+class StepBounds:
+    outputs: dict[str, np.ndarray]  # bounds of the ONNX outputs of the teacher-forced run
+    loops: list[list[list[np.ndarray]]]  # per loop execution, per step, bounds of the yielded values
+    draws: int  # Gaussian draws under the noise term (0 without sigmas)
+
+
+def tail_sigmas(draws: int, false_alarm: float = 1e-3) -> float:
+    """The s with draws * P(|N(0,1)| > s) = false_alarm: the union bound over every Gaussian draw of a run.
+
+    If no draw exceeds s of its standard deviations, every element lies within
+    its bound at s (the propagation is worst-case), so an element outside it
+    has probability at most ``false_alarm`` without a stuck device.
+    """
+    lo, hi = 0.0, 40.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if max(draws, 1) * math.erfc(mid / math.sqrt(2)) > false_alarm else (lo, mid)
+    return hi
+
+
+def step_bounds(image: Image, inputs: Mapping[str, np.ndarray], sources: Sources) -> StepBounds:
+    """Bounds of a teacher-forced run (``cimc.stepwise``): every loop step restarts from the reference's carried values.
+
+    The bounds of the ONNX outputs and, per ``cim.loop`` execution (in
+    execution order), per step, the bounds of the values its body yields
+    (carried values, then scan outputs). The carried bound is reset to zero at
+    every step after the first, because the run under test is given the very
+    values the reference carries: what remains is the error one step makes.
+    """
+    run = _BoundRun(image, sources, per_step=True)
+    _, bounds = run.run(inputs)
+    return StepBounds(bounds, run.steps, run.draws)
+
+
+def _free_running(image: Image, inputs: Mapping[str, np.ndarray], sources: Sources) -> dict[str, np.ndarray]:
+    return output_bounds(image, inputs, sources)[1]
+
+
+def breakdown(image: Image, inputs: Mapping[str, np.ndarray], sources: Sources,
+              bound: Callable[[Image, Mapping[str, np.ndarray], Sources], object] = _free_running) -> list[tuple[str, object]]:
+    """The bound with one source at a time (what each effect alone contributes), then with all of them.
+
+    ``bound`` gives one part: the free-running output bounds (default) or ``step_bounds`` (teacher-forced).
+    """
     parts = []
     flags = [("DAC", "dac"), ("device levels", "weights"), ("linear ADC", "adc"), ("NL-ADC", "nl_adc"), ("float32", "float32")]
     alone = Sources(dac=False, weights=False, adc=False, nl_adc=False, float32=False)
     for label, flag in flags:
         if getattr(sources, flag):
-            parts.append((label, output_bounds(image, inputs, replace(alone, **{flag: True}))[1]))
+            parts.append((label, bound(image, inputs, replace(alone, **{flag: True}))))
     if sources.sigmas:
-        parts.append((f"device noise at {sources.sigmas:g} sigma", output_bounds(image, inputs, replace(alone, sigmas=sources.sigmas))[1]))
+        parts.append((f"device noise at {sources.sigmas:g} sigma", bound(image, inputs, replace(alone, sigmas=sources.sigmas))))
     if sources.gain or sources.ramp_gain:
         parts.append((f"gain |k - 1| = {sources.gain:.3g} (linear ADC), {sources.ramp_gain:.3g} (NL-ADC)",
-                      output_bounds(image, inputs, replace(alone, gain=sources.gain, ramp_gain=sources.ramp_gain))[1]))
+                      bound(image, inputs, replace(alone, gain=sources.gain, ramp_gain=sources.ramp_gain))))
     return parts
 
 

@@ -69,15 +69,19 @@ class Interpreter:
 
     def __init__(self, module: Module, observer: Callable[[Operation, Arrays, list[np.ndarray]], None] | None = None,
                  overrides: Mapping[str, Kernel] | None = None, check_types: bool = True,
-                 progress: Callable[[str, int, int], None] | None = None) -> None:
+                 progress: Callable[[str, int, int], None] | None = None,
+                 carried_override: Callable[[Operation, int, list[np.ndarray]], list[np.ndarray]] | None = None) -> None:
         """``observer(op, operands, results)`` sees every op as it runs (calibration records value ranges with it);
-        ``overrides`` replaces the kernels of some op kinds (the simulator executes crossbar ops its own way)."""
+        ``overrides`` replaces the kernels of some op kinds (the simulator executes crossbar ops its own way);
+        ``carried_override(loop, step, values)`` returns the values a ``cim.loop`` body starts step ``step`` from
+        (teacher forcing: per-step verification restarts every step from a reference trajectory)."""
         _load_kernels()
         self.module = module
         self.observer = observer
         self.kernels = {**_KERNELS, **(overrides or {})}
         self.check_types = check_types
         self.progress = progress  # progress(where, step, steps) after every loop step
+        self.carried_override = carried_override
         self.values: dict[int, np.ndarray] = {}
         self.symbols: dict[str, int] = {}
         self._cache: dict[int, np.ndarray] = {}

@@ -31,6 +31,8 @@ def _loop(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
     scans: list[list[np.ndarray]] = [[] for _ in op.results[n_carried:]]
     state = [a for a in carried if a is not None]
     for t in range(int(trip)):
+        if it.carried_override is not None:
+            state = it.carried_override(op, t, state)
         out = it.run_block(body, [np.array(t, dtype=np.int64), *state])
         state = out[:n_carried]
         for acc, value in zip(scans, out[n_carried:]):

@@ -1,0 +1,94 @@
+"""Per-step (teacher-forced) verification of the 49-step KWS LSTM: the enforced bound says something and can fail.
+
+The free-running worst-case bound compounds through the recurrence (|Jacobian|
+per step) and exceeds the outputs' own size on KWS (over 300 % relative RMS at
+ideal), so it could not fail. Per step, each step restarts from the exact run's
+carried values and its bound covers one step's error only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cimc
+from cimc.backends.simulator import Simulator, SimulatorOptions
+from cimc.error_bound import tail_sigmas
+from cimc.stepwise import run_trajectory
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+KWS = EXAMPLES / "kws" / "kws_lstm.onnx"
+
+
+@pytest.fixture(scope="module")
+def kws() -> cimc.CompiledModel:
+    return cimc.compile(KWS, calib=EXAMPLES / "kws" / "calib.npz")
+
+
+@pytest.fixture(scope="module")
+def inputs() -> dict[str, np.ndarray]:
+    return dict(np.load(EXAMPLES / "kws" / "verify_inputs.npz"))
+
+
+def test_teacher_forcing_with_its_own_trajectory_reproduces_the_run(kws: cimc.CompiledModel, inputs: dict) -> None:
+    """The hook replaces carried values by the reference's: given the run's own trajectory, nothing changes."""
+    simulator = Simulator(kws.image, SimulatorOptions("ideal"))
+    free, trajectory = run_trajectory(simulator, inputs)
+    forced, again = run_trajectory(simulator, inputs, trajectory)
+    assert len(trajectory.runs) == 1 and len(trajectory.runs[0].steps) == inputs["features"].shape[0]
+    assert all(np.array_equal(free[k], forced[k]) for k in free)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(trajectory.runs[0].steps, again.runs[0].steps))
+    _, reference = run_trajectory(Simulator(kws.image, SimulatorOptions("exact")), inputs)
+    teacher, forced_run = run_trajectory(simulator, inputs, reference)
+    assert not np.array_equal(teacher["logits"], free["logits"])  # teacher forcing does change an ideal run
+    # Step 1 of the forced run started from the exact run's state, not its own: it yields what the free run did not.
+    assert not np.array_equal(forced_run.runs[0].steps[1][0], trajectory.runs[0].steps[1][0])
+
+
+def test_ideal_per_step_bound_is_not_vacuous(kws: cimc.CompiledModel, inputs: dict) -> None:
+    """At ideal every per-step element is within its bound, and the bound (relative RMS) is within 8x the measured
+    error (measured: about 4.7x on h, 6.5x on c, 9.5x on the logits; the free-running bound is 55x)."""
+    report = cimc.verify(KWS, kws, inputs=inputs, fidelity="ideal")
+    assert report.passed, report.table()
+    assert report.steps and report.outputs_informational
+    loops = [o for o in report.steps if "carried" in o.name]
+    assert len(loops) == 2
+    for o in loops:
+        assert 0 < o.relative and o.bound_relative < 8 * o.relative, report.table()
+    free = report.outputs[0]
+    assert free.bound_relative > 1.0  # the compounding bound on 49 steps: why it is informational only
+
+
+def test_noisy_fails_with_stuck_devices_and_passes_without(cimc_cli, tmp_path: Path) -> None:
+    """Default hardware: ~128 stuck devices on used weights move h beyond its per-step bound at the union-bound tail
+    sigma (exit 1, the count printed); the same chip compiled with stuck rates 0 in a --hw file stays within it."""
+    (tmp_path / "no_stuck.toml").write_text("[nonideality]\nstuck_on_rate = 0.0\nstuck_off_rate = 0.0\n")
+    common = ["--calib", str(EXAMPLES / "kws" / "calib.npz")]
+    assert cimc_cli("compile", str(KWS), *common, "-o", "kws.cimg", cwd=tmp_path).returncode == 0
+    assert cimc_cli("compile", str(KWS), *common, "--hw", "no_stuck.toml", "-o", "clean.cimg", cwd=tmp_path).returncode == 0
+    verify = ["verify", str(KWS), "--inputs", str(EXAMPLES / "kws" / "verify_inputs.npz"), "--fidelity", "noisy"]
+    stuck = cimc_cli(*verify[:2], "kws.cimg", *verify[2:], "--seed", "1", cwd=tmp_path)
+    assert stuck.returncode == 1, stuck.stdout + stuck.stderr
+    assert "stuck devices on used weight devices" in stuck.stdout and "FAIL" in stuck.stdout
+    for seed in ("1", "2"):
+        clean = cimc_cli(*verify[:2], "clean.cimg", *verify[2:], "--seed", seed, cwd=tmp_path)
+        assert clean.returncode == 0, clean.stdout + clean.stderr
+        assert "0 stuck devices on used weight devices" in clean.stdout
+
+
+def test_tail_sigmas_is_the_union_bound() -> None:
+    """P(|N(0,1)| > 3) = 0.0027 (closed form erfc(3 / sqrt 2)); a million draws at false-alarm 1e-3 need P = 1e-9 each,
+    i.e. 6.11 sigma."""
+    assert abs(tail_sigmas(1, 0.0026998) - 3.0) < 1e-3
+    assert abs(tail_sigmas(1_000_000, 1e-3) - 6.109) < 1e-2
+    assert tail_sigmas(10, 1e-3) < tail_sigmas(1000, 1e-3)
+
+
+def test_verify_json_carries_the_per_step_rows(kws: cimc.CompiledModel, inputs: dict) -> None:
+    report = json.loads(cimc.verify(KWS, kws, inputs=inputs, fidelity="ideal").to_json())
+    assert report["passed"] and report["outputs_informational"]
+    assert {r["name"] for r in report["onnx_steps"]} == {"/lstm/LSTM h", "/lstm/LSTM c"}
+    assert any(r["name"] == "/lstm/LSTM carried #0" for r in report["steps"]) and report["exact"][0]["passed"]
