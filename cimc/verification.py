@@ -139,7 +139,7 @@ class VerifyReport:
     def to_json(self) -> str:
         return json.dumps({"fidelity": self.fidelity, "tolerance": self.tolerance, "passed": self.passed,
                            "outputs": [o.__dict__ for o in self.outputs], "layers": self.layers,
-                           "saturation": self.saturation.as_json() if self.saturation is not None else None},
+                           "saturation": self.saturation.as_json() if self.saturation is not None else None,
                            "outputs_informational": self.outputs_informational,
                            "steps": [o.__dict__ for o in self.steps], "onnx_steps": [o.__dict__ for o in self.onnx_steps],
                            "exact": [o.__dict__ for o in self.exact]},
