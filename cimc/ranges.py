@@ -31,9 +31,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cimc import fixed_order
 from cimc.attributes import Tensor
+from cimc.cim_kernels import mvm_input
 from cimc.dialects.builtin import constant_array
-from cimc.interpreter import Arrays, Interpreter, input_names
+from cimc.interpreter import Arrays, Interpreter, Kernel, input_names
 from cimc.ir import Block, Module, OpResult, Operation, Value
 from cimc.kernels.activations import Activation
 
@@ -349,11 +351,13 @@ class IntervalAnalysis:
             a = np.where(weights == 0, 0.0, a)
             b = np.where(weights == 0, 0.0, b)
             return Interval(np.minimum(a, b).sum(0), np.maximum(a, b).sum(0))
-        # Midpoint-radius form: two matrix-vector products instead of four elementwise passes.
+        # Midpoint-radius form: two matrix-vector products instead of four elementwise passes, in a fixed order
+        # (not BLAS's, which varies with the CPU) so the recorded bounds are the same on every machine.
         mid, rad = (lo + hi) / 2, (hi - lo) / 2
         if id(op) not in self._abs_weights:
             self._abs_weights[id(op)] = np.abs(weights)
-        center, spread = mid @ weights, rad @ self._abs_weights[id(op)]
+        center = fixed_order.matmul(mid, weights)
+        spread = fixed_order.matmul(rad, self._abs_weights[id(op)])
         return Interval(center - spread, center + spread)
 
     def loop(self, op: Operation, args: list[Interval]) -> list[Interval]:
@@ -488,12 +492,29 @@ class ObservedRanges:
     activations: dict[int, Interval]  # per cim.activation: the range of its input
 
 
+def _fixed_order_matvec(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
+    x = mvm_input(op, args)
+    return [fixed_order.matmul(x, op.attributes["weights"].array)]  # type: ignore[union-attr]
+
+
+def _fixed_order_matmul(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
+    a, b = args
+    assert a is not None and b is not None
+    return [fixed_order.matmul(a, b)]
+
+
+# The calibration run's matrix products, summed in an order that does not depend on the CPU (see cimc.fixed_order):
+# a recurrent state carries a last-bit difference into every later step, and the ranges would differ with it.
+CALIBRATION_KERNELS: dict[str, Kernel] = {"cim.matvec": _fixed_order_matvec, "onnx.MatMul": _fixed_order_matmul}
+
+
 def observed_ranges(module: Module, samples: Sequence[Mapping[str, np.ndarray]]) -> ObservedRanges:
     """Run the interpreter once per sample and record, per MVM and activation, the union of what they reach.
 
     One run per sample (not one batched run) lets samples differ in sequence
     length and lets a model whose batch is fixed at 1 be calibrated on many
-    sequences.
+    sequences. Matrix products use ``CALIBRATION_KERNELS``, so the ranges
+    are the same on every CPU.
     """
     seen = ObservedRanges({}, {}, {})
 
@@ -522,7 +543,7 @@ def observed_ranges(module: Module, samples: Sequence[Mapping[str, np.ndarray]])
 
     names = input_names(module)
     for sample in samples:
-        Interpreter(module, observe).run({k: sample[k] for k in names})
+        Interpreter(module, observe, CALIBRATION_KERNELS).run({k: sample[k] for k in names})
     return seen
 
 
