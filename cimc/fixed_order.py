@@ -41,7 +41,7 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     b2 = (b[:, None] if vector_b else b).astype(wide, copy=False)
     if b2.ndim == 2:  # the common case, rows @ weights: chunk the rows to bound memory
         lead, k = a2.shape[:-1], a2.shape[-1]
-        rows = a2.reshape(-1, k)
+        rows = a2.reshape(int(np.prod(lead)), k)
         n = b2.shape[1]
         step = max(1, _CHUNK_ELEMENTS // max(1, k * n))
         parts = [np.add.reduce(rows[i:i + step, :, None] * b2[None], axis=1) for i in range(0, rows.shape[0], step)]
