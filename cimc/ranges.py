@@ -33,10 +33,11 @@ import numpy as np
 
 from cimc import fixed_order
 from cimc.attributes import Tensor
-from cimc.cim_kernels import mvm_input
+from cimc.cim_kernels import apply_activation, mvm_input
 from cimc.dialects.builtin import constant_array
 from cimc.interpreter import Arrays, Interpreter, Kernel, input_names
 from cimc.ir import Block, Module, OpResult, Operation, Value
+from cimc.kernels import portable_math
 from cimc.kernels.activations import Activation
 
 INF = np.inf
@@ -227,7 +228,7 @@ class IntervalAnalysis:
             a = op.attributes
             act = Activation.create(str(a["function"]), a.get("alpha"), a.get("beta"))  # type: ignore[arg-type]
             clip = a.get("clip")
-            fn = act if clip is None else (lambda z, c=float(clip): act(np.clip(z, -c, c)))  # type: ignore[arg-type]
+            fn = act.portable if clip is None else (lambda z, c=float(clip): act.portable(np.clip(z, -c, c)))  # type: ignore[arg-type]
             return [function_range(fn, args[0]).width_for(args[0].lo.shape[0]) if args[0].lo.ndim == 1 else function_range(fn, args[0])]
         if name in ("onnx.Sigmoid", "onnx.Softmax"):
             return [Interval.of(0.0, 1.0)]
@@ -307,7 +308,7 @@ class IntervalAnalysis:
                 return _products(a, Interval(1.0 / b.hi, 1.0 / b.lo))
             return Interval.unknown()
         if op.name == "onnx.Exp":
-            return Interval.of(np.exp(args[0].collapse().lo), np.exp(args[0].collapse().hi))
+            return Interval.of(portable_math.exp(args[0].collapse().lo), portable_math.exp(args[0].collapse().hi))
         if op.name in ("onnx.MatMul", "onnx.Gemm") and all(np.isfinite(a.abs_max()) for a in args[:2]):
             k = op.operands[0].type.shape[-1]  # type: ignore[union-attr]
             if isinstance(k, int):
@@ -503,9 +504,25 @@ def _fixed_order_matmul(op: Operation, args: Arrays, it: Interpreter) -> list[np
     return [fixed_order.matmul(a, b)]
 
 
-# The calibration run's matrix products, summed in an order that does not depend on the CPU (see cimc.fixed_order):
-# a recurrent state carries a last-bit difference into every later step, and the ranges would differ with it.
-CALIBRATION_KERNELS: dict[str, Kernel] = {"cim.matvec": _fixed_order_matvec, "onnx.MatMul": _fixed_order_matmul}
+def _portable_activation(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
+    assert args[0] is not None
+    return [apply_activation(op, args[0], portable=True)]
+
+
+# The calibration run's matrix products summed in an order that does not depend on the CPU (cimc.fixed_order),
+# its activations evaluated by portable_math: a recurrent state carries a last-bit difference into every later
+# step, and the recorded ranges would differ with it.
+def _portable_unary(fn) -> Kernel:  # noqa: ANN001
+    def run(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
+        assert args[0] is not None
+        return [np.asarray(fn(args[0].astype(np.float64))).astype(args[0].dtype, copy=False)]
+    return run
+
+
+CALIBRATION_KERNELS: dict[str, Kernel] = {
+    "cim.matvec": _fixed_order_matvec, "onnx.MatMul": _fixed_order_matmul, "cim.activation": _portable_activation,
+    "onnx.Sigmoid": _portable_unary(Activation.create("Sigmoid").portable), "onnx.Tanh": _portable_unary(portable_math.tanh),
+    "onnx.Exp": _portable_unary(portable_math.exp)}
 
 
 def observed_ranges(module: Module, samples: Sequence[Mapping[str, np.ndarray]]) -> ObservedRanges:

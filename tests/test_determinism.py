@@ -1,14 +1,14 @@
 """Same inputs give byte-identical images on every CPU: compiled under several BLAS/SIMD kernels and thread counts.
 
 Each model is compiled by the installed ``cimc`` script in separate processes
-whose environment selects other kernels: OpenBLAS's AVX2 (Haswell) kernels
-instead of the AVX-512 ones it picks on this machine, numpy's dispatch with
-its AVX-512 targets disabled, one or two BLAS/OpenMP threads, and a second
-process of the default environment. Before cimc.fixed_order, the KWS and GRU
-images differed under AVX2-only kernels in target_us, g_scale, column ranges
-and NL-ADC thresholds (docs/determinism.md). On a CPU without AVX-512 the
-AVX2 variants select the kernels the default does; the thread counts still
-differ.
+whose environment selects other kernels: OpenBLAS's AVX2 (Haswell) or SSE4
+(Nehalem) kernels instead of the AVX-512 ones it picks on this machine,
+numpy's dispatch with its AVX-512 (and AVX2) targets disabled, one or two
+BLAS/OpenMP threads, and a second process of the default environment. Before
+cimc.fixed_order and portable_math, the KWS and GRU images differed under
+AVX2-only kernels in target_us, g_scale, column ranges and NL-ADC thresholds
+(docs/determinism.md). On a CPU without AVX-512 the AVX2 variants select the
+kernels the default does; the thread counts and the SSE4 variant still differ.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from onnx_corpus import recurrent_cases
 from range_models import recurrent_model
 
 EXAMPLES = TESTS_DIR.parent / "examples"
-AVX512_FEATURES = "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR"
+# numpy < 2.4 names its AVX-512 dispatch targets AVX512F..AVX512_SPR, numpy 2.4 X86_V4 (AVX512_ICL, AVX512_SPR on top);
+# a name the running numpy does not know only draws an ImportWarning.
+AVX512_FEATURES = "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR X86_V4"
 
 VARIANTS = {
     "default-1-thread": {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"},
@@ -37,6 +39,8 @@ VARIANTS = {
                       "NPY_DISABLE_CPU_FEATURES": AVX512_FEATURES},
     "avx2-2-threads": {"OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2", "OPENBLAS_CORETYPE": "Haswell",
                        "NPY_DISABLE_CPU_FEATURES": AVX512_FEATURES},
+    "sse4-1-thread": {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_CORETYPE": "Nehalem",
+                      "NPY_DISABLE_CPU_FEATURES": f"{AVX512_FEATURES} AVX2 FMA3 X86_V3"},
 }
 KERNEL_KEYS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES",
                "MKL_NUM_THREADS", "OPENBLAS_VERBOSE")
