@@ -509,9 +509,6 @@ def _portable_activation(op: Operation, args: Arrays, it: Interpreter) -> list[n
     return [apply_activation(op, args[0], portable=True)]
 
 
-# The calibration run's matrix products summed in an order that does not depend on the CPU (cimc.fixed_order),
-# its activations evaluated by portable_math: a recurrent state carries a last-bit difference into every later
-# step, and the recorded ranges would differ with it.
 def _portable_unary(fn) -> Kernel:  # noqa: ANN001
     def run(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
         assert args[0] is not None
@@ -519,6 +516,9 @@ def _portable_unary(fn) -> Kernel:  # noqa: ANN001
     return run
 
 
+# The calibration run's matrix products summed in an order that does not depend on the CPU (cimc.fixed_order),
+# its activations evaluated by portable_math: a recurrent state carries a last-bit difference into every later
+# step, and the recorded ranges would differ with it.
 CALIBRATION_KERNELS: dict[str, Kernel] = {
     "cim.matvec": _fixed_order_matvec, "onnx.MatMul": _fixed_order_matmul, "cim.activation": _portable_activation,
     "onnx.Sigmoid": _portable_unary(Activation.create("Sigmoid").portable), "onnx.Tanh": _portable_unary(portable_math.tanh),
@@ -530,8 +530,8 @@ def observed_ranges(module: Module, samples: Sequence[Mapping[str, np.ndarray]])
 
     One run per sample (not one batched run) lets samples differ in sequence
     length and lets a model whose batch is fixed at 1 be calibrated on many
-    sequences. Matrix products use ``CALIBRATION_KERNELS``, so the ranges
-    are the same on every CPU.
+    sequences. Matrix products and activations use ``CALIBRATION_KERNELS``,
+    so the ranges are the same on every CPU.
     """
     seen = ObservedRanges({}, {}, {})
 
