@@ -27,14 +27,14 @@ def _array(op: Operation, name: str) -> np.ndarray:
     return value.array
 
 
-def apply_activation(op: Operation, x: np.ndarray) -> np.ndarray:
-    """f(clip(x)) as named by an op's function/alpha/beta/clip attributes."""
+def apply_activation(op: Operation, x: np.ndarray, portable: bool = False) -> np.ndarray:
+    """f(clip(x)) as named by an op's function/alpha/beta/clip attributes (``portable``: see Activation.portable)."""
     a = op.attributes
     fn = Activation.create(str(a["function"]), a.get("alpha"), a.get("beta"))  # type: ignore[arg-type]
     if "clip" in a:
         bound = x.dtype.type(a["clip"])
         x = np.clip(x, -bound, bound)
-    return fn(x)
+    return fn.portable(x) if portable else fn(x)
 
 
 @kernel("cim.activation")

@@ -85,11 +85,12 @@ class Transfer:
             raise CimcError(f"clip of {self.activation.name} must be a positive number, got {self.clip}")
 
     def __call__(self, z: np.ndarray) -> np.ndarray:
-        """Evaluate in float64: the thresholds are found by bisection on these values."""
+        """Evaluate in float64: the thresholds are found by bisection on these values, so they are computed
+        with portable_math (the same bits on every CPU, see Activation.portable)."""
         z = np.asarray(z, dtype=np.float64)
         if self.clip is not None:
             z = np.clip(z, -self.clip, self.clip)
-        return self.activation(z)
+        return self.activation.portable(z)
 
     @property
     def name(self) -> str:

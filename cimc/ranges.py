@@ -31,10 +31,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cimc import fixed_order
 from cimc.attributes import Tensor
+from cimc.cim_kernels import apply_activation, mvm_input
 from cimc.dialects.builtin import constant_array
-from cimc.interpreter import Arrays, Interpreter, input_names
+from cimc.interpreter import Arrays, Interpreter, Kernel, input_names
 from cimc.ir import Block, Module, OpResult, Operation, Value
+from cimc.kernels import portable_math
 from cimc.kernels.activations import Activation
 
 INF = np.inf
@@ -225,7 +228,7 @@ class IntervalAnalysis:
             a = op.attributes
             act = Activation.create(str(a["function"]), a.get("alpha"), a.get("beta"))  # type: ignore[arg-type]
             clip = a.get("clip")
-            fn = act if clip is None else (lambda z, c=float(clip): act(np.clip(z, -c, c)))  # type: ignore[arg-type]
+            fn = act.portable if clip is None else (lambda z, c=float(clip): act.portable(np.clip(z, -c, c)))  # type: ignore[arg-type]
             return [function_range(fn, args[0]).width_for(args[0].lo.shape[0]) if args[0].lo.ndim == 1 else function_range(fn, args[0])]
         if name in ("onnx.Sigmoid", "onnx.Softmax"):
             return [Interval.of(0.0, 1.0)]
@@ -305,7 +308,7 @@ class IntervalAnalysis:
                 return _products(a, Interval(1.0 / b.hi, 1.0 / b.lo))
             return Interval.unknown()
         if op.name == "onnx.Exp":
-            return Interval.of(np.exp(args[0].collapse().lo), np.exp(args[0].collapse().hi))
+            return Interval.of(portable_math.exp(args[0].collapse().lo), portable_math.exp(args[0].collapse().hi))
         if op.name in ("onnx.MatMul", "onnx.Gemm") and all(np.isfinite(a.abs_max()) for a in args[:2]):
             k = op.operands[0].type.shape[-1]  # type: ignore[union-attr]
             if isinstance(k, int):
@@ -349,11 +352,13 @@ class IntervalAnalysis:
             a = np.where(weights == 0, 0.0, a)
             b = np.where(weights == 0, 0.0, b)
             return Interval(np.minimum(a, b).sum(0), np.maximum(a, b).sum(0))
-        # Midpoint-radius form: two matrix-vector products instead of four elementwise passes.
+        # Midpoint-radius form: two matrix-vector products instead of four elementwise passes, in a fixed order
+        # (not BLAS's, which varies with the CPU) so the recorded bounds are the same on every machine.
         mid, rad = (lo + hi) / 2, (hi - lo) / 2
         if id(op) not in self._abs_weights:
             self._abs_weights[id(op)] = np.abs(weights)
-        center, spread = mid @ weights, rad @ self._abs_weights[id(op)]
+        center = fixed_order.matmul(mid, weights)
+        spread = fixed_order.matmul(rad, self._abs_weights[id(op)])
         return Interval(center - spread, center + spread)
 
     def loop(self, op: Operation, args: list[Interval]) -> list[Interval]:
@@ -488,12 +493,45 @@ class ObservedRanges:
     activations: dict[int, Interval]  # per cim.activation: the range of its input
 
 
+def _fixed_order_matvec(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
+    x = mvm_input(op, args)
+    return [fixed_order.matmul(x, op.attributes["weights"].array)]  # type: ignore[union-attr]
+
+
+def _fixed_order_matmul(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
+    a, b = args
+    assert a is not None and b is not None
+    return [fixed_order.matmul(a, b)]
+
+
+def _portable_activation(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
+    assert args[0] is not None
+    return [apply_activation(op, args[0], portable=True)]
+
+
+def _portable_unary(fn) -> Kernel:  # noqa: ANN001
+    def run(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
+        assert args[0] is not None
+        return [np.asarray(fn(args[0].astype(np.float64))).astype(args[0].dtype, copy=False)]
+    return run
+
+
+# The calibration run's matrix products summed in an order that does not depend on the CPU (cimc.fixed_order),
+# its activations evaluated by portable_math: a recurrent state carries a last-bit difference into every later
+# step, and the recorded ranges would differ with it.
+CALIBRATION_KERNELS: dict[str, Kernel] = {
+    "cim.matvec": _fixed_order_matvec, "onnx.MatMul": _fixed_order_matmul, "cim.activation": _portable_activation,
+    "onnx.Sigmoid": _portable_unary(Activation.create("Sigmoid").portable), "onnx.Tanh": _portable_unary(portable_math.tanh),
+    "onnx.Exp": _portable_unary(portable_math.exp)}
+
+
 def observed_ranges(module: Module, samples: Sequence[Mapping[str, np.ndarray]]) -> ObservedRanges:
     """Run the interpreter once per sample and record, per MVM and activation, the union of what they reach.
 
     One run per sample (not one batched run) lets samples differ in sequence
     length and lets a model whose batch is fixed at 1 be calibrated on many
-    sequences.
+    sequences. Matrix products and activations use ``CALIBRATION_KERNELS``,
+    so the ranges are the same on every CPU.
     """
     seen = ObservedRanges({}, {}, {})
 
@@ -522,7 +560,7 @@ def observed_ranges(module: Module, samples: Sequence[Mapping[str, np.ndarray]])
 
     names = input_names(module)
     for sample in samples:
-        Interpreter(module, observe).run({k: sample[k] for k in names})
+        Interpreter(module, observe, CALIBRATION_KERNELS).run({k: sample[k] for k in names})
     return seen
 
 

@@ -25,26 +25,38 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    # Split by sign so exp never overflows.
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+from cimc.kernels import portable_math
 
 
-_FUNCTIONS: dict[str, Callable[[np.ndarray, np.generic, np.generic], np.ndarray]] = {
-    "Relu": lambda x, a, b: np.maximum(x, 0),
-    "Tanh": lambda x, a, b: np.tanh(x),
-    "Sigmoid": lambda x, a, b: _sigmoid(x),
-    "Affine": lambda x, a, b: a * x + b,
-    "LeakyRelu": lambda x, a, b: np.where(x >= 0, x, a * x),
-    "ThresholdedRelu": lambda x, a, b: np.where(x > a, x, 0),
-    "ScaledTanh": lambda x, a, b: a * np.tanh(b * x),
-    "HardSigmoid": lambda x, a, b: np.clip(a * x + b, 0, 1),
-    "Elu": lambda x, a, b: np.where(x >= 0, x, a * np.expm1(np.minimum(x, 0))),
-    "Softsign": lambda x, a, b: x / (1 + np.abs(x)),
-    "Softplus": lambda x, a, b: np.logaddexp(0, x),
-}
+def _functions(m) -> dict[str, Callable[[np.ndarray, np.generic, np.generic], np.ndarray]]:  # noqa: ANN001
+    """The activations with ``m``'s exp, expm1, tanh and log1p: numpy's (fast) or portable_math's (same bits on every CPU)."""
+
+    def sigmoid(x: np.ndarray) -> np.ndarray:
+        # Split by sign so exp never overflows.
+        e = m.exp(-np.abs(x))
+        return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+    def softplus(x: np.ndarray) -> np.ndarray:
+        # log(1 + e^x) = max(x, 0) + log1p(e^-|x|): no overflow.
+        return np.maximum(x, 0) + m.log1p(m.exp(-np.abs(x)))
+
+    return {
+        "Relu": lambda x, a, b: np.maximum(x, 0),
+        "Tanh": lambda x, a, b: m.tanh(x),
+        "Sigmoid": lambda x, a, b: sigmoid(x),
+        "Affine": lambda x, a, b: a * x + b,
+        "LeakyRelu": lambda x, a, b: np.where(x >= 0, x, a * x),
+        "ThresholdedRelu": lambda x, a, b: np.where(x > a, x, 0),
+        "ScaledTanh": lambda x, a, b: a * m.tanh(b * x),
+        "HardSigmoid": lambda x, a, b: np.clip(a * x + b, 0, 1),
+        "Elu": lambda x, a, b: np.where(x >= 0, x, a * m.expm1(np.minimum(x, 0))),
+        "Softsign": lambda x, a, b: x / (1 + np.abs(x)),
+        "Softplus": lambda x, a, b: softplus(x),
+    }
+
+
+_FUNCTIONS = _functions(np)
+_PORTABLE_FUNCTIONS = _functions(portable_math)
 
 _CANONICAL: dict[str, str] = {name.lower(): name for name in _FUNCTIONS}
 
@@ -138,6 +150,19 @@ class Activation:
         alpha = scalar(0 if self.alpha is None else self.alpha)
         beta = scalar(0 if self.beta is None else self.beta)
         return _FUNCTIONS[self.name](x, alpha, beta).astype(x.dtype, copy=False)
+
+    def portable(self, x: np.ndarray) -> np.ndarray:
+        """Like calling it, but evaluated in float64 by ``portable_math`` and rounded once to ``x``'s dtype.
+
+        The compiler uses this for the numbers it records (NL-ADC thresholds,
+        calibration ranges): they are then the same on every CPU, where numpy's
+        SIMD exp and tanh differ in the last bit from one instruction set to the next.
+        """
+        x = np.asarray(x)
+        wide = x.astype(np.float64)
+        alpha = np.float64(0 if self.alpha is None else self.alpha)
+        beta = np.float64(0 if self.beta is None else self.beta)
+        return _PORTABLE_FUNCTIONS[self.name](wide, alpha, beta).astype(x.dtype, copy=False)
 
 
 def resolve_activations(
