@@ -207,6 +207,9 @@ class Simulator:
 
         ``progress(where, step, steps)`` is called after every time step of every loop.
         """
+        # Every run is a new read of the arrays (fresh read noise), even of the very same input arrays.
+        for group in (self._groups or {}).values():
+            group.forget()
         # The program was verified when the image was loaded; the inputs are still checked against its types.
         return Interpreter(self.program, observer, self.kernels(), check_types=False, progress=progress).run(inputs)
 
@@ -262,6 +265,9 @@ class _ReadGroup:
 
     def remember(self, args: Arrays, product: np.ndarray) -> None:
         self._args, self._product = list(args), product
+
+    def forget(self) -> None:
+        self._args, self._product = [], None
 
 
 def _first_tile(op: Operation) -> Operation:
