@@ -45,6 +45,7 @@ def hardware(**changes: dict) -> Hardware:
 
 
 def compile_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], hw: Hardware, tmp_path: Path) -> cimc.CompiledModel:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path, calib = tmp_path / "m.onnx", tmp_path / "calib.npz"
     onnx.save(model, path)
     calib.write_bytes(npz_bytes(feeds))
