@@ -266,7 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     import pytest  # noqa: F401
 
     results: list[Result] = []
-    baseline_tests = sorted({t.split("::")[0] for m in HAND for t in m.tests} | {t for s in SUBSETS.values() for t in s})
+    baseline_tests = {t.split("::")[0] for m in HAND for t in m.tests}
+    if not args.hand:
+        baseline_tests |= {t for file in args.file or MODULES for t in SUBSETS[file]}
+    baseline_tests = sorted(baseline_tests)
     status, _ = run_mutant("cimc/ramp.py", None, baseline_tests, 600)
     if status != "survived":
         print(f"baseline: the unmutated tests do not pass ({status}); fix them first", file=sys.stderr)
