@@ -48,7 +48,7 @@ MODULES = {"backends/simulator.py": "cimc.backends.simulator", "cimc/ramp.py": "
 
 #: targeted test subsets per file for the automatic mutants
 SUBSETS = {
-    "backends/simulator.py": ["tests/test_analog_ops.py", "tests/test_noise_model.py"],
+    "backends/simulator.py": ["tests/test_analog_ops.py", "tests/test_noise_model.py", "tests/test_progress.py"],
     "cimc/ramp.py": ["tests/test_ramp.py", "tests/test_analog_ops.py"],
 }
 
@@ -218,6 +218,16 @@ class _MutantFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         exec(self.code, module.__dict__)  # noqa: S102
 
 
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGKILL when the runner dies, so an interrupted run leaves no process behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_mutant(file: str, code, tests: list[str], timeout: float) -> tuple[str, float]:  # noqa: ANN001
     """Fork, install the mutant, run ``tests``; killed / survived / timeout / error."""
     start = time.monotonic()
@@ -225,6 +235,7 @@ def run_mutant(file: str, code, tests: list[str], timeout: float) -> tuple[str, 
     if pid == 0:  # child
         try:
             os.setpgid(0, 0)
+            _die_with_parent()
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
@@ -258,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hand", action="store_true", help="only the hand-listed mutations")
     parser.add_argument("--file", choices=sorted(MODULES), action="append", help="automatic mutants of this file only")
     parser.add_argument("--limit", type=int, default=0, help="at most this many automatic mutants per file (0: all)")
+    parser.add_argument("--line", type=int, action="append", help="automatic mutants of this source line only")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per mutant (a hang counts as killed)")
     parser.add_argument("--json", type=Path, help="write every result here")
     args = parser.parse_args(argv)
@@ -286,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             for i, (label, line, tree) in enumerate(operator_mutants(path.read_text())):
                 if args.limit and i >= args.limit:
                     break
+                if args.line and line not in args.line:
+                    continue
                 code = compile(tree, str(path), "exec")
                 status, seconds = run_mutant(file, code, SUBSETS[file], args.timeout)
                 results.append(Result(file, label, line, status, seconds, SUBSETS[file]))
