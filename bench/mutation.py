@@ -270,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--file", choices=sorted(MODULES), action="append", help="automatic mutants of this file only")
     parser.add_argument("--limit", type=int, default=0, help="at most this many automatic mutants per file (0: all)")
     parser.add_argument("--line", type=int, action="append", help="automatic mutants of this source line only")
+    parser.add_argument("--survivors-of", type=Path, help="re-run only the automatic mutants that survived in this --json report")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per mutant (a hang counts as killed)")
     parser.add_argument("--json", type=Path, help="write every result here")
     args = parser.parse_args(argv)
@@ -278,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     import pytest  # noqa: F401
 
     results: list[Result] = []
+    previous = set()
+    if args.survivors_of:
+        previous = {(r["file"], r["name"]) for r in json.loads(args.survivors_of.read_text()) if r["status"] == "survived"}
     baseline_tests = {t.split("::")[0] for m in HAND for t in m.tests}
     if not args.hand:
         baseline_tests |= {t for file in args.file or MODULES for t in SUBSETS[file]}
@@ -299,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.limit and i >= args.limit:
                     break
                 if args.line and line not in args.line:
+                    continue
+                if args.survivors_of and (file, label) not in previous:
                     continue
                 code = compile(tree, str(path), "exec")
                 status, seconds = run_mutant(file, code, SUBSETS[file], args.timeout)
