@@ -271,7 +271,10 @@ def test_wide_steps_take_two_devices_and_narrow_steps_are_infeasible():
     stepwise = ramp
     assert all(s.device_levels == (0,) for s in stepwise.steps if not s.feasible)
     cumulative = synthesize_ramp(transfer, 5, g, g_min, G_MAX, LEVELS)
-    with pytest.raises(CimcError, match="no quantisation bound"):
+    levels = cumulative.offset_us + np.cumsum([sum(step.device_us) for step in cumulative.steps])
+    deviation = np.abs(levels - g * cumulative.thresholds)
+    first = int(np.argmax(deviation > delta_g / 2 * (1 + 1e-6)))
+    with pytest.raises(CimcError, match=f"no quantisation bound.* level {first + 1} is {deviation[first]:.4g} µS"):
         output_error_bound_lsb(cumulative)
 
 
