@@ -163,12 +163,16 @@ def operator_mutants(text: str) -> Iterator[tuple[str, int, ast.Module]]:
     skip = _docstring_ids(tree) | _annotation_ids(tree)
     inside = _inside_functions(tree)
     sites = [n for n in ast.walk(tree) if id(n) in inside and id(n) not in skip]
+    seen: dict[str, int] = {}
     for node in sites:
         for label, change in _changes(node):
             mutated = copy.deepcopy(tree)
             change(_twin(tree, mutated, node))
             ast.fix_missing_locations(mutated)
-            yield f"{label} @ {node.lineno}:{node.col_offset}", node.lineno, mutated
+            name = f"{label} @ {node.lineno}:{node.col_offset}"
+            seen[name] = seen.get(name, 0) + 1
+            # Nested operators (a * b * c) start at the same column: number the repeats so names stay unique.
+            yield name if seen[name] == 1 else f"{name}#{seen[name]}", node.lineno, mutated
 
 
 def _twin(tree: ast.AST, mutated: ast.AST, node: ast.AST) -> ast.AST:
