@@ -85,14 +85,19 @@ def column_error_bound(x: np.ndarray, w: np.ndarray, dac_step: np.ndarray, g_sca
     return weight + dac + rounding
 
 
-def programmed_weights(compiled: cimc.CompiledModel, tile, hw: Hardware) -> np.ndarray:
-    """(G+ - G-)/s of a tile from the image's device levels (G = G_min + level ΔG; format in cimc/image.py)."""
-    k, r, c = (int(tile.attributes[n]) for n in ("array", "array_row", "array_col"))
+def tile_weights(conductances: np.ndarray, tile) -> np.ndarray:  # noqa: ANN001
+    """(G+ - G-)/s of a tile from its array's conductances (layout: G+ on c + 2j, G- on c + 2j + 1; cimc/image.py)."""
+    r, c = int(tile.attributes["array_row"]), int(tile.attributes["array_col"])
     r0, r1 = tile.attributes["rows"]
     c0, c1 = tile.attributes["cols"]
-    level = compiled.image.arrays[k][1][r:r + r1 - r0, c:c + 2 * (c1 - c0)].astype(np.float64)
-    g = hw.device.g_min_us + level * delta_g(hw)
+    g = conductances[r:r + r1 - r0, c:c + 2 * (c1 - c0)]
     return (g[:, 0::2] - g[:, 1::2]) / tile.attributes["g_scale"].array
+
+
+def programmed_weights(compiled: cimc.CompiledModel, tile, hw: Hardware) -> np.ndarray:  # noqa: ANN001
+    """The tile's weights as programmed: device levels of the image, G = G_min + level ΔG."""
+    level = compiled.image.arrays[int(tile.attributes["array"])][1].astype(np.float64)
+    return tile_weights(hw.device.g_min_us + level * delta_g(hw), tile)
 
 
 def linear_codes(z: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
@@ -246,6 +251,12 @@ FUNCTIONS = [
 HIDDEN, INPUTS = 6, 2
 
 
+def rnn_mvm_inputs(x: np.ndarray) -> np.ndarray:
+    """The one-step RNN's MVM input [x; h0 = 0; 1] for X [1, batch, INPUTS]."""
+    batch = x.shape[1]
+    return np.concatenate([x[0].astype(np.float64), np.zeros((batch, HIDDEN)), np.ones((batch, 1))], axis=1)
+
+
 def rnn_step_model(activation: str, alpha: float | None, beta: float | None, clip: float | None,
                    seed: int = 1) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
     """A one-step ONNX RNN without initial state: Y = f(clip(x W^T + Wb + Rb)), one MVM then one activation."""
@@ -314,7 +325,7 @@ def test_tile_and_nl_adc_against_the_uniform_quantizer_of_f(case, bits: int, tmp
     def code(z: np.ndarray) -> np.ndarray:
         return np.clip(np.floor((f(z) - y0) / lsb + 0.5), 0, top)
 
-    inputs = np.concatenate([x[0].astype(np.float64), np.zeros((x.shape[1], HIDDEN)), np.ones((x.shape[1], 1))], axis=1)
+    inputs = rnn_mvm_inputs(x)
     z = inputs @ weights.astype(np.float32).astype(np.float64)
     dac_step = input_scale(tile, weights.shape[0]) / (2 ** (hw.converters.dac_bits - 1) - 1)
     window = column_error_bound(inputs, weights, dac_step, tile.attributes["g_scale"].array, hw)
@@ -360,7 +371,7 @@ def test_nl_adc_codes_come_from_the_programmed_ramp_devices(tmp_path: Path, vrea
     realized = (ramp["offset_sign"] * g[cal0:cal1].sum() + np.cumsum(steps)) / ramp["g_per_z"]
     ideal = np.asarray(ramp["thresholds"])
 
-    inputs = np.concatenate([x[0].astype(np.float64), np.zeros((x.shape[1], HIDDEN)), np.ones((x.shape[1], 1))], axis=1)
+    inputs = rnn_mvm_inputs(x)
     scale = input_scale(tile, weights.shape[0])
     dac = 2 ** (hw.converters.dac_bits - 1) - 1
     xq = np.rint(np.clip(inputs / scale, -1, 1) * dac) / dac * scale

@@ -29,13 +29,14 @@ import pytest
 from cimc.backends.simulator import Simulator, SimulatorOptions
 from cimc.hardware import Hardware, load_hardware
 from test_analog_ops import (
-    HIDDEN,
     INPUTS,
     compile_model,
     delta_g,
     gemm_model,
     hardware,
+    rnn_mvm_inputs,
     rnn_step_model,
+    tile_weights,
     tiles,
 )
 
@@ -292,8 +293,8 @@ def test_ramp_recalibration_absorbs_the_median_level_error(tmp_path: Path, reach
     the reachable total nearest to offset + median(g T_k - L_k) (in sign),
     enumerated here from the device levels. The NL-ADC must latch its codes
     against those thresholds; the median level error left is then at most
-    ΔG/2. Read noise is off and weights are checked at the column, so the column
-    value is known from the noisy devices.
+    ΔG/2. Read noise is off, and the column value is computed from the noisy
+    weight devices themselves.
 
     ``beyond``: half the devices stuck at G_max push the ramp so high that the
     wanted offset exceeds what 3 calibration devices reach (3 G_max): the
@@ -303,7 +304,7 @@ def test_ramp_recalibration_absorbs_the_median_level_error(tmp_path: Path, reach
     calibration = 5 if reach == "within" else 3
     hw = hardware(array={"rows": 64}, converters={"nl_adc_bits": 5, "dac_bits": 12, "ramp_calibration_devices": calibration},
                   nonideality=QUIET | noise)
-    model, weights, _ = rnn_step_model("Tanh", None, None, None, seed=3)
+    model, _, _ = rnn_step_model("Tanh", None, None, None, seed=3)
     x = np.random.default_rng(4).uniform(-1, 1, size=(1, 3000, INPUTS)).astype(np.float32)
     compiled = compile_model(model, {"X": x}, hw, tmp_path)
     (ramp,) = compiled.image.manifest["ramps"]
@@ -329,11 +330,9 @@ def test_ramp_recalibration_absorbs_the_median_level_error(tmp_path: Path, reach
             assert abs(np.median(targets - calibrated)) > delta_g(hw) / 2
         moved += abs(np.median(targets - uncalibrated)) > delta_g(hw) / 2
 
-        # The column value from the same noisy devices: W~ = (G+ - G-)/s on the tile's rows and bit lines.
-        k, r, c = (int(tile.attributes[n]) for n in ("array", "array_row", "array_col"))
-        g = sim.devices[k][r:r + weights.shape[0], c:c + 2 * HIDDEN]
-        programmed = (g[:, 0::2] - g[:, 1::2]) / tile.attributes["g_scale"].array
-        inputs = np.concatenate([x[0].astype(np.float64), np.zeros((x.shape[1], HIDDEN)), np.ones((x.shape[1], 1))], axis=1)
+        # The column value from the same noisy devices.
+        programmed = tile_weights(sim.devices[int(tile.attributes["array"])], tile)
+        inputs = rnn_mvm_inputs(x)
         dac = 2 ** (hw.converters.dac_bits - 1) - 1
         xq = np.rint(np.clip(inputs, -1, 1) * dac) / dac  # full scale 1: the bias input
         z = xq @ programmed
