@@ -235,6 +235,9 @@ class Simulator:
         ``progress(where, step, steps)`` is called after every time step of every loop;
         ``carried_override`` is the interpreter's teacher-forcing hook (see ``cimc.stepwise``).
         """
+        # Every run is a new read of the arrays (fresh read noise), even of the very same input arrays.
+        for group in (self._groups or {}).values():
+            group.forget()
         # The program was verified when the image was loaded; the inputs are still checked against its types.
         return Interpreter(self.program, observer, self.kernels(), check_types=False, progress=progress,
                            carried_override=carried_override).run(inputs)
@@ -315,6 +318,9 @@ class _ReadGroup:
 
     def remember(self, args: Arrays, product: np.ndarray) -> None:
         self._args, self._product = list(args), product
+
+    def forget(self) -> None:
+        self._args, self._product = [], None
 
 
 def _first_tile(op: Operation) -> Operation:

@@ -17,6 +17,7 @@ from cimc.diagnostics import CimcError
 from cimc.kernels.activations import Activation
 from cimc.ramp import (
     Transfer,
+    informative_range,
     linear_adc_codes,
     output_error_bound_lsb,
     synthesize_ramp,
@@ -71,18 +72,25 @@ def _feasible_ramp(transfer: Transfer, bits: int, quantization: str):
     return ramp
 
 
-def _secant_bound(ramp) -> float:
-    """0.5 + max_k (max |f'| within ΔG/(2g) of T_k) * ΔG/(2g) / |D|, the slope taken as the
-    steepest secant on a fine grid that has T_k and both window ends as points."""
-    f, r = ramp.transfer, DELTA_G / 2 / ramp.g_per_z
+def _slope_bound(ramp, pick, radius_us=None) -> float:  # noqa: ANN001
+    """0.5 + max_k (pick of |f'| on the worse side of T_k, within r_k) * r_k / |D|.
+
+    r_k = radius_us / g (default ΔG/2 for every level). With pick = max this is
+    the max|f'| * r form of the bound; with a per-side min it is a lower bound of
+    what the realized levels allow. The slopes are secants on a 65-point grid of
+    each side's window, a different computation from the bound's own (f at the
+    window ends).
+    """
+    f = ramp.transfer
+    radii = np.broadcast_to(DELTA_G / 2 if radius_us is None else radius_us, ramp.thresholds.shape) / ramp.g_per_z
     d = abs(ramp.levels_y[1] - ramp.levels_y[0])
     worst = 0.0
-    for t in ramp.thresholds:
+    for t, r in zip(ramp.thresholds, radii):
         for a, b in ((max(t - r, f.z_lo), t), (t, min(t + r, f.z_hi))):
             if b > a:
                 z = np.linspace(a, b, 65)
-                worst = max(worst, float(np.max(np.abs(np.diff(f(z)) / np.diff(z)))))
-    return 0.5 + worst * r / d
+                worst = max(worst, float(pick(np.abs(np.diff(f(z)) / np.diff(z)))) * (b - a))
+    return 0.5 + worst / d
 
 
 @pytest.mark.parametrize("bits", BITS)
@@ -91,9 +99,14 @@ def test_ideal_devices_reach_half_lsb(case, bits):
     ramp = synthesize_ramp(_transfer(case), bits, 10.0, G_MIN, G_MAX, LEVELS, quantization="none")
     assert len(ramp.steps) == len(ramp.thresholds) == 2**bits - 1
     assert np.all(np.diff(ramp.thresholds) >= 0)
+    # Ideal devices realize the ideal thresholds: offset + cumulative steps = g T_k.
+    np.testing.assert_allclose(ramp.realized_thresholds, ramp.thresholds, rtol=1e-12, atol=1e-12)
+    # The ideal N-bit quantizer's worst error is half an LSB, reached next to every threshold:
+    # the dense grid (spacing (z_hi - z_lo)/200000) comes within 0.01 LSB of it.
     error = ramp.max_output_error_lsb()
-    assert error <= 0.5 + 1e-9, f"{ramp.transfer.name} {bits}-bit: {error} LSB"
-    assert output_error_bound_lsb(ramp) == 0.5
+    assert 0.49 <= error <= 0.5 + 1e-9, f"{ramp.transfer.name} {bits}-bit: {error} LSB"
+    # The bound is tight for ideal devices: it covers the measured error with less than 0.01 LSB to spare.
+    assert error <= output_error_bound_lsb(ramp) + 1e-9 <= error + 0.01
 
 
 @pytest.mark.parametrize("bits", BITS)
@@ -103,23 +116,31 @@ def test_cumulative_quantisation_within_bound(case, bits):
     # Premise of the bound: every realised level within ΔG/2 of g*T_k.
     deviation = np.abs(ramp.ramp_levels_us - ramp.g_per_z * ramp.thresholds)
     assert deviation.max() <= DELTA_G / 2 * (1 + 1e-9)
-    # Independent computation: ideal quantiser's 0.5 plus how far f gets from the
-    # crossed midpoint within ΔG/(2g) of each threshold.
-    f, r = ramp.transfer, DELTA_G / 2 / ramp.g_per_z
-    y0 = float(f(f.z_lo))
-    d = (float(f(f.z_hi)) - y0) / (2**bits - 1)
-    moved = 0.0
-    for k, t in enumerate(ramp.thresholds, start=1):
-        m = y0 + (k - 0.5) * d
-        moved = max(moved, abs(float(f(min(t + r, f.z_hi))) - m), abs(m - float(f(max(t - r, f.z_lo)))))
-    expected = 0.5 + moved / abs(d)
     bound = output_error_bound_lsb(ramp)
-    assert bound == pytest.approx(expected, rel=1e-12)
     measured = ramp.max_output_error_lsb()
     assert measured <= bound + 1e-9, f"{ramp.transfer.name} {bits}-bit: {measured} > bound {bound} LSB"
     if case[0] not in JUMPS:
-        # For f without jumps the bound is within the max|f'|*ΔG/(2g) form.
-        assert bound <= _secant_bound(ramp) + 1e-9
+        # For continuous f the bound lies between 0.5 + (slowest) and 0.5 + (steepest) slope within
+        # ΔG/(2g) of the thresholds, times ΔG/(2g)/|D| (mean value theorem on each side of T_k).
+        assert _slope_bound(ramp, np.min) - 1e-9 <= bound <= _slope_bound(ramp, np.max) + 1e-9
+        # INL in LSB: f(T'_k) - f(T_k) with f(T_k) the midpoint, no more than the bound allows beyond 0.5.
+        assert np.abs(ramp.inl_lsb).max() <= bound - 0.5 + 1e-9
+
+
+def test_inl_and_dnl_are_in_output_lsb():
+    """INL_k = (f(T'_k) - f(T_k))/|D|, T'_k rebuilt from the step devices; DNL = its first difference.
+
+    A 6-bit-device sigmoid ramp at g = 10 uS per unit: ΔG/(2g) = 0.078 in z,
+    which moves f by a sizeable fraction of the 5-bit LSB (1/31 of the range).
+    """
+    transfer = Transfer(Activation.create("Sigmoid"), None, -6.0, 6.0)
+    ramp = synthesize_ramp(transfer, 5, 10.0, G_MIN, G_MAX, LEVELS, quantization="stepwise")
+    levels = ramp.offset_us + np.cumsum([sum(step.device_us) for step in ramp.steps])
+    lsb = (transfer(np.float64(6.0)) - transfer(np.float64(-6.0))) / 31
+    inl = (transfer(levels / 10.0) - transfer(ramp.thresholds)) / lsb
+    np.testing.assert_allclose(ramp.inl_lsb, inl, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ramp.dnl_lsb, np.diff(inl), rtol=1e-9, atol=1e-12)
+    assert np.abs(inl).max() > 0.05
 
 
 def test_cumulative_beats_stepwise_on_inl():
@@ -137,24 +158,42 @@ def test_cumulative_beats_stepwise_on_inl():
 def test_stepwise_bound_grows_along_the_ramp():
     ramp = _feasible_ramp(Transfer(Activation.create("Sigmoid"), None, -6.0, 6.0), 6, "stepwise")
     measured = ramp.max_output_error_lsb()
-    assert 0.5 < measured <= output_error_bound_lsb(ramp) + 1e-9
+    bound = output_error_bound_lsb(ramp)
+    assert 0.5 < measured <= bound + 1e-9
+    # After j independent roundings (the offset's, then one per step) a level is within j ΔG/2.
+    roundings = 1 + np.arange(1, len(ramp.steps) + 1)
+    assert bound <= _slope_bound(ramp, np.max, roundings * DELTA_G / 2) + 1e-9
 
 
 def test_ratiometric_codes_ignore_vread_while_a_fixed_reference_adc_drifts():
+    """Codes against currents, checked against thresholds computed here from the ramp's devices.
+
+    The ramp's levels are rebuilt from its device conductances (offset plus the
+    running sum of every step's devices), so the expected code of z is the
+    number of levels at or below g z, a count with no voltage in it. ``codes``
+    must give it at 0.15, 0.2 and 0.25 V; with a ramp supply of its own at
+    0.25 V while the column reads at 0.2 V, the expected code is the count of
+    levels at or below 0.8 g z, which differs for a predictable set of z.
+    """
     transfer = Transfer(Activation.create("Sigmoid"), None, -6.0, 6.0)
     ramp = synthesize_ramp(transfer, 5, 40.0, G_MIN, G_MAX, LEVELS)
+    levels = ramp.offset_us + np.cumsum([sum(step.device_us) for step in ramp.steps])
     z = np.linspace(-7.0, 7.0, 4001)
-    distance = np.min(np.abs(z[:, None] - ramp.realized_thresholds[None, :]), axis=1)
-    z = z[distance > 1e-6]
-    nominal = ramp.codes(z, 0.2)
-    for vread in (0.15, 0.25):
-        np.testing.assert_array_equal(ramp.codes(z, vread), nominal)
-    # A separate ramp supply that drifts alone does move the codes.
-    assert not np.array_equal(ramp.codes(z, 0.2, ramp_vread=0.25), nominal)
+    # Float rounding of V*G decides only at a level itself: keep z away from the levels (in both comparisons).
+    distance = np.min(np.abs(40.0 * z[:, None] - levels[None, :]), axis=1)
+    z = z[(distance > 1e-6) & (np.min(np.abs(32.0 * z[:, None] - levels[None, :]), axis=1) > 1e-6)]
+    expected = np.count_nonzero(levels[None, :] <= 40.0 * z[:, None], axis=1)
+    for vread in (0.15, 0.2, 0.25):
+        np.testing.assert_array_equal(ramp.codes(z, vread), expected)
+    separate = np.count_nonzero(levels[None, :] <= 0.2 / 0.25 * 40.0 * z[:, None], axis=1)
+    np.testing.assert_array_equal(ramp.codes(z, 0.2, ramp_vread=0.25), separate)
+    assert np.count_nonzero(separate != expected) > len(z) // 10
 
     linear = {v: linear_adc_codes(z, 5, -6.0, 6.0, v, 0.2, 40.0) for v in (0.15, 0.2, 0.25)}
-    uniform = np.clip(np.floor((z + 6.0) / (12.0 / 31) + 0.5), 0, 31)
-    np.testing.assert_array_equal(linear[0.2], uniform)
+    step = 12.0 / 31
+    for vread, codes in linear.items():
+        # References fixed at 0.2 V: the column at V reads as if z were V/0.2 times larger.
+        np.testing.assert_array_equal(codes, np.clip(np.floor((vread / 0.2 * z + 6.0) / step + 0.5), 0, 31))
     for vread in (0.15, 0.25):
         changed = np.count_nonzero(linear[vread] != linear[0.2])
         assert changed > len(z) // 10, f"linear ADC at {vread} V changed only {changed} of {len(z)} codes"
@@ -183,8 +222,10 @@ def test_non_monotonic_function_is_rejected(activation, z_lo, z_hi):
         (Activation.create("Relu"), None, -3.0, -1.0),
         (Activation.create("Affine", 0.0, 0.3), None, -1.0, 1.0),
         (Activation.create("Sigmoid"), 1.0, 2.0, 3.0),
+        # 1e-14 * z on 100: its changes are single float steps of 100 (1.4e-14), below 64 ulps of 100.
+        (Activation.create("Affine", 1e-14, 100.0), None, -1.0, 1.0),
     ],
-    ids=["relu-negative-range", "affine-zero-slope", "sigmoid-beyond-clip"],
+    ids=["relu-negative-range", "affine-zero-slope", "sigmoid-beyond-clip", "affine-float-noise"],
 )
 def test_constant_function_is_rejected(activation, clip, z_lo, z_hi):
     with pytest.raises(CimcError, match="is constant"):
@@ -194,6 +235,7 @@ def test_constant_function_is_rejected(activation, clip, z_lo, z_hi):
 def test_decreasing_function_has_increasing_thresholds():
     transfer = Transfer(Activation.create("Affine", -0.7, 0.1), None, -2.0, 2.0)
     assert transfer.direction() == -1
+    assert Transfer(Activation.create("Affine", 0.7, 0.1), None, -2.0, 2.0).direction() == 1
     ramp = synthesize_ramp(transfer, 4, 10.0, G_MIN, G_MAX, LEVELS, quantization="none")
     assert np.all(np.diff(ramp.thresholds) > 0) and np.all(np.diff(ramp.levels_y) < 0)
     np.testing.assert_array_equal(ramp.ideal_codes([-2.0, 2.0]), [0, 15])
@@ -259,6 +301,28 @@ def test_offset_needing_more_calibration_devices_raises():
     assert zero_offset.rows == sum(len(s.device_us) for s in zero_offset.steps) + 5
 
 
+def test_smallest_valid_device_and_calibration_settings_are_accepted():
+    """Two programmable levels (on/off) and no calibration device at all are valid hardware for a ramp from 0."""
+    transfer = Transfer(Activation.create("Relu"), None, 0.0, 3.0)
+    ramp = synthesize_ramp(transfer, 3, 40.0, G_MIN, G_MAX, 2, calibration_devices=0)
+    assert ramp.levels == 2 and ramp.calibration_devices == 0 and ramp.offset_us == 0.0
+    assert all(set(s.device_levels) <= {0, 1} for s in ramp.steps)
+
+
+def test_informative_range_is_the_changing_part_plus_one_code_each_side():
+    """Sigmoid 5-bit on [-100, 100]: codes change between T_1 and T_31 (closed form logit of the
+    midpoints); the range kept is [T_1 - (T_2 - T_1), T_31 + (T_31 - T_30)]. A range already inside is kept."""
+    wide = Transfer(Activation.create("Sigmoid"), None, -100.0, 100.0)
+    y0, y_hi = 1 / (1 + math.exp(100.0)), 1 / (1 + math.exp(-100.0))
+    p = y0 + (np.arange(1, 32) - 0.5) * (y_hi - y0) / 31
+    t = np.log(p) - np.log1p(-p)
+    narrowed = informative_range(wide, 5)
+    assert narrowed.z_lo == pytest.approx(t[0] - (t[1] - t[0]), abs=1e-9)
+    assert narrowed.z_hi == pytest.approx(t[-1] + (t[-1] - t[-2]), abs=1e-9)
+    inside = Transfer(Activation.create("Sigmoid"), None, -2.0, 2.0)
+    assert (informative_range(inside, 5).z_lo, informative_range(inside, 5).z_hi) == (-2.0, 2.0)
+
+
 def test_closed_form_sigmoid_thresholds():
     transfer = Transfer(Activation.create("Sigmoid"), None, -12.0, 12.0)
     ramp = synthesize_ramp(transfer, 5, 10.0, G_MIN, G_MAX, LEVELS, quantization="none")
@@ -296,6 +360,12 @@ def test_transfer_validation():
         Transfer(Activation.create("Tanh"), None, 1.0, 1.0)
     with pytest.raises(CimcError, match="clip"):
         Transfer(Activation.create("Tanh"), -1.0, -1.0, 1.0)
+    with pytest.raises(CimcError, match="clip"):
+        Transfer(Activation.create("Tanh"), 0.0, -1.0, 1.0)
+    with pytest.raises(CimcError, match="z_lo < z_hi"):
+        linear_adc_codes(np.zeros(3), 5, 1.0, 1.0, 0.2, 0.2, 40.0)
+    one_bit = synthesize_ramp(Transfer(Activation.create("Tanh"), None, -3.0, 3.0), 1, 10.0, G_MIN, G_MAX, LEVELS)
+    assert one_bit.thresholds.tolist() == [pytest.approx(0.0, abs=1e-12)] and one_bit.levels_y.size == 2
     ramp = synthesize_ramp(Transfer(Activation.create("Tanh"), None, -3.0, 3.0), 3, 10.0, G_MIN, G_MAX, LEVELS)
     with pytest.raises(CimcError, match="vread"):
         ramp.codes([0.0], vread=0.0)
