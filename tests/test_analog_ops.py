@@ -56,10 +56,17 @@ def tiles(compiled: cimc.CompiledModel) -> list:
     return [op for op in compiled.image.program().walk() if op.name == "cim.tile_mvm"]
 
 
+def row_scale(tile, rows: int) -> np.ndarray:  # noqa: ANN001
+    """Each row's fraction r_i of the reference DAC full scale (per input segment; 1 where none is recorded)."""
+    value = tile.attributes.get("row_scale")
+    return np.ones(rows) if value is None else np.asarray(value.array, dtype=np.float64)
+
+
 def input_scale(tile, rows: int) -> np.ndarray:
-    """The DAC full scale of every input row (one shared scale, or one per row/segment)."""
+    """The DAC full scale of every input row: s_ref r_i (the crossbar stores w_i r_i and the DAC drives x_i / r_i)."""
     value = tile.attributes["input_scale"]
-    return np.broadcast_to(np.asarray(getattr(value, "array", value), dtype=np.float64), (rows,))
+    reference = np.broadcast_to(np.asarray(getattr(value, "array", value), dtype=np.float64), (rows,))
+    return reference * row_scale(tile, rows)
 
 
 def delta_g(hw: Hardware) -> float:
@@ -91,7 +98,8 @@ def tile_weights(conductances: np.ndarray, tile) -> np.ndarray:  # noqa: ANN001
     r0, r1 = tile.attributes["rows"]
     c0, c1 = tile.attributes["cols"]
     g = conductances[r:r + r1 - r0, c:c + 2 * (c1 - c0)]
-    return (g[:, 0::2] - g[:, 1::2]) / tile.attributes["g_scale"].array
+    stored = (g[:, 0::2] - g[:, 1::2]) / tile.attributes["g_scale"].array
+    return stored / row_scale(tile, r1 - r0)[:, None]  # the weights in model units: the rows store w_i r_i
 
 
 def programmed_weights(compiled: cimc.CompiledModel, tile, hw: Hardware) -> np.ndarray:  # noqa: ANN001
@@ -148,7 +156,8 @@ def test_tile_and_linear_adc_within_the_derived_bound_of_the_ideal_quantizer(tmp
     lo = np.concatenate([t.attributes["z_lo"].array for t in parts if t.attributes["rows"][0] == 0])
     hi = np.concatenate([t.attributes["z_hi"].array for t in parts if t.attributes["rows"][0] == 0])
     g_scale = np.concatenate([t.attributes["g_scale"].array for t in parts if t.attributes["rows"][0] == 0])
-    scale = input_scale(parts[0], w.shape[0])
+    first_columns = sorted((t for t in parts if t.attributes["cols"][0] == 0), key=lambda t: t.attributes["rows"][0])
+    scale = np.concatenate([input_scale(t, t.attributes["rows"][1] - t.attributes["rows"][0]) for t in first_columns])
     dac_step = scale / (2 ** (hw.converters.dac_bits - 1) - 1)
     y = Simulator(compiled.image, SimulatorOptions("ideal")).run({"x": x})["y"].astype(np.float64)
 
@@ -329,7 +338,7 @@ def test_tile_and_nl_adc_against_the_uniform_quantizer_of_f(case, bits: int, tmp
     z = inputs @ weights.astype(np.float32).astype(np.float64)
     dac_step = input_scale(tile, weights.shape[0]) / (2 ** (hw.converters.dac_bits - 1) - 1)
     window = column_error_bound(inputs, weights, dac_step, tile.attributes["g_scale"].array, hw)
-    window = window + delta_g(hw) / (2 * ramp["g_per_z"])
+    window = window + delta_g(hw) / (2 * ramp["gain"] * ramp["g_per_z"])
     latched = np.rint((y - y0) / lsb)
     assert np.abs(y - (y0 + latched * lsb)).max() <= 4 * F32_EPS * max(abs(y0), abs(y_top)), "output is not an NL-ADC level"
     a, b = code(z - window), code(z + window)
@@ -368,7 +377,7 @@ def test_nl_adc_codes_come_from_the_programmed_ramp_devices(tmp_path: Path, vrea
     ends = np.cumsum(ramp["step_devices"])
     starts = ends - np.asarray(ramp["step_devices"])
     steps = np.array([g[s:e].sum() for s, e in zip(starts, ends)])
-    realized = (ramp["offset_sign"] * g[cal0:cal1].sum() + np.cumsum(steps)) / ramp["g_per_z"]
+    realized = (ramp["offset_sign"] * g[cal0:cal1].sum() + np.cumsum(steps)) / (ramp["gain"] * ramp["g_per_z"])
     ideal = np.asarray(ramp["thresholds"])
 
     inputs = rnn_mvm_inputs(x)

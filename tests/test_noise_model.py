@@ -34,6 +34,7 @@ from test_analog_ops import (
     delta_g,
     gemm_model,
     hardware,
+    input_scale,
     rnn_mvm_inputs,
     rnn_step_model,
     tile_weights,
@@ -309,7 +310,7 @@ def test_ramp_recalibration_absorbs_the_median_level_error(tmp_path: Path, reach
     compiled = compile_model(model, {"X": x}, hw, tmp_path)
     (ramp,) = compiled.image.manifest["ramps"]
     (tile,) = tiles(compiled)
-    targets = ramp["g_per_z"] * np.asarray(ramp["thresholds"])
+    targets = ramp["gain"] * ramp["g_per_z"] * np.asarray(ramp["thresholds"])
     cal0, cal1 = ramp["calibration_rows"]
     ends = np.cumsum(ramp["step_devices"])
     reachable = _achievable_sums(cal1 - cal0, hw)
@@ -334,10 +335,11 @@ def test_ramp_recalibration_absorbs_the_median_level_error(tmp_path: Path, reach
         programmed = tile_weights(sim.devices[int(tile.attributes["array"])], tile)
         inputs = rnn_mvm_inputs(x)
         dac = 2 ** (hw.converters.dac_bits - 1) - 1
-        xq = np.rint(np.clip(inputs, -1, 1) * dac) / dac  # full scale 1: the bias input
+        scale = input_scale(tile, inputs.shape[-1])  # the bias input's 1 is the reference; x has its own segment scale
+        xq = np.rint(np.clip(inputs / scale, -1, 1) * dac) / dac * scale
         z = xq @ programmed
         eps = 16 * np.finfo(np.float32).eps * (np.abs(xq) @ np.abs(programmed))
-        thresholds = calibrated / ramp["g_per_z"]
+        thresholds = calibrated / (ramp["gain"] * ramp["g_per_z"])
         code = np.searchsorted(thresholds, z, side="right")
         clear = code == np.searchsorted(thresholds, z + eps, side="right")
         clear &= code == np.searchsorted(thresholds, z - eps, side="right")
