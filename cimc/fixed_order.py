@@ -14,15 +14,16 @@ rounded in IEEE arithmetic, whatever the SIMD width) and sums the K terms by
 array's shape alone. Float32 operands are multiplied and summed in float64
 (a float32 x float32 product is exact there) and the sum is rounded once to
 float32, so the result is also at least as accurate as a float32 BLAS call.
-It costs about one memory pass over a K x N product per row instead of a
-GEMM: fine for calibration and interval analysis, not for the simulator.
+It costs about one memory pass over the K x N weights per block of rows
+instead of a GEMM: fine for calibration and interval analysis, not for the
+simulator.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-_CHUNK_ELEMENTS = 1 << 22  # rows are processed in chunks whose K x N products take at most this many float64s (32 MiB)
+_CHUNK_ELEMENTS = 1 << 19  # products are formed in buffers of at most this many float64s (4 MiB: cache-sized)
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -39,13 +40,9 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     vector_a, vector_b = a.ndim == 1, b.ndim == 1
     a2 = (a[None, :] if vector_a else a).astype(wide, copy=False)
     b2 = (b[:, None] if vector_b else b).astype(wide, copy=False)
-    if b2.ndim == 2:  # the common case, rows @ weights: chunk the rows to bound memory
+    if b2.ndim == 2:  # the common case, rows @ weights
         lead, k = a2.shape[:-1], a2.shape[-1]
-        rows = a2.reshape(int(np.prod(lead)), k)
-        n = b2.shape[1]
-        step = max(1, _CHUNK_ELEMENTS // max(1, k * n))
-        parts = [np.add.reduce(rows[i:i + step, :, None] * b2[None], axis=1) for i in range(0, rows.shape[0], step)]
-        out = (np.concatenate(parts) if parts else np.zeros((0, n), wide)).reshape(*lead, n)
+        out = _sequential_rows(a2.reshape(int(np.prod(lead)), k), b2).reshape(*lead, b2.shape[1])
     else:
         out = np.add.reduce(a2[..., :, :, None] * b2[..., None, :, :], axis=-2)
     if vector_b:
@@ -53,3 +50,36 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if vector_a:
         out = out[..., 0, :] if not vector_b else out[..., 0]
     return out.astype(out_type, copy=False)
+
+
+def _sequential_rows(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``rows @ weights`` with out[m, n] = (((p_0 + p_1) + p_2) + ...) + p_(K-1), p_k = rows[m, k] * weights[k, n].
+
+    ``np.add.reduce`` over the leading axis of a C-contiguous array adds its slices
+    one after another (numpy keeps the contiguous axis innermost), so each chunk
+    of K is reduced with the running sum as its first slice: the sum runs in
+    the order of k whatever the chunk size, in buffers of at most
+    ``_CHUNK_ELEMENTS`` float64s reused across chunks, and costs one pass over
+    the weights per block of rows.
+    """
+    m, k = rows.shape
+    n = weights.shape[1]
+    out = np.zeros((m, n), weights.dtype)
+    if k == 0:
+        return out
+    block = max(1, min(m, _CHUNK_ELEMENTS // (8 * max(1, n))))  # rows per pass over the weights
+    depth = max(1, _CHUNK_ELEMENTS // (block * max(1, n)))  # terms of k per reduction
+    buffer = np.empty((depth + 1, block, n), weights.dtype)
+    for r0 in range(0, m, block):
+        r1 = min(m, r0 + block)
+        acc = None
+        for k0 in range(0, k, depth):
+            k1 = min(k, k0 + depth)
+            first = 0 if acc is None else 1
+            terms = buffer[:first + k1 - k0, :r1 - r0]
+            np.multiply(rows[r0:r1, k0:k1].T[:, :, None], weights[k0:k1, None, :], out=terms[first:])
+            if acc is not None:
+                terms[0] = acc
+            acc = np.add.reduce(terms, axis=0)
+        out[r0:r1] = acc
+    return out
