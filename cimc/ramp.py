@@ -121,27 +121,34 @@ class Transfer:
         A ramp's steps are conductances, hence all of one sign, so only a
         monotonic f has a ramp; a constant f has no levels to quantise. The check
         runs on a dense grid plus the function's own breakpoints, ignoring
-        differences at the level of float rounding.
+        differences at the level of float rounding. Cached per transfer (it is a
+        pure function of it, and fuse-activation asks for it several times).
         """
-        z = np.union1d(np.linspace(self.z_lo, self.z_hi, _MONOTONIC_GRID), self._breakpoints())
-        y = self(z)
-        noise = _NOISE_ULPS * np.finfo(np.float64).eps * float(np.max(np.abs(y)))
-        if float(np.max(y) - np.min(y)) <= noise:
-            raise CimcError(
-                f"{self.name} is constant ({float(y[0]):.6g}) on {self._range_text()}: an NL-ADC needs "
-                f"a function that changes over its conversion range; widen or move the range"
-            )
-        d = np.diff(y)
-        rises, falls = d > noise, d < -noise
-        if rises.any() and falls.any():
-            i, j = int(np.argmax(rises)), int(np.argmax(falls))
-            raise CimcError(
-                f"{self.name} is not monotonic on {self._range_text()}: it rises near z = {z[i]:.4g} "
-                f"and falls near z = {z[j]:.4g}; a ramp's steps are all positive conductances, so "
-                f"the NL-ADC can only realise a monotonic function; restrict the range or use a "
-                f"linear ADC and a digital activation"
-            )
-        return 1 if rises.any() else -1
+        return _direction(self)
+
+
+@lru_cache(maxsize=4096)
+def _direction(self: Transfer) -> int:
+    """Transfer.direction, uncached."""
+    z = np.union1d(np.linspace(self.z_lo, self.z_hi, _MONOTONIC_GRID), self._breakpoints())
+    y = self(z)
+    noise = _NOISE_ULPS * np.finfo(np.float64).eps * float(np.max(np.abs(y)))
+    if float(np.max(y) - np.min(y)) <= noise:
+        raise CimcError(
+            f"{self.name} is constant ({float(y[0]):.6g}) on {self._range_text()}: an NL-ADC needs "
+            f"a function that changes over its conversion range; widen or move the range"
+        )
+    d = np.diff(y)
+    rises, falls = d > noise, d < -noise
+    if rises.any() and falls.any():
+        i, j = int(np.argmax(rises)), int(np.argmax(falls))
+        raise CimcError(
+            f"{self.name} is not monotonic on {self._range_text()}: it rises near z = {z[i]:.4g} "
+            f"and falls near z = {z[j]:.4g}; a ramp's steps are all positive conductances, so "
+            f"the NL-ADC can only realise a monotonic function; restrict the range or use a "
+            f"linear ADC and a digital activation"
+        )
+    return 1 if rises.any() else -1
 
 
 @dataclass(frozen=True)
@@ -309,7 +316,7 @@ def _thresholds(transfer: Transfer, midpoints: np.ndarray, direction: int) -> np
     return np.maximum.accumulate(hi)
 
 
-@lru_cache(maxsize=512)
+@lru_cache(maxsize=4096)
 def ideal_levels(transfer: Transfer, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """The ideal output levels y_k [2^bits] and decision thresholds T_k [2^bits - 1] of ``transfer``.
 

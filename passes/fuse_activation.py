@@ -50,6 +50,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -421,12 +422,8 @@ class FuseActivation(ModulePass):
         return outcome, col, g_common
 
     def _choose_gain(self, base: Transfer, bits: int, g_per_z: float, rows: int, gains: tuple[float, ...]) -> Ramp | str:
-        try:
-            return synthesize_with_gain(informative_range(base, bits), bits, g_per_z, self.g_min, self.g_max, self.levels,
-                                        self.calibration_devices, self.quantization, gains, rows, self.max_inl,
-                                        self.gain_rule)
-        except CimcError as e:
-            return e.message
+        return _ramp_or_reason(base, bits, g_per_z, self.g_min, self.g_max, self.levels, self.calibration_devices,
+                               self.quantization, gains, rows, self.max_inl, self.gain_rule)
 
     def _ramp_op(self, module: Module, ramp: Ramp, array: int, col: int, act: Operation) -> Value:
         a = act.attributes
@@ -443,6 +440,23 @@ class FuseActivation(ModulePass):
         })
         b = Builder(module.body, module.body.ops[0] if module.body.ops else None, act.location)
         return b.value("cim.ramp", [], TensorType("f64", (len(ramp.thresholds),)), attrs, f"ramp{array}_{col}")
+
+
+@lru_cache(maxsize=4096)
+def _ramp_or_reason(base: Transfer, bits: int, g_per_z: float, g_min: float, g_max: float, levels: int,
+                    calibration_devices: int, quantization: str, gains: tuple[float, ...], rows: int, max_inl: float,
+                    gain_rule: str) -> Ramp | str:
+    """The ramp that ``synthesize_with_gain`` picks for these parameters, or why there is none.
+
+    Cached: a ramp is a pure function of its parameters (the Ramp is immutable), and many arrays convert the
+    same function over the same range at the same conductance per unit of z (identity columns, equal gates),
+    so they get one synthesis instead of one each.
+    """
+    try:
+        return synthesize_with_gain(informative_range(base, bits), bits, g_per_z, g_min, g_max, levels,
+                                    calibration_devices, quantization, gains, rows, max_inl, gain_rule)
+    except CimcError as e:
+        return e.message
 
 
 def _identity_group(act: Operation, width: int) -> tuple[str, int, tuple[str, ...]] | None:
