@@ -83,3 +83,38 @@ def _sequential_rows(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
             acc = np.add.reduce(terms, axis=0)
         out[r0:r1] = acc
     return out
+
+
+def resumable_vecmat(x: np.ndarray, weights: np.ndarray, previous: tuple[np.ndarray, list[np.ndarray]] | None = None,
+                     ) -> tuple[np.ndarray, tuple[np.ndarray, list[np.ndarray]]]:
+    """``x @ weights`` for float64 ``x`` [K] and ``weights`` [K, N], summed as :func:`matmul` sums it, and a record to resume from.
+
+    The record holds ``x`` and the running sums after every ``depth`` rows.
+    Given the record of an earlier call over the same weights, the sum restarts
+    from the last running sum before the first row where ``x`` differs: the
+    terms before it, and their order, are the same, so the result is bit for bit
+    that of a full product. Interval analysis of a loop recomputes an MVM over
+    [x; h] each step while only h changes: this halves the work there.
+    """
+    k, n = weights.shape
+    depth = max(1, _CHUNK_ELEMENTS // max(1, n))
+    start, sums = 0, []
+    if previous is not None and previous[0].shape == x.shape:
+        changed = np.flatnonzero(previous[0] != x)
+        same = int(changed[0]) if changed.size else k
+        sums = previous[1][:same // depth]
+        start = len(sums) * depth
+    acc = sums[-1] if sums else None
+    buffer = np.empty((depth + 1, n), weights.dtype)
+    for k0 in range(start, k, depth):
+        k1 = min(k, k0 + depth)
+        first = 0 if acc is None else 1
+        terms = buffer[:first + k1 - k0]
+        np.multiply(x[k0:k1, None], weights[k0:k1], out=terms[first:])
+        if acc is not None:
+            terms[0] = acc
+        acc = np.add.reduce(terms, axis=0)
+        if k1 - k0 == depth:
+            sums.append(acc)
+    out = acc if acc is not None else np.zeros(n, weights.dtype)
+    return out, (x.copy(), sums)
