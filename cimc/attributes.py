@@ -85,13 +85,19 @@ def normalize_attr(value: object) -> AttrValue:
 def attr_kind(value: AttrValue) -> str:
     """A short kind name used by op definitions: int, float, str, tensor, ints, floats, strs, list."""
     if isinstance(value, tuple):
+        types = {type(v) for v in value}
+        if len(types) == 1 and next(iter(types)) in _SCALAR_KINDS:  # the common case, long lists of one scalar type
+            return _SCALAR_KINDS[next(iter(types))] + "s"
         kinds = {attr_kind(v) for v in value}
         if len(kinds) == 1 and next(iter(kinds)) in ("int", "float", "str"):
             return next(iter(kinds)) + "s"
         return "list"
     if isinstance(value, bool):
         return "int"
-    return {int: "int", float: "float", str: "str", Tensor: "tensor"}[type(value)]
+    return {**_SCALAR_KINDS, Tensor: "tensor"}[type(value)]
+
+
+_SCALAR_KINDS: dict[type, str] = {int: "int", float: "float", str: "str"}
 
 
 def iter_tensors(value: AttrValue) -> Iterator[Tensor]:
