@@ -33,6 +33,22 @@ class Tensor:
         self.key = key
         self._digest: bytes | None = None
 
+    @classmethod
+    def adopt(cls, array: np.ndarray, key: str | None = None) -> Tensor:
+        """A tensor over ``array`` itself, without the copy ``Tensor()`` makes.
+
+        For arrays a pass has just built and hands over (weights-sized
+        conductance matrices, where a copy is a memory pass and a peak of its
+        own): the array becomes read-only, and the caller must hold no other
+        writable view of it. Anything else is copied as by ``Tensor()``.
+        """
+        if type(array) is not np.ndarray or not array.flags.c_contiguous or not array.flags.owndata:
+            return cls(array, key)
+        array.setflags(write=False)
+        tensor = cls.__new__(cls)
+        tensor.array, tensor.key, tensor._digest = array, key, None
+        return tensor
+
     @property
     def type(self) -> TensorType:
         return TensorType.of_array(self.array)

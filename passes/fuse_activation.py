@@ -63,7 +63,7 @@ from cimc.ir import Module, Operation, Value
 from cimc.kernels.activations import Activation
 from cimc.pass_manager import ModulePass, from_hardware, register_pass
 from cimc.passes.tile import activation_keys, slice_range
-from cimc.ramp import Ramp, Transfer, format_number, informative_range, synthesize_with_gain
+from cimc.ramp import Ramp, Transfer, format_number, informative_range, prepare_ideal_levels, synthesize_with_gain
 from cimc.types import TensorType
 
 
@@ -192,7 +192,14 @@ def _rescale(tile: Operation, cols: tuple[int, int], target: float, g_min: float
     g_neg[:, sl] = np.where(neg == 0, 0.0, np.where(pos == 0, neg * factor, g_min + (neg - g_min) * factor))
     scale[sl] = scale[sl] * factor
     for key, array in (("g_pos", g_pos), ("g_neg", g_neg), ("g_scale", scale)):
-        a[key] = Tensor(array, key=a[key].key)  # type: ignore[union-attr]
+        a[key] = Tensor.adopt(array, key=a[key].key)  # type: ignore[union-attr]
+
+
+def _base_transfer(uses: list[_Use]) -> Transfer:
+    """The function a group's ramp must realize, on the group's whole column range."""
+    act = uses[0].act
+    z_lo, z_hi = _z_range(uses)
+    return Transfer(_activation_of(act), _clip_of(act), z_lo, z_hi)
 
 
 def _z_range(uses: list[_Use]) -> tuple[float, float]:
@@ -265,6 +272,7 @@ class FuseActivation(ModulePass):
             for use in uses:
                 groups[(use.array, activation_key(act))].append(use)
         _unify_shared_identities(module)
+        self._prepare_ramps(list(groups.values()))
         outcomes = {key: self._plan_ramp(key[0], group, arrays[key[0]], gains) for key, group in sorted(groups.items())}
         ramp_values: dict[tuple[int, str], Value] = {}
         fused = 0
@@ -389,22 +397,41 @@ class FuseActivation(ModulePass):
             pieces.append((tile, (0, w)))
         return pieces
 
+    def _bit_widths(self) -> range | tuple[int]:
+        return range(self.min_bits, self.max_bits + 1) if self.auto_bits else (self.bits,)
+
+    def _prepare_ramps(self, groups: list[list[_Use]]) -> None:
+        """Compute the ideal levels that ``_plan_ramp`` will ask for, of all groups together (the same numbers, faster)."""
+        bases = []
+        for uses in groups:
+            try:
+                bases.append(_base_transfer(uses))
+            except CimcError:
+                continue  # _plan_ramp reports it
+        for bits in self._bit_widths():
+            prepare_ideal_levels(bases, bits)
+            informative = []
+            for base in bases:
+                try:
+                    informative.append(informative_range(base, bits))
+                except CimcError:
+                    continue
+            prepare_ideal_levels(informative, bits)
+
     def _plan_ramp(self, array: int, uses: list[_Use], state: _ArrayState, gains: tuple[float, ...]) -> tuple[Ramp, int, float] | str:
         """Synthesize the ramp of one (array, function) group and reserve its bit line, or say why not.
 
         Returns the ramp, its bit line and the conductance per unit of z that every
         column converted against it must be brought to.
         """
-        act = uses[0].act
         g_common = min(float(_g_per_z(t, u.cols).min()) for u in uses for t in u.tiles)
         try:
-            z_lo, z_hi = _z_range(uses)
-            base = Transfer(_activation_of(act), _clip_of(act), z_lo, z_hi)
+            base = _base_transfer(uses)
             base.direction()
         except CimcError as e:
             return e.message
         outcome: Ramp | str = ""
-        for bits in range(self.min_bits, self.max_bits + 1) if self.auto_bits else (self.bits,):
+        for bits in self._bit_widths():
             candidate = self._choose_gain(base, bits, g_common, state.rows, gains)
             if isinstance(candidate, str):
                 outcome = outcome if isinstance(outcome, Ramp) else candidate
