@@ -128,14 +128,14 @@ class Transfer:
 
 
 @lru_cache(maxsize=4096)
-def _direction(self: Transfer) -> int:
+def _direction(transfer: Transfer) -> int:
     """Transfer.direction, uncached."""
-    z = np.union1d(np.linspace(self.z_lo, self.z_hi, _MONOTONIC_GRID), self._breakpoints())
-    y = self(z)
+    z = np.union1d(np.linspace(transfer.z_lo, transfer.z_hi, _MONOTONIC_GRID), transfer._breakpoints())
+    y = transfer(z)
     noise = _NOISE_ULPS * np.finfo(np.float64).eps * float(np.max(np.abs(y)))
     if float(np.max(y) - np.min(y)) <= noise:
         raise CimcError(
-            f"{self.name} is constant ({float(y[0]):.6g}) on {self._range_text()}: an NL-ADC needs "
+            f"{transfer.name} is constant ({float(y[0]):.6g}) on {transfer._range_text()}: an NL-ADC needs "
             f"a function that changes over its conversion range; widen or move the range"
         )
     d = np.diff(y)
@@ -143,7 +143,7 @@ def _direction(self: Transfer) -> int:
     if rises.any() and falls.any():
         i, j = int(np.argmax(rises)), int(np.argmax(falls))
         raise CimcError(
-            f"{self.name} is not monotonic on {self._range_text()}: it rises near z = {z[i]:.4g} "
+            f"{transfer.name} is not monotonic on {transfer._range_text()}: it rises near z = {z[i]:.4g} "
             f"and falls near z = {z[j]:.4g}; a ramp's steps are all positive conductances, so "
             f"the NL-ADC can only realise a monotonic function; restrict the range or use a "
             f"linear ADC and a digital activation"

@@ -48,6 +48,7 @@ array's rows are skipped; if none meets the target the least error is used.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -449,8 +450,9 @@ class FuseActivation(ModulePass):
         return outcome, col, g_common
 
     def _choose_gain(self, base: Transfer, bits: int, g_per_z: float, rows: int, gains: tuple[float, ...]) -> Ramp | str:
-        return _ramp_or_reason(base, bits, g_per_z, self.g_min, self.g_max, self.levels, self.calibration_devices,
-                               self.quantization, gains, rows, self.max_inl, self.gain_rule)
+        return _ramp_or_reason(base, (math.copysign(1.0, base.z_lo), math.copysign(1.0, base.z_hi)), bits, g_per_z,
+                               self.g_min, self.g_max, self.levels, self.calibration_devices, self.quantization, gains,
+                               rows, self.max_inl, self.gain_rule)
 
     def _ramp_op(self, module: Module, ramp: Ramp, array: int, col: int, act: Operation) -> Value:
         a = act.attributes
@@ -470,14 +472,15 @@ class FuseActivation(ModulePass):
 
 
 @lru_cache(maxsize=4096)
-def _ramp_or_reason(base: Transfer, bits: int, g_per_z: float, g_min: float, g_max: float, levels: int,
-                    calibration_devices: int, quantization: str, gains: tuple[float, ...], rows: int, max_inl: float,
-                    gain_rule: str) -> Ramp | str:
+def _ramp_or_reason(base: Transfer, zero_signs: tuple[float, float], bits: int, g_per_z: float, g_min: float,
+                    g_max: float, levels: int, calibration_devices: int, quantization: str, gains: tuple[float, ...],
+                    rows: int, max_inl: float, gain_rule: str) -> Ramp | str:
     """The ramp that ``synthesize_with_gain`` picks for these parameters, or why there is none.
 
     Cached: a ramp is a pure function of its parameters (the Ramp is immutable), and many arrays convert the
     same function over the same range at the same conductance per unit of z (identity columns, equal gates),
-    so they get one synthesis instead of one each.
+    so they get one synthesis instead of one each. ``zero_signs`` (the signs of z_lo and z_hi) only keeps
+    apart the transfers over -0.0 and 0.0, which compare equal but print differently.
     """
     try:
         return synthesize_with_gain(informative_range(base, bits), bits, g_per_z, g_min, g_max, levels,
