@@ -52,15 +52,28 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out.astype(out_type, copy=False)
 
 
+def _add_terms(acc: np.ndarray | None, left: np.ndarray, right: np.ndarray, terms: np.ndarray) -> np.ndarray:
+    """``acc + t_0 + t_1 + ...`` added in that order, t_i = left[i] * right[i]; ``terms`` is a buffer of len(t) + 1 slices.
+
+    ``np.add.reduce`` over the leading axis of a C-contiguous array adds its
+    slices one after another (numpy keeps the contiguous axis innermost), so
+    with the running sum as the first slice a sum cut into chunks adds the same
+    terms in the same order as one reduction over all of them.
+    """
+    np.multiply(left, right, out=terms[1:])
+    if acc is None:
+        return np.add.reduce(terms[1:], axis=0)
+    terms[0] = acc
+    return np.add.reduce(terms, axis=0)
+
+
 def _sequential_rows(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``rows @ weights`` with out[m, n] = (((p_0 + p_1) + p_2) + ...) + p_(K-1), p_k = rows[m, k] * weights[k, n].
 
-    ``np.add.reduce`` over the leading axis of a C-contiguous array adds its slices
-    one after another (numpy keeps the contiguous axis innermost), so each chunk
-    of K is reduced with the running sum as its first slice: the sum runs in
-    the order of k whatever the chunk size, in buffers of at most
-    ``_CHUNK_ELEMENTS`` float64s reused across chunks, and costs one pass over
-    the weights per block of rows.
+    K is cut into chunks reduced onto the running sum (:func:`_add_terms`), so
+    the sum runs in the order of k whatever the chunk size, in a buffer of at
+    most ``_CHUNK_ELEMENTS`` float64s reused across chunks, at one pass over the
+    weights per block of rows.
     """
     m, k = rows.shape
     n = weights.shape[1]
@@ -75,12 +88,7 @@ def _sequential_rows(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
         acc = None
         for k0 in range(0, k, depth):
             k1 = min(k, k0 + depth)
-            first = 0 if acc is None else 1
-            terms = buffer[:first + k1 - k0, :r1 - r0]
-            np.multiply(rows[r0:r1, k0:k1].T[:, :, None], weights[k0:k1, None, :], out=terms[first:])
-            if acc is not None:
-                terms[0] = acc
-            acc = np.add.reduce(terms, axis=0)
+            acc = _add_terms(acc, rows[r0:r1, k0:k1].T[:, :, None], weights[k0:k1, None, :], buffer[:k1 - k0 + 1, :r1 - r0])
         out[r0:r1] = acc
     return out
 
@@ -100,7 +108,7 @@ def resumable_vecmat(x: np.ndarray, weights: np.ndarray, previous: tuple[np.ndar
     depth = max(1, _CHUNK_ELEMENTS // max(1, n))
     start, sums = 0, []
     if previous is not None and previous[0].shape == x.shape:
-        changed = np.flatnonzero(previous[0] != x)
+        changed = np.flatnonzero(previous[0].view(np.int64) != x.view(np.int64))  # bitwise: -0.0 differs from 0.0
         same = int(changed[0]) if changed.size else k
         sums = previous[1][:same // depth]
         start = len(sums) * depth
@@ -108,12 +116,7 @@ def resumable_vecmat(x: np.ndarray, weights: np.ndarray, previous: tuple[np.ndar
     buffer = np.empty((depth + 1, n), weights.dtype)
     for k0 in range(start, k, depth):
         k1 = min(k, k0 + depth)
-        first = 0 if acc is None else 1
-        terms = buffer[:first + k1 - k0]
-        np.multiply(x[k0:k1, None], weights[k0:k1], out=terms[first:])
-        if acc is not None:
-            terms[0] = acc
-        acc = np.add.reduce(terms, axis=0)
+        acc = _add_terms(acc, x[k0:k1, None], weights[k0:k1], buffer[:k1 - k0 + 1])
         if k1 - k0 == depth:
             sums.append(acc)
     out = acc if acc is not None else np.zeros(n, weights.dtype)
