@@ -33,6 +33,22 @@ class Tensor:
         self.key = key
         self._digest: bytes | None = None
 
+    @classmethod
+    def adopt(cls, array: np.ndarray, key: str | None = None) -> Tensor:
+        """A tensor over ``array`` itself, without the copy ``Tensor()`` makes.
+
+        For arrays a pass has just built and hands over (weights-sized
+        conductance matrices, where a copy is a memory pass and a peak of its
+        own): the array becomes read-only, and the caller must hold no other
+        writable view of it. Anything else is copied as by ``Tensor()``.
+        """
+        if type(array) is not np.ndarray or not array.flags.c_contiguous or not array.flags.owndata:
+            return cls(array, key)
+        array.setflags(write=False)
+        tensor = cls.__new__(cls)
+        tensor.array, tensor.key, tensor._digest = array, key, None
+        return tensor
+
     @property
     def type(self) -> TensorType:
         return TensorType.of_array(self.array)
@@ -85,13 +101,19 @@ def normalize_attr(value: object) -> AttrValue:
 def attr_kind(value: AttrValue) -> str:
     """A short kind name used by op definitions: int, float, str, tensor, ints, floats, strs, list."""
     if isinstance(value, tuple):
+        types = {type(v) for v in value}
+        if len(types) == 1 and next(iter(types)) in _SCALAR_KINDS:  # the common case, long lists of one scalar type
+            return _SCALAR_KINDS[next(iter(types))] + "s"
         kinds = {attr_kind(v) for v in value}
         if len(kinds) == 1 and next(iter(kinds)) in ("int", "float", "str"):
             return next(iter(kinds)) + "s"
         return "list"
     if isinstance(value, bool):
         return "int"
-    return {int: "int", float: "float", str: "str", Tensor: "tensor"}[type(value)]
+    return {**_SCALAR_KINDS, Tensor: "tensor"}[type(value)]
+
+
+_SCALAR_KINDS: dict[type, str] = {int: "int", float: "float", str: "str"}
 
 
 def iter_tensors(value: AttrValue) -> Iterator[Tensor]:

@@ -14,15 +14,16 @@ rounded in IEEE arithmetic, whatever the SIMD width) and sums the K terms by
 array's shape alone. Float32 operands are multiplied and summed in float64
 (a float32 x float32 product is exact there) and the sum is rounded once to
 float32, so the result is also at least as accurate as a float32 BLAS call.
-It costs about one memory pass over a K x N product per row instead of a
-GEMM: fine for calibration and interval analysis, not for the simulator.
+It costs about one memory pass over the K x N weights per block of rows
+instead of a GEMM: fine for calibration and interval analysis, not for the
+simulator.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-_CHUNK_ELEMENTS = 1 << 22  # rows are processed in chunks whose K x N products take at most this many float64s (32 MiB)
+_CHUNK_ELEMENTS = 1 << 19  # products are formed in buffers of at most this many float64s (4 MiB: cache-sized)
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -39,13 +40,9 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     vector_a, vector_b = a.ndim == 1, b.ndim == 1
     a2 = (a[None, :] if vector_a else a).astype(wide, copy=False)
     b2 = (b[:, None] if vector_b else b).astype(wide, copy=False)
-    if b2.ndim == 2:  # the common case, rows @ weights: chunk the rows to bound memory
+    if b2.ndim == 2:  # the common case, rows @ weights
         lead, k = a2.shape[:-1], a2.shape[-1]
-        rows = a2.reshape(int(np.prod(lead)), k)
-        n = b2.shape[1]
-        step = max(1, _CHUNK_ELEMENTS // max(1, k * n))
-        parts = [np.add.reduce(rows[i:i + step, :, None] * b2[None], axis=1) for i in range(0, rows.shape[0], step)]
-        out = (np.concatenate(parts) if parts else np.zeros((0, n), wide)).reshape(*lead, n)
+        out = _sequential_rows(a2.reshape(int(np.prod(lead)), k), b2).reshape(*lead, b2.shape[1])
     else:
         out = np.add.reduce(a2[..., :, :, None] * b2[..., None, :, :], axis=-2)
     if vector_b:
@@ -53,3 +50,74 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if vector_a:
         out = out[..., 0, :] if not vector_b else out[..., 0]
     return out.astype(out_type, copy=False)
+
+
+def _add_terms(acc: np.ndarray | None, left: np.ndarray, right: np.ndarray, terms: np.ndarray) -> np.ndarray:
+    """``acc + t_0 + t_1 + ...`` added in that order, t_i = left[i] * right[i]; ``terms`` is a buffer of len(t) + 1 slices.
+
+    ``np.add.reduce`` over the leading axis of a C-contiguous array adds its
+    slices one after another (numpy keeps the contiguous axis innermost), so
+    with the running sum as the first slice a sum cut into chunks adds the same
+    terms in the same order as one reduction over all of them.
+    """
+    np.multiply(left, right, out=terms[1:])
+    if acc is None:
+        return np.add.reduce(terms[1:], axis=0)
+    terms[0] = acc
+    return np.add.reduce(terms, axis=0)
+
+
+def _sequential_rows(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``rows @ weights`` with out[m, n] = (((p_0 + p_1) + p_2) + ...) + p_(K-1), p_k = rows[m, k] * weights[k, n].
+
+    K is cut into chunks reduced onto the running sum (:func:`_add_terms`), so
+    the sum runs in the order of k whatever the chunk size, in a buffer of at
+    most ``_CHUNK_ELEMENTS`` float64s reused across chunks, at one pass over the
+    weights per block of rows.
+    """
+    m, k = rows.shape
+    n = weights.shape[1]
+    out = np.zeros((m, n), weights.dtype)
+    if k == 0:
+        return out
+    block = max(1, min(m, _CHUNK_ELEMENTS // (8 * max(1, n))))  # rows per pass over the weights
+    depth = max(1, _CHUNK_ELEMENTS // (block * max(1, n)))  # terms of k per reduction
+    buffer = np.empty((depth + 1, block, n), weights.dtype)
+    for r0 in range(0, m, block):
+        r1 = min(m, r0 + block)
+        acc = None
+        for k0 in range(0, k, depth):
+            k1 = min(k, k0 + depth)
+            acc = _add_terms(acc, rows[r0:r1, k0:k1].T[:, :, None], weights[k0:k1, None, :], buffer[:k1 - k0 + 1, :r1 - r0])
+        out[r0:r1] = acc
+    return out
+
+
+def resumable_vecmat(x: np.ndarray, weights: np.ndarray, previous: tuple[np.ndarray, list[np.ndarray]] | None = None,
+                     ) -> tuple[np.ndarray, tuple[np.ndarray, list[np.ndarray]]]:
+    """``x @ weights`` for float64 ``x`` [K] and ``weights`` [K, N], summed as :func:`matmul` sums it, and a record to resume from.
+
+    The record holds ``x`` and the running sums after every ``depth`` rows.
+    Given the record of an earlier call over the same weights, the sum restarts
+    from the last running sum before the first row where ``x`` differs: the
+    terms before it, and their order, are the same, so the result is bit for bit
+    that of a full product. Interval analysis of a loop recomputes an MVM over
+    [x; h] each step while only h changes: this halves the work there.
+    """
+    k, n = weights.shape
+    depth = max(1, _CHUNK_ELEMENTS // max(1, n))
+    start, sums = 0, []
+    if previous is not None and previous[0].shape == x.shape:
+        changed = np.flatnonzero(previous[0].view(np.int64) != x.view(np.int64))  # bitwise: -0.0 differs from 0.0
+        same = int(changed[0]) if changed.size else k
+        sums = previous[1][:same // depth]
+        start = len(sums) * depth
+    acc = sums[-1] if sums else None
+    buffer = np.empty((depth + 1, n), weights.dtype)
+    for k0 in range(start, k, depth):
+        k1 = min(k, k0 + depth)
+        acc = _add_terms(acc, x[k0:k1, None], weights[k0:k1], buffer[:k1 - k0 + 1])
+        if k1 - k0 == depth:
+            sums.append(acc)
+    out = acc if acc is not None else np.zeros(n, weights.dtype)
+    return out, (x.copy(), sums)

@@ -121,27 +121,34 @@ class Transfer:
         A ramp's steps are conductances, hence all of one sign, so only a
         monotonic f has a ramp; a constant f has no levels to quantise. The check
         runs on a dense grid plus the function's own breakpoints, ignoring
-        differences at the level of float rounding.
+        differences at the level of float rounding. Cached per transfer (it is a
+        pure function of it, and fuse-activation asks for it several times).
         """
-        z = np.union1d(np.linspace(self.z_lo, self.z_hi, _MONOTONIC_GRID), self._breakpoints())
-        y = self(z)
-        noise = _NOISE_ULPS * np.finfo(np.float64).eps * float(np.max(np.abs(y)))
-        if float(np.max(y) - np.min(y)) <= noise:
-            raise CimcError(
-                f"{self.name} is constant ({float(y[0]):.6g}) on {self._range_text()}: an NL-ADC needs "
-                f"a function that changes over its conversion range; widen or move the range"
-            )
-        d = np.diff(y)
-        rises, falls = d > noise, d < -noise
-        if rises.any() and falls.any():
-            i, j = int(np.argmax(rises)), int(np.argmax(falls))
-            raise CimcError(
-                f"{self.name} is not monotonic on {self._range_text()}: it rises near z = {z[i]:.4g} "
-                f"and falls near z = {z[j]:.4g}; a ramp's steps are all positive conductances, so "
-                f"the NL-ADC can only realise a monotonic function; restrict the range or use a "
-                f"linear ADC and a digital activation"
-            )
-        return 1 if rises.any() else -1
+        return _direction(self)
+
+
+@lru_cache(maxsize=4096)
+def _direction(transfer: Transfer) -> int:
+    """Transfer.direction, uncached."""
+    z = np.union1d(np.linspace(transfer.z_lo, transfer.z_hi, _MONOTONIC_GRID), transfer._breakpoints())
+    y = transfer(z)
+    noise = _NOISE_ULPS * np.finfo(np.float64).eps * float(np.max(np.abs(y)))
+    if float(np.max(y) - np.min(y)) <= noise:
+        raise CimcError(
+            f"{transfer.name} is constant ({float(y[0]):.6g}) on {transfer._range_text()}: an NL-ADC needs "
+            f"a function that changes over its conversion range; widen or move the range"
+        )
+    d = np.diff(y)
+    rises, falls = d > noise, d < -noise
+    if rises.any() and falls.any():
+        i, j = int(np.argmax(rises)), int(np.argmax(falls))
+        raise CimcError(
+            f"{transfer.name} is not monotonic on {transfer._range_text()}: it rises near z = {z[i]:.4g} "
+            f"and falls near z = {z[j]:.4g}; a ramp's steps are all positive conductances, so "
+            f"the NL-ADC can only realise a monotonic function; restrict the range or use a "
+            f"linear ADC and a digital activation"
+        )
+    return 1 if rises.any() else -1
 
 
 @dataclass(frozen=True)
@@ -286,8 +293,8 @@ def _check_bits(bits: int) -> int:
     return int(bits)
 
 
-def _thresholds(transfer: Transfer, midpoints: np.ndarray, direction: int) -> np.ndarray:
-    """T_k = inf{z in [z_lo, z_hi] : f(z) has crossed midpoint k}, by vectorised bisection.
+def _thresholds(jobs: list[tuple[Transfer, np.ndarray, int]]) -> list[np.ndarray]:
+    """T_k = inf{z in [z_lo, z_hi] : f(z) has crossed midpoint k}, by vectorised bisection, for each (transfer, midpoints, direction).
 
     Bisection needs only the crossing predicate, not continuity, so it finds the
     jump of ThresholdedRelu or the edge of a flat part as exactly as a smooth
@@ -295,35 +302,82 @@ def _thresholds(transfer: Transfer, midpoints: np.ndarray, direction: int) -> np
     before every midpoint) and true at ``hi``; ``hi`` is returned, so f(T_k) has
     crossed. All thresholds at one jump follow the same bisection path and come
     out bit-identical.
+
+    Every job must have the same function f∘clip (its range may differ). The jobs
+    are bisected together, each until its own thresholds are within its own
+    tolerance and not one step further, and f is evaluated elementwise: each
+    job's thresholds are bit for bit those of bisecting it alone, at one numpy
+    call per step for all of them instead of one per job.
     """
-    lo = np.full(midpoints.shape, transfer.z_lo)
-    hi = np.full(midpoints.shape, transfer.z_hi)
+    counts = np.array([m.size for _, m, _ in jobs])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
+    midpoints = np.concatenate([m for _, m, _ in jobs])
+    lo = np.repeat(np.array([t.z_lo for t, _, _ in jobs], np.float64), counts)
+    hi = np.repeat(np.array([t.z_hi for t, _, _ in jobs], np.float64), counts)
+    direction = np.repeat(np.array([d for _, _, d in jobs], np.float64), counts)
     info = np.finfo(np.float64)
-    tolerance = max(2 * info.eps * max(abs(transfer.z_lo), abs(transfer.z_hi)), info.smallest_subnormal)
-    while np.any(hi - lo > tolerance):
+    tolerance = np.repeat(np.array([max(2 * info.eps * max(abs(t.z_lo), abs(t.z_hi)), info.smallest_subnormal)
+                                    for t, _, _ in jobs]), counts)
+    f = jobs[0][0]
+    while True:
+        active = np.logical_or.reduceat(hi - lo > tolerance, starts)
+        if not active.any():
+            break
+        moving = np.repeat(active, counts)
         mid = lo + (hi - lo) / 2
-        crossed = direction * (transfer(mid) - midpoints) >= 0
-        hi = np.where(crossed, mid, hi)
-        lo = np.where(crossed, lo, mid)
+        crossed = direction * (f(mid) - midpoints) >= 0
+        hi = np.where(moving & crossed, mid, hi)
+        lo = np.where(moving & ~crossed, mid, lo)
     # Float noise in f could leave T_k a hair below T_(k-1); a ramp cannot step back.
-    return np.maximum.accumulate(hi)
+    return [np.maximum.accumulate(hi[s:s + c]) for s, c in zip(starts, counts)]
 
 
-@lru_cache(maxsize=512)
+_IDEAL_LEVELS: dict[tuple[Transfer, int], tuple[np.ndarray, np.ndarray]] = {}
+_IDEAL_LEVELS_MAX = 4096  # cached entries; the cache starts afresh beyond
+
+
 def ideal_levels(transfer: Transfer, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """The ideal output levels y_k [2^bits] and decision thresholds T_k [2^bits - 1] of ``transfer``.
 
-    Cached (the arrays are read-only): fuse-activation synthesizes one transfer at several ramp gains.
+    Cached (the arrays are read-only): fuse-activation synthesizes one transfer at several ramp gains,
+    and computes many transfers' levels at once with :func:`prepare_ideal_levels`.
     """
-    direction = transfer.direction()
+    if (transfer, bits) not in _IDEAL_LEVELS:
+        prepare_ideal_levels([transfer], bits, strict=True)
+    return _IDEAL_LEVELS[(transfer, bits)]
+
+
+def prepare_ideal_levels(transfers: list[Transfer], bits: int, strict: bool = False) -> None:
+    """Compute and cache :func:`ideal_levels` of many transfers together: one bisection per function for all.
+
+    The results are bit for bit those of one transfer at a time (see
+    :func:`_thresholds`). A transfer that has no ramp (not monotonic, or
+    constant) is left out, and ``ideal_levels`` of it raises the reason, unless
+    ``strict``, which raises here.
+    """
     count = 2**bits
-    y0 = float(transfer(np.float64(transfer.z_lo)))
-    lsb = (float(transfer(np.float64(transfer.z_hi))) - y0) / (count - 1)
-    levels_y = y0 + np.arange(count) * lsb
-    thresholds = _thresholds(transfer, y0 + (np.arange(1, count) - 0.5) * lsb, direction)
-    levels_y.setflags(write=False)
-    thresholds.setflags(write=False)
-    return levels_y, thresholds
+    jobs: dict[tuple[Activation, float | None], list[tuple[Transfer, np.ndarray, np.ndarray, int]]] = {}
+    for transfer in dict.fromkeys(transfers):
+        if (transfer, bits) in _IDEAL_LEVELS:
+            continue
+        try:
+            direction = transfer.direction()
+        except CimcError:
+            if strict:
+                raise
+            continue
+        y0 = float(transfer(np.float64(transfer.z_lo)))
+        lsb = (float(transfer(np.float64(transfer.z_hi))) - y0) / (count - 1)
+        midpoints = y0 + (np.arange(1, count) - 0.5) * lsb
+        jobs.setdefault((transfer.activation, transfer.clip), []).append(
+            (transfer, y0 + np.arange(count) * lsb, midpoints, direction))
+    if len(_IDEAL_LEVELS) + sum(map(len, jobs.values())) > _IDEAL_LEVELS_MAX:
+        _IDEAL_LEVELS.clear()
+    for group in jobs.values():
+        for (transfer, levels_y, _, _), thresholds in zip(group, _thresholds([(t, m, d) for t, _, m, d in group])):
+            levels_y.setflags(write=False)
+            thresholds.setflags(write=False)
+            _IDEAL_LEVELS[(transfer, bits)] = (levels_y, thresholds)
 
 
 def informative_range(transfer: Transfer, bits: int) -> Transfer:

@@ -182,6 +182,7 @@ class IntervalAnalysis:
         # max_steps times while only some state (an LSTM's c) still grows; an MVM
         # whose inputs did not change gives the same bound without a product.
         self._last_matvec: dict[int, tuple[np.ndarray, np.ndarray, Interval]] = {}
+        self._partial_sums: dict[int, tuple] = {}  # per MVM: fixed_order.resumable_vecmat records of its two products
 
     def run(self) -> None:
         for name, arg in zip(input_names(self.module), self.module.inputs):
@@ -357,8 +358,10 @@ class IntervalAnalysis:
         mid, rad = (lo + hi) / 2, (hi - lo) / 2
         if id(op) not in self._abs_weights:
             self._abs_weights[id(op)] = np.abs(weights)
-        center = fixed_order.matmul(mid, weights)
-        spread = fixed_order.matmul(rad, self._abs_weights[id(op)])
+        records = self._partial_sums.get(id(op), (None, None))
+        center, center_record = fixed_order.resumable_vecmat(mid, weights, records[0])
+        spread, spread_record = fixed_order.resumable_vecmat(rad, self._abs_weights[id(op)], records[1])
+        self._partial_sums[id(op)] = (center_record, spread_record)
         return Interval(center - spread, center + spread)
 
     def loop(self, op: Operation, args: list[Interval]) -> list[Interval]:

@@ -11,6 +11,8 @@ Checked, in this order, for every op:
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from cimc.attributes import is_annotation
 from cimc.dialects import lookup
 from cimc.dialects.registry import ArgSpec, OpDef, VerifyError
@@ -103,10 +105,15 @@ def _verify_op(op: Operation, opdef: OpDef) -> None:
         opdef.verify(op)
 
 
+@lru_cache(maxsize=None)
+def _arity(specs: tuple[ArgSpec, ...]) -> tuple[int, bool, int]:
+    """(required, variadic, optional) of an op definition's slots; cached, since every op of a kind asks again."""
+    return (sum(s.kind == "single" for s in specs), any(s.kind == "variadic" for s in specs),
+            sum(s.kind == "optional" for s in specs))
+
+
 def _check_arity(op: Operation, what: str, values: list, specs: tuple[ArgSpec, ...]) -> None:
-    required = sum(s.kind == "single" for s in specs)
-    variadic = any(s.kind == "variadic" for s in specs)
-    optional = sum(s.kind == "optional" for s in specs)
+    required, variadic, optional = _arity(specs)
     n = len(values)
     if n < required or (not variadic and n > required + optional):
         expected = f"at least {required}" if variadic else (

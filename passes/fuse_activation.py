@@ -48,8 +48,10 @@ array's rows are skipped; if none meets the target the least error is used.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -62,7 +64,7 @@ from cimc.ir import Module, Operation, Value
 from cimc.kernels.activations import Activation
 from cimc.pass_manager import ModulePass, from_hardware, register_pass
 from cimc.passes.tile import activation_keys, slice_range
-from cimc.ramp import Ramp, Transfer, format_number, informative_range, synthesize_with_gain
+from cimc.ramp import Ramp, Transfer, format_number, informative_range, prepare_ideal_levels, synthesize_with_gain
 from cimc.types import TensorType
 
 
@@ -191,7 +193,14 @@ def _rescale(tile: Operation, cols: tuple[int, int], target: float, g_min: float
     g_neg[:, sl] = np.where(neg == 0, 0.0, np.where(pos == 0, neg * factor, g_min + (neg - g_min) * factor))
     scale[sl] = scale[sl] * factor
     for key, array in (("g_pos", g_pos), ("g_neg", g_neg), ("g_scale", scale)):
-        a[key] = Tensor(array, key=a[key].key)  # type: ignore[union-attr]
+        a[key] = Tensor.adopt(array, key=a[key].key)  # type: ignore[union-attr]
+
+
+def _base_transfer(uses: list[_Use]) -> Transfer:
+    """The function a group's ramp must realize, on the group's whole column range."""
+    act = uses[0].act
+    z_lo, z_hi = _z_range(uses)
+    return Transfer(_activation_of(act), _clip_of(act), z_lo, z_hi)
 
 
 def _z_range(uses: list[_Use]) -> tuple[float, float]:
@@ -264,6 +273,7 @@ class FuseActivation(ModulePass):
             for use in uses:
                 groups[(use.array, activation_key(act))].append(use)
         _unify_shared_identities(module)
+        self._prepare_ramps(list(groups.values()))
         outcomes = {key: self._plan_ramp(key[0], group, arrays[key[0]], gains) for key, group in sorted(groups.items())}
         ramp_values: dict[tuple[int, str], Value] = {}
         fused = 0
@@ -388,22 +398,41 @@ class FuseActivation(ModulePass):
             pieces.append((tile, (0, w)))
         return pieces
 
+    def _bit_widths(self) -> range | tuple[int]:
+        return range(self.min_bits, self.max_bits + 1) if self.auto_bits else (self.bits,)
+
+    def _prepare_ramps(self, groups: list[list[_Use]]) -> None:
+        """Compute the ideal levels that ``_plan_ramp`` will ask for, of all groups together (the same numbers, faster)."""
+        bases = []
+        for uses in groups:
+            try:
+                bases.append(_base_transfer(uses))
+            except CimcError:
+                continue  # _plan_ramp reports it
+        for bits in self._bit_widths():
+            prepare_ideal_levels(bases, bits)
+            informative = []
+            for base in bases:
+                try:
+                    informative.append(informative_range(base, bits))
+                except CimcError:
+                    continue
+            prepare_ideal_levels(informative, bits)
+
     def _plan_ramp(self, array: int, uses: list[_Use], state: _ArrayState, gains: tuple[float, ...]) -> tuple[Ramp, int, float] | str:
         """Synthesize the ramp of one (array, function) group and reserve its bit line, or say why not.
 
         Returns the ramp, its bit line and the conductance per unit of z that every
         column converted against it must be brought to.
         """
-        act = uses[0].act
         g_common = min(float(_g_per_z(t, u.cols).min()) for u in uses for t in u.tiles)
         try:
-            z_lo, z_hi = _z_range(uses)
-            base = Transfer(_activation_of(act), _clip_of(act), z_lo, z_hi)
+            base = _base_transfer(uses)
             base.direction()
         except CimcError as e:
             return e.message
         outcome: Ramp | str = ""
-        for bits in range(self.min_bits, self.max_bits + 1) if self.auto_bits else (self.bits,):
+        for bits in self._bit_widths():
             candidate = self._choose_gain(base, bits, g_common, state.rows, gains)
             if isinstance(candidate, str):
                 outcome = outcome if isinstance(outcome, Ramp) else candidate
@@ -421,12 +450,9 @@ class FuseActivation(ModulePass):
         return outcome, col, g_common
 
     def _choose_gain(self, base: Transfer, bits: int, g_per_z: float, rows: int, gains: tuple[float, ...]) -> Ramp | str:
-        try:
-            return synthesize_with_gain(informative_range(base, bits), bits, g_per_z, self.g_min, self.g_max, self.levels,
-                                        self.calibration_devices, self.quantization, gains, rows, self.max_inl,
-                                        self.gain_rule)
-        except CimcError as e:
-            return e.message
+        return _ramp_or_reason(base, (math.copysign(1.0, base.z_lo), math.copysign(1.0, base.z_hi)), bits, g_per_z,
+                               self.g_min, self.g_max, self.levels, self.calibration_devices, self.quantization, gains,
+                               rows, self.max_inl, self.gain_rule)
 
     def _ramp_op(self, module: Module, ramp: Ramp, array: int, col: int, act: Operation) -> Value:
         a = act.attributes
@@ -443,6 +469,24 @@ class FuseActivation(ModulePass):
         })
         b = Builder(module.body, module.body.ops[0] if module.body.ops else None, act.location)
         return b.value("cim.ramp", [], TensorType("f64", (len(ramp.thresholds),)), attrs, f"ramp{array}_{col}")
+
+
+@lru_cache(maxsize=4096)
+def _ramp_or_reason(base: Transfer, zero_signs: tuple[float, float], bits: int, g_per_z: float, g_min: float,
+                    g_max: float, levels: int, calibration_devices: int, quantization: str, gains: tuple[float, ...],
+                    rows: int, max_inl: float, gain_rule: str) -> Ramp | str:
+    """The ramp that ``synthesize_with_gain`` picks for these parameters, or why there is none.
+
+    Cached: a ramp is a pure function of its parameters (the Ramp is immutable), and many arrays convert the
+    same function over the same range at the same conductance per unit of z (identity columns, equal gates),
+    so they get one synthesis instead of one each. ``zero_signs`` (the signs of z_lo and z_hi) only keeps
+    apart the transfers over -0.0 and 0.0, which compare equal but print differently.
+    """
+    try:
+        return synthesize_with_gain(informative_range(base, bits), bits, g_per_z, g_min, g_max, levels,
+                                    calibration_devices, quantization, gains, rows, max_inl, gain_rule)
+    except CimcError as e:
+        return e.message
 
 
 def _identity_group(act: Operation, width: int) -> tuple[str, int, tuple[str, ...]] | None:

@@ -34,13 +34,20 @@ RANGE_ATTRS = ("input_scale", "row_scale", "z_lo", "z_hi")
 
 def conductance_pair(weights: np.ndarray, g_min: float, g_max: float, granularity: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(g_pos, g_neg, g_scale) in uS for a [rows, cols] weight matrix; see the module docstring."""
-    w = weights.astype(np.float64)
-    peak = np.abs(w).max(axis=0) if granularity == "column" else np.full(w.shape[1], np.abs(w).max(initial=0.0))
+    w = weights.astype(np.float64, copy=False)
+    peak = np.maximum(w.max(axis=0, initial=0.0), -w.min(axis=0, initial=0.0))  # max |w| per column, without |w|
+    if granularity != "column":
+        peak = np.full(w.shape[1], peak.max(initial=0.0))
     span = g_max - g_min
     scale = np.where(peak > 0, span / np.where(peak > 0, peak, 1.0), span)
-    g_pos = g_min + np.maximum(w, 0.0) * scale
-    g_neg = g_min + np.maximum(-w, 0.0) * scale
-    return np.minimum(g_pos, g_max), np.minimum(g_neg, g_max), scale
+    # g = min(g_min + max(+-w, 0) * scale, g_max), each step in place: no weight-sized temporaries beyond g itself.
+    g_pos, g_neg = np.maximum(w, 0.0), np.negative(w)
+    np.maximum(g_neg, 0.0, out=g_neg)
+    for g in (g_pos, g_neg):
+        np.multiply(g, scale, out=g)
+        np.add(g, g_min, out=g)
+        np.minimum(g, g_max, out=g)
+    return g_pos, g_neg, scale
 
 
 def map_matvec(op: Operation, g_min: float, g_max: float, granularity: str) -> None:
@@ -51,9 +58,9 @@ def map_matvec(op: Operation, g_min: float, g_max: float, granularity: str) -> N
     g_pos, g_neg, scale = conductance_pair(stored, g_min, g_max, granularity)
     block = str(op.attributes.get("block", "mvm"))
     attrs = {
-        "g_pos": Tensor(g_pos, key=f"{block}.g_pos"),
-        "g_neg": Tensor(g_neg, key=f"{block}.g_neg"),
-        "g_scale": Tensor(scale, key=f"{block}.g_scale"),
+        "g_pos": Tensor.adopt(g_pos, key=f"{block}.g_pos"),
+        "g_neg": Tensor.adopt(g_neg, key=f"{block}.g_neg"),
+        "g_scale": Tensor.adopt(scale, key=f"{block}.g_scale"),
         "bias_rows": op.attributes.get("bias_rows", 0),
         "block": block,
         **{k: op.attributes[k] for k in RANGE_ATTRS if k in op.attributes},

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from cimc.attributes import AttrValue, attr_kind
+from cimc.attributes import AttrValue, Tensor, attr_kind
 from cimc.ir import Operation
 
 
@@ -46,6 +46,9 @@ class ArgSpec:
         return tuple(specs)
 
 
+_SCALAR_KIND: dict[type, str] = {int: "int", float: "float", str: "str", Tensor: "tensor"}
+
+
 @dataclass(frozen=True, slots=True)
 class AttrSpec:
     """An attribute's kind (int, float, str, ints, floats, strs, tensor, any) and constraints."""
@@ -56,8 +59,8 @@ class AttrSpec:
 
     def check(self, value: AttrValue) -> str | None:
         """Return a description of what is wrong with ``value``, or None."""
-        if self.kind == "any":
-            return None
+        if self.kind == "any" or (self.choices is None and _SCALAR_KIND.get(type(value)) == self.kind):
+            return None  # the common case, a scalar of exactly the declared kind, without the general classification
         kind = attr_kind(value)
         accepted = {self.kind}
         if self.kind == "float":
