@@ -48,7 +48,8 @@ MODULES = {"backends/simulator.py": "cimc.backends.simulator", "cimc/ramp.py": "
 
 #: targeted test subsets per file for the automatic mutants
 SUBSETS = {
-    "backends/simulator.py": ["tests/test_analog_ops.py", "tests/test_noise_model.py", "tests/test_progress.py"],
+    "backends/simulator.py": ["tests/test_analog_ops.py", "tests/test_noise_model.py", "tests/test_progress.py",
+                              "tests/test_saturation.py"],
     "cimc/ramp.py": ["tests/test_ramp.py", "tests/test_analog_ops.py"],
 }
 
