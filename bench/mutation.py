@@ -50,7 +50,7 @@ MODULES = {"backends/simulator.py": "cimc.backends.simulator", "cimc/ramp.py": "
 SUBSETS = {
     "backends/simulator.py": ["tests/test_analog_ops.py", "tests/test_noise_model.py", "tests/test_progress.py",
                               "tests/test_saturation.py"],
-    "cimc/ramp.py": ["tests/test_ramp.py", "tests/test_analog_ops.py"],
+    "cimc/ramp.py": ["tests/test_ramp.py", "tests/test_analog_ops.py", "tests/test_ramp_thresholds.py"],
 }
 
 A = "tests/test_analog_ops.py::"
