@@ -32,7 +32,7 @@ import numpy as np
 from cimc.backends.saturation import SaturationCounts
 from cimc.cim_kernels import apply_activation, driven_input, mvm_input
 from cimc.diagnostics import CimcError
-from cimc.image import Image, tile_conductances
+from cimc.image import Image, tile_weights
 from cimc.interpreter import Arrays, Interpreter, Kernel
 from cimc.ir import Operation
 
@@ -62,7 +62,7 @@ class Simulator:
         self.noisy = self.options.fidelity == "noisy"
         self.quantized = self.options.fidelity != "exact"
         self._stuck: list[np.ndarray] = []
-        self.devices = {k: self._realize(target, level) for k, (target, level) in sorted(image.arrays.items())}
+        self.devices = {k: self._realize(image.device_levels(k)) for k in sorted(image.arrays)} if self.quantized else {}
         # Per array (noisy only): +1 stuck at G_max, -1 stuck at G_min, 0 programmed.
         self.stuck: dict[int, np.ndarray] = dict(zip(sorted(image.arrays), self._stuck))
         vread = self.options.vread_scale
@@ -75,11 +75,9 @@ class Simulator:
         self._groups: dict[tuple, _ReadGroup] | None = None
         self.saturation = SaturationCounts() if self.options.counters and self.quantized else None
 
-    def _realize(self, target: np.ndarray, level: np.ndarray) -> np.ndarray:
+    def _realize(self, level: np.ndarray) -> np.ndarray:
         """The conductance every device holds after programming (and drift)."""
         d, n = self.hw.device, self.hw.nonideality
-        if not self.quantized:
-            return target
         delta = (d.g_max_us - d.g_min_us) / (d.levels - 1)
         used = level >= 0
         g = np.where(used, d.g_min_us + level * delta, 0.0)
@@ -95,17 +93,14 @@ class Simulator:
         return g
 
     def _tile(self, op: Operation) -> tuple[np.ndarray, np.ndarray]:
+        """(G+, G-) of a tile's devices on this chip (quantized fidelities only)."""
         key = int(op.attributes["image.tile"])  # type: ignore[arg-type]
         if key not in self._weights:
             k, r, c = (int(op.attributes[n]) for n in ("array", "array_row", "array_col"))  # type: ignore[arg-type]
             r0, r1 = op.attributes["rows"]  # type: ignore[misc]
             c0, c1 = op.attributes["cols"]  # type: ignore[misc]
             g = self.devices[k][r:r + r1 - r0, c:c + 2 * (c1 - c0)]
-            if not self.quantized:
-                g_pos, g_neg, _, _ = tile_conductances(self.image, op)
-            else:
-                g_pos, g_neg = g[:, 0::2], g[:, 1::2]
-            self._weights[key] = (np.ascontiguousarray(g_pos), np.ascontiguousarray(g_neg))
+            self._weights[key] = (np.ascontiguousarray(g[:, 0::2]), np.ascontiguousarray(g[:, 1::2]))
         return self._weights[key]
 
     def _dac(self, driven: np.ndarray, scale: float) -> np.ndarray:
@@ -118,7 +113,12 @@ class Simulator:
             for tile in self.program.walk():
                 if tile.name == "cim.tile_mvm":
                     key = (tuple(id(v) for v in tile.operands), tuple(tile.attributes["rows"]))  # type: ignore[arg-type]
-                    self._groups.setdefault(key, _ReadGroup()).add(tile, *self._tile(tile))
+                    group = self._groups.setdefault(key, _ReadGroup())
+                    if self.quantized:
+                        group.add(tile, *self._tile(tile), tile.attributes["g_scale"].array)  # type: ignore[union-attr]
+                    else:  # exact: the weights as compiled, (w - 0) / 1 unchanged
+                        w = tile_weights(self.image, tile)
+                        group.add(tile, w, np.zeros_like(w), np.ones(w.shape[1]))
         key = (tuple(id(v) for v in op.operands), tuple(op.attributes["rows"]))  # type: ignore[arg-type]
         return self._groups[key]
 
@@ -286,12 +286,12 @@ class _ReadGroup:
         self._args: list[np.ndarray | None] = []
         self._product: np.ndarray | None = None
 
-    def add(self, tile: Operation, g_pos: np.ndarray, g_neg: np.ndarray) -> None:
+    def add(self, tile: Operation, g_pos: np.ndarray, g_neg: np.ndarray, scale: np.ndarray) -> None:
         start = sum(p.shape[1] for p in self._pos)
         self.columns[id(tile)] = (start, start + g_pos.shape[1])
         self._pos.append(g_pos)
         self._neg.append(g_neg)
-        self._scale.append(tile.attributes["g_scale"].array)  # type: ignore[union-attr]
+        self._scale.append(scale)
 
     @property
     def g_pos(self) -> np.ndarray:

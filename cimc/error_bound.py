@@ -89,7 +89,7 @@ import numpy as np
 
 from cimc.backends.simulator import Simulator, SimulatorOptions, adc_quantize, dac_quantize
 from cimc.cim_kernels import apply_activation, driven_input, mvm_input, row_scales
-from cimc.image import Image, tile_conductances
+from cimc.image import Image, tile_levels, tile_weights
 from cimc.interpreter import Arrays, Interpreter
 from cimc.ir import Operation
 from cimc.kernels.activations import Activation
@@ -237,8 +237,7 @@ class _BoundRun:
         key = int(op.attributes["image.tile"])  # type: ignore[arg-type]
         if key not in self._tiles:
             scale = op.attributes["g_scale"].array  # type: ignore[union-attr]
-            g_pos, g_neg, _, _ = tile_conductances(self.image, op)
-            exact = ((g_pos - g_neg) / scale).astype(np.float32).astype(np.float64)
+            exact = tile_weights(self.image, op).astype(np.float32).astype(np.float64)
             lv_pos, lv_neg = self.ideal._tile(op)
             level = ((lv_pos - lv_neg) / scale).astype(np.float32).astype(np.float64)
             n = self.hw.nonideality
@@ -497,7 +496,7 @@ def stuck_summary(simulator: Simulator) -> str:
         weight_on += int((stuck > 0).sum())
         weight_off += int((stuck < 0).sum())
         if stuck.any():
-            _, _, lv_pos, lv_neg = tile_conductances(simulator.image, op)
+            lv_pos, lv_neg = tile_levels(simulator.image, op)
             levels = np.empty(stuck.shape)
             levels[:, 0::2], levels[:, 1::2] = lv_pos, lv_neg
             moved = np.where(stuck > 0, d.levels - 1 - levels, np.where(stuck < 0, levels, 0))

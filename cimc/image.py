@@ -80,6 +80,10 @@ class Image:
     def hardware(self) -> Hardware:
         return hardware_from_dict(self.manifest["hardware"], "the image's hardware description")
 
+    def device_levels(self, k: int) -> np.ndarray:
+        """The programmed level of every device of physical array k (-1: unformed, 0 uS)."""
+        return self.arrays[k][1]
+
     def program(self) -> Module:
         """The step program, parsed once (simulators only read it)."""
         if self._program is None:
@@ -299,15 +303,26 @@ def load_image(path: str | Path) -> Image:
     return Image(manifest, arrays, entries["program.cir"].decode("utf-8"), resources)
 
 
-def tile_conductances(image: Image, tile: Operation) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(target G+, target G-, level G+, level G-) of a program tile, read from its array."""
+def _tile_region(tile: Operation) -> tuple[int, slice, slice]:
+    """(array, word lines, bit lines) a program tile occupies: G+ on even, G- on odd bit lines from array_col."""
     k, r, c = (int(tile.attributes[n]) for n in ("array", "array_row", "array_col"))  # type: ignore[arg-type]
     r0, r1 = tile.attributes["rows"]  # type: ignore[misc]
     c0, c1 = tile.attributes["cols"]  # type: ignore[misc]
-    target, level = image.arrays[k]
-    rows, cols = slice(r, r + r1 - r0), slice(c, c + 2 * (c1 - c0))
-    g, lv = target[rows, cols], level[rows, cols]
-    return g[:, 0::2], g[:, 1::2], lv[:, 0::2], lv[:, 1::2]
+    return k, slice(r, r + r1 - r0), slice(c, c + 2 * (c1 - c0))
+
+
+def tile_levels(image: Image, tile: Operation) -> tuple[np.ndarray, np.ndarray]:
+    """(level G+, level G-) of a program tile's devices, read from its array (-1: unformed)."""
+    k, rows, cols = _tile_region(tile)
+    level = image.device_levels(k)[rows, cols]
+    return level[:, 0::2], level[:, 1::2]
+
+
+def tile_weights(image: Image, tile: Operation) -> np.ndarray:
+    """The weights a program tile encodes before quantization, (G+ - G-) / g_scale in float64: what ``exact`` runs."""
+    k, rows, cols = _tile_region(tile)
+    target = image.arrays[k][0][rows, cols]
+    return (target[:, 0::2] - target[:, 1::2]) / tile.attributes["g_scale"].array  # type: ignore[union-attr]
 
 
 def image_summary(image: Image) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import numpy as np
 
 import cimc
 from cimc.compiler import default_pipeline
-from cimc.image import tile_conductances
+from cimc.image import tile_weights
 
 # One geometry for the whole sweep: an 8-bit ramp needs 2^8 - 1 + 5 = 260 word lines.
 ARRAY = {"rows": 512, "cols": 64, "count": 64}
@@ -86,8 +86,8 @@ def g_window_used(model: cimc.CompiledModel) -> dict[str, float]:
     for op in model.image.program().walk():
         block = str(op.attributes.get("block", ""))
         if op.name == "cim.tile_mvm" and not block.endswith(".identity"):
-            g_pos, g_neg, _, _ = tile_conductances(model.image, op)
+            window = np.abs(tile_weights(model.image, op)) * op.attributes["g_scale"].array
             columns = used.setdefault(block, {})
-            for j, g in zip(range(*op.attributes["cols"]), np.abs(g_pos - g_neg).max(0)):
+            for j, g in zip(range(*op.attributes["cols"]), window.max(0)):
                 columns[j] = max(columns.get(j, 0.0), float(g))
     return {b: round(float(np.median(list(v.values()))) / (d.g_max_us - d.g_min_us), 3) for b, v in sorted(used.items())}

@@ -104,7 +104,7 @@ def tile_weights(conductances: np.ndarray, tile) -> np.ndarray:  # noqa: ANN001
 
 def programmed_weights(compiled: cimc.CompiledModel, tile, hw: Hardware) -> np.ndarray:  # noqa: ANN001
     """The tile's weights as programmed: device levels of the image, G = G_min + level ΔG."""
-    level = compiled.image.arrays[int(tile.attributes["array"])][1].astype(np.float64)
+    level = compiled.image.device_levels(int(tile.attributes["array"])).astype(np.float64)
     return tile_weights(hw.device.g_min_us + level * delta_g(hw), tile)
 
 
@@ -370,7 +370,7 @@ def test_nl_adc_codes_come_from_the_programmed_ramp_devices(tmp_path: Path, vrea
     compiled = compile_model(model, {"X": x}, hw, tmp_path)
     (ramp,) = compiled.image.manifest["ramps"]
     (tile,) = tiles(compiled)
-    _, level = compiled.image.arrays[ramp["array"]]
+    level = compiled.image.device_levels(ramp["array"])
     column = level[:, ramp["bit_line"]].astype(np.float64)
     g = np.where(column >= 0, hw.device.g_min_us + column * delta_g(hw), 0.0)
     cal0, cal1 = ramp["calibration_rows"]

@@ -86,7 +86,7 @@ def test_auto_sizes_a_model_larger_than_any_fixed_default(tmp_path: Path) -> Non
         cimc.compile(path, hw=_hw(tmp_path, 64), calib=calib)
     fixed = cimc.compile(path, hw=_hw(tmp_path, used), calib=calib)  # a chip of exactly that size maps it the same way
     assert fixed.image.arrays.keys() == model.image.arrays.keys()
-    assert all(np.array_equal(fixed.image.arrays[k][1], model.image.arrays[k][1]) for k in model.image.arrays)
+    assert all(np.array_equal(fixed.image.device_levels(k), model.image.device_levels(k)) for k in model.image.arrays)
 
 
 def test_compile_prints_the_arrays_used(cimc_cli, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import cimc
-from cimc.image import tile_conductances
+from cimc.image import tile_levels
 
 RNG_SEED = 7
 FUNCTIONS = {  # ONNX op: attributes, Lipschitz constant, f, closed-form inverse (for the ideal thresholds)
@@ -97,7 +97,7 @@ def _bound(model: cimc.CompiledModel, kind: str, x: np.ndarray, w: np.ndarray, b
     delta_g = (d.g_max_us - d.g_min_us) / (d.levels - 1)
     (tile,) = [op for op in image.program().walk() if op.name == "cim.tile_mvm"]
     (ramp,) = image.manifest["ramps"]
-    _, _, lv_pos, lv_neg = tile_conductances(image, tile)
+    lv_pos, lv_neg = tile_levels(image, tile)
     level_g = lambda lv: np.where(lv >= 0, d.g_min_us + lv * delta_g, 0.0)  # noqa: E731
     w_hat = (level_g(lv_pos) - level_g(lv_neg)) / tile.attributes["g_scale"].array
     rows = _rows(kind, x)
@@ -106,7 +106,7 @@ def _bound(model: cimc.CompiledModel, kind: str, x: np.ndarray, w: np.ndarray, b
     dac = s / (2 * ((1 << (hw.converters.dac_bits - 1)) - 1)) * np.abs(w_hat).sum(0)
     dz = weight_error + dac
     # Realized thresholds from the ramp column's devices, ideal ones from the closed form.
-    _, level = image.arrays[ramp["array"]]
+    level = image.device_levels(ramp["array"])
     column = level_g(level[:, ramp["bit_line"]])
     cal0, cal1 = ramp["calibration_rows"]
     bounds = np.cumsum([0] + ramp["step_devices"])
@@ -216,5 +216,5 @@ def test_image_programs_the_ramp_fuse_activation_recorded(tmp_path: Path) -> Non
     op.attributes["device_levels"] = tuple(levels)
     image = build_image(module, hw)
     (ramp,) = image.manifest["ramps"]
-    assert image.arrays[ramp["array"]][1][0, ramp["bit_line"]] == levels[0]
+    assert image.device_levels(ramp["array"])[0, ramp["bit_line"]] == levels[0]
     assert ramp["gain"] == op.attributes["gain"]

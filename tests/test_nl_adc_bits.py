@@ -23,7 +23,7 @@ FUNCTIONS = {"Sigmoid": lambda z: 1 / (1 + np.exp(-z)), "Tanh": np.tanh}
 def _realized_error(image, ramp: dict) -> float:  # noqa: ANN001
     d = image.hardware.device
     delta_g = (d.g_max_us - d.g_min_us) / (d.levels - 1)
-    level = image.arrays[ramp["array"]][1][:, ramp["bit_line"]]
+    level = image.device_levels(ramp["array"])[:, ramp["bit_line"]]
     column = np.where(level >= 0, d.g_min_us + level * delta_g, 0.0)
     bounds = np.cumsum([0] + ramp["step_devices"])
     steps = np.array([column[bounds[i]:bounds[i + 1]].sum() for i in range(len(ramp["step_devices"]))])

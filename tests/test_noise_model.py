@@ -89,7 +89,7 @@ def compiled_gemm(gemm, hw: Hardware, tmp_path: Path):  # noqa: ANN001, ANN201
 
 def level_conductances(compiled, hw: Hardware) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
     """Programmed conductance of every used device (G_min + level ΔG) and the used-device mask, array 0."""
-    _, level = compiled.image.arrays[0]
+    level = compiled.image.device_levels(0)
     used = level >= 0
     return np.where(used, hw.device.g_min_us + level * delta_g(hw), 0.0), used
 
@@ -142,7 +142,7 @@ def test_programmed_conductance_is_clipped_at_zero(gemm, tmp_path: Path) -> None
     sigma = 3.0
     hw = hardware(nonideality=QUIET | {"program_noise_us": sigma})
     compiled = compiled_gemm(gemm, hw, tmp_path)
-    _, level = compiled.image.arrays[0]
+    level = compiled.image.device_levels(0)
     zero_level = level == 0
     devices = np.concatenate([Simulator(compiled.image, SimulatorOptions("noisy", seed=s)).devices[0][zero_level]
                               for s in range(10)])

@@ -89,7 +89,7 @@ def stuck_fault_attribution(bits: int, identity: str, x: np.ndarray, y: np.ndarr
     """
     faulty = compile_model(bits, CALIB, identity)
     clean = compile_model(bits, CALIB, identity, nonideality={"stuck_on_rate": 0.0, "stuck_off_rate": 0.0})
-    assert all(np.array_equal(faulty.image.arrays[k][1], clean.image.arrays[k][1]) for k in faulty.image.arrays)
+    assert all(np.array_equal(faulty.image.device_levels(k), clean.image.device_levels(k)) for k in faulty.image.arrays)
     hw = faulty.image.hardware.array
     masks: dict[str, dict[int, np.ndarray]] = {"ramp columns": {}, "identity columns": {}, "weight columns": {}}
     for info in faulty.image.manifest["arrays"]:
