@@ -16,10 +16,10 @@ import numpy as np
 
 from cimc.backends.saturation import SaturationCounts
 from cimc.backends.simulator import Simulator, SimulatorOptions
-from cimc.compiler import CompileOptions, compile_to_ir, with_nl_adc_bits
+from cimc.compiler import CompileOptions, build_image, compile_to_ir, pipeline_of, provenance, with_nl_adc_bits
 from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware, load_hardware
-from cimc.image import Image, build_image, load_image
+from cimc.image import Image, load_image
 from cimc.importer import DimSpec
 from cimc.ranges import CALIB_SEPARATOR, range_warning
 from cimc.verification import VerifyReport, verify_image
@@ -61,14 +61,16 @@ def compile(model: str | Path, hw: str | Path | Hardware | None = None,  # noqa:
             input_shapes: Mapping[str, Sequence[DimSpec]] | None = None, pipeline: str | None = None,
             identity: str = "auto", share_weights: bool = True,
             input_ranges: Mapping[str, tuple[float, float]] | None = None,
-            nl_adc_bits: int | str | None = None) -> CompiledModel:
+            nl_adc_bits: int | str | None = None, reference: bool = True) -> CompiledModel:
     """Import, lower and lay out ``model`` for ``hw`` (a TOML path, a :class:`Hardware`, or the defaults).
 
     ``calib``: one or more .npz files or directories of them (as ``cimc compile --calib``, repeated);
     ``input_ranges``: declared (lo, hi) per graph input name (as ``--input-range``);
     ``share_weights=False`` gives every MVM its own copy of its weights, even where several use the same constant;
     ``nl_adc_bits``: an int overrides the hardware's NL-ADC bits; ``"auto"`` lets fuse-activation pick the fewest
-    bits per ramp (see ``cimc compile --nl-adc-bits``).
+    bits per ramp (see ``cimc compile --nl-adc-bits``);
+    ``reference=False`` leaves the unquantized weights out of the image (``cimc compile --no-reference``): it then runs
+    at ideal and noisy fidelity only, and cannot be verified.
     """
     hardware = hw if isinstance(hw, Hardware) else load_hardware(hw)
     if nl_adc_bits is not None and nl_adc_bits != "auto":
@@ -84,7 +86,7 @@ def compile(model: str | Path, hw: str | Path | Hardware | None = None,  # noqa:
     warning = range_warning(module)
     if warning:
         warnings.warn(warning.removeprefix("warning: "), RangeAssumptionWarning, stacklevel=2)
-    return CompiledModel(build_image(module, hardware))
+    return CompiledModel(build_image(module, hardware, provenance(model, hardware, pipeline_of(options)), reference))
 
 
 

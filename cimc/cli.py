@@ -132,10 +132,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         with timing.phase("write IR"):
             write_ir(module, args.output)
     elif args.output:
-        from cimc.image import build_image
+        from cimc.compiler import build_image, pipeline_of, provenance
 
         with timing.phase("build image"):
-            image = build_image(module, hw)
+            image = build_image(module, hw, provenance(args.model, hw, pipeline_of(options)), not args.no_reference)
         with timing.phase("write image"):
             image.save(args.output)
     sys.stdout.write(mapping_summary(module, hw))
@@ -265,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="NL-ADC resolution: N bits for every ramp (overrides the hardware's nl_adc_bits), or auto: "
                            "per ramp the fewest bits in 3..8 whose output error over the calibrated range is at most "
                            "1/32 (in the activation's output units)")
+    comp.add_argument("--no-reference", action="store_true",
+                      help="leave the unquantized reference weights out of the image (smaller; the image then runs at "
+                           "ideal and noisy fidelity only and cannot be verified)")
     comp.add_argument("--plots", metavar="DIR", help="write PNG plots of every distinct NL-ADC (needs matplotlib)")
     comp.add_argument("--input-shape", action="append", type=parse_input_shape, metavar="NAME=D0,D1,...",
                       help="fix dims of a graph input (repeatable)")

@@ -8,15 +8,20 @@ are not the hardware's (calibration data, identity columns, ramp quantization).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+from cimc import __version__
 from cimc.hardware import Hardware, hardware_from_dict
+from cimc.image import Image
 from cimc.importer import DimSpec, import_onnx
 from cimc.ir import Module
 from cimc.pass_manager import PassContext, PassManager, format_pipeline, parse_pipeline
+from cimc.passes.emit_image import emit_image
 from cimc.passes.ranges import Ranges
 from cimc.timing import Timing
 
@@ -71,15 +76,45 @@ class CompileOptions:
     timing: Timing | None = None
 
 
+def pipeline_of(options: CompileOptions) -> str:
+    """The pipeline text the options run: theirs, or the default one for their choices."""
+    if options.pipeline is not None:
+        return options.pipeline
+    return default_pipeline(options.calib, options.identity, options.share_weights, options.input_ranges,
+                            options.auto_bits)
+
+
+def hardware_sha256(hw: Hardware) -> str:
+    """SHA-256 of the hardware description as compiled for (``count = "auto"`` included), as canonical JSON."""
+    return hashlib.sha256(json.dumps(hw.to_dict(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def provenance(model: str | Path | None, hw: Hardware, pipeline: str | None) -> dict[str, Any]:
+    """What an image records of where it came from: the model file (name, SHA-256 of its bytes), cimc, the pipeline
+    and the hardware. Without a file (a model compiled from memory) the model's name and digest are null."""
+    digest = name = None
+    if model is not None:
+        path = Path(model)
+        name, digest = path.name, hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"model": {"name": name, "sha256": digest}, "cimc_version": __version__, "pipeline": pipeline,
+            "hardware_sha256": hardware_sha256(hw)}
+
+
+def build_image(module: Module, hw: Hardware, provenance_: dict[str, Any] | None = None, reference: bool = True) -> Image:
+    """The programming image of a scheduled module (the module is not changed); see cimc.passes.emit_image.
+
+    ``provenance_`` defaults to what is known without the model file: cimc's version and the hardware.
+    """
+    return emit_image(module, hw, provenance_ if provenance_ is not None else provenance(None, hw, None), reference)
+
+
 def compile_to_ir(model: str | Path, hw: Hardware, options: CompileOptions | None = None) -> Module:
     """Import ``model`` and run the lowering pipeline (the default unless one is given) for ``hw``."""
     opts = options or CompileOptions()
     timing = opts.timing if opts.timing is not None else Timing()
     with timing.phase("import"):
         module = import_onnx(model, opts.input_shapes)
-    pipeline = opts.pipeline if opts.pipeline is not None else \
-        default_pipeline(opts.calib, opts.identity, opts.share_weights, opts.input_ranges, opts.auto_bits)
-    passes = parse_pipeline(pipeline)
+    passes = parse_pipeline(pipeline_of(opts))
     PassManager(passes, opts.print_ir_after_all, opts.print_ir_after, opts.dump, opts.out,
                 context=PassContext(hw), timing=timing).run(module)
     return module

@@ -26,7 +26,7 @@ from chip_models import gru_decoder, lstm_stack
 from cimc.compiler import CompileOptions, compile_to_ir
 from cimc.diagnostics import CimcError
 from cimc.hardware import load_hardware
-from cimc.image import build_image
+from cimc.compiler import build_image
 from cimc.npz import npz_bytes
 from cimc.report import arrays_used, mapping_summary
 from passes_support import assert_matches

@@ -24,7 +24,7 @@ from cimc.backends.simulator import Simulator, SimulatorOptions
 from cimc.compiler import default_pipeline
 from cimc.error_bound import Sources, output_bounds, step_bounds
 from cimc.hardware import load_hardware
-from cimc.image import build_image
+from cimc.compiler import build_image
 from cimc.importer import import_model
 from cimc.npz import npz_bytes
 from cimc.pass_manager import PassContext, PassManager, parse_pipeline

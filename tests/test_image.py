@@ -18,7 +18,8 @@ from cimc.compiler import CompileOptions, compile_to_ir, default_pipeline
 from cimc.diagnostics import CimcError
 from cimc.error_bound import Sources, output_bounds
 from cimc.hardware import load_hardware
-from cimc.image import build_image, load_image
+from cimc.compiler import build_image
+from cimc.image import load_image
 from cimc.importer import import_model
 from cimc.npz import npz_bytes
 from cimc.pass_manager import PassContext, PassManager, parse_pipeline
@@ -122,8 +123,8 @@ def test_same_model_gives_identical_bytes_and_round_trips(kws: cimc.CompiledMode
     with zipfile.ZipFile(path) as zf:  # readable with the standard library and numpy alone
         manifest = json.loads(zf.read("manifest.json"))
         first = manifest["arrays"][0]["index"]
-        level = np.load(io.BytesIO(zf.read(f"arrays/{first}.level.npy")))
-    assert manifest["format"] == "cimc-image" and level.dtype == np.int16
+        level = np.load(io.BytesIO(zf.read(f"arrays/{first}.levels.npy")))
+    assert manifest["format"] == "cimc-image" and level.dtype == np.int8
 
 
 def _rewrite(path: Path, out: Path, change) -> None:  # noqa: ANN001
@@ -138,7 +139,7 @@ def test_truncated_tampered_and_wrong_version_images_are_refused(kws: cimc.Compi
     truncated = tmp_path / "truncated.cimg"
     truncated.write_bytes(good.read_bytes()[:5000])
     tampered = tmp_path / "tampered.cimg"
-    _rewrite(good, tampered, lambda n, b: b[:-1] + bytes([b[-1] ^ 1]) if n.endswith("level.npy") else b)
+    _rewrite(good, tampered, lambda n, b: b[:-1] + bytes([b[-1] ^ 1]) if n.endswith("levels.npy") else b)
     old = tmp_path / "old.cimg"
 
     def bump(name: str, data: bytes) -> bytes:

@@ -202,7 +202,7 @@ def test_image_programs_the_ramp_fuse_activation_recorded(tmp_path: Path) -> Non
     is the level programmed, and the manifest carries the op's gain."""
     from cimc.compiler import CompileOptions, compile_to_ir
     from cimc.hardware import load_hardware
-    from cimc.image import build_image
+    from cimc.compiler import build_image
 
     path = tmp_path / "m.onnx"
     _model(path, "Sigmoid", {}, "gemm")
