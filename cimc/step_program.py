@@ -30,6 +30,7 @@ reference of every op.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterator, Mapping
@@ -304,7 +305,14 @@ _TYPE = re.compile(r"([a-z0-9]+)\[(.*)\]")
 
 def parse_type(text: object) -> TensorType:
     """``f32[batch, 31]`` -> TensorType; a dim is an integer, a symbol, or ``?``."""
-    match = _TYPE.fullmatch(text) if isinstance(text, str) else None
+    if not isinstance(text, str):
+        raise ValueError(f"not a type: {text!r}")
+    return _parse_type(text)
+
+
+@functools.lru_cache(maxsize=4096)  # a program spells few distinct types, many times
+def _parse_type(text: str) -> TensorType:
+    match = _TYPE.fullmatch(text)
     if match is None or match.group(1) not in DTYPES:
         raise ValueError(f"not a type: {text!r}")
     dims: list[Dim] = []
@@ -505,17 +513,22 @@ class _Builder:
         self.ramps = {int(r["id"]): r for r in manifest.get("ramps", [])}
         self.values: dict[str, Value] = {}
         self.ramp_of: dict[str, int] = {}  # value name of a ramp op -> its manifest id
+        self._tensors: dict[str, Tensor] = {}
 
     def attr(self, kind: str, value: Any) -> AttrValue:
+        """The Module's attribute value (the immutable kinds of cimc.attributes) of a validated JSON value."""
         if kind == "tensor":
-            if "npy" in value:
-                return Tensor.adopt(self.tensors[value["npy"]], value["npy"][len("program/"):-len(".npy")])
-            return Tensor(np.array(value["data"], DTYPES[value["dtype"]]).reshape(value["shape"]))
+            if "npy" not in value:
+                return Tensor(np.array(value["data"], DTYPES[value["dtype"]]).reshape(value["shape"]))
+            entry = value["npy"]
+            if entry not in self._tensors:  # one Tensor per entry, however many ops share it
+                self._tensors[entry] = Tensor(self.tensors[entry], entry[len("program/"):-len(".npy")])
+            return self._tensors[entry]
         if kind == "float":
             return _json_float(value)
         if kind == "floats":
             return tuple(_json_float(v) for v in value)
-        return normalize_attr(value)
+        return tuple(value) if kind == "ints" else value
 
     def block(self, ops: list[dict[str, Any]], block: Block) -> None:
         for entry in ops:
@@ -534,7 +547,7 @@ class _Builder:
             attrs.update(self._ramp_attrs(self.ramps[attrs["image.ramp"]]))  # type: ignore[index]
         elif name == "nl_adc":
             ramp = self.ramps[self.ramp_of[entry["operands"][1]]]
-            attrs.update({k: ramp[k] for k in RAMP_FUNCTION_KEYS if k in ramp})
+            attrs.update({k: normalize_attr(ramp[k]) for k in RAMP_FUNCTION_KEYS if k in ramp})
         if "stage" in entry:
             attrs[_STAGE] = entry["stage"]
         regions = []
@@ -545,8 +558,9 @@ class _Builder:
                 self.values[spec_arg["name"]] = arg
             self.block(body["ops"], block)
             regions.append(Region(block))
-        op = Operation(spec.ir, operands, [parse_type(r["type"]) for r in results], attrs, regions, entry.get("loc"),
+        op = Operation(spec.ir, operands, [parse_type(r["type"]) for r in results], None, regions, entry.get("loc"),
                        [r["name"] for r in results])
+        op.attributes = attrs  # type: ignore[assignment]  (already of the attribute kinds: no second normalization)
         for result, r in zip(op.results, results):
             self.values[r["name"]] = result
         if name == "ramp":
@@ -558,9 +572,9 @@ class _Builder:
         """What the Module's ``cim.ramp`` carries, from the manifest's ramp: its placement, function and thresholds."""
         out: dict[str, object] = {k: ramp[k] for k in RAMP_FUNCTION_KEYS if k in ramp}
         out.update(array=ramp["array"], array_col=ramp["bit_line"], z_lo=ramp["z_lo"], z_hi=ramp["z_hi"],
-                   g_per_z=ramp["g_per_z"], gain=ramp["gain"], step_devices=tuple(ramp["step_devices"]),
+                   g_per_z=ramp["g_per_z"], gain=ramp["gain"], step_devices=ramp["step_devices"],
                    inl_lsb=ramp["inl_lsb"], thresholds=Tensor(np.asarray(ramp["thresholds"], np.float64)))
-        return out
+        return {k: normalize_attr(v) for k, v in out.items()}
 
 
 def program_to_module(program: StepProgram, manifest: Mapping[str, Any]) -> Module:

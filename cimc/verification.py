@@ -75,6 +75,7 @@ and all together (relative RMS).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import sys
@@ -97,6 +98,7 @@ from cimc.ir import Operation
 from cimc.onnx_steps import operand_names, per_step_against_onnxruntime, recurrent_nodes
 from cimc.printer import legal_name
 from cimc.stepwise import Trajectory, run_trajectory
+from cimc.types import dtype_name
 
 DEFAULT_SEQUENCE = 20
 
@@ -283,9 +285,52 @@ def _reference(model_path: Path, inputs: Mapping[str, np.ndarray], extra: list[s
         raise CimcError(f"onnxruntime cannot run {model_path} on these inputs: {str(e).splitlines()[0]}") from None
 
 
+def _signature(values: Any, skip: set[str]) -> list[tuple[str, str, int | None]]:
+    """(name, element type, rank) of ONNX graph inputs or outputs, as the image's manifest spells them."""
+    out = []
+    for v in values:
+        if v.name in skip:
+            continue
+        t = v.type.tensor_type
+        try:
+            dtype = dtype_name(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
+        except (KeyError, ValueError, TypeError):
+            dtype = f"onnx type {t.elem_type}"
+        out.append((v.name, dtype, len(t.shape.dim) if t.HasField("shape") else None))
+    return out
+
+
+def check_model_matches(model_path: str | Path, image: Image) -> None:
+    """Refuse a model whose graph inputs or outputs are not the image's; warn (stderr) when only its bytes differ.
+
+    The names, element types and ranks must agree (compiling may fix symbolic
+    dims, so extents are not compared); a model with the same interface but other
+    bytes (weights changed, re-exported) is compared anyway, with a warning.
+    """
+    path = Path(model_path)
+    model = load_onnx(path)
+    initializers = {t.name for t in model.graph.initializer}
+    for kind, values in (("inputs", model.graph.input), ("outputs", model.graph.output)):
+        have = _signature(values, initializers if kind == "inputs" else set())
+        want = [(v["name"], v["dtype"], len(v["shape"])) for v in image.manifest["model"][kind]]
+        if [(n, d) for n, d, _ in have] != [(n, d) for n, d, _ in want] or \
+                any(r is not None and r != w for (_, _, r), (_, _, w) in zip(have, want)):
+            show = lambda sig: ", ".join(f"{n} {d}" + (f" rank {r}" if r is not None else "") for n, d, r in sig)  # noqa: E731
+            raise CimcError(f"{path.name} is not the model this image was compiled from: its {kind} are {show(have) or 'none'}, "
+                            f"the image's are {show(want) or 'none'}")
+    recorded = image.manifest["provenance"]["model"]
+    if recorded["sha256"] is not None and recorded["sha256"] != hashlib.sha256(path.read_bytes()).hexdigest():
+        print(f"warning: {path.name} differs from the model this image was compiled from ({recorded['name']}, sha256 "
+              f"{recorded['sha256'][:12]}...): same inputs and outputs, other bytes; comparing anyway", file=sys.stderr)
+
+
 def verify_image(model_path: str | Path, image: Image, inputs: Mapping[str, np.ndarray] | None = None,
                  samples: int = 8, options: SimulatorOptions | None = None) -> VerifyReport:
-    """Run onnxruntime and the simulator on the same inputs and compare every output and every named layer."""
+    """Run onnxruntime and the simulator on the same inputs and compare every output and every named layer.
+
+    A model that is not the image's (other inputs or outputs) is refused first; see :func:`check_model_matches`.
+    """
+    check_model_matches(model_path, image)
     options = dataclasses.replace(options or SimulatorOptions(), counters=True)
     feeds = dict(inputs) if inputs is not None else random_inputs(image, samples, options.seed)
     simulator = Simulator(image, options)
