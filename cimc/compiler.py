@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from cimc.ir import Module
 from cimc.pass_manager import PassContext, PassManager, format_pipeline, parse_pipeline
 from cimc.passes.emit_image import emit_image
 from cimc.passes.ranges import Ranges
+from cimc.ranges import CALIB_SEPARATOR
 from cimc.timing import Timing
 
 
@@ -96,8 +98,16 @@ def provenance(model: str | Path | None, hw: Hardware, pipeline: str | None) -> 
     if model is not None:
         path = Path(model)
         name, digest = path.name, hashlib.sha256(path.read_bytes()).hexdigest()
-    return {"model": {"name": name, "sha256": digest}, "cimc_version": __version__, "pipeline": pipeline,
-            "hardware_sha256": hardware_sha256(hw)}
+    return {"model": {"name": name, "sha256": digest}, "cimc_version": __version__,
+            "pipeline": None if pipeline is None else _without_folders(pipeline), "hardware_sha256": hardware_sha256(hw)}
+
+
+def _without_folders(pipeline: str) -> str:
+    """The pipeline with calibration paths reduced to file names: an image must not depend on where it was compiled."""
+    def names(match: re.Match[str]) -> str:
+        return 'calib="' + CALIB_SEPARATOR.join(Path(p).name for p in match.group(1).split(CALIB_SEPARATOR)) + '"'
+
+    return re.sub(r'calib="([^"]*)"', names, pipeline)
 
 
 def build_image(module: Module, hw: Hardware, provenance_: dict[str, Any] | None = None, reference: bool = True) -> Image:

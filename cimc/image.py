@@ -180,7 +180,7 @@ def load_image(path: str | Path) -> Image:
     try:
         return _from_entries(manifest, entries)
     except ProgramError as e:
-        raise CimcError(f"{path} is not a valid image: {e}") from None
+        raise CimcError(f"{path} is not a valid image: {e.message}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CimcError(f"{path} is not a valid image: {type(e).__name__}: {e}") from None
 
