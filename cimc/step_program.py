@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from cimc.attributes import AttrValue, Tensor, normalize_attr
+from cimc.attributes import AttrValue, Tensor, is_annotation, normalize_attr
 from cimc.diagnostics import CimcError
 from cimc.ir import Block, Module, Operation, Region, Value
 from cimc.printer import Printer, legal_name
@@ -247,6 +247,12 @@ class _Emitter:
             raise CimcError(f"cannot emit the image: '{op.name}'{where} is not in the step op set {OP_SET} (see "
                             f"docs/image-format.md); the pipeline must lower it first")
         spec = OPS[name]
+        if name not in ANALOG_OPS:  # an attribute the op set does not know would change what the op computes
+            known = {a.ir or key for key, a in spec.attrs.items()}
+            unknown = sorted(k for k in op.attributes if not is_annotation(k) and k not in known)
+            if unknown:
+                raise CimcError(f"cannot emit the image: '{op.name}'{' at ' + op.location if op.location else ''} has "
+                                f"attributes {unknown} that the step op set {OP_SET} does not define")
         values = {**op.attributes, **self.extra.get(id(op), {})}
         out: dict[str, Any] = {"op": name}
         if op.operands:

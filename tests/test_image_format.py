@@ -169,6 +169,16 @@ def test_an_op_outside_the_op_set_is_refused_at_emit(cimc_cli, tmp_path: Path) -
     assert not (tmp_path / "x.cimg").exists()
 
 
+def test_an_onnx_attribute_outside_the_op_set_is_refused_at_emit() -> None:
+    """Dropping an attribute of a digital op would change what it computes: the lowering refuses it instead."""
+    hw = load_hardware()
+    module = compile_to_ir(KWS, hw, CompileOptions(calib=str(CALIB)))
+    sub = next(op for op in module.walk() if op.name == "onnx.Sub")
+    sub.attributes["fmod"] = 1
+    with pytest.raises(CimcError, match=r"'onnx.Sub' at kws_lstm.onnx:/Sub has attributes \['fmod'\]"):
+        build_image(module, hw)
+
+
 # --- what load refuses ----------------------------------------------------------------------------------------------
 
 def _bad_manifest_version(manifest: dict) -> None:
