@@ -16,7 +16,7 @@ import numpy as np
 
 from cimc.backends.saturation import SaturationCounts
 from cimc.backends.simulator import Simulator, SimulatorOptions
-from cimc.compiler import CompileOptions, build_image, compile_to_ir, pipeline_of, provenance, with_nl_adc_bits
+from cimc.compiler import CompileOptions, build_image, compile_to_ir, image_provenance, pipeline_of, with_nl_adc_bits
 from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware, load_hardware
 from cimc.image import Image, load_image
@@ -86,7 +86,7 @@ def compile(model: str | Path, hw: str | Path | Hardware | None = None,  # noqa:
     warning = range_warning(module)
     if warning:
         warnings.warn(warning.removeprefix("warning: "), RangeAssumptionWarning, stacklevel=2)
-    return CompiledModel(build_image(module, hardware, provenance(model, hardware, pipeline_of(options)), reference))
+    return CompiledModel(build_image(module, hardware, image_provenance(model, hardware, pipeline_of(options)), reference))
 
 
 

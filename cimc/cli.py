@@ -132,10 +132,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         with timing.phase("write IR"):
             write_ir(module, args.output)
     elif args.output:
-        from cimc.compiler import build_image, pipeline_of, provenance
+        from cimc.compiler import build_image, image_provenance, pipeline_of
 
         with timing.phase("build image"):
-            image = build_image(module, hw, provenance(args.model, hw, pipeline_of(options)), not args.no_reference)
+            image = build_image(module, hw, image_provenance(args.model, hw, pipeline_of(options)), not args.no_reference)
         with timing.phase("write image"):
             image.save(args.output)
     sys.stdout.write(mapping_summary(module, hw))

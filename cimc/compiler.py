@@ -91,7 +91,7 @@ def hardware_sha256(hw: Hardware) -> str:
     return hashlib.sha256(json.dumps(hw.to_dict(), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def provenance(model: str | Path | None, hw: Hardware, pipeline: str | None) -> dict[str, Any]:
+def image_provenance(model: str | Path | None, hw: Hardware, pipeline: str | None) -> dict[str, Any]:
     """What an image records of where it came from: the model file (name, SHA-256 of its bytes), cimc, the pipeline
     and the hardware. Without a file (a model compiled from memory) the model's name and digest are null."""
     digest = name = None
@@ -110,12 +110,12 @@ def _without_folders(pipeline: str) -> str:
     return re.sub(r'calib="([^"]*)"', names, pipeline)
 
 
-def build_image(module: Module, hw: Hardware, provenance_: dict[str, Any] | None = None, reference: bool = True) -> Image:
+def build_image(module: Module, hw: Hardware, provenance: dict[str, Any] | None = None, reference: bool = True) -> Image:
     """The programming image of a scheduled module (the module is not changed); see cimc.passes.emit_image.
 
-    ``provenance_`` defaults to what is known without the model file: cimc's version and the hardware.
+    ``provenance`` defaults to what is known without the model file: cimc's version and the hardware.
     """
-    return emit_image(module, hw, provenance_ if provenance_ is not None else provenance(None, hw, None), reference)
+    return emit_image(module, hw, provenance if provenance is not None else image_provenance(None, hw, None), reference)
 
 
 def compile_to_ir(model: str | Path, hw: Hardware, options: CompileOptions | None = None) -> Module:

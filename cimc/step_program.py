@@ -47,7 +47,6 @@ from cimc.types import DTYPES, Dim, TensorType, dtype_name
 
 OP_SET = "cimc-step/1"
 INLINE_LIMIT = 16
-KINDS = ("int", "float", "str", "ints", "floats", "tensor")
 
 
 @dataclass(frozen=True)
@@ -159,7 +158,7 @@ _BY_IR = {spec.ir: name for name, spec in OPS.items()}
 # Whole-model facts the tools print or read, kept as program metadata; every other module attribute is the compiler's.
 METADATA = ("input_names", "output_names", "input_ranges", "opset", "source", "arrays_used", "graph_stages",
             "fuse.activations", "fuse.ramps", "lift.activations", "share.groups")
-_STAGE, _STAGES = "sched.stage", "sched.stages"
+_STAGE = "sched.stage"
 # Attributes the Module's ramp and NL-ADC ops take from the manifest's ramp (recorded once, there).
 RAMP_FUNCTION_KEYS = ("function", "alpha", "beta", "clip", "bits")
 
@@ -454,6 +453,9 @@ class _Validator:
 
     def semantics(self, name: str, op: dict[str, Any], attrs: dict[str, Any], where: str) -> None:
         """What the op set requires beyond kinds: reads inside their arrays, ramps that exist, analog operands."""
+        for key in ("rows", "cols"):
+            if key in attrs and len(attrs[key]) != 2:
+                self.fail(where, f"'{key}' must be [start, end], got {attrs[key]!r}")
         if name == "read":
             k = attrs["array"]
             if k not in self.arrays:

@@ -300,6 +300,10 @@ def _signature(values: Any, skip: set[str]) -> list[tuple[str, str, int | None]]
     return out
 
 
+def _show(signature: list[tuple[str, str, int | None]]) -> str:
+    return ", ".join(f"{n} {d}" + (f" rank {r}" if r is not None else "") for n, d, r in signature) or "none"
+
+
 def check_model_matches(model_path: str | Path, image: Image) -> None:
     """Refuse a model whose graph inputs or outputs are not the image's; warn (stderr) when only its bytes differ.
 
@@ -315,9 +319,8 @@ def check_model_matches(model_path: str | Path, image: Image) -> None:
         want = [(v["name"], v["dtype"], len(v["shape"])) for v in image.manifest["model"][kind]]
         if [(n, d) for n, d, _ in have] != [(n, d) for n, d, _ in want] or \
                 any(r is not None and r != w for (_, _, r), (_, _, w) in zip(have, want)):
-            show = lambda sig: ", ".join(f"{n} {d}" + (f" rank {r}" if r is not None else "") for n, d, r in sig)  # noqa: E731
-            raise CimcError(f"{path.name} is not the model this image was compiled from: its {kind} are {show(have) or 'none'}, "
-                            f"the image's are {show(want) or 'none'}")
+            raise CimcError(f"{path.name} is not the model this image was compiled from: its {kind} are "
+                            f"{_show(have)}, the image's are {_show(want)}")
     recorded = image.manifest["provenance"]["model"]
     if recorded["sha256"] is not None and recorded["sha256"] != hashlib.sha256(path.read_bytes()).hexdigest():
         print(f"warning: {path.name} differs from the model this image was compiled from ({recorded['name']}, sha256 "
