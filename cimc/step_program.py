@@ -343,7 +343,8 @@ class _Validator:
         self.arrays = {int(a["index"]): (int(a["rows"]), int(a["cols"])) for a in manifest.get("arrays", [])}
         self.ramps = {int(r["id"]): r for r in manifest.get("ramps", [])}
         self.references = set(manifest.get("reference", {}).get("tiles", []))
-        self.producers: dict[str, str] = {}  # value name -> op that produced it ("" for arguments)
+        self.producers: dict[str, str] = {}  # value name in scope -> op that produced it ("" for arguments)
+        self.names: set[str] = set()  # every value name so far: names are unique in the whole program
         self.tiles: set[int] = set()
 
     def fail(self, where: str, message: str) -> None:
@@ -357,8 +358,9 @@ class _Validator:
         except (ValueError, KeyError) as e:
             self.fail(where, str(e))
         name = entry["name"]  # type: ignore[index]
-        if name in self.producers:
+        if name in self.names:
             self.fail(where, f"value '{name}' is defined twice")
+        self.names.add(name)
         self.producers[name] = producer
 
     def tensor(self, where: str, value: object) -> None:
@@ -443,9 +445,15 @@ class _Validator:
             if not isinstance(body, dict) or not isinstance(body.get("args"), list) or len(body["args"]) != len(operands):
                 self.fail(where, "a loop needs a body with one argument per operand (the step index, then each carried value)")
             assert isinstance(body, dict)
+            outer = dict(self.producers)
             for arg in body["args"]:
                 self.define(where, arg, "")
             self.ops(body.get("ops"), f"{where} body", "yield")
+            yielded = body["ops"][-1].get("operands", [])
+            if len(yielded) != len(results) or len(results) < len(operands) - 1:
+                self.fail(where, f"the body yields {len(yielded)} values for {len(results)} results and "
+                                 f"{len(operands) - 1} carried values")
+            self.producers = outer  # the body's values are not visible after the loop
         elif "body" in op:
             self.fail(where, f"'{name}' has no body")
         for r in results:

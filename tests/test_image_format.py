@@ -192,6 +192,8 @@ MUTATIONS = {
     "read outside its array": (lambda d: _reads(d)[0]["attrs"].update(bit_line=60), r"do not fit array"),
     "unknown attribute": (lambda d: _reads(d)[0]["attrs"].update({"fuse.reason": "x"}), r"unknown attributes \['fuse.reason'\]"),
     "wrong attribute kind": (lambda d: _reads(d)[0]["attrs"].update(rows="0:73"), r"attribute 'rows': expected a list \(ints\)"),
+    "a loop's value used after it": (lambda d: d["ops"][-1].update(operands=[_reads(d)[0]["results"][0]["name"]]),
+                                     r"operand '7' is not defined before its use"),
     "no terminator": (lambda d: d["ops"].pop(), r"must end with 'return'"),
     "other op set": (lambda d: d.update(format="cimc-step/9"), r"op set 'cimc-step/9'"),
 }
