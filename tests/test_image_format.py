@@ -240,6 +240,20 @@ def test_tampered_levels_and_v1_images_are_refused(kws: tuple, tmp_path: Path, c
         assert result.returncode == 2 and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_compressed_entry_is_refused_unread(kws: tuple, tmp_path: Path) -> None:
+    """An image stores every entry; a deflated one (a decompression bomb, say: 64 MB of zeros in 64 kB) is refused
+    from the zip directory, before anything is inflated."""
+    _, path = kws
+    bomb = tmp_path / "bomb.cimg"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bomb, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name))
+        dst.writestr("arrays/zz.npy", bytes(64 << 20), compress_type=zipfile.ZIP_DEFLATED)
+    assert bomb.stat().st_size < path.stat().st_size + (1 << 20)
+    with pytest.raises(CimcError, match="entry arrays/zz.npy is compressed or encrypted"):
+        load_image(bomb)
+
+
 # --- provenance -----------------------------------------------------------------------------------------------------
 
 def test_provenance_records_model_cimc_pipeline_and_hardware(kws: tuple) -> None:
