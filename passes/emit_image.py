@@ -85,7 +85,8 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             interleaved = np.empty((rows, 2 * width), layout.dtype)
             interleaved[:, 0::2], interleaved[:, 1::2] = layout.level_of(g_pos), layout.level_of(g_neg)
             # What exact runs: the weights the conductances encode, once in the model's float type (cim_kernels does the same).
-            exact = ((g_pos - g_neg) / op.attributes["g_scale"].array).astype(op.results[0].type.np_dtype)  # type: ignore[union-attr]
+            exact = ((g_pos - g_neg) / op.attributes["g_scale"].array).astype(op.results[0].type.np_dtype) \
+                if reference else None  # type: ignore[union-attr]
             where = (k, r, c, rows, width)
             region = programmed.get(where)
             if region is not None:
