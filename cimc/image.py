@@ -268,6 +268,11 @@ def _from_entries(manifest: dict[str, Any], entries: dict[str, memoryview]) -> I
 
     if manifest.get("op_set") != OP_SET:
         raise ProgramError(f"the program's op set is {manifest.get('op_set')!r}; this cimc reads {OP_SET}")
+    missing = [k for k in ("provenance", "hardware", "model", "arrays", "ramps") if k not in manifest]
+    provenance = manifest.get("provenance", {})
+    if missing or not isinstance(provenance, dict) or not isinstance(provenance.get("model"), dict) or \
+            not {"name", "sha256"} <= set(provenance["model"]):
+        raise ProgramError(f"the manifest lacks {', '.join(missing) or 'the model in its provenance'}")
     hw = hardware_from_dict(manifest["hardware"], "the image's hardware description")
     dtype = level_dtype(hw.device.levels)
     arrays: dict[int, np.ndarray] = {}

@@ -185,10 +185,12 @@ def _walk(ops: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 # --- Module -> program (the emit side) ----------------------------------------------------------------------------
 
 def _float_json(x: float) -> float | str:
+    """A float as strict JSON: itself, or the name of a non-finite value."""
     return x if math.isfinite(x) else ("NaN" if math.isnan(x) else "Infinity" if x > 0 else "-Infinity")
 
 
 def _json_float(value: object) -> float:
+    """The float a JSON value stands for (a number, or a non-finite value's name); ValueError for anything else."""
     if isinstance(value, str):
         special = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
         if value not in special:
