@@ -81,8 +81,10 @@ def reference_entry(tile: int) -> str:
 class Image:
     """A loaded (or freshly emitted) programming image.
 
-    ``arrays`` maps each used array's index to its device levels; ``reference``
-    maps a tile id to its unquantized weights (empty without them).
+    ``arrays`` maps each used array's index to its device levels; ``program_data``
+    is the step program (program.json and its tensors); ``reference`` maps a tile
+    id to its unquantized weights (empty without them). A loaded image's arrays
+    are read-only views of the file's bytes.
     """
 
     manifest: dict[str, Any]
