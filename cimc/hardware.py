@@ -64,13 +64,48 @@ class NonidealityConfig:
 
 @dataclass(frozen=True)
 class CostConfig:
+    """Per-component energy, area and timing figures of the cost model (``cimc report``).
+
+    Every figure's source and scaling rule is in ``hardware_default.toml``;
+    ``docs/cost-model.md`` gives the formulas that use them. ``array_read_pj``
+    and ``nl_adc_conversion_pj`` feed only fuse-activation's identity-column
+    break-even, so that a cost-model refinement never changes a mapping.
+    """
+
     clock_ghz: float
+    supply_v: float
+    cell_area_um2: float
+    input_mean_square: float
+    array_read_cycles: int
+    line_cap_ff_per_cell: float
+    dac_unit_cap_ff: float
+    dac_cap_density_ff_per_um2: float
+    dac_switch_area_um2: float
+    column_readout_fj: float
+    column_readout_area_um2: float
     array_read_pj: float
-    adc_conversion_pj: float
+    comparator_fj: float
+    comparator_area_um2: float
+    latch_fj_per_bit: float
+    latch_area_um2_per_bit: float
+    counter_fj_per_cycle: float
+    ramp_generator_fj_per_cycle: float
+    ramp_generator_area_um2: float
     nl_adc_conversion_pj: float
+    sar_pj_8bit: float
+    sar_area_um2_8bit: float
+    sar_columns_per_adc: int
     digital_op_pj: float
     digital_activation_ops: int
     digital_lanes: int
+    digital_lane_area_um2: float
+    sram_pj_per_bit: float
+    sram_area_um2_per_bit: float
+    digital_word_bits: int
+
+    @property
+    def cycle_ns(self) -> float:
+        return 1.0 / self.clock_ghz
 
 
 @dataclass(frozen=True)
@@ -148,6 +183,10 @@ def hardware_from_dict(data: dict[str, dict[str, Any]], origin: str = "hardware 
     sections = {}
     for name, cls in _CLASSES.items():
         values = data.get(name, {})
+        if name == "cost":
+            # Cost figures do not describe the mapping: an image built before a figure existed still
+            # loads, and is costed with the shipped default for it.
+            values = {**_default_dict()["cost"], **values}
         kwargs = {}
         for f in fields(cls):
             if f.name not in values:
@@ -210,5 +249,17 @@ def _validate(hw: Hardware, origin: str) -> None:
             problems.append(f"{key} cannot be negative (got {getattr(n, key)})")
     if n.drift_t0_s <= 0:
         problems.append(f"drift_t0_s must be positive (got {n.drift_t0_s})")
+    cost = hw.cost
+    for f in fields(cost):
+        value = getattr(cost, f.name)
+        if f.name == "input_mean_square":
+            if not 0 < value <= 1:
+                problems.append(f"[cost] input_mean_square must lie in (0, 1] (got {value})")
+        elif f.type == "int" and value < 1:
+            problems.append(f"[cost] {f.name} must be at least 1 (got {value})")
+        elif f.type == "float" and not (math.isfinite(value) and value >= 0):
+            problems.append(f"[cost] {f.name} must be a finite non-negative number (got {value})")
+    if not cost.clock_ghz > 0 or not cost.supply_v > 0:
+        problems.append(f"[cost] clock_ghz and supply_v must be positive (got {cost.clock_ghz}, {cost.supply_v})")
     if problems:
         raise CimcError(f"{origin}: impossible hardware configuration: " + "; ".join(problems))
