@@ -52,9 +52,9 @@ def plot_timeline(report: dict, path: Path) -> None:
     axes.set_xlabel("time within one step (ns)")
     loop = next(iter(report["schemes"].values()))["per_step"]["loop"] or "the program"
     axes.set_title(f"timeline of one time step of {loop}")
-    axes.legend(loc="lower right", fontsize="small")
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(labelled), fontsize="small")
     axes.grid(True, axis="x", alpha=0.3)
-    figure.subplots_adjust(left=0.22)
+    figure.subplots_adjust(left=0.22, bottom=0.2)
     _save(figure, path)
 
 
