@@ -83,6 +83,7 @@ class CostConfig:
     dac_switch_area_um2: float
     column_readout_fj: float
     column_readout_area_um2: float
+    column_bias_uw: float
     array_read_pj: float
     comparator_fj: float
     comparator_area_um2: float

@@ -47,6 +47,11 @@ def word_line_fj(c: CostConfig, bit_lines: int, read_voltage_v: float) -> float:
     return bit_lines * c.line_cap_ff_per_cell * read_voltage_v ** 2
 
 
+def column_bias_fj(c: CostConfig, columns: int, cycles: int) -> float:
+    """Static power of ``columns`` column readouts over ``cycles`` clock cycles (uW x ns = fJ)."""
+    return columns * c.column_bias_uw * cycles * c.cycle_ns
+
+
 def comparator_column_fj(c: CostConfig, bits: int) -> float:
     """One column's share of a ramp conversion: a comparator decision at each of 2^N cycles, N latched bits.
 

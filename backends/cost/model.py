@@ -176,7 +176,8 @@ class Pricer:
             for r in group:
                 ledger.add("crossbar", r.layer, r.vectors * cc.device_read_fj(
                     r.conductance_us, vread, c.cycle_ns, c.input_mean_square))
-                ledger.add("column_readout", r.layer, r.vectors * r.weight_columns * c.column_readout_fj)
+                ledger.add("column_readout", r.layer, r.vectors * (r.weight_columns * c.column_readout_fj + cc.column_bias_fj(
+                    c, r.weight_columns, c.array_read_cycles)))
                 ledger.macs += r.macs * r.vectors
             per_vector = word_lines * (cc.dac_conversion_fj(c, self.scheme.dac_width(hw)) + cc.word_line_fj(c, self.p.cols, vread))
             ledger.add("dac_drivers", layer, vectors * per_vector)
@@ -208,6 +209,7 @@ class Pricer:
         linear_ramp_bits = 0
         counter_bits = 0
         swept: set[int] = set()
+        held: list[tuple[Conversion, int]] = []
         weight_columns = self.p.cols // 2
         for conv in group:
             bits = self.bits_of(conv)
@@ -232,12 +234,15 @@ class Pricer:
                 counter_bits = max(counter_bits, bits)
                 cycles = max(cycles, cc.ramp_conversion_cycles(bits))
             ledger.add("buffers", conv.layer, conv.vectors * cc.sram_fj(c, conv.columns * bits))
+            held.append((conv, bits))
         any_nl = any(v.nonlinear for v in group)
         if counter_bits:
             component = "nl_adc" if (self.scheme.nl_adc and any_nl) else "ramp_adc"
             ledger.add(component, layer, vectors * cc.counter_sweep_fj(c, counter_bits), any_nl)
         if linear_ramp_bits:
             ledger.add("ramp_adc", layer, vectors * cc.ramp_generator_sweep_fj(c, linear_ramp_bits), any_nl)
+        for conv, bits in held:  # each column's readout holds its value until the array's conversions end
+            ledger.add("column_readout", conv.layer, conv.vectors * cc.column_bias_fj(c, conv.columns, cycles), conv.nonlinear)
         return _single("nonlinear convert" if any_nl else "linear convert", vectors * cycles, layer)
 
     def block(self, block: Block) -> BlockCost:

@@ -82,7 +82,8 @@ def summarize(costed: Costed) -> dict:
                          "latency_ns": r6(total.cycles_by_layer.get(layer, 0) * ns)}
 
     nonlinear_energy = _energy_by(total, 2).get("nonlinear", 0.0)
-    mac_energy = sum(by_component.get(n, 0.0) for n in MAC_COMPONENTS)
+    # The levels partition the energy: a readout's hold current during an activation's conversion is nonlinear processing.
+    mac_energy = sum(fj for (component, _, nl), fj in total.ledger.energy.items() if component in MAC_COMPONENTS and not nl) / 1000.0
     levels = {
         "mac_array": (mac_energy, sum(area_by_component.get(n, 0.0) for n in MAC_COMPONENTS), total.cycles_by.get("read", 0)),
         "nonlinear": (nonlinear_energy, sum(um2 for (_, _, nl), um2 in costed.area.items() if nl) / 1e6,
