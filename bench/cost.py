@@ -136,23 +136,28 @@ def activation_penalty(tmp: Path) -> list[str]:
 
 
 def plot(curves: dict[str, list[dict]], cases: dict, path: Path) -> None:
+    """The NL-ADC design's accuracy (ideal and noisy, from the examples' tables) against its TOPS/W.
+
+    The baselines are not drawn: their accuracy (linear ADC + digital activation) is not what the
+    tables measured.
+    """
     figure = _new_figure()
     for i, (name, rows) in enumerate(curves.items()):
         axes = figure.add_subplot(1, len(curves), i + 1)
-        for j, scheme in enumerate(("nl_adc", "ramp_adc+digital", "sar_adc+digital")):
-            x = [r[scheme] for r in rows]
-            axes.plot(x, [r["ideal"] for r in rows], marker="o", color=f"C{j}", label=f"{scheme}, ideal")
-            axes.plot(x, [r["noisy"] for r in rows], marker="s", linestyle="--", color=f"C{j}", label=f"{scheme}, noisy", alpha=0.6)
-            if scheme == "nl_adc":
-                for r in rows:
-                    axes.annotate(f"{r['bits']} b", (r[scheme], r["ideal"]), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+        x = [r["nl_adc"] for r in rows]
+        axes.plot(x, [r["ideal"] for r in rows], marker="o", color="C0", label="ideal")
+        axes.plot(x, [r["noisy"] for r in rows], marker="s", linestyle="--", color="C3", label="noisy (mean of 10 chips)")
+        for r in rows:
+            note = f"{r['bits']} b" + ("" if r["fused"] else " (digital)")
+            for key in ("ideal", "noisy"):
+                axes.annotate(note, (r["nl_adc"], r[key]), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
         axes.set_xscale("log")
-        axes.set_xlabel("TOPS/W (one time step)")
+        axes.set_xlabel("TOPS/W of one time step (cimc report)")
         axes.set_ylabel(cases[name]["results"]["metric"].split(" (")[0])
         axes.set_title(name)
         axes.grid(True, alpha=0.3)
-    figure.axes[0].legend(fontsize="xx-small")
-    figure.suptitle("accuracy against energy efficiency, NL-ADC bits 3, 4, 5, 8")
+        axes.legend(fontsize="x-small")
+    figure.suptitle("accuracy against energy efficiency, NL-ADC bits 3, 4, 5, 8 (512 x 64 arrays)")
     figure.subplots_adjust(wspace=0.35)
     _save(figure, path)
 
