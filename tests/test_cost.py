@@ -19,7 +19,6 @@ import pytest
 
 import cimc
 from cimc.backends.cost import components as cc
-from cimc.backends.cost.command import run as run_report  # noqa: F401  (the CLI entry must import)
 from cimc.backends.cost.model import Scheme, price
 from cimc.backends.cost.program import Conversion, Read, read_program
 from cimc.backends.cost.report import cost_report

@@ -67,10 +67,6 @@ class Ledger:
         self.activation_cycles += other.activation_cycles * times
 
 
-# What can set a stage's length. A baseline's activation stage is its conversion, then the digital activation.
-PHASES = ("read", "nonlinear convert", "linear convert", "digital activation", "digital")
-
-
 @dataclass(frozen=True)
 class Phase:
     """A stretch of the timeline: ``cycles`` of ``what`` for ``layer``, starting at ``start``."""
@@ -117,6 +113,8 @@ class _Candidate:
 
 
 class Pricer:
+    """Prices the events of one program under one scheme (energy into a :class:`Ledger`, time per stage)."""
+
     def __init__(self, program: StepProgram, hw: Hardware, scheme: Scheme) -> None:
         self.p = program
         self.hw = hw
@@ -135,7 +133,7 @@ class Pricer:
         convs: dict[int, list[Conversion]] = defaultdict(list)
         digital_ops = 0
         digital_act_values = 0
-        act_layer = ""
+        act_layer = digital_layer = ""
         for item in items:
             if isinstance(item, Loop):
                 inner = self.block(item.body)
@@ -164,7 +162,7 @@ class Pricer:
                 else:
                     ledger.add("digital_elementwise", item.layer, cc.digital_fj(c, item.values, 1))
                     digital_ops += item.values
-                    act_layer = act_layer or item.layer
+                    digital_layer = digital_layer or item.layer
         fetched: set[tuple[str, ...]] = set()
         for k, group in sorted(reads.items()):
             vectors = max(r.vectors for r in group)
@@ -197,8 +195,8 @@ class Pricer:
                                      _plus(before.by_layer, act_layer, activation),
                                      before.parts + [("digital activation", activation, act_layer)]))
         if digital:
-            phases.append(_single("digital", digital, act_layer))
-        return max(phases, key=lambda ph: ph.cycles, default=_Candidate(0, {}, {}, []))
+            phases.append(_single("digital", digital, digital_layer))
+        return max(phases, key=lambda ph: ph.cycles, default=_Candidate(0, {}, {}, []))  # the first of equals
 
     def convert(self, group: list[Conversion], ledger: Ledger) -> _Candidate:
         """All conversions of one array in one stage: they share the array's counter, ramps and ADCs."""

@@ -30,10 +30,10 @@ def _what_component(costed: Costed) -> dict[str, str]:
             "linear convert": linear, "digital activation": "digital_activation", "digital": "digital_elementwise"}
 
 
-def _energy_by(block: BlockCost, index: int) -> dict[str, float]:
+def _pj_by(block: BlockCost, key) -> dict[str, float]:  # noqa: ANN001  (key: (component, layer, nonlinear) -> str)
     out: dict[str, float] = defaultdict(float)
-    for key, fj in block.ledger.energy.items():
-        out[key[index] if index < 2 else ("nonlinear" if key[2] else "other")] += fj / 1000.0
+    for entry, fj in block.ledger.energy.items():
+        out[key(entry)] += fj / 1000.0
     return out
 
 
@@ -52,8 +52,8 @@ def summarize(costed: Costed) -> dict:
     peak_tops = _per(step_ops, step_ns * 1000.0)  # ops per ns = GOPS
     tops = _per(ops, latency_ns * 1000.0)
 
-    by_component = _energy_by(total, 0)
-    step_by_component = _energy_by(step, 0)
+    by_component = _pj_by(total, lambda e: e[0])
+    step_by_component = _pj_by(step, lambda e: e[0])
     area_by_component: dict[str, float] = defaultdict(float)
     area_by_layer: dict[str, float] = defaultdict(float)
     for (component, layer, _), um2 in costed.area.items():
@@ -76,12 +76,12 @@ def summarize(costed: Costed) -> dict:
             "tops_per_mm2": r6(_per(peak_tops or 0.0, area))}
 
     layers = {}
-    energy_by_layer = _energy_by(total, 1)
+    energy_by_layer = _pj_by(total, lambda e: e[1])
     for layer in sorted(set(energy_by_layer) | set(area_by_layer) | set(total.cycles_by_layer)):
         layers[layer] = {"area_mm2": r6(area_by_layer.get(layer, 0.0)), "energy_pj": r6(energy_by_layer.get(layer, 0.0)),
                          "latency_ns": r6(total.cycles_by_layer.get(layer, 0) * ns)}
 
-    nonlinear_energy = _energy_by(total, 2).get("nonlinear", 0.0)
+    nonlinear_energy = sum(fj for (_, _, nl), fj in total.ledger.energy.items() if nl) / 1000.0
     # The levels partition the energy: a readout's hold current during an activation's conversion is nonlinear processing.
     mac_energy = sum(fj for (component, _, nl), fj in total.ledger.energy.items() if component in MAC_COMPONENTS and not nl) / 1000.0
     levels = {
