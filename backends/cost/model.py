@@ -207,12 +207,13 @@ class Pricer:
         linear_ramp_bits = 0
         counter_bits = 0
         swept: set[int] = set()
-        held: list[tuple[Conversion, int]] = []
+        held: list[tuple[Conversion, str]] = []
         weight_columns = self.p.cols // 2
         for conv in group:
             bits = self.bits_of(conv)
             nonlinear = conv.nonlinear  # an activation's conversion, whichever converter does it
             if conv.nonlinear and self.scheme.nl_adc:
+                held.append((conv, "nl_adc"))
                 ledger.add("nl_adc", conv.layer, conv.vectors * conv.columns * cc.comparator_column_fj(c, bits), True)
                 counter_bits = max(counter_bits, bits)
                 if conv.ramp is not None and conv.ramp not in swept:
@@ -224,23 +225,26 @@ class Pricer:
                     ledger.add("ramp_columns", conv.layer, conv.vectors * (sweep + broadcast), True)
                 cycles = max(cycles, cc.ramp_conversion_cycles(bits))
             elif self.scheme.linear_adc == "sar":
+                held.append((conv, "sar_adc"))
                 ledger.add("sar_adc", conv.layer, conv.vectors * conv.columns * cc.sar_conversion_fj(c, bits), nonlinear)
                 cycles = max(cycles, cc.sar_conversion_cycles(c, conv.columns, weight_columns, bits))
             else:
+                held.append((conv, "ramp_adc"))
                 ledger.add("ramp_adc", conv.layer, conv.vectors * conv.columns * cc.comparator_column_fj(c, bits), nonlinear)
                 linear_ramp_bits = max(linear_ramp_bits, bits)
                 counter_bits = max(counter_bits, bits)
                 cycles = max(cycles, cc.ramp_conversion_cycles(bits))
             ledger.add("buffers", conv.layer, conv.vectors * cc.sram_fj(c, conv.columns * bits))
-            held.append((conv, bits))
         any_nl = any(v.nonlinear for v in group)
         if counter_bits:
             component = "nl_adc" if (self.scheme.nl_adc and any_nl) else "ramp_adc"
             ledger.add(component, layer, vectors * cc.counter_sweep_fj(c, counter_bits), any_nl)
         if linear_ramp_bits:
             ledger.add("ramp_adc", layer, vectors * cc.ramp_generator_sweep_fj(c, linear_ramp_bits), any_nl)
-        for conv, bits in held:  # each column's readout holds its value until the array's conversions end
-            ledger.add("column_readout", conv.layer, conv.vectors * cc.column_bias_fj(c, conv.columns, cycles), conv.nonlinear)
+        # Each column's readout holds its value until the array's conversions end: a cost of the conversion's
+        # duration, so it is priced with the converter (the MAC array level keeps only what a read costs).
+        for conv, component in held:
+            ledger.add(component, conv.layer, conv.vectors * cc.column_bias_fj(c, conv.columns, cycles), conv.nonlinear)
         return _single("nonlinear convert" if any_nl else "linear convert", vectors * cycles, layer)
 
     def block(self, block: Block) -> BlockCost:

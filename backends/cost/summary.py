@@ -82,8 +82,7 @@ def summarize(costed: Costed) -> dict:
                          "latency_ns": r6(total.cycles_by_layer.get(layer, 0) * ns)}
 
     nonlinear_energy = sum(fj for (_, _, nl), fj in total.ledger.energy.items() if nl) / 1000.0
-    # The levels partition the energy: a readout's hold current during an activation's conversion is nonlinear processing.
-    mac_energy = sum(fj for (component, _, nl), fj in total.ledger.energy.items() if component in MAC_COMPONENTS and not nl) / 1000.0
+    mac_energy = sum(by_component.get(n, 0.0) for n in MAC_COMPONENTS)
     levels = {
         "mac_array": (mac_energy, sum(area_by_component.get(n, 0.0) for n in MAC_COMPONENTS), total.cycles_by.get("read", 0)),
         "nonlinear": (nonlinear_energy, sum(um2 for (_, _, nl), um2 in costed.area.items() if nl) / 1e6,
