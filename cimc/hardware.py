@@ -8,6 +8,7 @@ short to hold one ramp column) must be refused before any compilation starts.
 
 from __future__ import annotations
 
+import functools
 import math
 import tomllib
 from dataclasses import asdict, dataclass, fields
@@ -152,9 +153,14 @@ _CLASSES = {"array": ArrayConfig, "device": DeviceConfig, "converters": Converte
             "nonideality": NonidealityConfig, "cost": CostConfig}
 
 
+@functools.cache
+def _default_text() -> str:
+    return package_data.files("cimc").joinpath("hardware_default.toml").read_text(encoding="utf-8")
+
+
 def _default_dict() -> dict[str, dict[str, Any]]:
-    text = package_data.files("cimc").joinpath("hardware_default.toml").read_text(encoding="utf-8")
-    return tomllib.loads(text)
+    """A fresh copy of the shipped description (callers merge into it)."""
+    return tomllib.loads(_default_text())
 
 
 def load_hardware(path: str | Path | None = None) -> Hardware:

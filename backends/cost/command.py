@@ -8,12 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from cimc.backends.cost.report import cost_report
-from cimc.backends.cost.sweep import format_sweep, parse_bits, sweep
-from cimc.backends.cost.tables import format_report
 from cimc.diagnostics import CimcError
-from cimc.image import load_image
-from cimc.npz import write_atomic
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,6 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cimc.backends.cost.report import cost_report
+    from cimc.backends.cost.sweep import format_sweep, parse_bits, sweep
+    from cimc.backends.cost.tables import format_report
+    from cimc.image import load_image
+    from cimc.npz import write_atomic
+
     if args.seq_len is not None and args.seq_len < 1:
         raise CimcError(f"--seq-len must be at least 1 (got {args.seq_len})")
     if args.batch < 1:
