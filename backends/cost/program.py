@@ -234,8 +234,11 @@ class _Reader:
             ramp = None
             if name == "cim.nl_adc":
                 ramp_op = op.operands[1].op  # type: ignore[union-attr]
-                key = (int(ramp_op.attributes["array"]), int(ramp_op.attributes["array_col"]))  # type: ignore[arg-type]
-                ramp = self._ramp_id[key]
+                if "image.ramp" in ramp_op.attributes:  # the manifest id, where the image names it
+                    ramp = int(ramp_op.attributes["image.ramp"])  # type: ignore[arg-type]
+                else:
+                    key = (int(ramp_op.attributes["array"]), int(ramp_op.attributes["array_col"]))  # type: ignore[arg-type]
+                    ramp = self._ramp_id[key]
             function = str(op.attributes["function"]) if name == "cim.nl_adc" else None
             return Conversion(layer, int(tile.attributes["array"]), columns, int(op.attributes["bits"]),  # type: ignore[arg-type]
                               name == "cim.nl_adc", function, ramp, _is_identity(tile), vectors)
