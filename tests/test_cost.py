@@ -313,3 +313,13 @@ def test_identity_break_even_unchanged() -> None:
     from cimc.passes.fuse_activation import identity_break_even
 
     assert identity_break_even(load_hardware()) == 12
+
+
+def test_static_sequence_length_is_read_from_the_program(kws) -> None:
+    """A model compiled with a static time dim (49) runs its loop 49 times without --seq-len, as the symbolic
+    one does with --seq-len 49: the trip count is read from Gather(Shape(features), 0)."""
+    static = cimc.compile(KWS / "kws_lstm.onnx", calib=KWS / "calib.npz", input_shapes={"features": [49, None, 40]}).image
+    fixed, given = cost_report(static), cost_report(kws, seq_len=49)
+    assert not fixed["seq_len_used"] and given["seq_len_used"]
+    assert fixed["schemes"]["nl_adc"]["total"] == given["schemes"]["nl_adc"]["total"]
+    assert "sequence length fixed by the model" in format_report(fixed)

@@ -17,7 +17,9 @@ Counting conventions (docs/cost-model.md, "What is counted"):
   other onnx arithmetic one op per output element; data movement (Concat,
   Gather, Reshape, ...) and ``cim.analog_sum`` (currents adding on a wire) cost nothing.
 - Symbolic dims: a dim whose name contains "batch" is the batch (1 per
-  inference); any other symbolic or unknown dim is the sequence length.
+  inference); any other symbolic or unknown dim is the sequence length. A
+  loop runs its constant trip count, or the static dim its trip count is read
+  from, else the sequence length.
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ class StepProgram:
     array_layer: dict[int, str]            # the layer (source op) of each array's first region
     ramps: dict[int, RampInfo]
     seq_len: int
+    symbolic_trips: bool                   # some loop's trip count is the (given or default) sequence length
     read_voltage_v: float
 
 
@@ -162,18 +165,29 @@ def _is_identity(tile: Operation) -> bool:
     return str(tile.attributes.get("block", "")).endswith(".identity")
 
 
-def _trip_count(loop: Operation, seq_len: int) -> int:
-    """A constant trip count, else the sequence length (the trip count of an RNN is the input's time extent)."""
+def _constant(value: Value | None) -> np.ndarray | None:
+    op = getattr(value, "op", None)
+    if op is None or op.name != "builtin.constant":
+        return None
+    return np.asarray(getattr(op.attributes.get("value"), "array", None))
+
+
+def _static_trip_count(loop: Operation) -> int | None:
+    """The trip count when the program fixes it: a constant, or a static dim read by Gather(Shape(x), i)."""
     source = loop.operands[0]
+    constant = _constant(source)
+    if constant is not None and constant.size == 1 and np.issubdtype(constant.dtype, np.integer):
+        return int(constant.reshape(-1)[0])
     op = getattr(source, "op", None)
-    if op is not None and op.name == "builtin.constant":
-        value = op.attributes.get("value")
-        array = getattr(value, "value", value)
-        try:
-            return int(np.asarray(array).reshape(-1)[0])
-        except (TypeError, ValueError, IndexError):
-            return seq_len
-    return seq_len
+    if op is not None and op.name == "onnx.Gather":
+        shape_op = getattr(op.operands[0], "op", None)
+        index = _constant(op.operands[1])
+        if shape_op is not None and shape_op.name == "onnx.Shape" and index is not None and index.size == 1 \
+                and not shape_op.attributes.get("start") and not shape_op.attributes.get("end"):
+            dims = shape_op.operands[0].type.shape
+            dim = dims[int(index.reshape(-1)[0])]
+            return dim if isinstance(dim, int) else None
+    return None
 
 
 class _Reader:
@@ -186,6 +200,7 @@ class _Reader:
         self.delta_g = (d.g_max_us - d.g_min_us) / (d.levels - 1)
         self.g_min = d.g_min_us
         self._names: dict[int, str] = {}
+        self.symbolic_trips = False  # a loop ran seq_len times because the program does not fix its trip count
         self._ramp_id = {(int(r["array"]), int(r["bit_line"])): int(r["id"]) for r in image.manifest["ramps"]}
 
     def name(self, value: Value | None) -> str:
@@ -215,7 +230,11 @@ class _Reader:
         name = op.name
         layer = _layer(op)
         if name == "cim.loop":
-            return Loop(layer, _trip_count(op, self.seq_len), self.block(op.regions[0].block))
+            trips = _static_trip_count(op)
+            if trips is None:
+                self.symbolic_trips = True
+                trips = self.seq_len
+            return Loop(layer, trips, self.block(op.regions[0].block))
         if name == "cim.tile_mvm":
             k = int(op.attributes["array"])  # type: ignore[arg-type]
             r0, r1 = op.attributes["rows"]  # type: ignore[misc]
@@ -289,4 +308,5 @@ def read_program(image: Image, seq_len: int, batch: int = 1) -> StepProgram:
         array_layer.setdefault(k, "ramps")
     hw = image.hardware
     ramps = {int(r["id"]): reader.ramp(r) for r in image.manifest["ramps"]}
-    return StepProgram(top, arrays, hw.array.rows, hw.array.cols, array_layer, ramps, seq_len, hw.device.read_voltage_v)
+    return StepProgram(top, arrays, hw.array.rows, hw.array.cols, array_layer, ramps, seq_len, reader.symbolic_trips,
+                       hw.device.read_voltage_v)

@@ -46,6 +46,7 @@ def cost_report(image: Image, seq_len: int | None = None, batch: int = 1, bits: 
                      "adc_bits": hw.converters.adc_bits, "digital_lanes": hw.cost.digital_lanes},
         "seq_len": program.seq_len,
         "seq_len_given": seq_len is not None,
+        "seq_len_used": program.symbolic_trips,
         "batch": batch,
         "nl_adc_bits": bits if bits is not None else (compiled_bits[0] if len(compiled_bits) == 1 else compiled_bits),
         "recompiled": False,

@@ -23,8 +23,9 @@ def format_report(report: dict) -> str:
         f"cost of {report['model']}: {hw['arrays']} arrays of {hw['rows']} x {hw['cols']}, "
         f"{hw['clock_ghz']:g} GHz, DAC {hw['dac_bits']} bits, NL-ADC {report['nl_adc_bits']} bits, "
         f"linear ADC {hw['adc_bits']} bits, {hw['digital_lanes']} digital lanes",
-        f"sequence length {report['seq_len']}" + ("" if report["seq_len_given"] else
-                                                   " (the default: the model's time dim is symbolic; give --seq-len)")
+        (f"sequence length {report['seq_len']}" + ("" if report["seq_len_given"] else
+                                                    " (the default: the model's time dim is symbolic; give --seq-len)")
+         if report["seq_len_used"] else "sequence length fixed by the model")
         + f", batch {report['batch']}; {report['op_convention']}",
     ]
     fit = report["ramps"]
