@@ -50,11 +50,14 @@ class Scheme:
 
 @dataclass
 class Ledger:
-    """Energy in fJ keyed by (component, layer, nonlinear?)."""
+    """Energy in fJ keyed by (component, layer, nonlinear?), the MACs done, the digital activation cycles.
+
+    "nonlinear" marks the energy of turning an activation's column into its value (levels of Fig. 4f).
+    """
 
     energy: dict[tuple[str, str, bool], float] = field(default_factory=lambda: defaultdict(float))
     macs: int = 0
-    activation_cycles: int = 0   # digital activation cycles on the critical path
+    activation_cycles: int = 0   # digital activation cycles (a stage waits for them after its conversions)
 
     def add(self, component: str, layer: str, fj: float, nonlinear: bool = False) -> None:
         if fj:
@@ -164,7 +167,7 @@ class Pricer:
                     digital_ops += item.values
                     digital_layer = digital_layer or item.layer
         fetched: set[tuple[str, ...]] = set()
-        for k, group in sorted(reads.items()):
+        for _, group in sorted(reads.items()):
             vectors = max(r.vectors for r in group)
             word_lines = max(r.word_lines for r in group)
             layer = group[0].layer
@@ -181,7 +184,7 @@ class Pricer:
             ledger.add("dac_drivers", layer, vectors * per_vector)
             phases.append(_single("read", vectors * c.array_read_cycles, layer))
         converting: _Candidate | None = None
-        for k, group in sorted(convs.items()):
+        for _, group in sorted(convs.items()):
             candidate = self.convert(group, ledger)
             phases.append(candidate)
             if converting is None or candidate.cycles > converting.cycles:
@@ -211,7 +214,6 @@ class Pricer:
         weight_columns = self.p.cols // 2
         for conv in group:
             bits = self.bits_of(conv)
-            nonlinear = conv.nonlinear  # an activation's conversion, whichever converter does it
             if conv.nonlinear and self.scheme.nl_adc:
                 held.append((conv, "nl_adc"))
                 ledger.add("nl_adc", conv.layer, conv.vectors * conv.columns * cc.comparator_column_fj(c, bits), True)
@@ -226,11 +228,11 @@ class Pricer:
                 cycles = max(cycles, cc.ramp_conversion_cycles(bits))
             elif self.scheme.linear_adc == "sar":
                 held.append((conv, "sar_adc"))
-                ledger.add("sar_adc", conv.layer, conv.vectors * conv.columns * cc.sar_conversion_fj(c, bits), nonlinear)
+                ledger.add("sar_adc", conv.layer, conv.vectors * conv.columns * cc.sar_conversion_fj(c, bits), conv.nonlinear)
                 cycles = max(cycles, cc.sar_conversion_cycles(c, conv.columns, weight_columns, bits))
             else:
                 held.append((conv, "ramp_adc"))
-                ledger.add("ramp_adc", conv.layer, conv.vectors * conv.columns * cc.comparator_column_fj(c, bits), nonlinear)
+                ledger.add("ramp_adc", conv.layer, conv.vectors * conv.columns * cc.comparator_column_fj(c, bits), conv.nonlinear)
                 linear_ramp_bits = max(linear_ramp_bits, bits)
                 counter_bits = max(counter_bits, bits)
                 cycles = max(cycles, cc.ramp_conversion_cycles(bits))
