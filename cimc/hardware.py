@@ -185,6 +185,29 @@ def load_hardware(path: str | Path | None = None) -> Hardware:
     return hardware_from_dict(merged, origin)
 
 
+def with_cost_file(hw: Hardware, path: str | Path) -> Hardware:
+    """``hw`` with its [cost] figures overridden by the [cost] table of the TOML file at ``path``.
+
+    Cost figures do not describe the mapping, so an image can be re-costed
+    under other figures without recompiling; any other section is refused.
+    """
+    try:
+        user = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CimcError(f"cannot read cost figures {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise CimcError(f"{path}: invalid TOML: {e}") from None
+    other = sorted(set(user) - {"cost"})
+    if other:
+        raise CimcError(f"{path}: only a [cost] table can change without recompiling (found [{'], ['.join(other)}])")
+    data = hw.to_dict()
+    for key, value in user.get("cost", {}).items():
+        if key not in data["cost"]:
+            raise CimcError(f"{path}: unknown key '{key}' in [cost] (keys: {', '.join(data['cost'])})")
+        data["cost"][key] = value
+    return hardware_from_dict(data, str(path))
+
+
 def hardware_from_dict(data: dict[str, dict[str, Any]], origin: str = "hardware description") -> Hardware:
     """Build and validate a :class:`Hardware` from nested dicts (TOML tables or an image's manifest)."""
     sections = {}

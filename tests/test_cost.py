@@ -323,3 +323,20 @@ def test_static_sequence_length_is_read_from_the_program(kws) -> None:
     assert not fixed["seq_len_used"] and given["seq_len_used"]
     assert fixed["schemes"]["nl_adc"]["total"] == given["schemes"]["nl_adc"]["total"]
     assert "sequence length fixed by the model" in format_report(fixed)
+
+
+def test_recost_under_other_cost_figures(kws, tmp_path: Path, cimc_cli) -> None:
+    """--cost re-prices the same image: 16 ops per digital activation instead of 6 scales the baseline's
+    activation cycles by 16/6 per lane round (KWS: 4 + 1 rounds per step); anything but [cost] is refused."""
+    image = tmp_path / "kws.cimg"
+    kws.save(image)
+    figures = tmp_path / "ops16.toml"
+    figures.write_text("[cost]\ndigital_activation_ops = 16\n")
+    result = cimc_cli("report", str(image), "--cost", str(figures), "--json")
+    assert result.returncode == 0
+    step = json.loads(result.stdout)["schemes"]["ramp_adc+digital"]["per_step"]
+    assert step["digital_activation_cycles"] == (4 + 1) * 16
+    mapping = tmp_path / "rows.toml"
+    mapping.write_text("[array]\nrows = 256\n")
+    refused = cimc_cli("report", str(image), "--cost", str(mapping))
+    assert refused.returncode == 2 and "only a [cost] table" in refused.stderr

@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON (keys area_mm2, energy_pj, latency_ns, "
                    "tops, tops_per_w, tops_per_mm2 per component and in total)")
     p.add_argument("--plots", metavar="DIR", help="write energy.png, area.png, timeline.png (and sweep.png) to DIR")
+    p.add_argument("--cost", metavar="COST.toml", help="re-cost under other [cost] figures (a TOML file with only a "
+                   "[cost] table; the image's figures otherwise)")
     p.add_argument("-o", "--output", metavar="FILE", help="write the table (or JSON) to FILE instead of stdout")
 
 
@@ -31,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from cimc.backends.cost.report import cost_report
     from cimc.backends.cost.sweep import format_sweep, parse_bits, sweep
     from cimc.backends.cost.tables import format_report
+    from cimc.hardware import with_cost_file
     from cimc.image import load_image
     from cimc.npz import write_atomic
 
@@ -42,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
     if args.output and os.path.abspath(args.output) == os.path.abspath(args.image):
         raise CimcError(f"refusing to write the report over its input {args.image}")
     image = load_image(args.image)
-    report = cost_report(image, args.seq_len, args.batch, args.bits, args.dac_bits)
-    swept = sweep(image, widths, args.seq_len, args.batch, args.sweep_dac) if widths else None
+    hw = with_cost_file(image.hardware, args.cost) if args.cost else None
+    report = cost_report(image, args.seq_len, args.batch, args.bits, args.dac_bits, hw)
+    swept = sweep(image, widths, args.seq_len, args.batch, args.sweep_dac, hw) if widths else None
     if args.json:
         document = dict(report, **({"sweep": swept["sweep"], "sweep_dac_follows_bits": args.sweep_dac} if swept else {}))
         text = json.dumps(document, indent=1, sort_keys=True) + "\n"

@@ -8,6 +8,7 @@ from cimc.backends.cost.program import StepProgram, read_program
 from cimc.backends.cost.summary import OP_CONVENTION, summarize
 from cimc.backends.cost.tables import format_report
 from cimc.diagnostics import CimcError
+from cimc.hardware import Hardware
 from cimc.image import Image
 
 __all__ = ["cost_report", "format_report", "ramp_fit"]
@@ -22,19 +23,20 @@ def ramp_fit(program: StepProgram, ramp_rows: dict[int, int]) -> dict:
 
 
 def cost_report(image: Image, seq_len: int | None = None, batch: int = 1, bits: int | None = None,
-                dac_bits: int | None = None) -> dict:
+                dac_bits: int | None = None, hardware: Hardware | None = None) -> dict:
     """Every number of ``cimc report`` for ``image``: one entry per scheme, the ratios, the ramps' fit.
 
     ``seq_len``: time steps per inference for loops whose trip count is the
     (symbolic) sequence length; per-step numbers do not depend on it.
     ``bits``: re-cost every NL-ADC conversion at this width without
     recompiling (``sweep.py`` explains what changes). ``dac_bits``: cost the
-    input DACs at this width instead of the hardware's.
+    input DACs at this width instead of the hardware's. ``hardware``: the
+    image's description with other [cost] figures (``with_cost_file``).
     """
     for name, value in (("NL-ADC", bits), ("DAC", dac_bits)):
         if value is not None and not 1 <= value <= 16:
             raise CimcError(f"{name} bits must lie in 1..16 (got {value})")
-    hw = image.hardware
+    hw = hardware or image.hardware
     program = read_program(image, seq_len or DEFAULT_SEQ_LEN, batch)
     priced = [price(program, hw, scheme) for scheme in schemes(bits, dac_bits)]
     summaries = {p.scheme.name: summarize(p) for p in priced}

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from cimc.backends.cost.report import cost_report
 from cimc.diagnostics import CimcError
+from cimc.hardware import Hardware
 from cimc.image import Image
 
 _KEEP_TOTAL = ("area_mm2", "energy_pj", "latency_ns", "tops", "peak_tops", "tops_per_w", "tops_per_mm2", "power_mw")
@@ -42,7 +43,8 @@ def parse_bits(text: str) -> list[int]:
     return widths
 
 
-def sweep(image: Image, widths: list[int], seq_len: int | None = None, batch: int = 1, with_dac: bool = False) -> dict:
+def sweep(image: Image, widths: list[int], seq_len: int | None = None, batch: int = 1, with_dac: bool = False,
+          hardware: Hardware | None = None) -> dict:
     """One row per width: each scheme's totals and per-step numbers, and whether the ramps fit.
 
     ``with_dac``: the input DACs take the same width (the paper's "in/out
@@ -50,7 +52,7 @@ def sweep(image: Image, widths: list[int], seq_len: int | None = None, batch: in
     """
     rows = []
     for bits in widths:
-        report = cost_report(image, seq_len, batch, bits, bits if with_dac else None)
+        report = cost_report(image, seq_len, batch, bits, bits if with_dac else None, hardware)
         rows.append({
             "bits": bits, "ramps": report["ramps"],
             "schemes": {name: {"total": {k: s["total"][k] for k in _KEEP_TOTAL},
