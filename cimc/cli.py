@@ -209,6 +209,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from cimc.backends.cost.command import run
+
+    return run(args)
+
+
 def _cmd_passes(args: argparse.Namespace) -> int:
     for name, cls in registered_passes().items():
         print(f"{name}: {cls.summary()}")
@@ -309,6 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--json", metavar="REPORT.json", help="also write the report as JSON")
     simulation_options(ver)
     ver.set_defaults(run=_cmd_verify)
+
+    report = sub.add_parser("report", help="area, energy, latency and throughput of a programming image",
+                            description="Cost MODEL.cimg per component, layer and time step, as compiled (NL-ADC) and "
+                                        "against linear-ramp-ADC and SAR-ADC baselines with digital activations "
+                                        "(docs/cost-model.md).")
+    from cimc.backends.cost.command import add_arguments as add_report_arguments
+
+    add_report_arguments(report)
+    report.set_defaults(run=_cmd_report)
 
     passes = sub.add_parser("passes", help="list every pass with its options", description="List every registered pass, its options and their defaults.")
     passes.set_defaults(run=_cmd_passes)

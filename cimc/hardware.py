@@ -8,6 +8,7 @@ short to hold one ramp column) must be refused before any compilation starts.
 
 from __future__ import annotations
 
+import functools
 import math
 import tomllib
 from dataclasses import asdict, dataclass, fields
@@ -64,13 +65,49 @@ class NonidealityConfig:
 
 @dataclass(frozen=True)
 class CostConfig:
+    """Per-component energy, area and timing figures of the cost model (``cimc report``).
+
+    Every figure's source and scaling rule is in ``hardware_default.toml``;
+    ``docs/cost-model.md`` gives the formulas that use them. ``array_read_pj``
+    and ``nl_adc_conversion_pj`` feed only fuse-activation's identity-column
+    break-even, so that a cost-model refinement never changes a mapping.
+    """
+
     clock_ghz: float
+    supply_v: float
+    cell_area_um2: float
+    input_mean_square: float
+    array_read_cycles: int
+    line_cap_ff_per_cell: float
+    dac_unit_cap_ff: float
+    dac_cap_density_ff_per_um2: float
+    dac_switch_area_um2: float
+    column_readout_fj: float
+    column_readout_area_um2: float
+    column_bias_uw: float
     array_read_pj: float
-    adc_conversion_pj: float
+    comparator_fj: float
+    comparator_area_um2: float
+    latch_fj_per_bit: float
+    latch_area_um2_per_bit: float
+    counter_fj_per_cycle: float
+    ramp_generator_fj_per_cycle: float
+    ramp_generator_area_um2: float
     nl_adc_conversion_pj: float
+    sar_pj_8bit: float
+    sar_area_um2_8bit: float
+    sar_columns_per_adc: int
     digital_op_pj: float
     digital_activation_ops: int
     digital_lanes: int
+    digital_lane_area_um2: float
+    sram_pj_per_bit: float
+    sram_area_um2_per_bit: float
+    digital_word_bits: int
+
+    @property
+    def cycle_ns(self) -> float:
+        return 1.0 / self.clock_ghz
 
 
 @dataclass(frozen=True)
@@ -116,9 +153,14 @@ _CLASSES = {"array": ArrayConfig, "device": DeviceConfig, "converters": Converte
             "nonideality": NonidealityConfig, "cost": CostConfig}
 
 
+@functools.cache
+def _default_text() -> str:
+    return package_data.files("cimc").joinpath("hardware_default.toml").read_text(encoding="utf-8")
+
+
 def _default_dict() -> dict[str, dict[str, Any]]:
-    text = package_data.files("cimc").joinpath("hardware_default.toml").read_text(encoding="utf-8")
-    return tomllib.loads(text)
+    """A fresh copy of the shipped description (callers merge into it)."""
+    return tomllib.loads(_default_text())
 
 
 def load_hardware(path: str | Path | None = None) -> Hardware:
@@ -143,11 +185,38 @@ def load_hardware(path: str | Path | None = None) -> Hardware:
     return hardware_from_dict(merged, origin)
 
 
+def with_cost_file(hw: Hardware, path: str | Path) -> Hardware:
+    """``hw`` with its [cost] figures overridden by the [cost] table of the TOML file at ``path``.
+
+    Cost figures do not describe the mapping, so an image can be re-costed
+    under other figures without recompiling; any other section is refused.
+    """
+    try:
+        user = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CimcError(f"cannot read cost figures {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise CimcError(f"{path}: invalid TOML: {e}") from None
+    other = sorted(set(user) - {"cost"})
+    if other:
+        raise CimcError(f"{path}: only a [cost] table can change without recompiling (found [{'], ['.join(other)}])")
+    data = hw.to_dict()
+    for key, value in user.get("cost", {}).items():
+        if key not in data["cost"]:
+            raise CimcError(f"{path}: unknown key '{key}' in [cost] (keys: {', '.join(data['cost'])})")
+        data["cost"][key] = value
+    return hardware_from_dict(data, str(path))
+
+
 def hardware_from_dict(data: dict[str, dict[str, Any]], origin: str = "hardware description") -> Hardware:
     """Build and validate a :class:`Hardware` from nested dicts (TOML tables or an image's manifest)."""
     sections = {}
     for name, cls in _CLASSES.items():
         values = data.get(name, {})
+        if name == "cost":
+            # Cost figures do not describe the mapping: an image built before a figure existed still
+            # loads, and is costed with the shipped default for it.
+            values = {**_default_dict()["cost"], **values}
         kwargs = {}
         for f in fields(cls):
             if f.name not in values:
@@ -210,5 +279,17 @@ def _validate(hw: Hardware, origin: str) -> None:
             problems.append(f"{key} cannot be negative (got {getattr(n, key)})")
     if n.drift_t0_s <= 0:
         problems.append(f"drift_t0_s must be positive (got {n.drift_t0_s})")
+    cost = hw.cost
+    for f in fields(cost):
+        value = getattr(cost, f.name)
+        if f.name == "input_mean_square":
+            if not 0 < value <= 1:
+                problems.append(f"[cost] input_mean_square must lie in (0, 1] (got {value})")
+        elif f.type == "int" and value < 1:
+            problems.append(f"[cost] {f.name} must be at least 1 (got {value})")
+        elif f.type == "float" and not (math.isfinite(value) and value >= 0):
+            problems.append(f"[cost] {f.name} must be a finite non-negative number (got {value})")
+    if not cost.clock_ghz > 0 or not cost.supply_v > 0:
+        problems.append(f"[cost] clock_ghz and supply_v must be positive (got {cost.clock_ghz}, {cost.supply_v})")
     if problems:
         raise CimcError(f"{origin}: impossible hardware configuration: " + "; ".join(problems))
