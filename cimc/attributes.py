@@ -59,7 +59,7 @@ class Tensor:
             h = hashlib.blake2b(digest_size=16)
             h.update(str(self.array.dtype).encode())
             h.update(repr(self.array.shape).encode())
-            h.update(self.array.tobytes())
+            h.update(self.array)  # C-contiguous: the buffer hashes as its bytes, without tobytes()' copy
             self._digest = h.digest()
         return self._digest
 

@@ -240,13 +240,13 @@ class _Importer:
     def _constant(self, name: str, array: np.ndarray, location: str | None) -> Value:
         array = np.asarray(array)
         try:
-            tensor = Tensor(array, key=name)
+            tensor = Tensor.adopt(array, key=name)  # a fresh array (to_array's) is taken over, a view is copied
             op = Operation("builtin.constant", [], [tensor.type], {"value": tensor}, location=location, result_names=[name])
         except KeyError:
             raise CimcError(f"constant '{name}' has element type {array.dtype}, which cimc does not support") from None
         self.block.append(op)
         self.values[name] = op.result
-        self.constants[name] = array
+        self.constants[name] = tensor.array
         return op.result
 
     def _node(self, node: onnx.NodeProto, index: int) -> None:

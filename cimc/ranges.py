@@ -177,7 +177,6 @@ class IntervalAnalysis:
         self.mvm_inputs: dict[int, list[Interval]] = {}
         self.unconverged = 0
         self._abs_weights: dict[int, np.ndarray] = {}
-        self._weights64: dict[int, np.ndarray] = {}
         # Per MVM: its last input rows and result. A loop re-runs its body up to
         # max_steps times while only some state (an LSTM's c) still grows; an MVM
         # whose inputs did not change gives the same bound without a product.
@@ -344,9 +343,9 @@ class IntervalAnalysis:
         return result
 
     def _matvec_bound(self, op: Operation, lo: np.ndarray, hi: np.ndarray) -> Interval:
-        if id(op) not in self._weights64:
-            self._weights64[id(op)] = op.attributes["weights"].array.astype(np.float64, copy=False)  # type: ignore[union-attr]
-        weights = self._weights64[id(op)]
+        # The weights stay in their own (float32) type: every product below has a float64 operand, so numpy
+        # widens each weight exactly and the results are those of a float64 copy, without the copy.
+        weights = op.attributes["weights"].array  # type: ignore[union-attr]
         if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
             with np.errstate(invalid="ignore"):
                 a, b = weights * lo[:, None], weights * hi[:, None]

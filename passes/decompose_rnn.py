@@ -67,7 +67,7 @@ class _Step:
         return self.b.const(np.asarray(array, self.dtype))
 
     def matvec(self, x: Value, weights_t: np.ndarray, block: str, part: str) -> Value:
-        weights = Tensor(np.ascontiguousarray(weights_t, dtype=self.dtype), key=f"{block}.{part}")
+        weights = Tensor.adopt(np.array(weights_t, dtype=self.dtype, order="C"), key=f"{block}.{part}")
         return self.b.value("cim.matvec", [x], self.t(weights_t.shape[1]), {"weights": weights, "block": block})
 
     def add(self, a: Value, b: Value) -> Value:

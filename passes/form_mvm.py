@@ -99,7 +99,7 @@ def merge_sum(root: Operation) -> bool:
     inputs = [x for x, _ in rows.values()]
     stacked = [p for _, p in rows.values()] + ([bias[None, :]] if have_bias else [])
     block = str(mvms[0].attributes.get("block", "mvm"))
-    weights = Tensor(np.concatenate(stacked).astype(dtype, copy=False), key=f"{block}.weights")
+    weights = Tensor.adopt(np.concatenate(stacked, dtype=dtype), key=f"{block}.weights")
     b = Builder(root.parent, root, root.location)  # type: ignore[arg-type]
     merged = b.value("cim.matvec", inputs, result.type, {"weights": weights, "bias_rows": int(have_bias), "block": block})
     result.replace_all_uses_with(merged)

@@ -102,7 +102,6 @@ def segment_row_scales(segments: list[Interval], widths: list[int], weights: np.
         return reference, np.ones(sum(widths))
     owner = np.repeat(np.arange(len(widths)), widths)
     steps = (1 << (dac_bits - 1)) - 1
-    w = np.abs(weights.astype(np.float64))
     is_bias = np.zeros(len(widths), bool)
     if bias_rows:
         is_bias[-1] = True
@@ -111,9 +110,11 @@ def segment_row_scales(segments: list[Interval], widths: list[int], weights: np.
     # r is a power of two, so max_i |w_ij| r_i = r_s max_(i in s) |w_ij| exactly. The sums run in another order than
     # a per-device sum would, which moves a cost by rounding only, far inside the 1e-12 margin of the comparisons.
     spans = [slice(a, a + n) for a, n in zip(np.cumsum([0, *widths[:-1]]), widths)]
-    seg_sum = np.array([w[sl].sum() for sl in spans])
-    seg_peak = np.array([w[sl].max(axis=0, initial=0.0) for sl in spans])
-    seg_used = np.array([np.count_nonzero(w[sl], axis=0) for sl in spans], np.float64)
+    # |w| is exact in the weights' own type, so peaks and counts are taken there; only the sum needs float64,
+    # one segment at a time (a weights-sized float64 copy would be the pass's memory peak).
+    seg_sum = np.array([np.abs(weights[sl].astype(np.float64)).sum() for sl in spans])
+    seg_peak = np.array([np.abs(weights[sl]).max(axis=0, initial=0.0) for sl in spans], np.float64)
+    seg_used = np.array([np.count_nonzero(weights[sl], axis=0) for sl in spans], np.float64)
 
     def bound(fractions: np.ndarray) -> float:
         r = fractions
