@@ -117,6 +117,28 @@ def test_verifier_catches(mutate, message: str) -> None:
         verify(module)
 
 
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda m, add: add.add_operand(m.inputs[0]), "wrong arity"),
+        (lambda m, add: add.attributes.__setitem__("axis", 1), "has no attribute 'axis'"),
+        (lambda m, add: setattr(add.results[0], "type", TensorType("i64", ("batch", 4))), "type mismatch"),
+        (lambda m, add: setattr(m.inputs[1], "type", TensorType("f32", (3, 4, 4))), "broadcast"),
+        (lambda m, add: add.set_operand(1, m.body.add_arg(TensorType("i64", ("batch", 4)), "z")), "type mismatch"),
+    ],
+)
+def test_memoized_verifier_rechecks_what_changed(mutate, message: str) -> None:
+    """verify-each with a memo (as the pass manager runs it) skips only ops whose operands, types and attributes
+    are the very objects it checked before: every mutation above, made after a memoized run, is still caught."""
+    module, add = graph_with_add()
+    memo: dict = {}
+    verify(module, memo)
+    assert id(add) in memo
+    mutate(module, add)
+    with pytest.raises(VerifyError, match=message):
+        verify(module, memo)
+
+
 def test_verifier_checks_attribute_kinds_and_choices() -> None:
     body = Block([TensorType("f32", (1, 2, 3))])
     x = body.args[0]
