@@ -108,7 +108,10 @@ def _verify_op_memoized(op: Operation, opdef: OpDef, memo: Memo, fresh: Memo) ->
     # The entry holds the very objects (so no id can be reused while it may match) and is compared by identity.
     operands = tuple(op.operands)
     types = tuple([v.type if v is not None else None for v in operands] + [r.type for r in op.results])
-    names, values = tuple(op.attributes), tuple(op.attributes.values())
+    # Annotations (dotted names) change no op-local rule's answer: a pass that only adds them (schedule's
+    # stages, fuse-activation's reasons) leaves the op verified.
+    attrs = [(k, v) for k, v in op.attributes.items() if not is_annotation(k)]
+    names, values = tuple(k for k, _ in attrs), tuple(v for _, v in attrs)
     entry = memo.get(id(op))
     if entry is None or not (entry[0] is op and entry[1] == (op.name, len(op.regions), names)
                              and _same(entry[2], operands) and _same(entry[3], types) and _same(entry[4], values)):

@@ -63,7 +63,7 @@ from cimc.hardware import Hardware
 from cimc.ir import Module, Operation, Value
 from cimc.kernels.activations import Activation
 from cimc.pass_manager import ModulePass, from_hardware, register_pass
-from cimc.passes.tile import activation_keys, slice_range
+from cimc.passes.tile import ActivationKeys, slice_range
 from cimc.ramp import Ramp, Transfer, format_number, informative_range, prepare_ideal_levels, synthesize_with_gain
 from cimc.types import TensorType
 
@@ -328,6 +328,7 @@ class FuseActivation(ModulePass):
 
     def _array_states(self, module: Module) -> dict[int, _ArrayState]:
         states: dict[int, _ArrayState] = {}
+        activation_keys = ActivationKeys()
         for op in module.walk():
             if op.name == "cim.tile_mvm" and "array" in op.attributes:
                 c0, c1 = op.attributes["cols"]  # type: ignore[misc]

@@ -17,6 +17,7 @@ converted one by one and added digitally (``cim.adc`` on each, then
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 
 from cimc.attributes import Tensor
 from cimc.builder import Builder
@@ -77,32 +78,58 @@ def column_groups(value: Value) -> list[Group]:
     return out
 
 
-def activation_keys(tile: Operation) -> tuple[str, ...]:
-    """The activations that this tile's columns reach after conversion ('linear' where a column reaches none).
+class ActivationKeys:
+    """``activation_keys`` of many tiles over one unchanging IR, with each Concat's offsets and each Slice's
+    columns found once (per tile they cost O(Concat operands), which made a pass over all tiles quadratic)."""
 
-    Columns are followed individually through conversions, concatenations and
-    slices of the last axis, so pieces of one gate that a Concat joins again
-    are not mistaken for the whole gate.
-    """
-    keys: set[str] = set()
-    frontier: list[tuple[Value, int, int]] = [(tile.results[0], 0, int(tile.results[0].type.shape[-1]))]  # type: ignore[arg-type]
-    while frontier:
-        value, lo, hi = frontier.pop()
-        for use in value.uses:
-            op = use.op
-            if op.name in ("cim.analog_sum", "cim.adc"):
-                frontier.append((op.results[0], lo, hi))
-            elif op.name == "onnx.Concat" and int(op.attributes["axis"]) % op.results[0].type.rank == op.results[0].type.rank - 1:  # type: ignore[arg-type]
-                offset = sum(int(v.type.shape[-1]) for v in op.operands[:use.index])  # type: ignore[arg-type, union-attr]
-                frontier.append((op.results[0], lo + offset, hi + offset))
-            elif op.name == "onnx.Slice" and (span := slice_range(op, value)) is not None:
-                if max(lo, span[0]) < min(hi, span[1]):
-                    frontier.append((op.results[0], max(lo, span[0]) - span[0], min(hi, span[1]) - span[0]))
-            elif op.name == "cim.activation" or (op.name == "cim.nl_adc" and use.index == 0):
-                keys.add(activation_key(op))
-            else:
-                keys.add("linear")
-    return tuple(sorted(keys))
+    def __init__(self) -> None:
+        self._offsets: dict[int, tuple[Operation, list[int]]] = {}
+        self._spans: dict[int, tuple[Operation, tuple[int, int] | None]] = {}
+
+    def offsets(self, concat: Operation) -> list[int]:
+        entry = self._offsets.get(id(concat))
+        if entry is None or entry[0] is not concat:
+            widths = [int(v.type.shape[-1]) for v in concat.operands]  # type: ignore[arg-type, union-attr]
+            entry = self._offsets[id(concat)] = (concat, [0, *accumulate(widths[:-1])])
+        return entry[1]
+
+    def span(self, op: Operation, value: Value) -> tuple[int, int] | None:
+        entry = self._spans.get(id(op))
+        if entry is None or entry[0] is not op:
+            entry = self._spans[id(op)] = (op, slice_range(op, value))
+        return entry[1]
+
+    def __call__(self, tile: Operation) -> tuple[str, ...]:
+        """The activations that this tile's columns reach after conversion ('linear' where a column reaches none).
+
+        Columns are followed individually through conversions, concatenations and
+        slices of the last axis, so pieces of one gate that a Concat joins again
+        are not mistaken for the whole gate.
+        """
+        keys: set[str] = set()
+        frontier: list[tuple[Value, int, int]] = [(tile.results[0], 0, int(tile.results[0].type.shape[-1]))]  # type: ignore[arg-type]
+        while frontier:
+            value, lo, hi = frontier.pop()
+            for use in value.uses:
+                op = use.op
+                if op.name in ("cim.analog_sum", "cim.adc"):
+                    frontier.append((op.results[0], lo, hi))
+                elif op.name == "onnx.Concat" and int(op.attributes["axis"]) % op.results[0].type.rank == op.results[0].type.rank - 1:  # type: ignore[arg-type]
+                    offset = self.offsets(op)[use.index]
+                    frontier.append((op.results[0], lo + offset, hi + offset))
+                elif op.name == "onnx.Slice" and (span := self.span(op, value)) is not None:
+                    if max(lo, span[0]) < min(hi, span[1]):
+                        frontier.append((op.results[0], max(lo, span[0]) - span[0], min(hi, span[1]) - span[0]))
+                elif op.name == "cim.activation" or (op.name == "cim.nl_adc" and use.index == 0):
+                    keys.add(activation_key(op))
+                else:
+                    keys.add("linear")
+        return tuple(sorted(keys))
+
+
+def activation_keys(tile: Operation) -> tuple[str, ...]:
+    """The activations that this tile's columns reach (see :class:`ActivationKeys`, which a pass over many tiles uses)."""
+    return ActivationKeys()(tile)
 
 
 def column_chunks(groups: list[Group], bitlines: int, ramp_cols: bool) -> list[tuple[int, int]]:
