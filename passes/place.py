@@ -34,7 +34,7 @@ from cimc.ir import Block, Module, Operation
 from cimc.pass_manager import ModulePass, from_hardware, register_pass
 from cimc.passes.fuse_activation import analog_pieces
 from cimc.passes.schedule import dependency_graph, read_key
-from cimc.passes.tile import ActivationKeys
+from cimc.passes.tile import ActivationKeys, activation_keys  # noqa: F401  (activation_keys: re-exported, tests use it)
 
 
 Read = tuple[tuple[int, int], tuple]  # ((block, generation), what is read): equal first parts are concurrent
