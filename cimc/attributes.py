@@ -72,7 +72,7 @@ class Tensor:
         """
         if self._extrema is None:
             a = self.array
-            self._extrema = (float(a.min(initial=np.inf)), float(a.max(initial=-np.inf))) if a.dtype.kind in "fiub" else (np.nan, np.nan)
+            self._extrema = (float(a.min()), float(a.max())) if a.size else (np.inf, -np.inf)
         return self._extrema
 
     def __eq__(self, other: object) -> bool:

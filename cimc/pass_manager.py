@@ -229,11 +229,10 @@ class PassManager:
 
     def run(self, module: Module) -> Module:
         timing = self.timing if self.timing is not None else Timing()
-        memo: dict = {}  # what the verifier has checked, so each run re-checks only the ops a pass changed
         context = self.context
         if context is None and any(p.needs_context() for p in self.passes):
             context = PassContext.default()
-        self._verify(module, None, [], timing, memo)
+        self._verify(module, None, [], timing)
         done: list[str] = []
         for unbound in self.passes:
             p = unbound.bind(context) if context is not None else unbound
@@ -243,7 +242,7 @@ class PassManager:
             except CimcError as e:
                 raise CimcError(f"in pass '{p.name}': {e.message}", e.pos) from None
             timing.add(p.name, time.perf_counter() - t0)
-            self._verify(module, p, done, timing, memo)
+            self._verify(module, p, done, timing)
             done.append(p.name)
             if self.print_after_all or p.name in self.print_after:
                 self._print(f"// -----// IR Dump After {p.spec()} //----- //\n" + module_to_text(module))
@@ -251,10 +250,10 @@ class PassManager:
                 self.dump(p.name, module)
         return module
 
-    def _verify(self, module: Module, p: ModulePass | None, done: list[str], timing: Timing, memo: dict) -> None:
+    def _verify(self, module: Module, p: ModulePass | None, done: list[str], timing: Timing) -> None:
         t0 = time.perf_counter()
         try:
-            verify(module, memo)
+            verify(module)
         except VerifyError as e:
             where = f" at '{e.op.name}'" + (f" ({e.op.location})" if e.op is not None and e.op.location else "") if e.op is not None else ""
             if p is None:

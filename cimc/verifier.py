@@ -12,7 +12,6 @@ Checked, in this order, for every op:
 from __future__ import annotations
 
 from functools import lru_cache
-from operator import is_
 
 from cimc.attributes import is_annotation
 from cimc.dialects import lookup
@@ -20,27 +19,11 @@ from cimc.dialects.registry import ArgSpec, OpDef, VerifyError
 from cimc.ir import Block, Module, Operation, Value
 
 
-Memo = dict[int, tuple]  # id(op) -> (op, the op's verified signature, the objects the signature names)
-
-
-def verify(module: Module, memo: Memo | None = None) -> None:
-    """Raise :class:`VerifyError` at the first op that breaks a rule.
-
-    ``memo`` makes verify-each cheap (the pass manager keeps one across its
-    runs): an op whose own rules passed in the previous run and whose kind,
-    operands, operand and result types, attributes and region count are still
-    the very same objects is not checked against its definition again, since
-    those rules read nothing else (attributes and types are immutable). The
-    structural rules (dominance, use lists, terminators) still run on every op.
-    The memo is replaced by this run's, so erased ops leave it.
-    """
+def verify(module: Module) -> None:
+    """Raise :class:`VerifyError` at the first op that breaks a rule."""
     references: dict[int, int] = {}
     values: list[Value] = []
-    fresh: Memo | None = {} if memo is not None else None
-    _verify_block(module.body, set(), "builtin.return", None, references, values, memo, fresh)
-    if memo is not None and fresh is not None:
-        memo.clear()
-        memo.update(fresh)
+    _verify_block(module.body, set(), "builtin.return", None, references, values)
     for value in values:
         if references.get(id(value), 0) != len(value.uses):
             user = value.uses[0].op if value.uses else None
@@ -49,8 +32,7 @@ def verify(module: Module, memo: Memo | None = None) -> None:
 
 
 def _verify_block(block: Block, visible: set[int], expected_terminator: str | None, owner: Operation | None,
-                  references: dict[int, int], values: list[Value], memo: Memo | None = None,
-                  fresh: Memo | None = None) -> None:
+                  references: dict[int, int], values: list[Value]) -> None:
     scope = set(visible)
     for arg in block.args:
         scope.add(id(arg))
@@ -75,11 +57,8 @@ def _verify_block(block: Block, visible: set[int], expected_terminator: str | No
         for region in op.regions:
             if region.parent is not op or region.block.parent is not region:
                 raise VerifyError(op, f"'{op.name}' has a region that does not point back to it")
-            _verify_block(region.block, scope, None, op, references, values, memo, fresh)
-        if fresh is None:
-            _verify_op(op, opdef)
-        else:
-            _verify_op_memoized(op, opdef, memo, fresh)  # type: ignore[arg-type]
+            _verify_block(region.block, scope, None, op, references, values)
+        _verify_op(op, opdef)
         for res in op.results:
             scope.add(id(res))
             _verify_uses(res)
@@ -102,25 +81,6 @@ def _verify_uses(value: Value) -> None:
             raise VerifyError(use.op, f"use list of %{value.name} is stale: '{use.op.name}' operand #{use.index} is not it")
         if use.op.parent is None:
             raise VerifyError(use.op, f"%{value.name} is used by an erased '{use.op.name}'")
-
-
-def _verify_op_memoized(op: Operation, opdef: OpDef, memo: Memo, fresh: Memo) -> None:
-    # The entry holds the very objects (so no id can be reused while it may match) and is compared by identity.
-    operands = tuple(op.operands)
-    types = tuple([v.type if v is not None else None for v in operands] + [r.type for r in op.results])
-    # Annotations (dotted names) change no op-local rule's answer: a pass that only adds them (schedule's
-    # stages, fuse-activation's reasons) leaves the op verified.
-    attrs = [(k, v) for k, v in op.attributes.items() if not is_annotation(k)]
-    names, values = tuple(k for k, _ in attrs), tuple(v for _, v in attrs)
-    entry = memo.get(id(op))
-    if entry is None or not (entry[0] is op and entry[1] == (op.name, len(op.regions), names)
-                             and _same(entry[2], operands) and _same(entry[3], types) and _same(entry[4], values)):
-        _verify_op(op, opdef)
-    fresh[id(op)] = (op, (op.name, len(op.regions), names), operands, types, values)
-
-
-def _same(a: tuple, b: tuple) -> bool:
-    return len(a) == len(b) and all(map(is_, a, b))
 
 
 def _verify_op(op: Operation, opdef: OpDef) -> None:

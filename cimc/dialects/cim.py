@@ -148,7 +148,7 @@ def _verify_row_scale(op: Operation, rows: int) -> None:
         t = _tensor(op, "row_scale", 1)
         lo, hi = t.extrema()
         if t.array.shape != (rows,) or (rows and not (0 < lo and hi <= 1)):
-            raise VerifyError(op, f"'{op.name}' row_scale must hold {rows} values in (0, 1], got shape {r.shape}")
+            raise VerifyError(op, f"'{op.name}' row_scale must hold {rows} values in (0, 1], got shape {t.array.shape}")
 
 
 def _verify_matvec(op: Operation) -> None:
