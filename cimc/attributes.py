@@ -50,6 +50,12 @@ class Tensor:
         tensor.array, tensor.key, tensor._digest, tensor._extrema = array, key, None, None
         return tensor
 
+    def renamed(self, key: str | None) -> Tensor:
+        """This tensor under another ``key``, over the same (read-only) array: no copy, the digest shared."""
+        tensor = Tensor.__new__(Tensor)
+        tensor.array, tensor.key, tensor._digest, tensor._extrema = self.array, key, self._digest, self._extrema
+        return tensor
+
     @property
     def type(self) -> TensorType:
         return TensorType.of_array(self.array)

@@ -191,10 +191,13 @@ def _rescale(tile: Operation, spans: list[tuple[tuple[int, int], float]], g_min:
     for cols, target in spans:
         sl = slice(*cols)
         factor = target * float(a.get("input_scale", 1.0)) / scale[sl]  # type: ignore[arg-type]
-        pos, neg = g_pos[:, sl], g_neg[:, sl]
+        pos, neg = g_pos[:, sl].astype(np.float64), g_neg[:, sl].astype(np.float64)
         # A pair's deviations from G_min shrink; a device left unformed (0 uS) stays so, and its partner scales whole.
-        g_pos[:, sl] = np.where(pos == 0, 0.0, np.where(neg == 0, pos * factor, g_min + (pos - g_min) * factor))
-        g_neg[:, sl] = np.where(neg == 0, 0.0, np.where(pos == 0, neg * factor, g_min + (neg - g_min) * factor))
+        for out, own, partner in ((g_pos, pos, neg), (g_neg, neg, pos)):
+            scaled = (own - g_min) * factor + g_min
+            np.multiply(own, factor, out=scaled, where=partner == 0)
+            scaled[own == 0] = 0.0
+            out[:, sl] = scaled
         scale[sl] = scale[sl] * factor
     for key, array in (("g_pos", g_pos), ("g_neg", g_neg), ("g_scale", scale)):
         a[key] = Tensor.adopt(array, key=a[key].key)  # type: ignore[union-attr]

@@ -186,8 +186,14 @@ def tile_mvm(op: Operation, rows: int, bitlines: int, ramp_cols: bool, analog: b
     b = Builder(op.parent, op, op.location)  # type: ignore[arg-type]
     lead = result.type.shape[:-1]
     outputs = []
+    # The pieces of the per-row and per-column vectors are copied once and shared (read-only) by the tiles
+    # of a row band or column chunk, each under its own key.
+    row_scales = {r0: Tensor(attrs["row_scale"].array[r0:r0 + rows]) for r0 in range(0, total_rows, rows)} \
+        if "row_scale" in attrs else {}  # type: ignore[union-attr]
     for c0, c1 in column_chunks(column_groups(result), bitlines, ramp_cols):
         part_type = TensorType(result.type.dtype, (*lead, c1 - c0))
+        columns = {"g_scale": Tensor(scale[c0:c1]),
+                   **{k: Tensor(attrs[k].array[c0:c1]) for k in ("z_lo", "z_hi") if k in attrs}}  # type: ignore[union-attr]
         partials = []
         for r0 in range(0, total_rows, rows):
             r1 = min(r0 + rows, total_rows)
@@ -195,16 +201,14 @@ def tile_mvm(op: Operation, rows: int, bitlines: int, ramp_cols: bool, analog: b
             tile_attrs = {
                 "g_pos": Tensor(g_pos[r0:r1, c0:c1], key=f"{key}.g_pos"),
                 "g_neg": Tensor(g_neg[r0:r1, c0:c1], key=f"{key}.g_neg"),
-                "g_scale": Tensor(scale[c0:c1], key=f"{key}.g_scale"),
+                "g_scale": columns["g_scale"].renamed(f"{key}.g_scale"),
                 "bias_rows": attrs.get("bias_rows", 0), "block": block,
                 "rows": (r0, r1), "cols": (c0, c1)}
             if "input_scale" in attrs:
                 tile_attrs["input_scale"] = attrs["input_scale"]
-            for k in ("z_lo", "z_hi"):
-                if k in attrs:
-                    tile_attrs[k] = Tensor(attrs[k].array[c0:c1], key=f"{key}.{k}")  # type: ignore[union-attr]
-            if "row_scale" in attrs:
-                tile_attrs["row_scale"] = Tensor(attrs["row_scale"].array[r0:r1], key=f"{key}.row_scale")  # type: ignore[union-attr]
+            tile_attrs.update({k: columns[k].renamed(f"{key}.{k}") for k in ("z_lo", "z_hi") if k in columns})
+            if row_scales:
+                tile_attrs["row_scale"] = row_scales[r0].renamed(f"{key}.row_scale")
             partials.append(b.value("cim.tile_mvm", op.operands, part_type, tile_attrs))
         if len(partials) == 1 or analog:
             summed = partials[0] if len(partials) == 1 else b.value("cim.analog_sum", partials, part_type)
