@@ -94,7 +94,7 @@ def _sequential_rows(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def resumable_vecmat(x: np.ndarray, weights: np.ndarray, previous: tuple[np.ndarray, list[np.ndarray]] | None = None,
-                     ) -> tuple[np.ndarray, tuple[np.ndarray, list[np.ndarray]]]:
+                     absolute: bool = False) -> tuple[np.ndarray, tuple[np.ndarray, list[np.ndarray]]]:
     """``x @ weights`` for float64 ``x`` [K] and float ``weights`` [K, N] (float32 ones widened exactly), summed as :func:`matmul` sums it, and a record to resume from.
 
     The record holds ``x`` and the running sums after every ``depth`` rows.
@@ -103,6 +103,7 @@ def resumable_vecmat(x: np.ndarray, weights: np.ndarray, previous: tuple[np.ndar
     terms before it, and their order, are the same, so the result is bit for bit
     that of a full product. Interval analysis of a loop recomputes an MVM over
     [x; h] each step while only h changes: this halves the work there.
+    ``absolute``: ``x @ |weights|``, with |w| taken a chunk at a time (exact), not kept as a copy of the weights.
     """
     k, n = weights.shape
     wide = np.result_type(x.dtype, weights.dtype)  # float32 weights are widened exactly, chunk by chunk, not copied
@@ -115,9 +116,11 @@ def resumable_vecmat(x: np.ndarray, weights: np.ndarray, previous: tuple[np.ndar
         start = len(sums) * depth
     acc = sums[-1] if sums else None
     buffer = np.empty((depth + 1, n), wide)
+    magnitudes = np.empty((depth, n), weights.dtype) if absolute else None
     for k0 in range(start, k, depth):
         k1 = min(k, k0 + depth)
-        acc = _add_terms(acc, x[k0:k1, None], weights[k0:k1], buffer[:k1 - k0 + 1])
+        chunk = weights[k0:k1] if magnitudes is None else np.abs(weights[k0:k1], out=magnitudes[:k1 - k0])
+        acc = _add_terms(acc, x[k0:k1, None], chunk, buffer[:k1 - k0 + 1])
         if k1 - k0 == depth:
             sums.append(acc)
     out = acc if acc is not None else np.zeros(n, wide)

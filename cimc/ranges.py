@@ -177,7 +177,6 @@ class IntervalAnalysis:
         self.values: dict[int, Interval] = {}
         self.mvm_inputs: dict[int, list[Interval]] = {}
         self.unconverged = 0
-        self._abs_weights: dict[int, np.ndarray] = {}
         # Per MVM: its last input rows and result. A loop re-runs its body up to
         # max_steps times while only some state (an LSTM's c) still grows; an MVM
         # whose inputs did not change gives the same bound without a product.
@@ -370,11 +369,9 @@ class IntervalAnalysis:
         # Midpoint-radius form: two matrix-vector products instead of four elementwise passes, in a fixed order
         # (not BLAS's, which varies with the CPU) so the recorded bounds are the same on every machine.
         mid, rad = (lo + hi) / 2, (hi - lo) / 2
-        if id(op) not in self._abs_weights:
-            self._abs_weights[id(op)] = np.abs(weights)
         records = self._partial_sums.get(id(op), (None, None))
         center, center_record = fixed_order.resumable_vecmat(mid, weights, records[0])
-        spread, spread_record = fixed_order.resumable_vecmat(rad, self._abs_weights[id(op)], records[1])
+        spread, spread_record = fixed_order.resumable_vecmat(rad, weights, records[1], absolute=True)
         self._partial_sums[id(op)] = (center_record, spread_record)
         return Interval(center - spread, center + spread)
 
