@@ -1,6 +1,6 @@
 """cimc compile time and memory against the I/O floor, for 2-layer LSTMs of growing hidden size.
 
-    python bench/compile.py [--sizes 128 256 512 1024 2048] [--repeat 3]
+    python bench/compile.py [--sizes 128 256 512 1024 2048] [--repeat 3] [--timing]
 
 Each model is a 2-layer LSTM with input = hidden (16 H^2 + 16 H weights, float32),
 built with onnx.helper from seeded random weights. For each size, in fresh
@@ -14,7 +14,9 @@ processes, the script measures
 
 and prints the medians of --repeat runs, their ratio, peak memory in MB and as a
 multiple of the weight bytes, and the growth exponent k of a least-squares fit of
-log(compile time) against log(weights): k = 1 is linear in the weights. CPU time
+log(compile time) against log(weights): k = 1 is linear in the weights. With
+--timing, one more compile of the largest size prints ``cimc compile --timing``'s
+per-phase table, so that the same run says where the remaining time goes. CPU time
 (user + system) is printed beside wall time, with its own ratio: on a shared
 machine it is the steadier of the two.
 Peak memory is ``ru_maxrss`` of the child process (``RUSAGE_CHILDREN`` read by a
@@ -94,6 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512, 1024, 2048])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--timing", action="store_true", help="print the per-phase table of one compile of the largest size")
     args = parser.parse_args()
     cimc = cimc_script()
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,6 +127,11 @@ def main() -> None:
             print(f"{hidden:>7} {weights:>11,} {weight_mb:>10.1f} {t:>10.2f} {floor:>8.3f} {t / floor:>6.1f} "
                   f"{cpu:>7.2f} {floor_cpu:>9.3f} {cpu / floor_cpu:>9.1f} "
                   f"{peak:>8.0f} {peak / weight_mb:>13.1f} {image.stat().st_size / 2**20:>9.0f}", flush=True)
+            if args.timing and hidden == args.sizes[-1]:
+                out = subprocess.run([cimc, "compile", str(model), "--hw", str(hw), "-o", str(image), "--timing"],
+                                     capture_output=True, text=True, check=True)
+                table = out.stderr[out.stderr.index("==="):] if "===" in out.stderr else out.stderr
+                print(f"cimc compile --timing, hidden {hidden}:\n{table}", end="")
             for path in (model, image, floor_out):
                 path.unlink()
     if len(rows) > 1:

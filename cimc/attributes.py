@@ -24,7 +24,7 @@ class Tensor:
     contents compare equal whatever their keys.
     """
 
-    __slots__ = ("array", "key", "_digest")
+    __slots__ = ("array", "key", "_digest", "_extrema")
 
     def __init__(self, array: np.ndarray, key: str | None = None) -> None:
         arr = np.array(array, copy=True, order="C")
@@ -32,6 +32,7 @@ class Tensor:
         self.array: np.ndarray = arr
         self.key = key
         self._digest: bytes | None = None
+        self._extrema: tuple[float, float] | None = None
 
     @classmethod
     def adopt(cls, array: np.ndarray, key: str | None = None) -> Tensor:
@@ -46,7 +47,13 @@ class Tensor:
             return cls(array, key)
         array.setflags(write=False)
         tensor = cls.__new__(cls)
-        tensor.array, tensor.key, tensor._digest = array, key, None
+        tensor.array, tensor.key, tensor._digest, tensor._extrema = array, key, None, None
+        return tensor
+
+    def renamed(self, key: str | None) -> Tensor:
+        """This tensor under another ``key``, over the same (read-only) array: no copy, the digest shared."""
+        tensor = Tensor.__new__(Tensor)
+        tensor.array, tensor.key, tensor._digest, tensor._extrema = self.array, key, self._digest, self._extrema
         return tensor
 
     @property
@@ -59,9 +66,20 @@ class Tensor:
             h = hashlib.blake2b(digest_size=16)
             h.update(str(self.array.dtype).encode())
             h.update(repr(self.array.shape).encode())
-            h.update(self.array.tobytes())
+            h.update(self.array)  # C-contiguous: the buffer hashes as its bytes, without tobytes()' copy
             self._digest = h.digest()
         return self._digest
+
+    def extrema(self) -> tuple[float, float]:
+        """(min, max) of the elements, (inf, -inf) if there are none, NaN if any is NaN; computed once.
+
+        The verifier checks value bounds (conductances >= 0, row scales in (0, 1]) after every pass:
+        the tensor is immutable, so one pass over its data serves every run.
+        """
+        if self._extrema is None:
+            a = self.array
+            self._extrema = (float(a.min()), float(a.max())) if a.size else (np.inf, -np.inf)
+        return self._extrema
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Tensor) and self.digest == other.digest

@@ -18,14 +18,19 @@ class Builder:
         self.block = block
         self.anchor = anchor
         self.location = location
+        self._at = -1  # where the anchor was last seen: checked in O(1) before use, searched for only if it moved
 
     def insert(self, op: Operation) -> Operation:
         if op.location is None:
             op.location = self.location
         if self.anchor is None:
             self.block.append(op)
-        else:
-            self.block.insert_before(self.anchor, op)
+            return op
+        ops = self.block.ops
+        if not (0 <= self._at < len(ops) and ops[self._at] is self.anchor):
+            self._at = ops.index(self.anchor)  # a pass that creates thousands of ops before one anchor searches once
+        self.block.insert(self._at, op)
+        self._at += 1
         return op
 
     def create(self, name: str, operands: Sequence[Value | None], result_types: Sequence[TensorType],

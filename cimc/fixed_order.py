@@ -94,8 +94,8 @@ def _sequential_rows(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def resumable_vecmat(x: np.ndarray, weights: np.ndarray, previous: tuple[np.ndarray, list[np.ndarray]] | None = None,
-                     ) -> tuple[np.ndarray, tuple[np.ndarray, list[np.ndarray]]]:
-    """``x @ weights`` for float64 ``x`` [K] and ``weights`` [K, N], summed as :func:`matmul` sums it, and a record to resume from.
+                     absolute: bool = False) -> tuple[np.ndarray, tuple[np.ndarray, list[np.ndarray]]]:
+    """``x @ weights`` for float64 ``x`` [K] and float ``weights`` [K, N] (float32 ones widened exactly), summed as :func:`matmul` sums it, and a record to resume from.
 
     The record holds ``x`` and the running sums after every ``depth`` rows.
     Given the record of an earlier call over the same weights, the sum restarts
@@ -103,8 +103,10 @@ def resumable_vecmat(x: np.ndarray, weights: np.ndarray, previous: tuple[np.ndar
     terms before it, and their order, are the same, so the result is bit for bit
     that of a full product. Interval analysis of a loop recomputes an MVM over
     [x; h] each step while only h changes: this halves the work there.
+    ``absolute``: ``x @ |weights|``, with |w| taken a chunk at a time (exact), not kept as a copy of the weights.
     """
     k, n = weights.shape
+    wide = np.result_type(x.dtype, weights.dtype)  # float32 weights are widened exactly, chunk by chunk, not copied
     depth = max(1, _CHUNK_ELEMENTS // max(1, n))
     start, sums = 0, []
     if previous is not None and previous[0].shape == x.shape:
@@ -113,11 +115,13 @@ def resumable_vecmat(x: np.ndarray, weights: np.ndarray, previous: tuple[np.ndar
         sums = previous[1][:same // depth]
         start = len(sums) * depth
     acc = sums[-1] if sums else None
-    buffer = np.empty((depth + 1, n), weights.dtype)
+    buffer = np.empty((depth + 1, n), wide)
+    magnitudes = np.empty((depth, n), weights.dtype) if absolute else None
     for k0 in range(start, k, depth):
         k1 = min(k, k0 + depth)
-        acc = _add_terms(acc, x[k0:k1, None], weights[k0:k1], buffer[:k1 - k0 + 1])
+        chunk = weights[k0:k1] if magnitudes is None else np.abs(weights[k0:k1], out=magnitudes[:k1 - k0])
+        acc = _add_terms(acc, x[k0:k1, None], chunk, buffer[:k1 - k0 + 1])
         if k1 - k0 == depth:
             sums.append(acc)
-    out = acc if acc is not None else np.zeros(n, weights.dtype)
+    out = acc if acc is not None else np.zeros(n, wide)
     return out, (x.copy(), sums)

@@ -54,17 +54,27 @@ def supported_ops() -> list[str]:
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:
-    """Load and check a model file (external data is read from its folder)."""
+    """Load and check a model file (external data is read from its folder).
+
+    The checker reads the file itself (no second serialization of the weights) and runs first, so that its
+    copy of the model is freed before ``onnx.load`` makes the one the importer keeps: the two are never held at
+    once. Its verdict is given after the load, so a file that cannot be read at all still says so.
+    """
+    problem: onnx.checker.ValidationError | None = None
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as e:
+        problem = e
+    except Exception:  # noqa: BLE001, S110  (unreadable or not protobuf: the load below reports it)
+        pass
     try:
         model = onnx.load(str(path))
     except FileNotFoundError:
         raise CimcError(f"cannot read {path}: no such file") from None
     except Exception as e:  # noqa: BLE001  (protobuf raises several unrelated types for garbage)
         raise CimcError(f"cannot read {path}: not an ONNX model ({type(e).__name__}: {_first_line(e)})") from None
-    try:
-        onnx.checker.check_model(str(path))  # from the file: no second serialization of the weights
-    except onnx.checker.ValidationError as e:
-        raise CimcError(f"{path} is not a valid ONNX model: {_first_line(e)}") from None
+    if problem is not None:
+        raise CimcError(f"{path} is not a valid ONNX model: {_first_line(problem)}") from None
     return model
 
 
@@ -240,13 +250,13 @@ class _Importer:
     def _constant(self, name: str, array: np.ndarray, location: str | None) -> Value:
         array = np.asarray(array)
         try:
-            tensor = Tensor(array, key=name)
+            tensor = Tensor.adopt(array, key=name)  # a fresh array (to_array's) is taken over, a view is copied
             op = Operation("builtin.constant", [], [tensor.type], {"value": tensor}, location=location, result_names=[name])
         except KeyError:
             raise CimcError(f"constant '{name}' has element type {array.dtype}, which cimc does not support") from None
         self.block.append(op)
         self.values[name] = op.result
-        self.constants[name] = array
+        self.constants[name] = tensor.array
         return op.result
 
     def _node(self, node: onnx.NodeProto, index: int) -> None:

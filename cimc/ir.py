@@ -169,6 +169,9 @@ class Operation:
                     )
         for op in reversed(list(self.walk())):
             op.drop_operands()
+            # An op and its results reference each other, so an erased op is freed only by the cycle collector,
+            # at some later pass; its attributes (weights-sized tensors) are let go now.
+            op.attributes = {}
         self.detach()
 
     def __repr__(self) -> str:

@@ -130,7 +130,7 @@ class Transfer:
 @lru_cache(maxsize=4096)
 def _direction(transfer: Transfer) -> int:
     """Transfer.direction, uncached."""
-    z = np.union1d(np.linspace(transfer.z_lo, transfer.z_hi, _MONOTONIC_GRID), transfer._breakpoints())
+    z = _with_points(np.linspace(transfer.z_lo, transfer.z_hi, _MONOTONIC_GRID), transfer._breakpoints())
     y = transfer(z)
     noise = _NOISE_ULPS * np.finfo(np.float64).eps * float(np.max(np.abs(y)))
     if float(np.max(y) - np.min(y)) <= noise:
@@ -149,6 +149,16 @@ def _direction(transfer: Transfer) -> int:
             f"linear ADC and a digital activation"
         )
     return 1 if rises.any() else -1
+
+
+def _with_points(grid: np.ndarray, points: list[float]) -> np.ndarray:
+    """``np.union1d(grid, points)`` for a sorted ``grid`` and a few points: merged in place of union1d's sort of both."""
+    if not (np.diff(grid) > 0).all():
+        return np.union1d(grid, points)
+    extra = np.unique(np.asarray(points, np.float64))
+    at = np.searchsorted(grid, extra)
+    present = (at < grid.size) & (grid[np.minimum(at, grid.size - 1)] == extra)
+    return np.insert(grid, at[~present], extra[~present])
 
 
 @dataclass(frozen=True)

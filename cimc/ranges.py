@@ -25,6 +25,7 @@ units in the last place, far below any converter's step.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -176,12 +177,11 @@ class IntervalAnalysis:
         self.values: dict[int, Interval] = {}
         self.mvm_inputs: dict[int, list[Interval]] = {}
         self.unconverged = 0
-        self._abs_weights: dict[int, np.ndarray] = {}
-        self._weights64: dict[int, np.ndarray] = {}
         # Per MVM: its last input rows and result. A loop re-runs its body up to
         # max_steps times while only some state (an LSTM's c) still grows; an MVM
         # whose inputs did not change gives the same bound without a product.
         self._last_matvec: dict[int, tuple[np.ndarray, np.ndarray, Interval]] = {}
+        self._last_activation: dict[int, tuple[tuple[float, ...], Interval]] = {}  # per activation: its last hull and range
         self._partial_sums: dict[int, tuple] = {}  # per MVM: fixed_order.resumable_vecmat records of its two products
 
     def run(self) -> None:
@@ -226,11 +226,7 @@ class IntervalAnalysis:
         if name == "onnx.Mul":
             return [_products(*args)]
         if name == "cim.activation":
-            a = op.attributes
-            act = Activation.create(str(a["function"]), a.get("alpha"), a.get("beta"))  # type: ignore[arg-type]
-            clip = a.get("clip")
-            fn = act.portable if clip is None else (lambda z, c=float(clip): act.portable(np.clip(z, -c, c)))  # type: ignore[arg-type]
-            return [function_range(fn, args[0]).width_for(args[0].lo.shape[0]) if args[0].lo.ndim == 1 else function_range(fn, args[0])]
+            return [self.activation(op, args[0])]
         if name in ("onnx.Sigmoid", "onnx.Softmax"):
             return [Interval.of(0.0, 1.0)]
         if name == "onnx.Tanh":
@@ -266,6 +262,23 @@ class IntervalAnalysis:
             v = float(op.attributes["value"].array.reshape(-1)[0])  # type: ignore[union-attr]
             out = Interval.of(v, v)
         return [out for _ in op.results]
+
+    def activation(self, op: Operation, arg: Interval) -> Interval:
+        """f's range over ``arg``, sampled (``function_range``) over its hull; a loop step whose input hull did not
+        move (a gate whose MVM's inputs did not change) reuses the last step's samples."""
+        hull = arg.collapse()
+        key = (float(hull.lo), float(hull.hi), math.copysign(1.0, hull.lo), math.copysign(1.0, hull.hi))  # -0.0 apart
+        last = self._last_activation.get(id(op))
+        if last is not None and last[0] == key:
+            out = last[1]
+        else:
+            a = op.attributes
+            act = Activation.create(str(a["function"]), a.get("alpha"), a.get("beta"))  # type: ignore[arg-type]
+            clip = a.get("clip")
+            fn = act.portable if clip is None else (lambda z, c=float(clip): act.portable(np.clip(z, -c, c)))  # type: ignore[arg-type]
+            out = function_range(fn, arg)
+            self._last_activation[id(op)] = (key, out)
+        return out.width_for(arg.lo.shape[0]) if arg.lo.ndim == 1 else out
 
     def convex_combination(self, op: Operation) -> Interval | None:
         """hull(range(a), range(b)) if ``op`` is ``(1 - w) * a + w * b`` with w within [0, 1], else None.
@@ -344,9 +357,9 @@ class IntervalAnalysis:
         return result
 
     def _matvec_bound(self, op: Operation, lo: np.ndarray, hi: np.ndarray) -> Interval:
-        if id(op) not in self._weights64:
-            self._weights64[id(op)] = op.attributes["weights"].array.astype(np.float64, copy=False)  # type: ignore[union-attr]
-        weights = self._weights64[id(op)]
+        # The weights stay in their own (float32) type: every product below has a float64 operand, so numpy
+        # widens each weight exactly and the results are those of a float64 copy, without the copy.
+        weights = op.attributes["weights"].array  # type: ignore[union-attr]
         if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
             with np.errstate(invalid="ignore"):
                 a, b = weights * lo[:, None], weights * hi[:, None]
@@ -356,11 +369,9 @@ class IntervalAnalysis:
         # Midpoint-radius form: two matrix-vector products instead of four elementwise passes, in a fixed order
         # (not BLAS's, which varies with the CPU) so the recorded bounds are the same on every machine.
         mid, rad = (lo + hi) / 2, (hi - lo) / 2
-        if id(op) not in self._abs_weights:
-            self._abs_weights[id(op)] = np.abs(weights)
         records = self._partial_sums.get(id(op), (None, None))
         center, center_record = fixed_order.resumable_vecmat(mid, weights, records[0])
-        spread, spread_record = fixed_order.resumable_vecmat(rad, self._abs_weights[id(op)], records[1])
+        spread, spread_record = fixed_order.resumable_vecmat(rad, weights, records[1], absolute=True)
         self._partial_sums[id(op)] = (center_record, spread_record)
         return Interval(center - spread, center + spread)
 

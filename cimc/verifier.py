@@ -74,7 +74,7 @@ def _verify_block(block: Block, visible: set[int], expected_terminator: str | No
 
 def _verify_uses(value: Value) -> None:
     """Every use points at an operand slot holding ``value``, once; with the reference count this proves agreement."""
-    if len(set((id(u.op), u.index) for u in value.uses)) != len(value.uses):
+    if len(value.uses) > 1 and len(set((id(u.op), u.index) for u in value.uses)) != len(value.uses):
         raise VerifyError(value.uses[0].op, f"use list of %{value.name} lists one operand twice")
     for use in value.uses:
         if use.index >= len(use.op.operands) or use.op.operands[use.index] is not value:
@@ -86,15 +86,17 @@ def _verify_uses(value: Value) -> None:
 def _verify_op(op: Operation, opdef: OpDef) -> None:
     _check_arity(op, "operand", op.operands, opdef.operands)
     _check_arity(op, "result", op.results, opdef.results)
-    for name, spec in opdef.attributes.items():
-        if spec.required and name not in op.attributes:
+    attributes = op.attributes
+    for name in _required(opdef):
+        if name not in attributes:
             raise VerifyError(op, f"'{op.name}' requires attribute '{name}'")
-    for name, value in op.attributes.items():
-        spec = opdef.attributes.get(name)
-        if spec is None and is_annotation(name):
-            continue
+    specs = opdef.attributes
+    for name, value in attributes.items():
+        spec = specs.get(name)
         if spec is None:
-            known = ", ".join(sorted(opdef.attributes)) or "none"
+            if is_annotation(name):
+                continue
+            known = ", ".join(sorted(specs)) or "none"
             raise VerifyError(op, f"'{op.name}' has no attribute '{name}' (it takes: {known})")
         problem = spec.check(value)
         if problem:
@@ -103,6 +105,17 @@ def _verify_op(op: Operation, opdef: OpDef) -> None:
         raise VerifyError(op, f"'{op.name}' takes {opdef.num_regions} regions, got {len(op.regions)}")
     if opdef.verify is not None:
         opdef.verify(op)
+
+
+_REQUIRED: dict[int, tuple[OpDef, tuple[str, ...]]] = {}
+
+
+def _required(opdef: OpDef) -> tuple[str, ...]:
+    """The attributes ``opdef`` requires; found once per op kind (the entry holds the definition, so its id stays its own)."""
+    entry = _REQUIRED.get(id(opdef))
+    if entry is None or entry[0] is not opdef:
+        entry = _REQUIRED[id(opdef)] = (opdef, tuple(n for n, spec in opdef.attributes.items() if spec.required))
+    return entry[1]
 
 
 @lru_cache(maxsize=None)

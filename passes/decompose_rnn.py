@@ -50,6 +50,24 @@ class _Cell:
     linear_before_reset: bool
 
 
+
+_TRANSPOSE_BLOCK = 16  # rows of the source per block: a block's transpose stays in cache
+
+
+def contiguous(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A fresh C-contiguous copy of ``array`` (a weight matrix's transpose, as a cell's W.T) in ``dtype``.
+
+    A transposed view is copied in blocks of source rows: numpy's one-pass copy of a large transpose strides
+    through memory and runs several times slower than blocks whose transpose fits the cache.
+    """
+    if array.ndim != 2 or not array.T.flags.c_contiguous:
+        return np.array(array, dtype=dtype, order="C")
+    out = np.empty(array.shape, dtype)
+    source = array.T
+    for r0 in range(0, source.shape[0], _TRANSPOSE_BLOCK):
+        out[:, r0:r0 + _TRANSPOSE_BLOCK] = source[r0:r0 + _TRANSPOSE_BLOCK].T
+    return out
+
 class _Step:
     """Builds one direction's loop body."""
 
@@ -67,7 +85,7 @@ class _Step:
         return self.b.const(np.asarray(array, self.dtype))
 
     def matvec(self, x: Value, weights_t: np.ndarray, block: str, part: str) -> Value:
-        weights = Tensor(np.ascontiguousarray(weights_t, dtype=self.dtype), key=f"{block}.{part}")
+        weights = Tensor.adopt(contiguous(weights_t, self.dtype), key=f"{block}.{part}")
         return self.b.value("cim.matvec", [x], self.t(weights_t.shape[1]), {"weights": weights, "block": block})
 
     def add(self, a: Value, b: Value) -> Value:

@@ -99,7 +99,7 @@ def merge_sum(root: Operation) -> bool:
     inputs = [x for x, _ in rows.values()]
     stacked = [p for _, p in rows.values()] + ([bias[None, :]] if have_bias else [])
     block = str(mvms[0].attributes.get("block", "mvm"))
-    weights = Tensor(np.concatenate(stacked).astype(dtype, copy=False), key=f"{block}.weights")
+    weights = Tensor.adopt(np.concatenate(stacked, dtype=dtype), key=f"{block}.weights")
     b = Builder(root.parent, root, root.location)  # type: ignore[arg-type]
     merged = b.value("cim.matvec", inputs, result.type, {"weights": weights, "bias_rows": int(have_bias), "block": block})
     result.replace_all_uses_with(merged)
@@ -211,6 +211,9 @@ class FormMVM(ModulePass):
     name = "form-mvm"
 
     def apply(self, module: Module) -> bool:
+        from cimc.passes.dce import eliminate_dead_code, erase_if_dead
+
+        eliminate_dead_code(module.body)  # the weights of decomposed RNNs: freed before the merged copies are made
         changed = False
         counter = 0
         for op in list(module.walk()):
@@ -222,8 +225,7 @@ class FormMVM(ModulePass):
                 changed = True
         for op in reversed(list(module.walk())):
             if op.parent is not None and op.name == "onnx.Add" and merge_sum(op):
+                erase_if_dead([op.results[0]])  # the merged sum's parts, each MVM's weights freed as it merges
                 changed = True
-        from cimc.passes.dce import eliminate_dead_code
-
         eliminate_dead_code(module.body)
         return changed

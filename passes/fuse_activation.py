@@ -63,7 +63,7 @@ from cimc.hardware import Hardware
 from cimc.ir import Module, Operation, Value
 from cimc.kernels.activations import Activation
 from cimc.pass_manager import ModulePass, from_hardware, register_pass
-from cimc.passes.tile import activation_keys, slice_range
+from cimc.passes.tile import ActivationKeys, slice_range
 from cimc.ramp import Ramp, Transfer, format_number, informative_range, prepare_ideal_levels, synthesize_with_gain
 from cimc.types import TensorType
 
@@ -181,17 +181,24 @@ def _g_per_z(tile: Operation, cols: tuple[int, int]) -> np.ndarray:
     return scale / float(tile.attributes.get("input_scale", 1.0))  # type: ignore[arg-type]
 
 
-def _rescale(tile: Operation, cols: tuple[int, int], target: float, g_min: float) -> None:
-    """Scale the columns' conductance deviations so that g_scale / input_scale equals ``target``; weights do not change."""
+def _rescale(tile: Operation, spans: list[tuple[tuple[int, int], float]], g_min: float) -> None:
+    """Scale each span's conductance deviations so that g_scale / input_scale equals its target; weights do not change.
+
+    All spans of a tile in order, on one copy of its conductances (one copy per tile, not per span).
+    """
     a = tile.attributes
     g_pos, g_neg, scale = (a[k].array.copy() for k in ("g_pos", "g_neg", "g_scale"))  # type: ignore[union-attr]
-    sl = slice(*cols)
-    factor = target * float(a.get("input_scale", 1.0)) / scale[sl]  # type: ignore[arg-type]
-    pos, neg = g_pos[:, sl], g_neg[:, sl]
-    # A pair's deviations from G_min shrink; a device left unformed (0 uS) stays so, and its partner scales whole.
-    g_pos[:, sl] = np.where(pos == 0, 0.0, np.where(neg == 0, pos * factor, g_min + (pos - g_min) * factor))
-    g_neg[:, sl] = np.where(neg == 0, 0.0, np.where(pos == 0, neg * factor, g_min + (neg - g_min) * factor))
-    scale[sl] = scale[sl] * factor
+    for cols, target in spans:
+        sl = slice(*cols)
+        factor = target * float(a.get("input_scale", 1.0)) / scale[sl]  # type: ignore[arg-type]
+        pos, neg = g_pos[:, sl].astype(np.float64), g_neg[:, sl].astype(np.float64)
+        # A pair's deviations from G_min shrink; a device left unformed (0 uS) stays so, and its partner scales whole.
+        for out, own, partner in ((g_pos, pos, neg), (g_neg, neg, pos)):
+            scaled = (own - g_min) * factor + g_min
+            np.multiply(own, factor, out=scaled, where=partner == 0)
+            scaled[own == 0] = 0.0
+            out[:, sl] = scaled
+        scale[sl] = scale[sl] * factor
     for key, array in (("g_pos", g_pos), ("g_neg", g_neg), ("g_scale", scale)):
         a[key] = Tensor.adopt(array, key=a[key].key)  # type: ignore[union-attr]
 
@@ -276,6 +283,7 @@ class FuseActivation(ModulePass):
         self._prepare_ramps(list(groups.values()))
         outcomes = {key: self._plan_ramp(key[0], group, arrays[key[0]], gains) for key, group in sorted(groups.items())}
         ramp_values: dict[tuple[int, str], Value] = {}
+        rescales: dict[int, tuple[Operation, list[tuple[tuple[int, int], float]]]] = {}  # per tile, in order
         fused = 0
         for act, uses in plans:
             keys = [(use.array, activation_key(act)) for use in uses]
@@ -291,7 +299,7 @@ class FuseActivation(ModulePass):
                 if key not in ramp_values:
                     ramp_values[key] = self._ramp_op(module, ramp, key[0], col, act)
                 for tile in use.tiles:  # only columns that really use the ramp give up part of their window
-                    _rescale(tile, use.cols, g_common, self.g_min)
+                    rescales.setdefault(id(tile), (tile, []))[1].append((use.cols, g_common))
                 lead = act.results[0].type.shape[:-1]
                 out_type = TensorType(act.results[0].type.dtype, (*lead, use.cols[1] - use.cols[0]))
                 outputs.append(b.value("cim.nl_adc", [use.analog, ramp_values[key]], out_type,
@@ -303,6 +311,8 @@ class FuseActivation(ModulePass):
             result.replace_all_uses_with(joined)
             act.erase()
             fused += 1
+        for tile, spans in rescales.values():
+            _rescale(tile, spans, self.g_min)
         module.attributes["fuse.ramps"] = len(ramp_values)
         module.attributes["fuse.activations"] = fused
         if self.auto_bits:
@@ -328,6 +338,7 @@ class FuseActivation(ModulePass):
 
     def _array_states(self, module: Module) -> dict[int, _ArrayState]:
         states: dict[int, _ArrayState] = {}
+        activation_keys = ActivationKeys()
         for op in module.walk():
             if op.name == "cim.tile_mvm" and "array" in op.attributes:
                 c0, c1 = op.attributes["cols"]  # type: ignore[misc]
@@ -366,13 +377,17 @@ class FuseActivation(ModulePass):
         if placements is None:
             placements = []
             key = activation_key(act)
+            # Only arrays with room for one identity column can take a piece (the first that fits is taken, as
+            # if all were tried in order); the filter, made once, keeps this linear in the arrays.
+            open_arrays = [k for k, s in sorted(arrays.items()) if s.fits_identity(1, "linear")]
             for c0, c1 in spans:
-                target = next((k for k, s in sorted(arrays.items()) if s.fits_identity(c1 - c0, key)), None)
+                target = next((k for k in open_arrays if arrays[k].fits_identity(c1 - c0, key)), None)
                 if target is None:
                     if self.arrays and len(arrays) >= self.arrays:
                         return "the input is a digital value and the chip has no room for its identity columns"
                     target = max(arrays, default=-1) + 1
                     arrays[target] = _ArrayState(self.rows, self.cols)
+                    open_arrays.append(target)
                 placements.append((c0, c1, target, arrays[target].used))
                 arrays[target].used += 2 * (c1 - c0)
                 arrays[target].functions.add(key)

@@ -6,9 +6,9 @@ each pair sits at G_min (the pair's zero) and the largest |w| of the scale's
 group reaches G_max. ``granularity=column`` gives every column its own
 scale s_j, using each column's full range; ``granularity=block`` shares one
 scale over the whole weight block, so every array that holds part of it reads
-in the same units. Conductances stay float here (float64, in uS): quantizing
-them to programmable levels is the image's job, so exact execution of the IR
-remains possible.
+in the same units. Conductances stay float here (in uS; float32 for float32
+weights, see ``conductance_pair``): quantizing them to programmable levels is
+the image's job, so exact execution of the IR remains possible.
 
 With per-segment DAC full scales (``row_scale`` r_i, set by ``ranges``) the
 crossbar stores w_i r_i: the DAC drives row i with x_i / r_i, so the column
@@ -32,21 +32,52 @@ from cimc.pass_manager import ModulePass, from_hardware, register_pass
 RANGE_ATTRS = ("input_scale", "row_scale", "z_lo", "z_hi")
 
 
-def conductance_pair(weights: np.ndarray, g_min: float, g_max: float, granularity: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(g_pos, g_neg, g_scale) in uS for a [rows, cols] weight matrix; see the module docstring."""
-    w = weights.astype(np.float64, copy=False)
-    peak = np.maximum(w.max(axis=0, initial=0.0), -w.min(axis=0, initial=0.0))  # max |w| per column, without |w|
+_BLOCK_ELEMENTS = 1 << 20  # float64 temporaries of at most this many elements (8 MiB) while mapping
+
+
+def conductance_dtype(weights: np.ndarray) -> np.dtype:
+    """float32 conductances for float32 (or narrower) weights, float64 otherwise: see :func:`conductance_pair`."""
+    return np.dtype(np.float32) if weights.dtype.itemsize <= 4 else np.dtype(np.float64)
+
+
+def conductance_pair(weights: np.ndarray, g_min: float, g_max: float, granularity: str,
+                     row_scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(g_pos, g_neg, g_scale) in uS for a [rows, cols] weight matrix times ``row_scale`` per row; see the module docstring.
+
+    Every conductance is computed in float64 and rounded once to :func:`conductance_dtype`, a block of
+    rows at a time (no weights-sized float64 temporaries). Why float32 suffices for float32 weights:
+    a stored G in [G_min, G_max] is off by at most 2^-24 G, so w = (G+ - G-) / s is off by at most
+    2^-24 (G+ + G-) / s <= 2^-24 (G_max + G_min) / (G_max - G_min) * max_col |w|, about one float32 ulp of
+    the column's largest weight: the rounding a float32 model already has. A column sum over K rows then
+    moves by at most K of those (sqrt(K) of them typically), the order of float32 accumulation error in
+    onnxruntime itself, and far below a device level ((G_max - G_min) / (levels - 1), 2^17 times coarser
+    at 128 levels), which is what the image programs.
+    """
+    rows, cols = weights.shape
+    block = max(1, _BLOCK_ELEMENTS // max(1, cols))
+
+    def stored(r0: int) -> np.ndarray:
+        w = weights[r0:r0 + block].astype(np.float64)
+        return w if row_scale is None else w * row_scale[r0:r0 + block, None]
+
+    peak = np.zeros(cols)  # max |w r| per column, without |w|
+    for r0 in range(0, rows, block):
+        w = stored(r0)
+        np.maximum(peak, np.maximum(w.max(axis=0, initial=0.0), -w.min(axis=0, initial=0.0)), out=peak)
     if granularity != "column":
-        peak = np.full(w.shape[1], peak.max(initial=0.0))
+        peak = np.full(cols, peak.max(initial=0.0))
     span = g_max - g_min
     scale = np.where(peak > 0, span / np.where(peak > 0, peak, 1.0), span)
-    # g = min(g_min + max(+-w, 0) * scale, g_max), each step in place: no weight-sized temporaries beyond g itself.
-    g_pos, g_neg = np.maximum(w, 0.0), np.negative(w)
-    np.maximum(g_neg, 0.0, out=g_neg)
-    for g in (g_pos, g_neg):
-        np.multiply(g, scale, out=g)
-        np.add(g, g_min, out=g)
-        np.minimum(g, g_max, out=g)
+    dtype = conductance_dtype(weights)
+    g_pos, g_neg = np.empty((rows, cols), dtype), np.empty((rows, cols), dtype)
+    for r0 in range(0, rows, block):
+        w = stored(r0)
+        # g = min(g_min + max(+-w, 0) * scale, g_max), each step in place
+        for out, g in ((g_pos, np.maximum(w, 0.0)), (g_neg, np.maximum(np.negative(w), 0.0))):
+            np.multiply(g, scale, out=g)
+            np.add(g, g_min, out=g)
+            np.minimum(g, g_max, out=g)
+            out[r0:r0 + block] = g
     return g_pos, g_neg, scale
 
 
@@ -54,8 +85,8 @@ def map_matvec(op: Operation, g_min: float, g_max: float, granularity: str) -> N
     weights = op.attributes["weights"]
     assert isinstance(weights, Tensor)
     row_scale = op.attributes.get("row_scale")
-    stored = weights.array if not isinstance(row_scale, Tensor) else weights.array.astype(np.float64) * row_scale.array[:, None]
-    g_pos, g_neg, scale = conductance_pair(stored, g_min, g_max, granularity)
+    g_pos, g_neg, scale = conductance_pair(weights.array, g_min, g_max, granularity,
+                                           row_scale.array if isinstance(row_scale, Tensor) else None)
     block = str(op.attributes.get("block", "mvm"))
     attrs = {
         "g_pos": Tensor.adopt(g_pos, key=f"{block}.g_pos"),

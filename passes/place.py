@@ -34,7 +34,7 @@ from cimc.ir import Block, Module, Operation
 from cimc.pass_manager import ModulePass, from_hardware, register_pass
 from cimc.passes.fuse_activation import analog_pieces
 from cimc.passes.schedule import dependency_graph, read_key
-from cimc.passes.tile import activation_keys
+from cimc.passes.tile import ActivationKeys, activation_keys  # noqa: F401  (activation_keys: re-exported, tests use it)
 
 
 Read = tuple[tuple[int, int], tuple]  # ((block, generation), what is read): equal first parts are concurrent
@@ -101,8 +101,10 @@ class _Unit:
         return c1 - c0
 
 
-def placement_units(tiles: list[Operation], reads: dict[int, set[Read]]) -> list[_Unit]:
+def placement_units(tiles: list[Operation], reads: dict[int, set[Read]],
+                    activation_keys: ActivationKeys | None = None) -> list[_Unit]:
     """Group tiles by their ``share`` attribute (set by share-weights); every other tile is a unit of its own."""
+    activation_keys = activation_keys or ActivationKeys()
     groups: dict[object, list[Operation]] = {}
     for tile in tiles:
         groups.setdefault(tile.attributes.get("share", id(tile)), []).append(tile)
@@ -196,13 +198,14 @@ class Place(ModulePass):
         if self.arrays < 0:
             raise CimcError(f"place arrays must be a count of arrays, or 0 for as many as the model needs; got {self.arrays}")
         tiles = [op for op in module.walk() if op.name == "cim.tile_mvm"]
+        activation_keys = ActivationKeys()
         for tile in tiles:
             r0, r1 = tile.attributes["rows"]  # type: ignore[misc]
             c0, c1 = tile.attributes["cols"]  # type: ignore[misc]
             if r1 - r0 > self.rows or not _Array(0, self.cols, self.ramp_cols).fits(c1 - c0, activation_keys(tile)):
                 raise CimcError(f"a tile of block '{tile.attributes.get('block')}' is {r1 - r0} x {c1 - c0} but an array has "
                                 f"{self.rows} rows and {self.cols} bit lines: run 'tile' with the same array size first")
-        units = placement_units(tiles, read_sets(module))
+        units = placement_units(tiles, read_sets(module), activation_keys)
         placement = pack(units, self.cols, self.ramp_cols, dense=False)
         if self.arrays and _arrays_needed(placement) + identity_arrays(module, self.rows, self.cols) > self.arrays:
             # Too tight to keep activations apart and leave fuse-activation its identity columns: pack denser

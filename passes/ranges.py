@@ -102,7 +102,6 @@ def segment_row_scales(segments: list[Interval], widths: list[int], weights: np.
         return reference, np.ones(sum(widths))
     owner = np.repeat(np.arange(len(widths)), widths)
     steps = (1 << (dac_bits - 1)) - 1
-    w = np.abs(weights.astype(np.float64))
     is_bias = np.zeros(len(widths), bool)
     if bias_rows:
         is_bias[-1] = True
@@ -111,9 +110,13 @@ def segment_row_scales(segments: list[Interval], widths: list[int], weights: np.
     # r is a power of two, so max_i |w_ij| r_i = r_s max_(i in s) |w_ij| exactly. The sums run in another order than
     # a per-device sum would, which moves a cost by rounding only, far inside the 1e-12 margin of the comparisons.
     spans = [slice(a, a + n) for a, n in zip(np.cumsum([0, *widths[:-1]]), widths)]
-    seg_sum = np.array([w[sl].sum() for sl in spans])
-    seg_peak = np.array([w[sl].max(axis=0, initial=0.0) for sl in spans])
-    seg_used = np.array([np.count_nonzero(w[sl], axis=0) for sl in spans], np.float64)
+    # |w| is exact in the weights' own type, so it is taken there, once per segment (a weights-sized float64
+    # copy would be the pass's memory peak); only the sum accumulates in float64.
+    magnitudes = [np.abs(weights[sl]) for sl in spans]
+    seg_sum = np.array([m.sum(dtype=np.float64) for m in magnitudes])
+    seg_peak = np.array([m.max(axis=0, initial=0.0) for m in magnitudes], np.float64)
+    seg_used = np.array([np.count_nonzero(m, axis=0) for m in magnitudes], np.float64)
+    del magnitudes
 
     def bound(fractions: np.ndarray) -> float:
         r = fractions
@@ -257,14 +260,21 @@ class Ranges(ModulePass):
         also agree on r: their segments' ranges are joined and one choice
         serves them all.
         """
-        groups: dict[tuple, list[Operation]] = {}
+        probes: dict[tuple, list[Operation]] = {}
         for op in module.walk():
             if op.name == "cim.matvec":
                 bias_rows = int(op.attributes.get("bias_rows", 0))  # type: ignore[arg-type]
                 widths = tuple(int(v.type.shape[-1]) for v in op.operands if v is not None) + ((bias_rows,) if bias_rows else ())  # type: ignore[arg-type]
-                groups.setdefault((op.attributes["weights"].digest, widths, bias_rows), []).append(op)  # type: ignore[union-attr]
+                w = op.attributes["weights"].array  # type: ignore[union-attr]
+                probes.setdefault((widths, bias_rows, w.shape, w.dtype.str, w[:1].tobytes()), []).append(op)
+        # Equal weights agree on the probe (their shape and first row), so only MVMs that agree on it are hashed whole.
+        groups: dict[tuple, list[Operation]] = {}
+        for (widths, bias_rows, *_), candidates in probes.items():
+            for op in candidates:
+                digest = op.attributes["weights"].digest if len(candidates) > 1 else b""  # type: ignore[union-attr]
+                groups.setdefault((digest, widths, bias_rows, id(candidates)), []).append(op)
         chosen: dict[int, tuple[float, np.ndarray]] = {}
-        for (_, widths, bias_rows), members in groups.items():
+        for (_, widths, bias_rows, _), members in groups.items():
             joined = segments[id(members[0])]
             for op in members[1:]:
                 joined = [a.union(b) for a, b in zip(joined, segments[id(op)])]

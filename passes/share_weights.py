@@ -29,18 +29,27 @@ import numpy as np
 
 from cimc.ir import Module, Operation
 from cimc.pass_manager import ModulePass, register_pass
-from cimc.passes.tile import activation_keys
+from cimc.passes.tile import ActivationKeys
 
 
-def weight_digest(tile: Operation) -> str:
+def weight_digest(tile: Operation, activation_keys: ActivationKeys | None = None) -> str:
     """A digest of what a tile's devices hold, and of the activations its columns reach."""
     h = hashlib.sha256()
     for key in ("g_pos", "g_neg", "g_scale"):
         array = np.ascontiguousarray(tile.attributes[key].array)  # type: ignore[union-attr]
         h.update(f"{key}{array.dtype.str}{array.shape}".encode())
-        h.update(array.tobytes())
-    h.update(repr((tile.attributes.get("bias_rows", 0), activation_keys(tile))).encode())
+        h.update(array)
+    h.update(repr((tile.attributes.get("bias_rows", 0), (activation_keys or ActivationKeys())(tile))).encode())
     return h.hexdigest()
+
+
+def _probe(tile: Operation) -> tuple:
+    """A cheap function of what ``weight_digest`` hashes (shapes, column scales, the first row of devices):
+    tiles that differ here cannot share, so only tiles that agree on it are hashed whole."""
+    a = tile.attributes
+    g_pos, g_neg = a["g_pos"].array, a["g_neg"].array  # type: ignore[union-attr]
+    return (g_pos.shape, g_pos.dtype.str, a["g_scale"].array.tobytes(), g_pos[:1].tobytes(), g_neg[:1].tobytes(),  # type: ignore[union-attr]
+            a.get("bias_rows", 0))
 
 
 @register_pass
@@ -51,11 +60,18 @@ class ShareWeights(ModulePass):
     name = "share-weights"
 
     def apply(self, module: Module) -> bool:
-        groups: dict[str, list[Operation]] = {}
+        candidates: dict[tuple, list[Operation]] = {}
         for op in module.walk():
             if op.name == "cim.tile_mvm" and "array" not in op.attributes:
-                groups.setdefault(weight_digest(op), []).append(op)
-        shared = [members for members in groups.values() if len(members) > 1]
+                candidates.setdefault(_probe(op), []).append(op)
+        activation_keys = ActivationKeys()
+        groups: dict[str, list[Operation]] = {}
+        for members in candidates.values():
+            if len(members) > 1:
+                for op in members:
+                    groups.setdefault(weight_digest(op, activation_keys), []).append(op)
+        order = {id(op): i for i, op in enumerate(module.walk())}
+        shared = sorted((members for members in groups.values() if len(members) > 1), key=lambda m: order[id(m[0])])
         for number, members in enumerate(shared):
             scales = [float(t.attributes["input_scale"]) for t in members if "input_scale" in t.attributes]  # type: ignore[arg-type]
             for tile in members:

@@ -17,6 +17,7 @@ converted one by one and added digitally (``cim.adc`` on each, then
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 
 from cimc.attributes import Tensor
 from cimc.builder import Builder
@@ -77,32 +78,58 @@ def column_groups(value: Value) -> list[Group]:
     return out
 
 
-def activation_keys(tile: Operation) -> tuple[str, ...]:
-    """The activations that this tile's columns reach after conversion ('linear' where a column reaches none).
+class ActivationKeys:
+    """``activation_keys`` of many tiles over one unchanging IR, with each Concat's offsets and each Slice's
+    columns found once (per tile they cost O(Concat operands), which made a pass over all tiles quadratic)."""
 
-    Columns are followed individually through conversions, concatenations and
-    slices of the last axis, so pieces of one gate that a Concat joins again
-    are not mistaken for the whole gate.
-    """
-    keys: set[str] = set()
-    frontier: list[tuple[Value, int, int]] = [(tile.results[0], 0, int(tile.results[0].type.shape[-1]))]  # type: ignore[arg-type]
-    while frontier:
-        value, lo, hi = frontier.pop()
-        for use in value.uses:
-            op = use.op
-            if op.name in ("cim.analog_sum", "cim.adc"):
-                frontier.append((op.results[0], lo, hi))
-            elif op.name == "onnx.Concat" and int(op.attributes["axis"]) % op.results[0].type.rank == op.results[0].type.rank - 1:  # type: ignore[arg-type]
-                offset = sum(int(v.type.shape[-1]) for v in op.operands[:use.index])  # type: ignore[arg-type, union-attr]
-                frontier.append((op.results[0], lo + offset, hi + offset))
-            elif op.name == "onnx.Slice" and (span := slice_range(op, value)) is not None:
-                if max(lo, span[0]) < min(hi, span[1]):
-                    frontier.append((op.results[0], max(lo, span[0]) - span[0], min(hi, span[1]) - span[0]))
-            elif op.name == "cim.activation" or (op.name == "cim.nl_adc" and use.index == 0):
-                keys.add(activation_key(op))
-            else:
-                keys.add("linear")
-    return tuple(sorted(keys))
+    def __init__(self) -> None:
+        self._offsets: dict[int, tuple[Operation, list[int]]] = {}
+        self._spans: dict[int, tuple[Operation, tuple[int, int] | None]] = {}
+
+    def offsets(self, concat: Operation) -> list[int]:
+        entry = self._offsets.get(id(concat))
+        if entry is None or entry[0] is not concat:
+            widths = [int(v.type.shape[-1]) for v in concat.operands]  # type: ignore[arg-type, union-attr]
+            entry = self._offsets[id(concat)] = (concat, [0, *accumulate(widths[:-1])])
+        return entry[1]
+
+    def span(self, op: Operation, value: Value) -> tuple[int, int] | None:
+        entry = self._spans.get(id(op))
+        if entry is None or entry[0] is not op:
+            entry = self._spans[id(op)] = (op, slice_range(op, value))
+        return entry[1]
+
+    def __call__(self, tile: Operation) -> tuple[str, ...]:
+        """The activations that this tile's columns reach after conversion ('linear' where a column reaches none).
+
+        Columns are followed individually through conversions, concatenations and
+        slices of the last axis, so pieces of one gate that a Concat joins again
+        are not mistaken for the whole gate.
+        """
+        keys: set[str] = set()
+        frontier: list[tuple[Value, int, int]] = [(tile.results[0], 0, int(tile.results[0].type.shape[-1]))]  # type: ignore[arg-type]
+        while frontier:
+            value, lo, hi = frontier.pop()
+            for use in value.uses:
+                op = use.op
+                if op.name in ("cim.analog_sum", "cim.adc"):
+                    frontier.append((op.results[0], lo, hi))
+                elif op.name == "onnx.Concat" and int(op.attributes["axis"]) % op.results[0].type.rank == op.results[0].type.rank - 1:  # type: ignore[arg-type]
+                    offset = self.offsets(op)[use.index]
+                    frontier.append((op.results[0], lo + offset, hi + offset))
+                elif op.name == "onnx.Slice" and (span := self.span(op, value)) is not None:
+                    if max(lo, span[0]) < min(hi, span[1]):
+                        frontier.append((op.results[0], max(lo, span[0]) - span[0], min(hi, span[1]) - span[0]))
+                elif op.name == "cim.activation" or (op.name == "cim.nl_adc" and use.index == 0):
+                    keys.add(activation_key(op))
+                else:
+                    keys.add("linear")
+        return tuple(sorted(keys))
+
+
+def activation_keys(tile: Operation) -> tuple[str, ...]:
+    """The activations that this tile's columns reach (see :class:`ActivationKeys`, which a pass over many tiles uses)."""
+    return ActivationKeys()(tile)
 
 
 def column_chunks(groups: list[Group], bitlines: int, ramp_cols: bool) -> list[tuple[int, int]]:
@@ -159,8 +186,14 @@ def tile_mvm(op: Operation, rows: int, bitlines: int, ramp_cols: bool, analog: b
     b = Builder(op.parent, op, op.location)  # type: ignore[arg-type]
     lead = result.type.shape[:-1]
     outputs = []
+    # The pieces of the per-row and per-column vectors are copied once and shared (read-only) by the tiles
+    # of a row band or column chunk, each under its own key.
+    row_scales = {r0: Tensor(attrs["row_scale"].array[r0:r0 + rows]) for r0 in range(0, total_rows, rows)} \
+        if "row_scale" in attrs else {}  # type: ignore[union-attr]
     for c0, c1 in column_chunks(column_groups(result), bitlines, ramp_cols):
         part_type = TensorType(result.type.dtype, (*lead, c1 - c0))
+        columns = {"g_scale": Tensor(scale[c0:c1]),
+                   **{k: Tensor(attrs[k].array[c0:c1]) for k in ("z_lo", "z_hi") if k in attrs}}  # type: ignore[union-attr]
         partials = []
         for r0 in range(0, total_rows, rows):
             r1 = min(r0 + rows, total_rows)
@@ -168,16 +201,14 @@ def tile_mvm(op: Operation, rows: int, bitlines: int, ramp_cols: bool, analog: b
             tile_attrs = {
                 "g_pos": Tensor(g_pos[r0:r1, c0:c1], key=f"{key}.g_pos"),
                 "g_neg": Tensor(g_neg[r0:r1, c0:c1], key=f"{key}.g_neg"),
-                "g_scale": Tensor(scale[c0:c1], key=f"{key}.g_scale"),
+                "g_scale": columns["g_scale"].renamed(f"{key}.g_scale"),
                 "bias_rows": attrs.get("bias_rows", 0), "block": block,
                 "rows": (r0, r1), "cols": (c0, c1)}
             if "input_scale" in attrs:
                 tile_attrs["input_scale"] = attrs["input_scale"]
-            for k in ("z_lo", "z_hi"):
-                if k in attrs:
-                    tile_attrs[k] = Tensor(attrs[k].array[c0:c1], key=f"{key}.{k}")  # type: ignore[union-attr]
-            if "row_scale" in attrs:
-                tile_attrs["row_scale"] = Tensor(attrs["row_scale"].array[r0:r1], key=f"{key}.row_scale")  # type: ignore[union-attr]
+            tile_attrs.update({k: columns[k].renamed(f"{key}.{k}") for k in ("z_lo", "z_hi") if k in columns})
+            if row_scales:
+                tile_attrs["row_scale"] = row_scales[r0].renamed(f"{key}.row_scale")
             partials.append(b.value("cim.tile_mvm", op.operands, part_type, tile_attrs))
         if len(partials) == 1 or analog:
             summed = partials[0] if len(partials) == 1 else b.value("cim.analog_sum", partials, part_type)

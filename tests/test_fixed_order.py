@@ -45,3 +45,22 @@ def test_integer_operands_keep_numpy_semantics() -> None:
     a, b = np.arange(6).reshape(2, 3), np.arange(12).reshape(3, 4)
     got = fixed_order.matmul(a, b)
     assert got.dtype == (a @ b).dtype and np.array_equal(got, a @ b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_resumable_vecmat_is_the_full_product_bit_for_bit(dtype: type, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resumed from an earlier record, over float32 weights widened chunk by chunk, or over |w| taken chunk by
+    chunk (``absolute``): every variant gives the bits of ``matmul`` over a float64 copy of the (absolute) weights."""
+    monkeypatch.setattr(fixed_order, "_CHUNK_ELEMENTS", 24)  # several chunks of K
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((37, 5)).astype(dtype)
+    x0 = rng.standard_normal(37)
+    x1 = x0.copy()
+    x1[20:] = rng.standard_normal(17)  # the first 20 rows unchanged: the product resumes from there
+    for absolute, reference_weights in ((False, w), (True, np.abs(w))):
+        full = fixed_order.matmul(x1, reference_weights.astype(np.float64))
+        _, record = fixed_order.resumable_vecmat(x0, w, absolute=absolute)
+        resumed, _ = fixed_order.resumable_vecmat(x1, w, record, absolute=absolute)
+        fresh, _ = fixed_order.resumable_vecmat(x1, w, absolute=absolute)
+        assert resumed.dtype == np.float64
+        assert resumed.tobytes() == fresh.tobytes() == full.tobytes()

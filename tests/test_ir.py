@@ -149,3 +149,26 @@ def test_tensor_attribute_is_immutable_and_compares_by_content() -> None:
     assert a != Tensor(np.arange(4, dtype=np.float64))
     with pytest.raises(ValueError):
         a.array[0] = 3
+
+
+def crossbar_module(g_pos: np.ndarray, row_scale: np.ndarray | None = None) -> Module:
+    body = Block([TensorType("f32", ("batch", 2))], ["x"])
+    attrs = {"g_pos": Tensor(g_pos), "g_neg": Tensor(np.full_like(g_pos, 2.0)), "g_scale": Tensor(np.full(2, 98.0))}
+    if row_scale is not None:
+        attrs["row_scale"] = Tensor(row_scale)
+    mvm = body.append(Operation("cim.crossbar_mvm", body.args, [TensorType("f32", ("batch", 2))], attrs))
+    body.append(Operation("builtin.return", [mvm.result]))
+    return Module("g", body)
+
+
+@pytest.mark.parametrize("g_pos, row_scale, message", [
+    (np.array([[2.0, -1e-9], [3.0, 4.0]]), None, "non-negative conductances"),
+    (np.full((2, 2), 2.0), np.array([1.0, 0.0]), "row_scale must hold"),
+    (np.full((2, 2), 2.0), np.array([1.0, 2.0]), "row_scale must hold"),
+    (np.full((2, 2), 2.0), np.array([1.0, np.nan]), "row_scale must hold"),
+])
+def test_verifier_checks_conductance_and_row_scale_bounds(g_pos: np.ndarray, row_scale: np.ndarray | None, message: str) -> None:
+    """The value rules read Tensor.extrema (computed once per tensor): the same answers as elementwise tests."""
+    verify(crossbar_module(np.full((2, 2), 2.0), np.array([1.0, 0.5])))
+    with pytest.raises(VerifyError, match=message):
+        verify(crossbar_module(g_pos, row_scale))

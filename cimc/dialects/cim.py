@@ -145,9 +145,10 @@ _RANGE_ATTRS = dict(input_scale="float", row_scale="tensor", z_lo="tensor", z_hi
 
 def _verify_row_scale(op: Operation, rows: int) -> None:
     if "row_scale" in op.attributes:
-        r = _tensor(op, "row_scale", 1).array
-        if r.shape != (rows,) or not ((r > 0) & (r <= 1)).all():
-            raise VerifyError(op, f"'{op.name}' row_scale must hold {rows} values in (0, 1], got shape {r.shape}")
+        t = _tensor(op, "row_scale", 1)
+        lo, hi = t.extrema()
+        if t.array.shape != (rows,) or (rows and not (0 < lo and hi <= 1)):
+            raise VerifyError(op, f"'{op.name}' row_scale must hold {rows} values in (0, 1], got shape {t.array.shape}")
 
 
 def _verify_matvec(op: Operation) -> None:
@@ -167,13 +168,13 @@ MATVEC = define(
 
 
 def _verify_conductances(op: Operation) -> tuple[int, int]:
-    g_pos = _tensor(op, "g_pos", 2).array
-    g_neg = _tensor(op, "g_neg", 2).array
-    scale = _tensor(op, "g_scale", 1).array
+    pos, neg, scales = (_tensor(op, name, rank) for name, rank in (("g_pos", 2), ("g_neg", 2), ("g_scale", 1)))
+    g_pos, g_neg, scale = pos.array, neg.array, scales.array
     if g_pos.shape != g_neg.shape or scale.shape != g_pos.shape[1:]:
         raise VerifyError(op, f"'{op.name}' conductance shapes disagree: g_pos {g_pos.shape}, g_neg {g_neg.shape}, g_scale {scale.shape}")
-    # min() instead of (g < 0).any(): no boolean temporary the size of the conductances, same answer (NaN included)
-    if g_pos.min(initial=0.0) < 0 or g_neg.min(initial=0.0) < 0 or not scale.min(initial=np.inf) > 0:
+    # Tensor.extrema: computed once per (immutable) tensor, not in every verifier run (the answers of
+    # g.min(initial=0) < 0 and not scale.min(initial=inf) > 0, NaN included).
+    if pos.extrema()[0] < 0 or neg.extrema()[0] < 0 or not scales.extrema()[0] > 0:
         raise VerifyError(op, f"'{op.name}' needs non-negative conductances and positive scales")
     return g_pos.shape
 
