@@ -77,7 +77,8 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             if "array" not in op.attributes or "g_pos" not in op.attributes:
                 raise CimcError("the module is not placed: an image needs the full pipeline (place, fuse-activation, schedule)")
             k, r, c = (int(op.attributes[n]) for n in ("array", "array_row", "array_col"))  # type: ignore[arg-type]
-            g_pos, g_neg = (op.attributes[n].array for n in ("g_pos", "g_neg"))  # type: ignore[union-attr]
+            # float64, as cim_kernels.encoded_weights forms them (G is float32 for float32 weights).
+            g_pos, g_neg = (op.attributes[n].array.astype(np.float64) for n in ("g_pos", "g_neg"))  # type: ignore[union-attr]
             rows, width = g_pos.shape
             if r + rows > a.rows or c + 2 * width > a.cols:
                 raise CimcError(f"a tile of block '{op.attributes.get('block')}' at array {k}, row {r}, bit line {c} does not fit "
