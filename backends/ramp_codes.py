@@ -66,7 +66,7 @@ class ColumnCodes:
             cells_so_far += n
             levels_so_far += len(out)
         self.depth = max((len(c) for per_ramp in cell_thresholds for c in per_ramp), default=0)
-        table = np.full((self.depth, cells_so_far), np.inf, ft)
+        table = np.full((self.depth, cells_so_far), np.nan, ft)  # z >= NaN is false, even for z = inf
         c0 = 0
         for per_ramp in cell_thresholds:
             for c, ts in enumerate(per_ramp):
@@ -83,8 +83,9 @@ class ColumnCodes:
 
     @staticmethod
     def _cells(v: np.ndarray, a: np.ndarray, b: np.ndarray, top: np.ndarray) -> np.ndarray:
-        u = v * a
-        u += b
+        with np.errstate(invalid="ignore", over="ignore"):  # inf * 0 for a one-cell ramp: NaN, then cell 0
+            u = v * a
+            u += b
         np.fmax(u, 0, out=u)
         np.fmin(u, top, out=u)
         return u.astype(np.intp)
