@@ -34,6 +34,7 @@ reuses, so anything an observer keeps stays valid.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -107,11 +108,15 @@ class BlockPlan:
 
 @dataclass
 class _Layout:
-    """A value that is columns [a, b) of the buffer in slot ``buffer`` (along the last axis)."""
+    """A value that is columns [a, b) of the buffer in slot ``buffer`` (along the last axis).
+
+    ``stored``: the slot of the buffer's column-by-column storage (columns, N), when it has one.
+    """
 
     buffer: int
     a: int
     b: int
+    stored: int = -1
 
 
 class Plan:
@@ -252,6 +257,7 @@ class Plan:
     def _conversions(self, block: Block) -> dict[int, ConvertStep]:
         """The NL-ADCs reading one buffer, converted together (no two of them reading the same column)."""
         pending: dict[int, list[tuple[Operation, int, int]]] = {}
+        stored: dict[int, int] = {}
         order: list[int] = []
         for op in block.ops:
             if op.name != "cim.nl_adc":
@@ -262,6 +268,7 @@ class Plan:
             c0, c1 = op.attributes["cols"]  # type: ignore[misc]
             if where.buffer not in pending:
                 pending[where.buffer] = []
+                stored[where.buffer] = where.stored
                 order.append(where.buffer)
             pending[where.buffer].append((op, where.a + int(c0), where.a + int(c1)))
         steps: dict[int, ConvertStep] = {}
@@ -275,7 +282,7 @@ class Plan:
                 else:
                     groups.append([entry])
             for group in groups:
-                step = ConvertStep(self, buffer, group)
+                step = ConvertStep(self, buffer, stored[buffer], group)
                 for op, _, _ in group:
                     steps[id(op)] = step
         return steps
@@ -406,7 +413,13 @@ class ConcatView(Step):
 
 @dataclass
 class AssembleStep(Step):
-    """The row vector the MVMs over these operands drive: the operands side by side, then ``bias_rows`` ones."""
+    """The vectors the MVMs over these operands drive, stored row by row: (x_1; ...; x_k; ones)^T as a (rows, N) array.
+
+    N is the number of vectors (the batch, or every leading index flattened);
+    with each input row's N values contiguous, every read group's rows are a
+    contiguous block and its product W^T x^T is one BLAS call on contiguous
+    operands. The slot holds (that array, the leading shape).
+    """
 
     args: list[int]
     bias_rows: int
@@ -415,19 +428,23 @@ class AssembleStep(Step):
 
     def __call__(self, env: Env) -> None:
         inputs = [env[s] for s in self.args if s >= 0]
-        if len(inputs) == 1 and not self.bias_rows:
-            env[self.out] = inputs[0]
-            return
         lead = inputs[0].shape[:-1]
         if any(a.shape[:-1] != lead for a in inputs):
             lead = np.broadcast_shapes(*(a.shape[:-1] for a in inputs))
             inputs = [np.broadcast_to(a, lead + a.shape[-1:]) for a in inputs]
+        n = math.prod(lead)
+        parts = [a.reshape(n, a.shape[-1]).T for a in inputs]
         if self.bias_rows:
-            key = (lead, inputs[0].dtype)
+            key = (n, inputs[0].dtype)
             if key not in self._ones:
-                self._ones[key] = np.ones(lead + (self.bias_rows,), inputs[0].dtype)
-            inputs.append(self._ones[key])
-        env[self.out] = np.concatenate(inputs, axis=-1)
+                self._ones[key] = np.ones((self.bias_rows, n), inputs[0].dtype)
+            parts.append(self._ones[key])
+        env[self.out] = (np.concatenate(parts, axis=0) if len(parts) > 1 else np.ascontiguousarray(parts[0]), lead)
+
+
+def logical(stored: np.ndarray, lead: tuple) -> np.ndarray:
+    """A (columns, N) array as the program's (..., columns) value: a view."""
+    return stored.T.reshape(lead + (stored.shape[0],))
 
 
 class ReadGroup:
@@ -475,8 +492,9 @@ class ReadGroup:
         return ((g_pos - g_neg) / scale).astype(self.dtype)
 
     @property
-    def variance(self) -> np.ndarray:
-        """Per row and column, the read-noise variance of the column value per unit x_i^2: sigma^2 (G+^2 + G-^2) / s^2.
+    def variance_t(self) -> np.ndarray:
+        """Per column and row (transposed, as reads use it), the read-noise variance of the column value per unit x_i^2:
+        sigma^2 (G+^2 + G-^2) / s^2.
 
         At read-voltage scale k the column value and its noise both scale by k: the variance by k^2.
         """
@@ -484,15 +502,16 @@ class ReadGroup:
             g_pos, g_neg, scale = self.conductances()
             sim = self.plan.sim
             sigma = sim.hw.nonideality.read_noise_rel * sim.vread_scale  # the noise current scales with Vread too
-            self._variance = (sigma ** 2 * (g_pos ** 2 + g_neg ** 2) / scale ** 2).astype(self.dtype)
+            self._variance = np.ascontiguousarray((sigma ** 2 * (g_pos ** 2 + g_neg ** 2) / scale ** 2).astype(self.dtype).T)
         return self._variance
 
 
 class ReadStep(Step):
     """The reads of every group over one input vector: one DAC pass where the groups allow it, one product per group.
 
-    The products lie side by side in one buffer (the bank), so that the
-    conversions after them see one buffer; each tile's value is a view of it.
+    The products lie side by side in one buffer (the bank), stored column by
+    column ((width, N), see ``AssembleStep``), so that the conversions after
+    them see one buffer of contiguous columns; each tile's value is a view of it.
     """
 
     def __init__(self, plan: Plan, groups: list[ReadGroup], input_slot: int) -> None:
@@ -500,6 +519,7 @@ class ReadStep(Step):
         sim = plan.sim
         self.plan, self.groups, self.input = plan, groups, input_slot
         self.bank = plan.new_slot()
+        self.stored = plan.new_slot()
         self.width = 0
         for g in groups:
             g.offset = self.width
@@ -510,13 +530,13 @@ class ReadStep(Step):
         dtype = groups[0].dtype
         self.dtype = dtype
         self.vread = None if sim.vread_scale == 1.0 else dtype.type(sim.vread_scale)
-        self.weights = [g.weights() for g in groups]
+        self.weights_t = [np.ascontiguousarray(g.weights().T) for g in groups]
         self.outs = []
         for g in groups:
             for tile in g.tiles:
                 a, b = g.columns[id(tile)]
                 out = plan.slot(tile.results[0])
-                plan.layouts[out] = _Layout(self.bank, g.offset + a, g.offset + b)
+                plan.layouts[out] = _Layout(self.bank, g.offset + a, g.offset + b, self.stored)
                 self.outs.append((out, g.offset + a, g.offset + b))
         # One DAC pass over the whole vector when every group has the same full scale and the rows do not overlap.
         rows = sorted(g.rows for g in groups)
@@ -528,29 +548,29 @@ class ReadStep(Step):
             for g in groups:
                 if g.row_scale is not None:
                     full[g.rows[0]:g.rows[1]] = g.row_scale
-            self.row_scale = full
+            self.row_scale = full[:, None]
         self.span = (rows[0][0], rows[-1][1])
 
     def driven(self, env: Env) -> list[np.ndarray]:
-        """Each group's DAC output (quantized fidelities) or driven input x / r (exact)."""
-        x_all = env[self.input]
+        """Each group's DAC output (quantized fidelities) or driven input x / r (exact), as (rows, N)."""
+        x_all = env[self.input][0]
         counts = self.plan.sim.saturation if self.quantized else None
         if self.shared_dac:
             r0, r1 = self.span
-            x = x_all[..., r0:r1]
+            x = x_all[r0:r1]
             if self.row_scale is not None:
                 x = x / self.row_scale[r0:r1]
             if counts is not None:
                 for g in self.groups:
-                    counts.dac(g.tiles[0], x[..., g.rows[0] - r0:g.rows[1] - r0], g.input_scale)
+                    counts.dac(g.tiles[0], x[g.rows[0] - r0:g.rows[1] - r0], g.input_scale)
             if self.quantized:
                 x = dac_quantize(x, self.groups[0].input_scale, self.dac_bits)
-            return [x[..., g.rows[0] - r0:g.rows[1] - r0] for g in self.groups]
+            return [x[g.rows[0] - r0:g.rows[1] - r0] for g in self.groups]
         out = []
         for g in self.groups:
-            x = x_all[..., g.rows[0]:g.rows[1]]
+            x = x_all[g.rows[0]:g.rows[1]]
             if g.row_scale is not None:
-                x = x / g.row_scale
+                x = x / g.row_scale[:, None]
             if counts is not None:
                 counts.dac(g.tiles[0], x, g.input_scale)
             out.append(dac_quantize(x, g.input_scale, self.dac_bits) if self.quantized else x)
@@ -560,26 +580,37 @@ class ReadStep(Step):
         xs = self.driven(env)
         sim = self.plan.sim
         if len(self.groups) == 1:
-            bank = xs[0] @ self.weights[0]
+            bank = self.weights_t[0] @ xs[0]
             parts = [bank]
         else:
-            bank = np.empty(xs[0].shape[:-1] + (self.width,), self.dtype)
+            bank = np.empty((self.width, xs[0].shape[1]), self.dtype)
             parts = []
-            for g, x, w in zip(self.groups, xs, self.weights):
-                part = bank[..., g.offset:g.offset + g.width]
-                np.matmul(x, w, out=part)
+            for g, x, w in zip(self.groups, xs, self.weights_t):
+                part = bank[g.offset:g.offset + g.width]
+                np.matmul(w, x, out=part)
                 parts.append(part)
         if self.vread is not None:
             bank *= self.vread
         if sim.read_noise:
-            for g, x, part in zip(self.groups, xs, parts):
-                if g.noise_here:
-                    part += np.sqrt((x * x) @ g.variance) * sim.standard_normal(part.shape, part.dtype)
-                else:
-                    env[g.driven_slot] = x
-        env[self.bank] = bank
+            here = [g.noise_here for g in self.groups]
+            if all(here):  # one draw for the whole bank
+                std = np.empty_like(bank)
+                for g, x in zip(self.groups, xs):
+                    np.matmul(g.variance_t, x * x, out=std[g.offset:g.offset + g.width])
+                np.sqrt(std, out=std)
+                std *= sim.standard_normal(std.shape, std.dtype)
+                bank += std
+            else:
+                for g, x, part in zip(self.groups, xs, parts):
+                    if g.noise_here:
+                        part += np.sqrt(g.variance_t @ (x * x)) * sim.standard_normal(part.shape, part.dtype)
+                    else:
+                        env[g.driven_slot] = x
+        view = logical(bank, env[self.input][1])
+        env[self.stored] = bank
+        env[self.bank] = view
         for out, a, b in self.outs:
-            env[out] = bank[..., a:b]
+            env[out] = view[..., a:b]
 
 
 class SumStep(Step):
@@ -595,6 +626,7 @@ class SumStep(Step):
         self.plan = plan
         self.groups = groups
         self.total = plan.new_slot()
+        self.stored = plan.new_slot()
         fused = {id(op) for op in ops}
         only_here = all(use.op.name == "cim.analog_sum" and id(use.op) in fused
                         for g in groups for t in g.tiles for use in t.results[0].uses)
@@ -607,11 +639,11 @@ class SumStep(Step):
             tile = next(v for v in op.operands if v is not None).op  # type: ignore[union-attr]
             a, b = groups[0].columns[id(tile)]
             out = plan.slot(op.results[0])
-            plan.layouts[out] = _Layout(self.total, a, b)
+            plan.layouts[out] = _Layout(self.total, a, b, self.stored)
             self.outs.append((out, a, b))
 
     def __call__(self, env: Env) -> None:
-        products = [env[g.read.bank][..., g.offset:g.offset + g.width] for g in self.groups]  # type: ignore[union-attr]
+        products = [env[g.read.stored][g.offset:g.offset + g.width] for g in self.groups]  # type: ignore[union-attr]
         total = products[0] + products[1] if len(products) > 1 else products[0].copy()
         for p in products[2:]:
             total += p
@@ -619,12 +651,16 @@ class SumStep(Step):
             var = None
             for g in self.groups:
                 x = env[g.driven_slot]
-                v = (x * x) @ g.variance
-                var = v if var is None else var + v
-            total += np.sqrt(var) * self.plan.sim.standard_normal(total.shape, total.dtype)
-        env[self.total] = total
+                v = g.variance_t @ (x * x)
+                var = v if var is None else var.__iadd__(v)
+            np.sqrt(var, out=var)
+            var *= self.plan.sim.standard_normal(var.shape, var.dtype)
+            total += var
+        view = logical(total, env[self.groups[0].read.input][1])  # type: ignore[union-attr]
+        env[self.stored] = total
+        env[self.total] = view
         for out, a, b in self.outs:
-            env[out] = total[..., a:b]
+            env[out] = view[..., a:b]
 
 
 class AdcStep(Step):
@@ -654,12 +690,34 @@ def _activation_key(op: Operation) -> tuple:
     return tuple(repr(op.attributes.get(k)) for k in ("function", "alpha", "beta", "clip"))
 
 
+def _activate(op: Operation, z: np.ndarray, out: np.ndarray) -> None:
+    """f(clip(z)) into ``out``; sigmoid and tanh in place, in the fewest passes.
+
+    Sigmoid is computed as (1 + tanh(z / 2)) / 2: within 2 ulp of 1 of the
+    two-branch form (numpy's float32 tanh is within 1 ulp; /2 and *0.5 are
+    exact; the final + rounds once), inside the 4 ulp of max(|y|, 1) per
+    activation that the error bound allows each implementation.
+    """
+    name = str(op.attributes["function"])
+    if "clip" not in op.attributes and name in ("Sigmoid", "Tanh"):
+        if name == "Tanh":
+            np.tanh(z, out=out)
+            return
+        half = out.dtype.type(0.5)
+        np.multiply(z, half, out=out)
+        np.tanh(out, out=out)
+        out *= half
+        out += half
+        return
+    out[...] = apply_activation(op, z)
+
+
 class ConvertStep(Step):
     """The NL-ADCs reading columns [a, b) of one buffer, converted together; each result is a view."""
 
-    def __init__(self, plan: Plan, buffer: int, entries: list[tuple[Operation, int, int]]) -> None:
+    def __init__(self, plan: Plan, buffer: int, stored: int, entries: list[tuple[Operation, int, int]]) -> None:
         super().__init__([op for op, _, _ in entries])
-        self.plan, self.buffer = plan, buffer
+        self.plan, self.buffer, self.stored = plan, buffer, stored
         self.lo = min(a for _, a, _ in entries)
         self.hi = max(b for _, _, b in entries)
         self.out = plan.new_slot()
@@ -697,16 +755,21 @@ class ConvertStep(Step):
         return ColumnCodes(ramps, ramp_of, self.dtype)
 
     def __call__(self, env: Env) -> None:
-        z = env[self.buffer][..., self.lo:self.hi]
+        lead = env[self.buffer].shape[:-1]
+        if self.stored >= 0:
+            z_t = env[self.stored][self.lo:self.hi]
+        else:
+            z_t = env[self.buffer][..., self.lo:self.hi].reshape(-1, self.hi - self.lo).T
         sim = self.plan.sim
         if sim.quantized:
-            out = self.codes(z)
+            out_t = self.codes(z_t)
             if sim.saturation is not None:
-                self._count(z)
+                self._count(logical(z_t, lead))
         else:
-            out = np.empty(z.shape, self.dtype)
+            out_t = np.empty(z_t.shape, self.dtype)
             for op, a, b in self.runs:
-                out[..., a - self.lo:b - self.lo] = apply_activation(op, z[..., a - self.lo:b - self.lo])
+                _activate(op, z_t[a - self.lo:b - self.lo], out_t[a - self.lo:b - self.lo])
+        out = logical(out_t, lead)
         env[self.out] = out
         for slot, a, b in self.outs:
             env[slot] = out[..., a:b]

@@ -193,7 +193,7 @@ def test_noisy_recalibration_uses_the_ramp_gain(tmp_path: Path, op: str, kind: s
     targets = ramp["gain"] * ramp["g_per_z"] * np.asarray(ramp["thresholds"])
     for seed in range(3):
         sim = Simulator(model.image, SimulatorOptions("noisy", seed))
-        levels = sim._ramp_thresholds(ramp["id"]) * ramp["gain"] * ramp["g_per_z"]
+        levels = sim.realized_thresholds(ramp["id"]) * ramp["gain"] * ramp["g_per_z"]
         assert abs(np.median(levels - targets)) <= delta_g / 2 + 1e-9
 
 

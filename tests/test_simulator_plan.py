@@ -32,31 +32,38 @@ QUIET = {"program_noise_us": 0.0, "read_noise_rel": 0.0, "stuck_on_rate": 0.0, "
 
 # --- the NL-ADC lookup ------------------------------------------------------------------------------
 
-def _ramps(rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Thresholds as ramps realize them: increasing, some duplicates (a step with no device), some tiny gaps."""
+def _ramps(rng: np.random.Generator, degenerate: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Thresholds as ramps realize them: increasing; ``degenerate``: some duplicates (a step with no device) and
+    gaps of one ulp, else gaps of at least 0.3 as a sigmoid's or tanh's (one threshold per lookup cell)."""
     ramps = [(np.zeros(0), np.array([0.25])), (np.array([0.5]), np.array([-1.0, 1.0]))]
     for n in (3, 7, 31, 63):
-        t = np.cumsum(rng.exponential(1.0, n)) - n / 2
-        t[n // 3] = t[n // 3 - 1]  # a duplicate threshold
-        t[n // 2] = np.nextafter(t[n // 2 - 1], np.inf)  # a gap of one float64 ulp
+        t = np.cumsum(rng.exponential(1.0, n) + (0 if degenerate else 0.3)) - n / 2
+        if degenerate:
+            t[n // 3] = t[n // 3 - 1]
+            t[n // 2] = np.nextafter(t[n // 2 - 1], np.inf)
         ramps.append((t, np.sort(rng.normal(size=n + 1))))
     return ramps
 
 
+@pytest.mark.parametrize("degenerate", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_column_codes_equal_searchsorted_per_column(dtype: type) -> None:
-    """code = #{t <= z} for every column against its own ramp, z of the model's type compared exactly."""
+def test_column_codes_equal_searchsorted_per_column(dtype: type, degenerate: bool) -> None:
+    """code = #{t <= z} for every column against its own ramp, z of the model's type compared exactly.
+
+    Both lookups: one comparison per cell (regular ramps) and several (duplicates and one-ulp gaps share cells).
+    """
     rng = np.random.default_rng(5)
-    ramps = _ramps(rng)
+    ramps = _ramps(rng, degenerate)
     ramp_of = rng.integers(0, len(ramps), 48)
     codes = ColumnCodes(ramps, ramp_of, np.dtype(dtype))
+    assert (codes.depth > 1) == degenerate
     special = np.concatenate([t for t, _ in ramps])
     special = np.concatenate([special, np.nextafter(special, np.inf), np.nextafter(special, -np.inf)]).astype(dtype)
     special = np.concatenate([special, np.nextafter(special, np.array(np.inf, dtype)),
                               np.nextafter(special, np.array(-np.inf, dtype)), np.array([np.inf, -np.inf, 0.0], dtype)])
     z = np.concatenate([rng.normal(0, 20, (200, 48)).astype(dtype),
                         rng.choice(special, (400, 48)).astype(dtype)])
-    got = codes(z)
+    got = codes(z.T).T
     assert got.dtype == dtype
     for j in range(48):
         t, levels = ramps[ramp_of[j]]
