@@ -262,7 +262,7 @@ class Plan:
         for op in block.ops:
             if op.name != "cim.nl_adc":
                 continue
-            where = self._planned_layout(op.operands[0])  # type: ignore[arg-type]
+            where = self._buffer_of(op.operands[0])  # type: ignore[arg-type]
             if where is None:
                 continue
             c0, c1 = op.attributes["cols"]  # type: ignore[misc]
@@ -286,10 +286,6 @@ class Plan:
                 for op, _, _ in group:
                     steps[id(op)] = step
         return steps
-
-    def _planned_layout(self, value: Value) -> _Layout | None:
-        """The layout a value will have: tiles and fused sums are views of their group's buffers."""
-        return self._buffer_of(value)
 
     def _concat_view(self, op: Operation) -> ConcatView | None:
         """A Concat along the last axis of adjacent columns of one buffer is a view of that buffer."""

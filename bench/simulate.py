@@ -1,6 +1,6 @@
 """Simulator time against onnxruntime on the same LSTM, batch and sequence length, at each fidelity; peers beside it.
 
-    python bench/simulate.py [--hidden 256] [--inputs 64] [--batch 64] [--steps 100] [--repeat 7] [--threads N]
+    python bench/simulate.py [--hidden 256] [--inputs 64] [--batch 64] [--steps 100] [--repeat 7] [--threads 1]
 
 In-process: the median wall time of ``repeat`` runs of each runner, interleaved
 round by round (so that load from other processes on a shared machine falls on
@@ -21,7 +21,9 @@ Peers, when importable (never a dependency of cimc):
   same weights.
 
 ``--threads N`` sets every runner to N threads (onnxruntime's intra-op threads,
-numpy's BLAS, torch); the default leaves each library's own default.
+numpy's BLAS, torch); default 1, since on a shared machine oversubscribed thread
+pools make the multi-threaded times meaningless (CrossSim's run went from 0.5 s
+to 20 s here); 0 leaves each library's own default.
 The last line is the saturation counters' overhead: the median ratio of counted
 to plain ``ideal`` runs, interleaved, in CPU time.
 """
@@ -32,10 +34,11 @@ import argparse
 import os
 import sys
 
-if __name__ == "__main__" and "--threads" in sys.argv:  # BLAS reads its thread count when numpy is first imported
-    _n = sys.argv[sys.argv.index("--threads") + 1]
-    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[_var] = _n
+if __name__ == "__main__":  # BLAS reads its thread count when numpy is first imported
+    _n = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "1"
+    if _n != "0":
+        for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[_var] = _n
 
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -192,7 +195,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--process-repeat", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="threads of every runner (0: each library's default)")
+    parser.add_argument("--threads", type=int, default=1, help="threads of every runner (0: each library's default)")
     parser.add_argument("--no-peers", action="store_true", help="leave CrossSim and aihwkit out even when installed")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp())
