@@ -724,6 +724,7 @@ class ConvertStep(Step):
             plan.layouts[slot] = _Layout(self.out, a - self.lo, b - self.lo)
             self.outs.append((slot, a - self.lo, b - self.lo))
         self.dtype = entries[0][0].results[0].type.np_dtype
+        self._range: tuple[np.ndarray, np.ndarray] | None = None  # per column: the ramp's range at this Vread
         sim = plan.sim
         if sim.quantized:
             self.codes = self._column_codes(sim)
@@ -760,7 +761,7 @@ class ConvertStep(Step):
         if sim.quantized:
             out_t = self.codes(z_t)
             if sim.saturation is not None:
-                self._count(logical(z_t, lead))
+                self._count(z_t, lead)
         else:
             out_t = np.empty(z_t.shape, self.dtype)
             for op, a, b in self.runs:
@@ -770,14 +771,30 @@ class ConvertStep(Step):
         for slot, a, b in self.outs:
             env[slot] = out[..., a:b]
 
-    def _count(self, z: np.ndarray) -> None:
+    def _count(self, z_t: np.ndarray, lead: tuple) -> None:
+        """Saturation counts per NL-ADC; one vectorized range check first, details only where a column left its range."""
         sim = self.plan.sim
+        counts = sim.saturation
+        assert counts is not None
+        if self._range is None:
+            lo = np.full((self.hi - self.lo, 1), -np.inf)
+            hi = np.full((self.hi - self.lo, 1), np.inf)
+            for op, a, b in self.entries:
+                ramp = sim.ramps[int(op.operands[1].op.attributes["image.ramp"])]  # type: ignore[union-attr, arg-type]
+                lo[a - self.lo:b - self.lo] = float(ramp["z_lo"]) * sim.vread_scale
+                hi[a - self.lo:b - self.lo] = float(ramp["z_hi"]) * sim.vread_scale
+            self._range = (lo, hi)
+        lo, hi = self._range
+        left = ((z_t < lo) | (z_t > hi)).any(axis=1)
         for op, a, b in self.entries:
-            ramp_id = int(op.operands[1].op.attributes["image.ramp"])  # type: ignore[union-attr, arg-type]
-            ramp = sim.ramps[ramp_id]
             tile = first_tile(op.operands[0].op)  # type: ignore[union-attr, arg-type]
-            sim.saturation.nl_adc(tile, op, z[..., a - self.lo:b - self.lo], float(ramp["z_lo"]),  # type: ignore[union-attr]
-                                  float(ramp["z_hi"]), np.asarray(ramp["output_levels"]), sim.vread_scale)
+            rows = slice(a - self.lo, b - self.lo)
+            if not left[rows].any():
+                counts.nl_adc_within(tile, z_t[rows].size)
+                continue
+            ramp = sim.ramps[int(op.operands[1].op.attributes["image.ramp"])]  # type: ignore[union-attr, arg-type]
+            counts.nl_adc(tile, op, logical(z_t[rows], lead), float(ramp["z_lo"]), float(ramp["z_hi"]),
+                          np.asarray(ramp["output_levels"]), sim.vread_scale)
 
 
 class LoopStep(Step):
