@@ -703,7 +703,8 @@ def _activate(op: Operation, z: np.ndarray, out: np.ndarray) -> None:
         np.negative(e, out=e)
         np.exp(e, out=e)
         denominator = e + out.dtype.type(1)
-        np.copyto(e, out.dtype.type(1), where=z >= 0)
+        # numerator 1 where z >= 0, else e: max(e, [z >= 0]), as e <= 1 there and e >= 0 elsewhere
+        np.maximum(e, z >= 0, out=e)
         np.divide(e, denominator, out=e)
         return
     out[...] = apply_activation(op, z)
