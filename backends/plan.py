@@ -557,8 +557,14 @@ class ReadStep(Step):
             if self.row_scale is not None:
                 x = x / self.row_scale[r0:r1]
             if counts is not None:
+                scale = self.groups[0].input_scale
+                within = x.size == 0 or (x.max() <= scale and x.min() >= -scale)  # one check for every group
                 for g in self.groups:
-                    counts.dac(g.tiles[0], x[g.rows[0] - r0:g.rows[1] - r0], g.input_scale)
+                    rows = x[g.rows[0] - r0:g.rows[1] - r0]
+                    if within:
+                        counts.dac_within(g.tiles[0], rows.size)
+                    else:
+                        counts.dac(g.tiles[0], rows, g.input_scale)
             if self.quantized:
                 x = dac_quantize(x, self.groups[0].input_scale, self.dac_bits)
             return [x[g.rows[0] - r0:g.rows[1] - r0] for g in self.groups]
@@ -788,10 +794,18 @@ class ConvertStep(Step):
             self._range = (lo, hi)
         lo, hi = self._range
         left = ((z_t < lo) | (z_t > hi)).any(axis=1)
-        for op, a, b in self.entries:
+        if not left.any():
+            for op, a, b in self.entries:
+                counts.nl_adc_within(first_tile(op.operands[0].op), (b - a) * z_t.shape[1])  # type: ignore[union-attr, arg-type]
+            return
+        starts = [a - self.lo for _, a, _ in self.entries]
+        order = np.argsort(starts, kind="stable")
+        flags = np.empty(len(starts), bool)
+        flags[order] = np.logical_or.reduceat(left, np.asarray(starts)[order])  # gaps between entries never leave
+        for (op, a, b), leaves in zip(self.entries, flags):
             tile = first_tile(op.operands[0].op)  # type: ignore[union-attr, arg-type]
             rows = slice(a - self.lo, b - self.lo)
-            if not left[rows].any():
+            if not leaves:
                 counts.nl_adc_within(tile, z_t[rows].size)
                 continue
             ramp = sim.ramps[int(op.operands[1].op.attributes["image.ramp"])]  # type: ignore[union-attr, arg-type]
