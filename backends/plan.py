@@ -64,7 +64,13 @@ def dac_quantize(driven: np.ndarray, scale: float | np.ndarray, bits: int) -> np
     steps each way) over [-s_ref, s_ref] serves every segment.
     """
     levels = (1 << (bits - 1)) - 1
-    return (np.rint(np.clip(driven / scale, -1.0, 1.0) * levels) / levels * scale).astype(driven.dtype)
+    code = driven / scale  # rint(clip(x / s, -1, 1) * levels) / levels * s, in place after this one array
+    np.clip(code, -1.0, 1.0, out=code)
+    code *= levels
+    np.rint(code, out=code)
+    code /= levels
+    code *= scale
+    return code.astype(driven.dtype, copy=False)
 
 
 def adc_codes(z: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:

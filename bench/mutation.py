@@ -80,7 +80,7 @@ HAND: tuple[HandMutation, ...] = (
                  "return np.clip((z - lo) / np.where(hi > lo, hi - lo, 1.0) * steps, 0, steps)",
                  (A + "test_tile_and_linear_adc_within_the_derived_bound_of_the_ideal_quantizer",)),
     HandMutation("DAC does not quantize", "backends/plan.py",
-                 "np.rint(np.clip(driven / scale, -1.0, 1.0) * levels)", "np.clip(driven / scale, -1.0, 1.0) * levels",
+                 "    np.rint(code, out=code)\n", "",
                  (A + "test_exactly_programmable_weights_give_the_quantizers_composition",)),
     HandMutation("NL-ADC uses the ideal thresholds", "backends/plan.py",
                  "ramps.append((sim.realized_thresholds(ramp_id) * sim.vread_scale,",
