@@ -42,7 +42,7 @@ from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware, hardware_from_dict
 from cimc.interpreter import input_names, output_names
 from cimc.ir import Module, Operation
-from cimc.npz import open_atomic
+from cimc.npz import npy_from_bytes, open_atomic, read_archive
 from cimc.parser import parse_module
 from cimc.printer import PrintedModule, print_module
 from cimc.ramp import ramp_from_op
@@ -264,17 +264,7 @@ def _print_without_conductances(module: Module) -> PrintedModule:
 def load_image(path: str | Path) -> Image:
     """Read and check an image: format, version, every checksum; a bad file is a clear error."""
     path = Path(path)
-    try:
-        zf = zipfile.ZipFile(path)
-    except FileNotFoundError:
-        raise CimcError(f"cannot read {path}: no such file") from None
-    except (zipfile.BadZipFile, OSError) as e:
-        raise CimcError(f"{path} is not a cimc image (truncated or not a zip archive: {e})") from None
-    with zf:
-        try:
-            entries = {name: zf.read(name) for name in zf.namelist()}
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise CimcError(f"{path} is corrupt: {e}") from None
+    entries = read_archive(path, "image", "cimc image")
     try:
         manifest = json.loads(entries["manifest.json"])
     except (KeyError, json.JSONDecodeError, UnicodeDecodeError):
@@ -294,7 +284,7 @@ def load_image(path: str | Path) -> Image:
         raise CimcError(f"{path} is corrupt: unexpected entries {sorted(extra)}")
 
     def npy(name: str) -> np.ndarray:
-        return np.lib.format.read_array(io.BytesIO(entries[name]), allow_pickle=False)
+        return npy_from_bytes(entries[name], f"entry {name} of {path}")
 
     arrays = {int(info["index"]): (npy(f"arrays/{info['index']}.target_us.npy"), npy(f"arrays/{info['index']}.level.npy"))
               for info in manifest["arrays"]}

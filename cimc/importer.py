@@ -31,6 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 from cimc.attributes import AttrValue, Tensor
+from cimc.bound_dims import bind_input_dims, describe, dims_bound_by_initializers
 from cimc.diagnostics import CimcError
 from cimc.dialects import lookup
 from cimc.interpreter import run_kernel
@@ -82,12 +83,24 @@ def import_model(model: onnx.ModelProto, source: str = "model.onnx",
     """
     skeleton = _skeleton(model)
     _apply_input_shapes(skeleton, input_shapes or {})
+    skeleton = _infer_shapes(skeleton, source)
+    bound = dims_bound_by_initializers(skeleton, model.graph.initializer)
+    if bound:  # an initial state fixes the batch: infer again with it bound (see cimc.bound_dims)
+        skeleton.graph.ClearField("value_info")
+        bind_input_dims(skeleton, bound)
+        skeleton = _infer_shapes(skeleton, source)
+    declared = {o.name: t for o in model.graph.output if (t := _onnx_type(o.type, f"output '{o.name}'")) is not None}
+    module = _Importer(skeleton, list(model.graph.initializer), declared, source).build()
+    if bound:
+        module.attributes["bound_dims"] = describe(bound)
+    return module
+
+
+def _infer_shapes(skeleton: onnx.ModelProto, source: str) -> onnx.ModelProto:
     try:
-        skeleton = onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True, data_prop=True)
+        return onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True, data_prop=True)
     except Exception as e:  # noqa: BLE001  (onnx raises InferenceError and RuntimeError variants)
         raise CimcError(f"shape inference failed on {source}: {_first_line(e)}") from None
-    declared = {o.name: t for o in model.graph.output if (t := _onnx_type(o.type, f"output '{o.name}'")) is not None}
-    return _Importer(skeleton, list(model.graph.initializer), declared, source).build()
 
 
 _SKELETON_LIMIT = 1024  # elements: initializers up to this size keep their data for onnx's data propagation
