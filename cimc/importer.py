@@ -33,7 +33,7 @@ from onnx import numpy_helper
 from cimc.attributes import AttrValue, Tensor
 from cimc.bound_dims import bind_input_dims, describe, dims_bound_by_initializers
 from cimc.diagnostics import CimcError
-from cimc.dialects import lookup
+from cimc.dialects import VerifyError, lookup
 from cimc.interpreter import run_kernel
 from cimc.ir import Block, Module, Operation, Value
 from cimc.passes.dce import eliminate_dead_code
@@ -228,7 +228,11 @@ class _Importer:
             self.values[inp.name] = self.block.add_arg(t, inp.name)
             input_names.append(inp.name)
         for init in self.initializers:
-            self._constant(init.name, numpy_helper.to_array(init), location=None)
+            try:
+                array = numpy_helper.to_array(init)
+            except (ValueError, TypeError, KeyError, OSError) as e:  # data that does not fill its dims, an unknown type
+                raise CimcError(f"{self.source}: initializer '{init.name}' is unreadable: {_first_line(e)}") from None
+            self._constant(init.name, array, location=None)
         for index, node in enumerate(self.graph.node):
             self._node(node, index)
         outputs = []
@@ -244,7 +248,11 @@ class _Importer:
             "input_names": tuple(input_names),
             "output_names": tuple(o.name for o in self.graph.output),
         })
-        verify(module)
+        try:
+            verify(module)
+        except VerifyError as e:  # an attribute value onnx.checker lets through (direction = "sideways")
+            where = f"{e.op.location}: " if e.op is not None and e.op.location else f"{self.source}: "
+            raise CimcError(where + str(e)) from None
         return module
 
     def _location(self, node: onnx.NodeProto, index: int) -> str:
