@@ -41,6 +41,7 @@ import numpy as np
 from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware, hardware_from_dict
 from cimc.interpreter import input_names, output_names
+from cimc.image_check import check_arrays, check_manifest, check_program
 from cimc.ir import Module, Operation
 from cimc.npz import npy_from_bytes, open_atomic, read_archive
 from cimc.parser import parse_module
@@ -267,13 +268,17 @@ def load_image(path: str | Path) -> Image:
     entries = read_archive(path, "image", "cimc image")
     try:
         manifest = json.loads(entries["manifest.json"])
-    except (KeyError, json.JSONDecodeError, UnicodeDecodeError):
+    except (KeyError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise CimcError(f"{path} is not a cimc image: no readable manifest.json") from None
+    if not isinstance(manifest, dict):
+        raise CimcError(f"{path} is not a cimc image: manifest.json is not an object")
     if manifest.get("format") != FORMAT:
         raise CimcError(f"{path} is not a cimc image (format {manifest.get('format')!r})")
     if manifest.get("version") != VERSION:
         raise CimcError(f"{path} is a version {manifest.get('version')} image; this cimc reads version {VERSION}")
-    checksums: dict[str, str] = manifest.get("checksums", {})
+    checksums = manifest.get("checksums", {})
+    if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
+        raise CimcError(f"{path} is corrupt: its checksums are not a table of names and digests")
     for name, digest in checksums.items():
         if name not in entries:
             raise CimcError(f"{path} is corrupt: entry {name} is missing")
@@ -283,14 +288,27 @@ def load_image(path: str | Path) -> Image:
     if extra:
         raise CimcError(f"{path} is corrupt: unexpected entries {sorted(extra)}")
 
+    check_manifest(manifest, path)
+
     def npy(name: str) -> np.ndarray:
+        if name not in checksums:
+            raise CimcError(f"{path} is corrupt: entry {name} is missing")
         return npy_from_bytes(entries[name], f"entry {name} of {path}")
 
     arrays = {int(info["index"]): (npy(f"arrays/{info['index']}.target_us.npy"), npy(f"arrays/{info['index']}.level.npy"))
               for info in manifest["arrays"]}
     resources = {name[len("program/"):-len(".npy")]: npy(name) for name in checksums if name.startswith("program/")}
     manifest = {k: v for k, v in manifest.items() if k != "checksums"}
-    return Image(manifest, arrays, entries["program.cir"].decode("utf-8"), resources)
+    if "program.cir" not in checksums:
+        raise CimcError(f"{path} is corrupt: entry program.cir is missing")
+    try:
+        program_text = entries["program.cir"].decode("utf-8")
+    except UnicodeDecodeError:
+        raise CimcError(f"{path} is corrupt: program.cir is not UTF-8 text") from None
+    image = Image(manifest, arrays, program_text, resources)
+    check_arrays(image, path)
+    check_program(image, path)
+    return image
 
 
 def _tile_region(tile: Operation) -> tuple[int, slice, slice]:
