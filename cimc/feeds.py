@@ -28,7 +28,7 @@ def check_feeds(image: Image, feeds: Mapping[str, np.ndarray], origin: str) -> d
     symbols: dict[str, tuple[int, str]] = {}
     for spec in specs:
         name, array, declared = spec["name"], feeds[spec["name"]], spec["shape"]
-        want = f"{spec['dtype']}{declared}"
+        want = f"{spec['dtype']}[{', '.join('?' if d is None else str(d) for d in declared)}]"
         dtype = DTYPES.get(spec["dtype"])
         if dtype is not None and array.dtype != dtype:
             raise CimcError(f"{origin}: input '{name}' is {array.dtype}, the model wants {want}")

@@ -254,8 +254,9 @@ def random_inputs(image: Image, samples: int, seed: int) -> dict[str, np.ndarray
     One symbol is the batch (the first whose name says so, else the last
     symbolic dim of the first input that has one) and is ``samples`` in every
     input; every other symbolic dim is DEFAULT_SEQUENCE, so that inputs sharing
-    a symbol agree. A dim an initializer fixes (an initial state of batch 3)
-    was bound by the importer (``cimc.bound_dims``) and is an integer here.
+    a symbol agree. A batch the model's initializers fix (initial states of
+    batch 3) was bound by the importer (``cimc.bound_dims``): it is an integer
+    here, no symbol is the batch, and ``samples`` does not apply.
     """
     if samples < 1:
         raise CimcError(f"samples must be at least 1, got {samples}")
@@ -263,9 +264,11 @@ def random_inputs(image: Image, samples: int, seed: int) -> dict[str, np.ndarray
     program = image.program()
     ranges = program.attributes.get("input_ranges")
     symbols = [d for spec in specs for d in spec["shape"] if not isinstance(d, int)]
-    batch = next((d for d in symbols if isinstance(d, str) and "batch" in d.lower()),
-                 next(([d for d in spec["shape"] if not isinstance(d, int)][-1]
-                       for spec in specs if any(not isinstance(d, int) for d in spec["shape"])), None))
+    no_batch = object()  # a dim no input has: the batch when the model fixes it
+    batch = no_batch if program.attributes.get("bound_dims") else next(
+        (d for d in symbols if isinstance(d, str) and "batch" in d.lower()),
+        next(([d for d in spec["shape"] if not isinstance(d, int)][-1]
+              for spec in specs if any(not isinstance(d, int) for d in spec["shape"])), None))
     shapes = [[d if isinstance(d, int) else samples if d == batch else DEFAULT_SEQUENCE for d in spec["shape"]]
               for spec in specs]
     check_allocation(sum(8 * math.prod(shape) for shape in shapes),
