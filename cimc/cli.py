@@ -160,7 +160,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     module = import_onnx(args.model, dict(args.input_shape or ()))
     if args.output:
         write_ir(module, args.output)
-        print(f"wrote {args.output}", file=sys.stderr)
+        print(f"wrote {args.output}")
         return 0
     printed = print_module(module)
     sys.stdout.write(printed.text)
@@ -315,7 +315,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     write_atomic(args.output, npz_bytes(outputs))
     if simulator.saturation is not None:
         print(simulator.saturation.summary())
-    print(f"wrote {args.output}", file=sys.stderr)
+    print(f"wrote {args.output}")
     return 0
 
 

@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -97,6 +98,7 @@ class Workspace:
             if sidecar.exists() and sidecar.parent != root:
                 (root / sidecar.name).write_bytes(sidecar.read_bytes())
         self.serial = 0
+        self.opened: list[str] = []  # the paths the last case opened
 
     def fresh(self, suffix: str) -> Path:
         """A new path in the cases folder (every case writes to names no earlier case used)."""
@@ -106,8 +108,9 @@ class Workspace:
     def check(self, argv: Sequence[str], outputs: Sequence[Path], env: dict[str, str] | None = None) -> int:
         """Run ``cimc argv`` in-process and assert the fuzz invariants; returns the exit status."""
         before, beside = _snapshot(self.root), _listing(self.root.parent)
-        with _environment(env or {}):
+        with _environment(env or {}), recording_opens() as opened:
             rc, out, err = run_main(list(argv))
+        self.opened = list(opened)
         after = _snapshot(self.root)
         context = f"cimc {' '.join(map(str, argv))}\n--- stderr:\n{err}"
         assert "Traceback" not in err and "internal error" not in err, context
@@ -124,6 +127,29 @@ class Workspace:
         for path in created:
             path.unlink()
         return rc
+
+
+_OPENED: list[str] = []  # every file path Python opened while a case ran (sys.addaudithook's "open" event)
+_RECORDING = False
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _RECORDING and event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        _OPENED.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)  # hooks cannot be removed; this one records only while _RECORDING
+
+
+@contextlib.contextmanager
+def recording_opens():  # noqa: ANN201
+    global _RECORDING
+    _OPENED.clear()
+    _RECORDING = True
+    try:
+        yield _OPENED
+    finally:
+        _RECORDING = False
 
 
 def run_main(argv: list[str]) -> tuple[int, str, str]:
@@ -251,8 +277,11 @@ def _onnx_edit(model: onnx.ModelProto, kind: str, draw: st.DrawFn, folder: Path)
     elif kind == "initializer-dtype" and target is not None:
         target.data_type = draw(st.sampled_from([TensorProto.DOUBLE, TensorProto.INT64, TensorProto.FLOAT16,
                                                  TensorProto.STRING, TensorProto.BOOL, TensorProto.COMPLEX64, 0, 99]))
-    elif kind == "non-finite" and target is not None:
-        array = numpy_helper.to_array(target).copy()
+    elif kind == "non-finite" and target is not None and target.data_location != TensorProto.EXTERNAL:
+        try:
+            array = numpy_helper.to_array(target).copy()
+        except ValueError:  # an earlier edit changed its dims
+            return
         array.flat[draw(st.integers(0, array.size - 1))] = draw(st.sampled_from([np.nan, np.inf, -np.inf, 3e38]))
         target.CopyFrom(numpy_helper.from_array(array, target.name))
     elif kind == "input-dims":
@@ -319,6 +348,9 @@ def test_fuzz_onnx_structure(workspace: Workspace, fuzz_budget) -> None:  # noqa
         if any(e.key == "location" and (".." in e.value or e.value.startswith("/")) for init in model.graph.initializer
                for e in init.external_data):
             assert rc == 2, "external data outside the model's folder was accepted"
+        outside = {str((folder.parent / "outside.bin").resolve()), "/etc/hostname"}
+        read = outside & {os.path.realpath(os.path.join(folder, p)) for p in workspace.opened}
+        assert not read, f"read {sorted(read)}, outside the model's folder"
         path.unlink()
 
     _fuzz(fuzz_budget, "onnx-structure", st.data(), body)

@@ -52,6 +52,8 @@ def _verify_recurrent(op: Operation) -> None:
         for name, t in (("W", w.type), ("R", r.type)):
             if isinstance(t.shape[1], int) and t.shape[1] != gates * hidden:
                 raise VerifyError(op, f"{name} of '{op.name}' is {t}, but hidden_size {hidden} needs {gates * hidden} rows")
+        if isinstance(x.type.shape[2], int) and isinstance(w.type.shape[2], int) and x.type.shape[2] != w.type.shape[2]:
+            raise VerifyError(op, f"X of '{op.name}' is {x.type}, but W is {w.type}: their input sizes differ")
         if isinstance(r.type.shape[2], int) and r.type.shape[2] != hidden:
             raise VerifyError(op, f"R of '{op.name}' is {r.type}, but hidden_size {hidden} needs {hidden} columns")
     clip = op.attributes.get("clip")
