@@ -41,7 +41,7 @@ import numpy as np
 from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware, hardware_from_dict
 from cimc.interpreter import input_names, output_names
-from cimc.image_check import check_arrays, check_manifest, check_program
+from cimc.image_check import check_loaded_image, check_manifest
 from cimc.ir import Module, Operation
 from cimc.npz import npy_from_bytes, open_atomic, read_archive
 from cimc.parser import parse_module
@@ -306,8 +306,7 @@ def load_image(path: str | Path) -> Image:
     except UnicodeDecodeError:
         raise CimcError(f"{path} is corrupt: program.cir is not UTF-8 text") from None
     image = Image(manifest, arrays, program_text, resources)
-    check_arrays(image, path)
-    check_program(image, path)
+    check_loaded_image(image, path)
     return image
 
 

@@ -116,6 +116,13 @@ def check_arrays(image: Image, path: Path) -> None:
             raise _fail(path, f"array {k} has levels in {level.min()}..{level.max()}; the devices have 0..{levels - 1}")
 
 
+def check_resources(image: Image, path: Path) -> None:
+    """The program's tensors have element types the IR has (an .npy entry can hold any numpy dtype)."""
+    for key, array in image.program_resources.items():
+        if array.dtype not in DTYPES.values():
+            raise _fail(path, f"program tensor '{key}' is {array.dtype}, not a tensor type of the IR")
+
+
 def check_program(image: Image, path: Path) -> None:
     """Every tile and ramp of the program sits inside an array the image holds."""
     rows, cols = image.hardware.array.rows, image.hardware.array.cols
@@ -135,8 +142,8 @@ def check_program(image: Image, path: Path) -> None:
             raise _fail(path, f"the ramp at {op.location} names ramp {a.get('image.ramp')!r}; the image has {ramps}")
 
 
-def check_image(image: Image, path: Path) -> None:
-    """All of the above, in the order that lets each step trust the previous."""
-    check_manifest(image.manifest, path)
+def check_loaded_image(image: Image, path: Path) -> None:
+    """After :func:`check_manifest` (which the loader needs before it can read the arrays): arrays, tensors, program."""
     check_arrays(image, path)
+    check_resources(image, path)
     check_program(image, path)

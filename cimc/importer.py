@@ -277,7 +277,10 @@ class _Importer:
             raise CimcError(
                 f"node '{node.name or node.op_type + '_' + str(index)}' has op type '{node.op_type}'{domain} "
                 f"(opset {self.opset}), which cimc cannot import; supported ops: {', '.join(supported_ops())}")
-        attrs = {a.name: _attr_value(a, node, loc) for a in node.attribute}
+        try:
+            attrs = {a.name: _attr_value(a, node, loc) for a in node.attribute}
+        except (UnicodeDecodeError, ValueError, TypeError, KeyError) as e:  # a string that is not UTF-8, a bad tensor
+            raise CimcError(f"{loc}: an attribute of {node.op_type} is unreadable: {_first_line(e)}") from None
         if node.op_type == "Constant":
             self._constant(node.output[0], _constant_value(attrs, loc), loc)
             return

@@ -280,7 +280,7 @@ def _onnx_edit(model: onnx.ModelProto, kind: str, draw: st.DrawFn, folder: Path)
     elif kind == "non-finite" and target is not None and target.data_location != TensorProto.EXTERNAL:
         try:
             array = numpy_helper.to_array(target).copy()
-        except ValueError:  # an earlier edit changed its dims
+        except (ValueError, TypeError, KeyError):  # an earlier edit changed its dims or type
             return
         array.flat[draw(st.integers(0, array.size - 1))] = draw(st.sampled_from([np.nan, np.inf, -np.inf, 3e38]))
         target.CopyFrom(numpy_helper.from_array(array, target.name))
