@@ -80,7 +80,8 @@ def check_manifest(manifest: dict[str, Any], path: Path) -> None:
         if (info.get("rows"), info.get("cols")) != (hw.array.rows, hw.array.cols):
             raise _fail(path, f"{where} is {info.get('rows')!r} x {info.get('cols')!r}, the hardware's arrays are "
                               f"{hw.array.rows} x {hw.array.cols}")
-        _require(path, info.get("regions"), "list", f"{where}.regions")
+        for j, region in enumerate(_require(path, info.get("regions"), "list", f"{where}.regions")):
+            _check_region(path, region, f"{where}.regions[{j}]")
         _require(path, info.get("devices_used"), "int", f"{where}.devices_used")
     for i, ramp in enumerate(_require(path, manifest.get("ramps"), "list", "ramps")):
         where = f"ramps[{i}]"
@@ -100,6 +101,26 @@ def check_manifest(manifest: dict[str, Any], path: Path) -> None:
         _require(path, ramp.get("thresholds"), "numbers", f"{where}.thresholds")
         if len(_require(path, ramp.get("output_levels"), "numbers", f"{where}.output_levels")) != 1 << bits:
             raise _fail(path, f"{where} has {len(ramp['output_levels'])} output levels for {bits} bits")
+
+
+def _check_region(path: Path, region: object, where: str) -> None:
+    """A region as ``cimc dump`` prints it: weights (block, rows and columns, lines) or a ramp column."""
+    _require(path, region, "dict", where)
+    assert isinstance(region, dict)
+    kind = region.get("kind")
+    spans = {"weights": ("block_rows", "block_cols", "word_lines", "bit_lines"), "ramp": ("word_lines", "bit_lines")}
+    if kind not in spans:
+        raise _fail(path, f"{where}.kind must be 'weights' or 'ramp', got {kind!r:.40}")
+    for key in spans[kind]:
+        if len(_require(path, region.get(key), "ints", f"{where}.{key}")) != 2:
+            raise _fail(path, f"{where}.{key} must be [start, end]")
+    if kind == "ramp":
+        _require(path, region.get("ramp"), "int", f"{where}.ramp")
+    else:
+        if region.get("block") is not None:
+            _require(path, region["block"], "str", f"{where}.block")
+        if "shared_by" in region:
+            _require(path, region["shared_by"], "ints", f"{where}.shared_by")
 
 
 def check_arrays(image: Image, path: Path) -> None:

@@ -66,6 +66,8 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         onnx.checker.check_model(str(path))  # from the file: no second serialization of the weights
     except onnx.checker.ValidationError as e:
         raise CimcError(f"{path} is not a valid ONNX model: {_first_line(e)}") from None
+    except UnicodeDecodeError:  # the checker's own message quotes a name that is not UTF-8
+        raise CimcError(f"{path} is not a valid ONNX model: it holds a name or string that is not UTF-8") from None
     return model
 
 

@@ -271,7 +271,7 @@ def random_inputs(image: Image, samples: int, seed: int) -> dict[str, np.ndarray
               for spec in specs if any(not isinstance(d, int) for d in spec["shape"])), None))
     shapes = [[d if isinstance(d, int) else samples if d == batch else DEFAULT_SEQUENCE for d in spec["shape"]]
               for spec in specs]
-    check_allocation(sum(8 * math.prod(shape) for shape in shapes),
+    check_allocation(sum(8 * math.prod(shape) for shape in shapes),  # rng.uniform draws float64
                      f"random inputs of shapes {shapes} (--samples {samples})")
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
