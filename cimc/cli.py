@@ -2,17 +2,26 @@
 
 Every subcommand exits 0 on success, 2 on bad input (with one ``error:`` line
 on stderr and no traceback) and 1 on an internal compiler error.
+
+Careless commands are answered at the edge, before any work starts: every
+numeric option has a range (argparse ``type=`` functions below), every input
+path must be a readable file, every output path must have a writable folder
+and must not name an input (``cimc.cli_io``), and ``--print-ir-after``
+must name a pass of the pipeline. A closed stdout or stderr pipe (``| head``)
+ends the printing, not the command.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cimc import __version__
+from cimc.cli_io import PathPlan, PipeTolerant
 from cimc.diagnostics import CimcError
 from cimc.ir import Module
 from cimc.irfile import read_ir, write_ir
@@ -29,15 +38,72 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def _integer(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high] (no upper end when ``high`` is None)."""
+    span = f"at least {low}" if high is None else f"in {low}..{high}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer {span}, got '{text}'") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be an integer {span}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite, non-negative time in seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a time in seconds, got '{text}'") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite time >= 0 s, got {text}")
+    return value
+
+
+SEED_MAX = 2**63 - 1  # numpy's generators take any non-negative integer; 63 bits keep seeds printable as int64
+BITS_MAX = 16  # the hardware's converter resolutions lie in 1..16 (cimc/hardware.py)
+
+
+def _check_printed_passes(pipeline: str, printed: Sequence[str] | None) -> None:
+    """``--print-ir-after PASS`` must name a pass the pipeline runs (a typo would otherwise print nothing, silently)."""
+    if not printed:
+        return
+    ran = [p.name for p in parse_pipeline(pipeline)]
+    for name in printed:
+        if name not in ran:
+            known = "" if name in registered_passes() else "unknown pass; "
+            raise CimcError(f"--print-ir-after {name}: {known}the pipeline runs {', '.join(ran) or 'no passes'}")
+
+
+def _plan_ir_output(plan: PathPlan, path: str) -> None:
+    """A ``.cir`` output and the sidecar ``.npz`` beside it, which write_ir may write too."""
+    plan.write("output", path)
+    plan.write("sidecar of the output", Path(path).with_suffix(".npz"))
+
+
 def _cmd_opt(args: argparse.Namespace) -> int:
     from cimc.hardware import load_hardware
 
+    plan = PathPlan()
+    plan.read("input", args.file)
+    if args.hw:
+        plan.read("hardware description", args.hw)
+    if args.output:
+        _plan_ir_output(plan, args.output)
+    if args.dump_ir:
+        plan.write_folder("--dump-ir folder", args.dump_ir)
+    passes = parse_pipeline(args.pipeline)
+    _check_printed_passes(args.pipeline, args.print_ir_after)
+    context = PassContext(load_hardware(args.hw)) if args.hw else None
     timing = Timing(progress=terminal_stream())
     with timing.phase("parse"):
         module = read_ir(args.file)
-    passes = parse_pipeline(args.pipeline)
     dump = _dumper(Path(args.dump_ir)) if args.dump_ir else None
-    context = PassContext(load_hardware(args.hw)) if args.hw else None
     PassManager(passes, args.print_ir_after_all, frozenset(args.print_ir_after or ()), dump,
                 context=context, timing=timing).run(module)
     with timing.phase("output"):
@@ -51,7 +117,10 @@ def _cmd_opt(args: argparse.Namespace) -> int:
 
 
 def _dumper(folder: Path):  # noqa: ANN202
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CimcError(f"cannot create {folder}: {e.strerror}") from None
     counter = iter(range(1, 10_000))
 
     def dump(pass_name: str, module: Module) -> None:
@@ -61,7 +130,7 @@ def _dumper(folder: Path):  # noqa: ANN202
 
 
 def parse_input_shape(text: str) -> tuple[str, list[int | str | None]]:
-    """``NAME=D0,D1,...`` where each dim is an integer, a symbol name, or ``?`` to keep the model's."""
+    """``NAME=D0,D1,...`` where each dim is a positive integer, a symbol name, or ``?`` to keep the model's."""
     name, sep, dims = text.rpartition("=")
     if not sep or not name or not dims:
         raise argparse.ArgumentTypeError(f"expected NAME=D0,D1,..., got '{text}'")
@@ -71,6 +140,8 @@ def parse_input_shape(text: str) -> tuple[str, list[int | str | None]]:
         if d == "?":
             out.append(None)
         elif d.isdigit():
+            if int(d) < 1:
+                raise argparse.ArgumentTypeError(f"dim '{d}' in '{text}' must be at least 1")
             out.append(int(d))
         elif d.isidentifier():
             out.append(d)
@@ -82,9 +153,14 @@ def parse_input_shape(text: str) -> tuple[str, list[int | str | None]]:
 def _cmd_import(args: argparse.Namespace) -> int:
     from cimc.importer import import_onnx
 
+    plan = PathPlan()
+    plan.read("input model", args.model)
+    if args.output:
+        _plan_ir_output(plan, args.output)
     module = import_onnx(args.model, dict(args.input_shape or ()))
     if args.output:
         write_ir(module, args.output)
+        print(f"wrote {args.output}")
         return 0
     printed = print_module(module)
     sys.stdout.write(printed.text)
@@ -98,29 +174,51 @@ def _nl_adc_bits(text: str) -> int | str:
     if text == "auto":
         return text
     try:
-        return int(text)
+        bits = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of bits or 'auto', got '{text}'") from None
+    if not 1 <= bits <= BITS_MAX:
+        raise argparse.ArgumentTypeError(f"must be a number of bits in 1..{BITS_MAX} or 'auto', got {bits}")
+    return bits
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
-    from cimc.compiler import CompileOptions, compile_to_ir
+    from cimc.compiler import CompileOptions, compile_to_ir, default_pipeline
     from cimc.hardware import load_hardware
+    from cimc.limits import check_compile_memory
     from cimc.passes.fuse_activation import fusion_summary
     from cimc.report import mapping_summary
 
+    plan = PathPlan()
+    plan.read("input model", args.model)
+    if args.hw:
+        plan.read("hardware description", args.hw)
+    for calib in args.calib or ():
+        plan.read("calibration data", calib, folder_ok=True)
+    writes_ir = bool(args.output) and Path(args.output).suffix == ".cir"
+    if writes_ir:
+        _plan_ir_output(plan, args.output)
+    elif args.output:
+        plan.write("output", args.output)
+    if args.plots:
+        plan.write_folder("--plots folder", args.plots)
+    if args.dump_ir:
+        plan.write_folder("--dump-ir folder", args.dump_ir)
     hw = load_hardware(args.hw)
     if args.nl_adc_bits not in (None, "auto"):
         from cimc.compiler import with_nl_adc_bits
 
         hw = with_nl_adc_bits(hw, args.nl_adc_bits)
+    calib = CALIB_SEPARATOR.join(str(Path(c).resolve()) for c in args.calib) if args.calib else None
+    input_ranges = ";".join(f"{n}={lo!r},{hi!r}" for n, lo, hi in args.input_range or ())
+    pipeline = args.pipeline if args.pipeline is not None else \
+        default_pipeline(calib, args.identity, input_ranges=input_ranges, auto_bits=args.nl_adc_bits == "auto")
+    parse_pipeline(pipeline)  # a bad pipeline is refused before the import
+    _check_printed_passes(pipeline, args.print_ir_after)
+    check_compile_memory(args.model)
     timing = Timing(progress=terminal_stream())
     options = CompileOptions(
-        pipeline=args.pipeline,
-        calib=CALIB_SEPARATOR.join(str(Path(c).resolve()) for c in args.calib) if args.calib else None,
-        input_ranges=";".join(f"{n}={lo!r},{hi!r}" for n, lo, hi in args.input_range or ()),
-        identity=args.identity,
-        auto_bits=args.nl_adc_bits == "auto",
+        pipeline=pipeline,
         input_shapes=dict(args.input_shape or ()),
         print_ir_after_all=args.print_ir_after_all,
         print_ir_after=frozenset(args.print_ir_after or ()),
@@ -128,7 +226,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         timing=timing,
     )
     module = compile_to_ir(args.model, hw, options)
-    if args.output and Path(args.output).suffix == ".cir":
+    image = None
+    if writes_ir:
         with timing.phase("write IR"):
             write_ir(module, args.output)
     elif args.output:
@@ -136,6 +235,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
         with timing.phase("build image"):
             image = build_image(module, hw, image_provenance(args.model, hw, pipeline_of(options)), not args.no_reference)
+        if not image.manifest["arrays"]:
+            raise CimcError(f"the pipeline mapped nothing onto crossbar arrays (it ran no 'place'), so an image would "
+                            f"have nothing to program and would run in float: {args.output} not written (use the "
+                            "default pipeline, or -o OUT.cir for the IR)")
         with timing.phase("write image"):
             image.save(args.output)
     sys.stdout.write(mapping_summary(module, hw))
@@ -151,6 +254,11 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             print(f"wrote {path}")
     if args.timing:
         sys.stderr.write(timing.table())
+    if args.output:
+        print(f"wrote {args.output}" + ("" if image is None else f" ({len(image.manifest['arrays'])} arrays)"))
+    else:
+        print("note: nothing written (give -o OUT.cimg for the programming image, or -o OUT.cir for the lowered IR)",
+              file=sys.stderr)
     return 0
 
 
@@ -164,10 +272,19 @@ def _input_range(text: str) -> tuple[str, float, float]:
 def _load_inputs(path: str) -> dict:
     from cimc.npz import load_npz
 
-    try:
-        return load_npz(path)
-    except (OSError, ValueError) as e:
-        raise CimcError(f"cannot read inputs {path}: {e}") from None
+    return load_npz(path, "inputs")
+
+
+def _load_for_fidelity(path: str, fidelity: str):  # noqa: ANN202
+    """The image at ``path``, refused at an analog fidelity when nothing of it is on arrays (it would run in float)."""
+    from cimc.image import load_image
+
+    image = load_image(path)
+    if fidelity != "exact" and not image.manifest["arrays"]:
+        raise CimcError(f"{path} maps nothing onto crossbar arrays (compiled without 'place'), so --fidelity {fidelity} "
+                        "would run it in float and tell nothing about the hardware: compile it with the default "
+                        "pipeline, or use --fidelity exact")
+    return image
 
 
 def _cmd_dump(args: argparse.Namespace) -> int:
@@ -175,6 +292,7 @@ def _cmd_dump(args: argparse.Namespace) -> int:
 
     from cimc.image import format_summary, image_summary, load_image
 
+    PathPlan().read("image", args.image)
     summary = image_summary(load_image(args.image))
     sys.stdout.write(json.dumps(summary, indent=1, sort_keys=True) + "\n" if args.json else format_summary(summary))
     return 0
@@ -182,26 +300,41 @@ def _cmd_dump(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from cimc.backends.simulator import Simulator, SimulatorOptions, terminal_progress
-    from cimc.image import load_image
+    from cimc.feeds import check_feeds
     from cimc.npz import npz_bytes, write_atomic
 
+    plan = PathPlan()
+    plan.read("image", args.image)
+    plan.read("inputs", args.inputs)
+    plan.write("output", args.output)
+    image = _load_for_fidelity(args.image, args.fidelity)
+    inputs = check_feeds(image, _load_inputs(args.inputs), args.inputs)
     options = SimulatorOptions(args.fidelity, args.seed, args.drift_time, counters=True)
-    simulator = Simulator(load_image(args.image), options)
-    outputs = simulator.run(_load_inputs(args.inputs), progress=terminal_progress)
+    simulator = Simulator(image, options)
+    outputs = simulator.run(inputs, progress=terminal_progress)
     write_atomic(args.output, npz_bytes(outputs))
     if simulator.saturation is not None:
         print(simulator.saturation.summary())
+    print(f"wrote {args.output}")
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from cimc.backends.simulator import SimulatorOptions
-    from cimc.image import load_image
+    from cimc.feeds import check_feeds
     from cimc.npz import write_atomic
     from cimc.verification import verify_image
 
-    inputs = _load_inputs(args.inputs) if args.inputs else None
-    report = verify_image(args.model, load_image(args.image), inputs, args.samples,
+    plan = PathPlan()
+    plan.read("model", args.model)
+    plan.read("image", args.image)
+    if args.inputs:
+        plan.read("inputs", args.inputs)
+    if args.json:
+        plan.write("--json report", args.json)
+    image = _load_for_fidelity(args.image, args.fidelity)
+    inputs = check_feeds(image, _load_inputs(args.inputs), args.inputs) if args.inputs else None
+    report = verify_image(args.model, image, inputs, args.samples,
                           SimulatorOptions(args.fidelity, args.seed, args.drift_time))
     sys.stdout.write(report.table())
     if args.json:
@@ -293,8 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     def simulation_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--fidelity", choices=("exact", "ideal", "noisy"), default="exact",
                        help="exact: float conductances; ideal: programmed levels and converter codes; noisy: plus device effects")
-        p.add_argument("--seed", type=int, default=0, help="seed of the device effects (noisy) and random inputs")
-        p.add_argument("--drift-time", type=float, metavar="SECONDS", help="read this long after programming (noisy: drift)")
+        p.add_argument("--seed", type=_integer(0, SEED_MAX), default=0,
+                       help="seed of the device effects (noisy) and random inputs (0..2^63-1)")
+        p.add_argument("--drift-time", type=_seconds, metavar="SECONDS", help="read this long after programming (noisy: "
+                       "drift; >= 0)")
 
     run = sub.add_parser("run", help="run a programming image on the simulator", description="Execute MODEL.cimg on "
                          "IN.npz (keys: the ONNX input names) and write OUT.npz (keys: the ONNX output names).")
@@ -311,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("image", metavar="MODEL.cimg")
     group = ver.add_mutually_exclusive_group()
     group.add_argument("--inputs", metavar="IN.npz", help="inputs named like the ONNX graph inputs")
-    group.add_argument("--samples", type=int, default=8, metavar="N", help="random inputs: batch N inside the calibrated ranges")
+    group.add_argument("--samples", type=_integer(1), default=8, metavar="N",
+                       help="random inputs: batch N (>= 1) inside the calibrated ranges")
     ver.add_argument("--json", metavar="REPORT.json", help="also write the report as JSON")
     simulation_options(ver)
     ver.set_defaults(run=_cmd_verify)
@@ -331,6 +467,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = PipeTolerant(sys.stdout), PipeTolerant(sys.stderr)  # type: ignore[assignment]
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))

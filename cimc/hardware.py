@@ -173,6 +173,8 @@ def load_hardware(path: str | Path | None = None) -> Hardware:
             user = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as e:
             raise CimcError(f"cannot read hardware description {path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise CimcError(f"{path}: not a TOML file (not UTF-8 text)") from None
         except tomllib.TOMLDecodeError as e:
             raise CimcError(f"{path}: invalid TOML: {e}") from None
         for section, values in user.items():
@@ -213,6 +215,8 @@ def hardware_from_dict(data: dict[str, dict[str, Any]], origin: str = "hardware 
     sections = {}
     for name, cls in _CLASSES.items():
         values = data.get(name, {})
+        if not isinstance(values, dict):
+            raise CimcError(f"{origin}: [{name}] must be a table, got {values!r}")
         if name == "cost":
             # Cost figures do not describe the mapping: an image built before a figure existed still
             # loads, and is costed with the shipped default for it.
@@ -229,15 +233,17 @@ def hardware_from_dict(data: dict[str, dict[str, Any]], origin: str = "hardware 
                 continue
             if f.type == "tuple[float, ...]":
                 if not isinstance(value, (list, tuple)) or not all(
-                        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                        isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v) for v in value):
                     raise CimcError(f"{origin}: [{name}] {f.name} must be a list of numbers, got {value!r}")
                 kwargs[f.name] = tuple(float(v) for v in value)
                 continue
             expected = {"int": int, "float": float, "bool": bool}[f.type]  # type: ignore[index]
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            if expected is float and isinstance(value, int) and not isinstance(value, bool) and _finite(value):
                 value = float(value)
-            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-                raise CimcError(f"{origin}: [{name}] {f.name} must be {f.type}, got {value!r}")
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)) or \
+                    (expected is float and not math.isfinite(value)):
+                raise CimcError(f"{origin}: [{name}] {f.name} must be a finite {f.type}, got {value!r}"
+                                if expected is float else f"{origin}: [{name}] {f.name} must be {f.type}, got {value!r}")
             kwargs[f.name] = value
         sections[name] = cls(**kwargs)
     hw = Hardware(**sections)
@@ -245,15 +251,33 @@ def hardware_from_dict(data: dict[str, dict[str, Any]], origin: str = "hardware 
     return hw
 
 
+def _finite(v: int | float) -> bool:
+    """Whether a TOML/JSON number is a finite float (a JSON integer can be too large for one)."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
+# Upper ends that keep a description inside what this machine can simulate (design choices, not device limits): an
+# image and a simulator hold about 10 bytes per device of every array, and the level index is stored as int16.
+MAX_ARRAY_DEVICES = 1 << 24  # 4096 x 4096
+MAX_ARRAYS = 1 << 20
+MAX_LEVELS = 1 << 15
+
+
 def _validate(hw: Hardware, origin: str) -> None:
     a, d, c, n = hw.array, hw.device, hw.converters, hw.nonideality
     problems = []
     if a.rows < 1 or a.cols < 2 or (a.limit is not None and a.limit < 1):
         problems.append(f"arrays must have at least 1 row, 2 columns and count 1 (got {a.rows} x {a.cols}, count {a.count})")
+    if a.rows * a.cols > MAX_ARRAY_DEVICES or (a.limit is not None and a.limit > MAX_ARRAYS):
+        problems.append(f"arrays of at most {MAX_ARRAY_DEVICES} devices and at most {MAX_ARRAYS} of them are supported "
+                        f"(got {a.rows} x {a.cols}, count {a.count})")
     if not 0 <= d.g_min_us < d.g_max_us:
         problems.append(f"need 0 <= g_min_us < g_max_us (got g_min_us = {d.g_min_us}, g_max_us = {d.g_max_us})")
-    if d.levels < 2:
-        problems.append(f"levels must be at least 2 (got {d.levels})")
+    if not 2 <= d.levels <= MAX_LEVELS:
+        problems.append(f"levels must be at least 2 and at most {MAX_LEVELS} (got {d.levels})")
     if d.read_voltage_v <= 0:
         problems.append(f"read_voltage_v must be positive (got {d.read_voltage_v})")
     for key in ("dac_bits", "adc_bits", "nl_adc_bits"):

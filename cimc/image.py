@@ -43,6 +43,7 @@ import numpy as np
 
 from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware, hardware_from_dict
+from cimc.image_check import check_manifest
 from cimc.ir import Module, Operation
 from cimc.npz import open_atomic
 from cimc.step_program import OP_SET, ProgramError, StepProgram, format_program, op_counts, program_to_module, \
@@ -200,6 +201,7 @@ def _load(path: Path) -> Image:
     extra = set(entries) - set(checksums) - {"manifest.json"}
     if extra:
         raise CimcError(f"{path} is corrupt: unexpected entries {sorted(extra)}")
+    check_manifest(manifest, path)
     try:
         return _from_entries(manifest, entries)
     except ProgramError as e:

@@ -31,8 +31,9 @@ import onnx
 from onnx import numpy_helper
 
 from cimc.attributes import AttrValue, Tensor
+from cimc.bound_dims import bind_input_dims, describe, dims_bound_by_initializers
 from cimc.diagnostics import CimcError
-from cimc.dialects import lookup
+from cimc.dialects import VerifyError, lookup
 from cimc.interpreter import run_kernel
 from cimc.ir import Block, Module, Operation, Value
 from cimc.passes.dce import eliminate_dead_code
@@ -60,11 +61,13 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     copy of the model is freed before ``onnx.load`` makes the one the importer keeps: the two are never held at
     once. Its verdict is given after the load, so a file that cannot be read at all still says so.
     """
-    problem: onnx.checker.ValidationError | None = None
+    problem: str | None = None
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as e:
-        problem = e
+        problem = _first_line(e)
+    except UnicodeDecodeError:  # the checker's own message quotes a name that is not UTF-8
+        problem = "it holds a name or string that is not UTF-8"
     except Exception:  # noqa: BLE001, S110  (unreadable or not protobuf: the load below reports it)
         pass
     try:
@@ -74,7 +77,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     except Exception as e:  # noqa: BLE001  (protobuf raises several unrelated types for garbage)
         raise CimcError(f"cannot read {path}: not an ONNX model ({type(e).__name__}: {_first_line(e)})") from None
     if problem is not None:
-        raise CimcError(f"{path} is not a valid ONNX model: {_first_line(problem)}") from None
+        raise CimcError(f"{path} is not a valid ONNX model: {problem}") from None
     return model
 
 
@@ -92,12 +95,24 @@ def import_model(model: onnx.ModelProto, source: str = "model.onnx",
     """
     skeleton = _skeleton(model)
     _apply_input_shapes(skeleton, input_shapes or {})
+    skeleton = _infer_shapes(skeleton, source)
+    bound = dims_bound_by_initializers(skeleton, model.graph.initializer)
+    if bound:  # an initial state fixes the batch: infer again with it bound (see cimc.bound_dims)
+        skeleton.graph.ClearField("value_info")
+        bind_input_dims(skeleton, bound)
+        skeleton = _infer_shapes(skeleton, source)
+    declared = {o.name: t for o in model.graph.output if (t := _onnx_type(o.type, f"output '{o.name}'")) is not None}
+    module = _Importer(skeleton, list(model.graph.initializer), declared, source).build()
+    if bound:
+        module.attributes["bound_dims"] = describe(bound)
+    return module
+
+
+def _infer_shapes(skeleton: onnx.ModelProto, source: str) -> onnx.ModelProto:
     try:
-        skeleton = onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True, data_prop=True)
+        return onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True, data_prop=True)
     except Exception as e:  # noqa: BLE001  (onnx raises InferenceError and RuntimeError variants)
         raise CimcError(f"shape inference failed on {source}: {_first_line(e)}") from None
-    declared = {o.name: t for o in model.graph.output if (t := _onnx_type(o.type, f"output '{o.name}'")) is not None}
-    return _Importer(skeleton, list(model.graph.initializer), declared, source).build()
 
 
 _SKELETON_LIMIT = 1024  # elements: initializers up to this size keep their data for onnx's data propagation
@@ -225,7 +240,11 @@ class _Importer:
             self.values[inp.name] = self.block.add_arg(t, inp.name)
             input_names.append(inp.name)
         for init in self.initializers:
-            self._constant(init.name, numpy_helper.to_array(init), location=None)
+            try:
+                array = numpy_helper.to_array(init)
+            except (ValueError, TypeError, KeyError, OSError) as e:  # data that does not fill its dims, an unknown type
+                raise CimcError(f"{self.source}: initializer '{init.name}' is unreadable: {_first_line(e)}") from None
+            self._constant(init.name, array, location=None)
         for index, node in enumerate(self.graph.node):
             self._node(node, index)
         outputs = []
@@ -241,7 +260,11 @@ class _Importer:
             "input_names": tuple(input_names),
             "output_names": tuple(o.name for o in self.graph.output),
         })
-        verify(module)
+        try:
+            verify(module)
+        except VerifyError as e:  # an attribute value onnx.checker lets through (direction = "sideways")
+            where = f"{e.op.location}: " if e.op is not None and e.op.location else f"{self.source}: "
+            raise CimcError(where + str(e)) from None
         return module
 
     def _location(self, node: onnx.NodeProto, index: int) -> str:
@@ -266,7 +289,10 @@ class _Importer:
             raise CimcError(
                 f"node '{node.name or node.op_type + '_' + str(index)}' has op type '{node.op_type}'{domain} "
                 f"(opset {self.opset}), which cimc cannot import; supported ops: {', '.join(supported_ops())}")
-        attrs = {a.name: _attr_value(a, node, loc) for a in node.attribute}
+        try:
+            attrs = {a.name: _attr_value(a, node, loc) for a in node.attribute}
+        except (UnicodeDecodeError, ValueError, TypeError, KeyError) as e:  # a string that is not UTF-8, a bad tensor
+            raise CimcError(f"{loc}: an attribute of {node.op_type} is unreadable: {_first_line(e)}") from None
         if node.op_type == "Constant":
             self._constant(node.output[0], _constant_value(attrs, loc), loc)
             return

@@ -77,6 +77,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import sys
 from collections.abc import Mapping
@@ -94,6 +95,7 @@ from cimc.diagnostics import CimcError
 from cimc.error_bound import ACTIVATION_ULPS, Sources, breakdown, output_bounds, step_bounds, stuck_summary, tail_sigmas
 from cimc.image import Image
 from cimc.importer import load_onnx
+from cimc.limits import check_allocation
 from cimc.ir import Operation
 from cimc.onnx_steps import operand_names, per_step_against_onnxruntime, recurrent_nodes
 from cimc.printer import legal_name
@@ -249,15 +251,33 @@ def _saturation_table(counts: SaturationCounts) -> list[str]:
 
 
 def random_inputs(image: Image, samples: int, seed: int) -> dict[str, np.ndarray]:
-    """Inputs drawn uniformly inside the calibrated (or assumed) range of each graph input."""
+    """Inputs drawn uniformly inside the calibrated (or assumed) range of each graph input.
+
+    One symbol is the batch (the first whose name says so, else the last
+    symbolic dim of the first input that has one) and is ``samples`` in every
+    input; every other symbolic dim is DEFAULT_SEQUENCE, so that inputs sharing
+    a symbol agree. A batch the model's initializers fix (initial states of
+    batch 3) was bound by the importer (``cimc.bound_dims``): it is an integer
+    here, no symbol is the batch, and ``samples`` does not apply.
+    """
+    if samples < 1:
+        raise CimcError(f"samples must be at least 1, got {samples}")
+    specs = image.manifest["model"]["inputs"]
     program = image.program()
     ranges = program.attributes.get("input_ranges")
+    symbols = [d for spec in specs for d in spec["shape"] if not isinstance(d, int)]
+    no_batch = object()  # a dim no input has: the batch when the model fixes it
+    batch = no_batch if program.attributes.get("bound_dims") else next(
+        (d for d in symbols if isinstance(d, str) and "batch" in d.lower()),
+        next(([d for d in spec["shape"] if not isinstance(d, int)][-1]
+              for spec in specs if any(not isinstance(d, int) for d in spec["shape"])), None))
+    shapes = [[d if isinstance(d, int) else samples if d == batch else DEFAULT_SEQUENCE for d in spec["shape"]]
+              for spec in specs]
+    check_allocation(sum(8 * math.prod(shape) for shape in shapes),  # rng.uniform draws float64
+                     f"random inputs of shapes {shapes} (--samples {samples})")
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
-    for i, spec in enumerate(image.manifest["model"]["inputs"]):
-        symbolic = [d for d in spec["shape"] if not isinstance(d, int)]
-        batch = next((d for d in symbolic if isinstance(d, str) and "batch" in d.lower()), symbolic[-1] if symbolic else None)
-        shape = [d if isinstance(d, int) else samples if d == batch else DEFAULT_SEQUENCE for d in spec["shape"]]
+    for i, (spec, shape) in enumerate(zip(specs, shapes)):
         lo, hi = ranges[i] if isinstance(ranges, tuple) and i < len(ranges) else (-1.0, 1.0)  # type: ignore[misc]
         dtype = np.dtype({"f32": np.float32, "f64": np.float64, "i64": np.int64, "i32": np.int32}.get(spec["dtype"], np.float32))
         if dtype.kind == "f":

@@ -44,6 +44,21 @@ def _verify_recurrent(op: Operation) -> None:
     for res in op.results:
         if res.type.dtype != x.type.dtype:
             raise VerifyError(op, f"type mismatch: result {res.type} of '{op.name}' differs from X's element type")
+    hidden = op.attributes.get("hidden_size")
+    gates = {"onnx.LSTM": 4, "onnx.GRU": 3}.get(op.name, 1)
+    if isinstance(hidden, int) and not isinstance(hidden, bool):
+        if hidden < 1:
+            raise VerifyError(op, f"hidden_size of '{op.name}' must be at least 1, got {hidden}")
+        for name, t in (("W", w.type), ("R", r.type)):
+            if isinstance(t.shape[1], int) and t.shape[1] != gates * hidden:
+                raise VerifyError(op, f"{name} of '{op.name}' is {t}, but hidden_size {hidden} needs {gates * hidden} rows")
+        if isinstance(x.type.shape[2], int) and isinstance(w.type.shape[2], int) and x.type.shape[2] != w.type.shape[2]:
+            raise VerifyError(op, f"X of '{op.name}' is {x.type}, but W is {w.type}: their input sizes differ")
+        if isinstance(r.type.shape[2], int) and r.type.shape[2] != hidden:
+            raise VerifyError(op, f"R of '{op.name}' is {r.type}, but hidden_size {hidden} needs {hidden} columns")
+    clip = op.attributes.get("clip")
+    if isinstance(clip, float) and not clip > 0:
+        raise VerifyError(op, f"clip of '{op.name}' must be positive, got {clip}")
     names = op.attributes.get("activations")
     if isinstance(names, tuple):
         unknown = [n for n in names if n.lower() not in {a.lower() for a in RNN_ACTIVATIONS}]

@@ -1,0 +1,118 @@
+"""Consistency of a loaded programming image, before anything reads it.
+
+The checksums prove that the array and program entries are the ones the
+manifest lists, but not that the manifest itself is sound: it is JSON anyone
+can edit (and has no checksum of its own). A reader that trusted it would fail
+deep in the simulator (an array index that does not exist, a level beyond the
+device's, a ramp with too few output levels). :func:`check_manifest` checks
+every field a reader uses, so that a bad image is one clear error at load
+time; the loader then checks the arrays against the hardware they claim and
+the step program against its op set and the arrays (``cimc.step_program``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from cimc.diagnostics import CimcError
+from cimc.types import DTYPES
+
+
+def _fail(path: Path, what: str) -> CimcError:
+    return CimcError(f"{path} is corrupt: {what}")
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return (isinstance(v, float) and math.isfinite(v)) or _is_int(v)
+
+
+_KINDS = {"dict": "an object", "list": "a list", "str": "a string", "int": "an integer", "number": "a finite number",
+          "numbers": "a list of finite numbers", "ints": "a list of integers"}
+
+
+def _require(path: Path, value: object, kind: str, what: str) -> Any:  # noqa: ANN401
+    ok = {"dict": isinstance(value, dict), "list": isinstance(value, list), "str": isinstance(value, str),
+          "int": _is_int(value), "number": _is_number(value),
+          "numbers": isinstance(value, list) and all(_is_number(v) for v in value),
+          "ints": isinstance(value, list) and all(_is_int(v) for v in value)}[kind]
+    if not ok:
+        raise _fail(path, f"{what} must be {_KINDS[kind]}, got {value!r:.80}")
+    return value
+
+
+def check_manifest(manifest: dict[str, Any], path: Path) -> None:
+    """The manifest fields readers use have their types: the model's tensors, arrays, ramps, hardware."""
+    from cimc.hardware import hardware_from_dict
+
+    hw = hardware_from_dict(_require(path, manifest.get("hardware"), "dict", "hardware"), f"{path}: the image's hardware")
+    model = _require(path, manifest.get("model"), "dict", "model")
+    if model.get("source") is not None:
+        _require(path, model["source"], "str", "model.source")
+    for kind in ("inputs", "outputs"):
+        for i, t in enumerate(_require(path, model.get(kind), "list", f"model.{kind}")):
+            where = f"model.{kind}[{i}]"
+            _require(path, t, "dict", where)
+            _require(path, t.get("name"), "str", f"{where}.name")
+            if t.get("dtype") not in DTYPES:
+                raise _fail(path, f"{where}.dtype {t.get('dtype')!r} is not a tensor type")
+            shape = _require(path, t.get("shape"), "list", f"{where}.shape")
+            if not all(d is None or isinstance(d, str) or (_is_int(d) and d >= 0) for d in shape):
+                raise _fail(path, f"{where}.shape {shape!r:.80} is not a list of sizes and symbols")
+    indices = set()
+    for i, info in enumerate(_require(path, manifest.get("arrays"), "list", "arrays")):
+        where = f"arrays[{i}]"
+        _require(path, info, "dict", where)
+        index = _require(path, info.get("index"), "int", f"{where}.index")
+        if index < 0 or index in indices or (hw.array.limit is not None and index >= hw.array.limit):
+            raise _fail(path, f"{where}.index {index} is negative, repeated or beyond the chip's {hw.array.count} arrays")
+        indices.add(index)
+        if (info.get("rows"), info.get("cols")) != (hw.array.rows, hw.array.cols):
+            raise _fail(path, f"{where} is {info.get('rows')!r} x {info.get('cols')!r}, the hardware's arrays are "
+                              f"{hw.array.rows} x {hw.array.cols}")
+        for j, region in enumerate(_require(path, info.get("regions"), "list", f"{where}.regions")):
+            _check_region(path, region, f"{where}.regions[{j}]")
+        _require(path, info.get("devices_used"), "int", f"{where}.devices_used")
+    for i, ramp in enumerate(_require(path, manifest.get("ramps"), "list", "ramps")):
+        where = f"ramps[{i}]"
+        _require(path, ramp, "dict", where)
+        if ramp.get("id") != i:
+            raise _fail(path, f"{where}.id is {ramp.get('id')!r}")
+        if ramp.get("array") not in indices:
+            raise _fail(path, f"{where} is on array {ramp.get('array')!r}, which the image does not hold")
+        bit_line = _require(path, ramp.get("bit_line"), "int", f"{where}.bit_line")
+        bits = _require(path, ramp.get("bits"), "int", f"{where}.bits")
+        if not 0 <= bit_line < hw.array.cols or not 1 <= bits <= 16:
+            raise _fail(path, f"{where} has bit line {bit_line} and {bits} bits")
+        for key in ("z_lo", "z_hi", "g_per_z", "gain", "inl_lsb"):
+            _require(path, ramp.get(key), "number", f"{where}.{key}")
+        _require(path, ramp.get("function"), "str", f"{where}.function")
+        _require(path, ramp.get("step_devices"), "ints", f"{where}.step_devices")
+        _require(path, ramp.get("thresholds"), "numbers", f"{where}.thresholds")
+        if len(_require(path, ramp.get("output_levels"), "numbers", f"{where}.output_levels")) != 1 << bits:
+            raise _fail(path, f"{where} has {len(ramp['output_levels'])} output levels for {bits} bits")
+
+
+def _check_region(path: Path, region: object, where: str) -> None:
+    """A region as ``cimc dump`` prints it: weights (block, rows and columns, lines) or a ramp column."""
+    _require(path, region, "dict", where)
+    assert isinstance(region, dict)
+    kind = region.get("kind")
+    spans = {"weights": ("block_rows", "block_cols", "word_lines", "bit_lines"), "ramp": ("word_lines", "bit_lines")}
+    if kind not in spans:
+        raise _fail(path, f"{where}.kind must be 'weights' or 'ramp', got {kind!r:.40}")
+    for key in spans[kind]:
+        if len(_require(path, region.get(key), "ints", f"{where}.{key}")) != 2:
+            raise _fail(path, f"{where}.{key} must be [start, end]")
+    if kind == "ramp":
+        _require(path, region.get("ramp"), "int", f"{where}.ramp")
+    else:
+        if region.get("block") is not None:
+            _require(path, region["block"], "str", f"{where}.block")
+        if "shared_by" in region:
+            _require(path, region["shared_by"], "ints", f"{where}.shared_by")
