@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -33,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from cimc.backends.cost.report import cost_report
     from cimc.backends.cost.sweep import format_sweep, parse_bits, sweep
     from cimc.backends.cost.tables import format_report
+    from cimc.cli_io import PathPlan
     from cimc.hardware import with_cost_file
     from cimc.image import load_image
     from cimc.npz import write_atomic
@@ -42,8 +42,14 @@ def run(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise CimcError(f"--batch must be at least 1 (got {args.batch})")
     widths = parse_bits(args.sweep_bits) if args.sweep_bits else None
-    if args.output and os.path.abspath(args.output) == os.path.abspath(args.image):
-        raise CimcError(f"refusing to write the report over its input {args.image}")
+    plan = PathPlan()  # every path checked before any work; an output that is an input is refused
+    plan.read("image", args.image)
+    if args.cost:
+        plan.read("--cost", args.cost)
+    if args.output:
+        plan.write("-o report", args.output)
+    if args.plots:
+        plan.write_folder("--plots folder", args.plots)
     image = load_image(args.image)
     hw = with_cost_file(image.hardware, args.cost) if args.cost else None
     report = cost_report(image, args.seq_len, args.batch, args.bits, args.dac_bits, hw)
