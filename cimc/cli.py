@@ -233,12 +233,12 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     elif args.output:
         from cimc.compiler import build_image, image_provenance, pipeline_of
 
-        with timing.phase("build image"):
-            image = build_image(module, hw, image_provenance(args.model, hw, pipeline_of(options)), not args.no_reference)
-        if not image.manifest["arrays"]:
+        if not any(op.name == "cim.tile_mvm" and "array" in op.attributes for op in module.walk()):
             raise CimcError(f"the pipeline mapped nothing onto crossbar arrays (it ran no 'place'), so an image would "
                             f"have nothing to program and would run in float: {args.output} not written (use the "
                             "default pipeline, or -o OUT.cir for the IR)")
+        with timing.phase("build image"):
+            image = build_image(module, hw, image_provenance(args.model, hw, pipeline_of(options)), not args.no_reference)
         with timing.phase("write image"):
             image.save(args.output)
     sys.stdout.write(mapping_summary(module, hw))

@@ -45,7 +45,7 @@ from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware, hardware_from_dict
 from cimc.image_check import check_manifest
 from cimc.ir import Module, Operation
-from cimc.npz import open_atomic
+from cimc.npz import escapes_archive, open_atomic
 from cimc.step_program import OP_SET, ProgramError, StepProgram, format_program, op_counts, program_to_module, \
     validate_program
 
@@ -224,6 +224,8 @@ def _entries(zf: zipfile.ZipFile, path: Path) -> dict[str, memoryview]:
     for info in zf.infolist():
         if info.filename in out:
             raise zipfile.BadZipFile(f"entry {info.filename} appears twice")
+        if escapes_archive(info.filename):
+            raise zipfile.BadZipFile(f"entry '{info.filename}' escapes the archive")
         if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
             raise zipfile.BadZipFile(f"entry {info.filename} is compressed or encrypted; an image stores every entry")
         offset = info.header_offset

@@ -78,6 +78,12 @@ def open_atomic(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         raise
 
 
+def escapes_archive(name: str) -> bool:
+    """Whether an archive entry name would leave the folder it is extracted to (absolute, ``..``, a drive)."""
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]
+
+
 def read_archive(path: str | os.PathLike[str], what: str = "", kind: str = ".npz archive") -> dict[str, bytes]:
     """Every entry of the zip archive at ``path``, by name; anything that is not a sound archive is a CimcError.
 
@@ -99,8 +105,7 @@ def read_archive(path: str | os.PathLike[str], what: str = "", kind: str = ".npz
         infos = zf.infolist()
         names = [i.filename for i in infos]
         for name in names:
-            parts = name.replace("\\", "/").split("/")
-            if name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+            if escapes_archive(name):
                 raise CimcError(f"cannot read {label}: entry '{name}' escapes the archive")
         if len(set(names)) != len(names):
             raise CimcError(f"cannot read {label}: entries {sorted({n for n in names if names.count(n) > 1})} appear twice")

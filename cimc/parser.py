@@ -201,7 +201,13 @@ class _Builder:
             expected = math.prod(d for d in ttype.shape if isinstance(d, int))
             if not ttype.is_static or len(values) != expected:
                 raise self.error(f"dense<{ttype}> needs {expected} values, got {len(values)}", node)
-            return Tensor(np.array(values, dtype=DTYPES[ttype.dtype]).reshape(ttype.shape))
+            dtype = np.dtype(DTYPES[ttype.dtype])
+            if dtype.kind in "iub" and not all(isinstance(v, int) for v in values):
+                raise self.error(f"dense<{ttype}> holds integers; got {next(v for v in values if not isinstance(v, int))!r}", node)
+            try:
+                return Tensor(np.array(values, dtype=dtype).reshape(ttype.shape))
+            except OverflowError:
+                raise self.error(f"a value of dense<{ttype}> does not fit {ttype.dtype}", node) from None
         assert kind == "resource"
         type_node, key_token = node.children
         ttype = self.type(type_node)

@@ -156,8 +156,8 @@ DIGITAL_OPS: dict[str, OpSpec] = {
 OPS: dict[str, OpSpec] = {**STRUCTURE_OPS, **ANALOG_OPS, **DIGITAL_OPS}
 _BY_IR = {spec.ir: name for name, spec in OPS.items()}
 # Whole-model facts the tools print or read, kept as program metadata; every other module attribute is the compiler's.
-METADATA = ("input_names", "output_names", "input_ranges", "opset", "source", "arrays_used", "graph_stages",
-            "fuse.activations", "fuse.ramps", "lift.activations", "share.groups")
+METADATA = ("input_names", "output_names", "input_ranges", "bound_dims", "opset", "source", "arrays_used",
+            "graph_stages", "fuse.activations", "fuse.ramps", "lift.activations", "share.groups")
 _STAGE = "sched.stage"
 # Attributes the Module's ramp and NL-ADC ops take from the manifest's ramp (recorded once, there).
 RAMP_FUNCTION_KEYS = ("function", "alpha", "beta", "clip", "bits")

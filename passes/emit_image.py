@@ -130,7 +130,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
     program = module_to_program(module, extra)
     hardware = hw.to_dict()
     if hw.array.limit is None:  # a chip sized to the model: record the count actually used
-        hardware["array"]["count"] = 1 + max(layout.levels, default=-1)
+        hardware["array"]["count"] = max(1, 1 + max(layout.levels, default=-1))  # a chip has at least one array
     manifest = {
         "format": FORMAT, "version": VERSION, "op_set": OP_SET, "provenance": provenance, "hardware": hardware,
         "model": {

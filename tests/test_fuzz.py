@@ -40,6 +40,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from cimc.cli import main
 from cimc.diagnostics import CimcError
+from cimc.image import VERSION
 from cimc.npz import npy_from_bytes
 
 pytestmark = [
@@ -459,7 +460,7 @@ def _image_edit(entries: dict[str, bytes], kind: str, draw: st.DrawFn) -> tuple[
     manifest = json.loads(entries["manifest.json"])
     extra: list[tuple[zipfile.ZipInfo, bytes]] = []
     if kind == "version":
-        manifest["version"] = draw(st.sampled_from([0, 2, 99, "1", None, 1.5]))
+        manifest["version"] = draw(st.sampled_from([0, 1, 99, "2", None, 2.5]))
     elif kind == "format":
         manifest["format"] = draw(st.sampled_from(["cimc-imag", "", None, 7]))
     elif kind == "manifest-value":
@@ -490,7 +491,8 @@ def _image_edit(entries: dict[str, bytes], kind: str, draw: st.DrawFn) -> tuple[
         edit = draw(st.sampled_from(["value", "dtype", "shape", "header"]))
         if edit == "value" and array.size:
             array = array.copy()
-            array.flat[draw(st.integers(0, array.size - 1))] = draw(st.sampled_from([-32768, -2, 32767, 10**4, 0]))
+            lo, hi = (np.iinfo(array.dtype).min, np.iinfo(array.dtype).max) if array.dtype.kind in "iu" else (-32768, 10**4)
+            array.flat[draw(st.integers(0, array.size - 1))] = draw(st.sampled_from([lo, -2, hi, 100, 0]))
         elif edit == "dtype":
             array = array.astype(draw(st.sampled_from([np.float32, np.int64, np.uint8, np.bool_, np.complex64])))
         elif edit == "shape":
@@ -529,7 +531,7 @@ def test_fuzz_image_entries(workspace: Workspace, fuzz_budget) -> None:  # noqa:
         rc = workspace.check(*_image_args(image, workspace, data.draw(st.integers(0, 3))), env=env)
         manifest = json.loads(entries["manifest.json"])
         escaping = any(".." in n.replace("\\", "/").split("/") or n.startswith("/") or ":" in n for n in entries)
-        if escaping or extra or (manifest.get("version"), manifest.get("format")) != (1, "cimc-image"):
+        if escaping or extra or (manifest.get("version"), manifest.get("format")) != (VERSION, "cimc-image"):
             assert rc == 2, kinds
         image.unlink()
 
