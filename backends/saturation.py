@@ -107,6 +107,10 @@ class SaturationCounts:
             edges = self._edges[id(tile)] = (lo - half, hi + half)
         return edges
 
+    def nl_adc_within(self, tile: Operation, codes: int) -> None:
+        """``codes`` NL-ADC conversions known to lie within their ramp's range (the caller checked)."""
+        self._layer(tile).nl_adc_codes += codes
+
     def nl_adc(self, tile: Operation, op: Operation, z: np.ndarray, z_lo: float, z_hi: float, levels: np.ndarray,
                vread_scale: float = 1.0) -> None:
         """``z`` as read (scaled by ``vread_scale``, like the ramp), [z_lo, z_hi] the ramp's range at the nominal

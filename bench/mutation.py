@@ -5,8 +5,8 @@ Two kinds of mutants, each run against a small targeted test subset:
 - hand-listed mutations (``HAND``): one-line textual patches of a source line
   (find -> replace). A pattern that no longer occurs exactly once in the file
   is an error, so a stale mutation fails loudly instead of "surviving";
-- automatic operator mutations over ``backends/simulator.py`` and
-  ``cimc/ramp.py`` (AST): + <-> -, * <-> /, < <-> <=, > <-> >=, == <-> !=,
+- automatic operator mutations over the simulator's modules (``backends/``)
+  and ``cimc/ramp.py`` (AST): + <-> -, * <-> /, < <-> <=, > <-> >=, == <-> !=,
   a numeric constant c -> c + 1, a clip/minimum/maximum call replaced by its
   first argument, a unary minus dropped.
 
@@ -44,17 +44,24 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
 
 #: source file (as in the repository) -> installed module name
-MODULES = {"backends/simulator.py": "cimc.backends.simulator", "cimc/ramp.py": "cimc.ramp"}
+MODULES = {"backends/simulator.py": "cimc.backends.simulator", "backends/plan.py": "cimc.backends.plan",
+           "backends/chip.py": "cimc.backends.chip", "backends/ramp_codes.py": "cimc.backends.ramp_codes",
+           "cimc/ramp.py": "cimc.ramp"}
 
 #: targeted test subsets per file for the automatic mutants
+_SIMULATOR_TESTS = ["tests/test_analog_ops.py", "tests/test_noise_model.py", "tests/test_progress.py",
+                    "tests/test_saturation.py", "tests/test_simulator_plan.py"]
 SUBSETS = {
-    "backends/simulator.py": ["tests/test_analog_ops.py", "tests/test_noise_model.py", "tests/test_progress.py",
-                              "tests/test_saturation.py"],
+    "backends/simulator.py": _SIMULATOR_TESTS,
+    "backends/plan.py": _SIMULATOR_TESTS,
+    "backends/chip.py": _SIMULATOR_TESTS,
+    "backends/ramp_codes.py": _SIMULATOR_TESTS,
     "cimc/ramp.py": ["tests/test_ramp.py", "tests/test_analog_ops.py", "tests/test_ramp_thresholds.py"],
 }
 
 A = "tests/test_analog_ops.py::"
 N = "tests/test_noise_model.py::"
+P = "tests/test_simulator_plan.py::"
 
 
 @dataclass(frozen=True)
@@ -68,31 +75,46 @@ class HandMutation:
 
 #: The mutations of issue 15 §4 (each left every in-process simulator test green before these tests).
 HAND: tuple[HandMutation, ...] = (
-    HandMutation("linear ADC does not quantize", "backends/simulator.py",
+    HandMutation("linear ADC does not quantize", "backends/plan.py",
                  "return np.clip(np.rint((z - lo) / np.where(hi > lo, hi - lo, 1.0) * steps), 0, steps)",
                  "return np.clip((z - lo) / np.where(hi > lo, hi - lo, 1.0) * steps, 0, steps)",
                  (A + "test_tile_and_linear_adc_within_the_derived_bound_of_the_ideal_quantizer",)),
-    HandMutation("DAC does not quantize", "backends/simulator.py",
+    HandMutation("DAC does not quantize", "backends/plan.py",
                  "np.rint(np.clip(driven / scale, -1.0, 1.0) * levels)", "np.clip(driven / scale, -1.0, 1.0) * levels",
                  (A + "test_exactly_programmable_weights_give_the_quantizers_composition",)),
-    HandMutation("NL-ADC uses the ideal thresholds", "backends/simulator.py",
-                 "thresholds = self._ramp_thresholds(ramp_id)",
-                 "thresholds = np.asarray(self.ramps[ramp_id]['thresholds'])",
+    HandMutation("NL-ADC uses the ideal thresholds", "backends/plan.py",
+                 "ramps.append((sim.realized_thresholds(ramp_id) * sim.vread_scale,",
+                 "ramps.append((np.asarray(sim.ramps[ramp_id]['thresholds']) * sim.vread_scale,",
                  (A + "test_nl_adc_codes_come_from_the_programmed_ramp_devices",)),
-    HandMutation("ramp is not recalibrated (noisy)", "backends/simulator.py",
-                 "wanted = r[\"offset_sign\"] * (offset + np.median(targets - levels))",
-                 "wanted = r[\"offset_sign\"] * offset",
+    HandMutation("ramp is not recalibrated (noisy)", "backends/chip.py",
+                 "wanted = ramp[\"offset_sign\"] * (offset + np.median(targets - levels))",
+                 "wanted = ramp[\"offset_sign\"] * offset",
                  (N + "test_ramp_recalibration_absorbs_the_median_level_error",)),
-    HandMutation("programming noise 10x", "backends/simulator.py",
-                 "self.rng.normal(0.0, n.program_noise_us, g.shape)", "self.rng.normal(0.0, 10 * n.program_noise_us, g.shape)",
+    HandMutation("programming noise 10x", "backends/chip.py",
+                 "g + n.program_noise_us * noise", "g + 10 * n.program_noise_us * noise",
                  (N + "test_programming_noise_has_the_configured_std",
                   N + "test_noisy_column_output_matches_its_analytic_distribution")),
-    HandMutation("stuck rates 10x", "backends/simulator.py",
-                 "u = self.rng.random(g.shape)", "u = self.rng.random(g.shape) / 10",
+    HandMutation("stuck rates 10x", "backends/chip.py",
+                 "u = stream(seed, STUCK, array).random((hw.array.rows, hw.array.cols))",
+                 "u = stream(seed, STUCK, array).random((hw.array.rows, hw.array.cols)) / 10",
                  (N + "test_stuck_devices_at_the_configured_rates",)),
     HandMutation("read noise drawn once, not per read", "backends/simulator.py",
-                 "group.forget()", "pass",
+                 "return box_muller(self._read_rng, shape)", "return box_muller(np.random.default_rng(0), shape)",
                  (N + "test_read_noise_is_fresh_at_every_read_with_the_configured_std",)),
+    HandMutation("stuck devices drawn per image, not per position", "backends/chip.py",
+                 "defect = stuck_positions(hw, seed, k)[:level.shape[0], :level.shape[1]] * used",
+                 "defect = stuck_positions(hw, seed + int(level.sum()), k)[:level.shape[0], :level.shape[1]] * used",
+                 (P + "test_one_seed_has_its_stuck_devices_at_the_same_positions_whatever_the_image",)),
+    HandMutation("analog-sum noise shared across the batch", "backends/plan.py",
+                 "var *= self.plan.sim.standard_normal(var.shape, var.dtype)",
+                 "var *= self.plan.sim.standard_normal(var.shape[:1] + (1,), var.dtype)",
+                 (P + "test_output_referred_read_noise_has_the_per_device_distribution",)),
+    HandMutation("analog-sum noise of one partial sum only", "backends/plan.py",
+                 "var = v if var is None else var.__iadd__(v)", "var = v",
+                 (P + "test_output_referred_read_noise_has_the_per_device_distribution",)),
+    HandMutation("NL-ADC lookup ignores the cell's threshold", "backends/ramp_codes.py",
+                 "            idx += above\n", "",
+                 (P + "test_column_codes_equal_searchsorted_per_column",)),
 )
 
 

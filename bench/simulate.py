@@ -1,33 +1,64 @@
-"""Simulator time against onnxruntime on the same LSTM, batch and sequence length, at each fidelity.
+"""Simulator time against onnxruntime on the same LSTM, batch and sequence length, at each fidelity; peers beside it.
 
+    python bench/simulate.py [--hidden 256] [--inputs 64] [--batch 64] [--steps 100] [--repeat 7] [--threads 1]
+
+In-process: the median wall time of ``repeat`` runs of each runner, interleaved
+round by round (so that load from other processes on a shared machine falls on
+every runner alike), and the ratio runner / onnxruntime of the medians. A
+simulator is constructed once per fidelity (its chip is realized and its plan
+compiled once) and then run: what is timed is a run, as for onnxruntime's
+``session.run``. Whole-process: the wall time of ``cimc run`` on the saved
+image against a Python process that loads onnxruntime and runs the model once.
+
+Peers, when importable (never a dependency of cimc):
+
+- CrossSim 3.2 (Sandia, ``simulator`` package) ``AnalogLSTM`` converted from the
+  same torch LSTM by ``from_torch``: "ideal core" (default parameters: no
+  converters, no device errors) and "8-bit ADC/DAC, 2 % programming error"
+  (``NormalProportionalDevice`` of magnitude 0.02, ADC range at its maximum).
+- aihwkit 1.2 ``AnalogLSTM`` with ``TorchInferenceRPUConfig`` (torch tile) and
+  with ``InferenceRPUConfig`` (C++ tile), both with their default noise model,
+  same weights.
+
+``--threads N`` sets every runner to N threads (onnxruntime's intra-op threads,
+numpy's BLAS, torch); default 1, since on a shared machine oversubscribed thread
+pools make the multi-threaded times meaningless (CrossSim's run went from 0.5 s
+to 20 s here); 0 leaves each library's own default.
 The last line is the saturation counters' overhead: the median ratio of counted
 to plain ``ideal`` runs, interleaved, in CPU time.
-
-    python bench/simulate.py [--hidden 256] [--batch 64] [--steps 100] [--repeat 5]
-
-Prints the median wall time of each and the ratio simulator / onnxruntime,
-measured in the same run. onnxruntime runs with its default threads; the
-simulator is numpy (its BLAS threads are the machine's too).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
-import time
-from pathlib import Path
+import os
+import sys
 
-import numpy as np
-import onnx
-import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+if __name__ == "__main__":  # BLAS reads its thread count when numpy is first imported
+    _n = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "1"
+    if _n != "0":
+        for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[_var] = _n
 
-import cimc
-from cimc.npz import npz_bytes
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import cimc  # noqa: E402
+from cimc.backends.simulator import Simulator, SimulatorOptions  # noqa: E402
+from cimc.npz import npz_bytes  # noqa: E402
 
 
 def lstm_model(inputs: int, hidden: int, seed: int = 0) -> onnx.ModelProto:
+    """A one-layer LSTM with PyTorch's default initialization, U(-1/sqrt(H), 1/sqrt(H)), as ONNX."""
     rng = np.random.default_rng(seed)
     scale = 1.0 / np.sqrt(hidden)
     inits = [numpy_helper.from_array((rng.uniform(-scale, scale, size=s)).astype(np.float32), n)
@@ -38,13 +69,122 @@ def lstm_model(inputs: int, hidden: int, seed: int = 0) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
 
 
-def median_time(fn, repeat: int, clock=time.perf_counter) -> float:  # noqa: ANN001
-    times = []
+def torch_lstm(model: onnx.ModelProto, threads: int):  # noqa: ANN201
+    """The same LSTM as a torch.nn.LSTM (ONNX gate order i, o, f, c; torch's i, f, g, o), or None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if threads:
+        torch.set_num_threads(threads)
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    w, r, b = init["W"][0], init["R"][0], init["B"][0]
+    hidden = r.shape[1]
+    order = np.concatenate([np.arange(g * hidden, (g + 1) * hidden) for g in (0, 2, 3, 1)])
+    lstm = torch.nn.LSTM(w.shape[1], hidden)
+    with torch.no_grad():
+        lstm.weight_ih_l0.copy_(torch.from_numpy(w[order]))
+        lstm.weight_hh_l0.copy_(torch.from_numpy(r[order]))
+        lstm.bias_ih_l0.copy_(torch.from_numpy(b[:4 * hidden][order]))
+        lstm.bias_hh_l0.copy_(torch.from_numpy(b[4 * hidden:][order]))
+    return lstm
+
+
+def crosssim_runners(lstm, x: np.ndarray) -> dict[str, Callable[[], object]]:  # noqa: ANN001
+    try:
+        import torch
+        from simulator import CrossSimParameters
+        from simulator.algorithms.dnn.torch.convert import from_torch
+    except ImportError:
+        return {}
+    ideal = CrossSimParameters()
+    noisy = CrossSimParameters()
+    noisy.xbar.device.programming_error.enable = True
+    noisy.xbar.device.programming_error.model = "NormalProportionalDevice"
+    noisy.xbar.device.programming_error.magnitude = 0.02
+    noisy.xbar.adc.mvm.bits = 8
+    noisy.xbar.adc.mvm.adc_range_option = "MAX"
+    noisy.xbar.dac.mvm.bits = 8
+    xt = torch.from_numpy(x)
+    runners = {}
+    for label, params in (("CrossSim 3.2 AnalogLSTM, ideal core", ideal),
+                          ("CrossSim 3.2 AnalogLSTM, 8-bit ADC/DAC, 2 % programming error", noisy)):
+        analog = from_torch(lstm, params)
+
+        def run(m=analog) -> object:  # noqa: ANN001
+            with torch.no_grad():
+                return m(xt)
+        runners[label] = run
+    return runners
+
+
+def aihwkit_runners(lstm, x: np.ndarray) -> dict[str, Callable[[], object]]:  # noqa: ANN001
+    try:
+        import torch
+        from aihwkit.nn import AnalogLSTM
+        from aihwkit.simulator.configs import InferenceRPUConfig, TorchInferenceRPUConfig
+    except ImportError:
+        return {}
+    xt = torch.from_numpy(x)
+    runners = {}
+    for label, config in (("aihwkit 1.2 AnalogLSTM, TorchInferenceRPUConfig (torch tile)", TorchInferenceRPUConfig()),
+                          ("aihwkit 1.2 AnalogLSTM, InferenceRPUConfig (C++ tile)", InferenceRPUConfig())):
+        analog = AnalogLSTM(lstm.input_size, lstm.hidden_size, rpu_config=config)
+        analog.load_state_dict(_aihwkit_state(analog, lstm), strict=False)
+        analog.eval()
+
+        def run(m=analog) -> object:  # noqa: ANN001
+            with torch.no_grad():
+                return m(xt)
+        runners[label] = run
+    return runners
+
+
+def _aihwkit_state(analog, lstm) -> dict:  # noqa: ANN001
+    """The torch LSTM's weights under the analog LSTM's names (ih and hh weights of the one cell)."""
+    state = {}
+    source = dict(lstm.named_parameters())
+    for name in analog.state_dict():
+        for part in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            if part in name and f"{part}_l0" in source:
+                state[name] = source[f"{part}_l0"].detach().clone()
+    return state
+
+
+def interleaved_medians(runners: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    for fn in runners.values():
+        fn()  # warm-up: first-call costs (allocator, thread pools) are not what is compared
+    times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeat):
-        start = clock()
-        fn()
-        times.append(clock() - start)
-    return statistics.median(times)
+        for name, fn in runners.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def whole_process(folder: Path, threads: int, repeat: int) -> dict[str, float]:
+    """Wall time of one complete process per runner: start, load, run once, write the outputs."""
+    env = dict(os.environ)
+    if threads:
+        env.update({v: str(threads) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+    ort_script = ("import numpy as np, onnxruntime as ort; o = ort.SessionOptions(); "
+                  f"o.intra_op_num_threads = {threads}; "
+                  f"s = ort.InferenceSession({str(folder / 'lstm.onnx')!r}, o, providers=['CPUExecutionProvider']); "
+                  f"np.savez({str(folder / 'ort_out.npz')!r}, *s.run(None, dict(np.load({str(folder / 'in.npz')!r}))))")
+    cimc_bin = Path(sys.executable).with_name("cimc")
+    commands = {"onnxruntime": [sys.executable, "-c", ort_script]}
+    for fidelity in ("exact", "ideal", "noisy"):
+        commands[f"cimc run --fidelity {fidelity}"] = [str(cimc_bin), "run", str(folder / "lstm.cimg"), "--inputs",
+                                                       str(folder / "in.npz"), "-o", str(folder / f"{fidelity}.npz"),
+                                                       "--fidelity", fidelity]
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(repeat):
+        for name, command in commands.items():
+            start = time.perf_counter()
+            subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -53,28 +193,68 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--process-repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="threads of every runner (0: each library's default)")
+    parser.add_argument("--no-peers", action="store_true", help="leave CrossSim and aihwkit out even when installed")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp())
-    model_path = folder / "lstm.onnx"
-    onnx.save(lstm_model(args.inputs, args.hidden), model_path)
+    model = lstm_model(args.inputs, args.hidden)
+    onnx.save(model, folder / "lstm.onnx")
     x = np.random.default_rng(1).uniform(-1, 1, size=(args.steps, args.batch, args.inputs)).astype(np.float32)
     (folder / "calib.npz").write_bytes(npz_bytes({"x": x[:, :16]}))
-    compiled = cimc.compile(model_path, calib=folder / "calib.npz")  # the default chip is sized to the model
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    t_ort = median_time(lambda: session.run(None, {"x": x}), args.repeat)
-    print(f"LSTM input {args.inputs}, hidden {args.hidden}, batch {args.batch}, {args.steps} steps; median of {args.repeat}")
-    print(f"  onnxruntime        {1000 * t_ort:9.1f} ms")
+    (folder / "in.npz").write_bytes(npz_bytes({"x": x}))
+    compiled = cimc.compile(folder / "lstm.onnx", calib=folder / "calib.npz")  # the default chip is sized to the model
+    compiled.save(folder / "lstm.cimg")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    session = ort.InferenceSession(str(folder / "lstm.onnx"), options, providers=["CPUExecutionProvider"])
+    runners: dict[str, Callable[[], object]] = {"onnxruntime": lambda: session.run(None, {"x": x})}
     for fidelity in ("exact", "ideal", "noisy"):
-        t = median_time(lambda f=fidelity: compiled.run({"x": x}, fidelity=f, seed=0), max(1, args.repeat // 2))
-        print(f"  simulator {fidelity:<8} {1000 * t:9.1f} ms   ratio {t / t_ort:6.1f}x")
+        sim = Simulator(compiled.image, SimulatorOptions(fidelity, seed=0))
+        runners[f"cimc {fidelity}"] = lambda s=sim: s.run({"x": x})
+    if not args.no_peers:
+        lstm = torch_lstm(model, args.threads)
+        if lstm is not None:
+            runners.update(crosssim_runners(lstm, x))
+            runners.update(aihwkit_runners(lstm, x))
+    medians = interleaved_medians(runners, args.repeat)
+    t_ort = medians["onnxruntime"]
+    threads = f"{args.threads} thread(s) each" if args.threads else "each library's default threads"
+    print(f"LSTM input {args.inputs}, hidden {args.hidden}, batch {args.batch}, {args.steps} steps; {threads}")
+    print(f"in-process, median of {args.repeat} interleaved runs:")
+    for name, t in medians.items():
+        print(f"  {name:<64} {1000 * t:9.1f} ms   {t / t_ort:6.2f}x onnxruntime")
+    missing = [p for p, mod in (("CrossSim", "simulator"), ("aihwkit", "aihwkit")) if not _importable(mod)]
+    if missing and not args.no_peers:
+        print(f"  (not installed: {', '.join(missing)}; see bench/README.md)")
+    process = whole_process(folder, args.threads, args.process_repeat)
+    p_ort = process["onnxruntime"]
+    print(f"whole process (start, load, run once, write), median of {args.process_repeat}:")
+    for name, t in process.items():
+        print(f"  {name:<64} {1000 * t:9.1f} ms   {t / p_ort:6.2f}x onnxruntime")
     # Interleaved pairs, timed in CPU seconds of this process, so that load from other processes (the machine is
     # shared) does not enter; the overhead is the median of the per-pair ratios.
-    pairs = [(median_time(lambda: compiled.run({"x": x}, fidelity="ideal", seed=0), 1, time.process_time),
-              median_time(lambda: compiled.run_with_saturation({"x": x}, fidelity="ideal", seed=0), 1, time.process_time))
-             for _ in range(args.repeat)]
-    print(f"  ideal + counters   counters' overhead {statistics.median(c / p for p, c in pairs):.3f}x in CPU time "
+    plain = Simulator(compiled.image, SimulatorOptions("ideal"))
+    pairs = []
+    for _ in range(args.repeat):
+        counted = Simulator(compiled.image, SimulatorOptions("ideal", counters=True))
+        counted.plan()
+        start = time.process_time()
+        plain.run({"x": x})
+        middle = time.process_time()
+        counted.run({"x": x})
+        pairs.append((middle - start, time.process_time() - middle))
+    print(f"  ideal + counters: counters' overhead {statistics.median(c / p for p, c in pairs):.3f}x in CPU time "
           f"(median of {args.repeat} interleaved pairs)")
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -238,7 +238,7 @@ class _BoundRun:
         if key not in self._tiles:
             scale = op.attributes["g_scale"].array  # type: ignore[union-attr]
             exact = tile_weights(self.image, op).astype(np.float32).astype(np.float64)
-            lv_pos, lv_neg = self.ideal._tile(op)
+            lv_pos, lv_neg = self.ideal.tile_conductances(op)
             level = ((lv_pos - lv_neg) / scale).astype(np.float32).astype(np.float64)
             n = self.hw.nonideality
             variance = (2 * n.program_noise_us ** 2 + n.read_noise_rel ** 2 * (lv_pos ** 2 + lv_neg ** 2)) / scale ** 2

@@ -7,7 +7,6 @@ so that float32 models agree with it to float32 rounding.
 from __future__ import annotations
 
 import numpy as np
-from onnx.helper import tensor_dtype_to_np_dtype
 
 from cimc.attributes import Tensor
 from cimc.interpreter import Arrays, Interpreter, kernel, plain_attrs
@@ -249,6 +248,8 @@ def _reshape(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
 
 @kernel("onnx.Cast")
 def _cast(op: Operation, args: Arrays, it: Interpreter) -> list[np.ndarray]:
+    from onnx.helper import tensor_dtype_to_np_dtype  # here: importing onnx costs a simulator process ~1 s otherwise
+
     return [args[0].astype(tensor_dtype_to_np_dtype(int(op.attributes["to"])))]  # type: ignore[union-attr]
 
 

@@ -191,10 +191,15 @@ def test_noisy_recalibration_uses_the_ramp_gain(tmp_path: Path, op: str, kind: s
     d = model.image.hardware.device
     delta_g = (d.g_max_us - d.g_min_us) / (d.levels - 1)
     targets = ramp["gain"] * ramp["g_per_z"] * np.asarray(ramp["thresholds"])
-    for seed in range(3):
+    checked = 0
+    for seed in range(10):
         sim = Simulator(model.image, SimulatorOptions("noisy", seed))
-        levels = sim._ramp_thresholds(ramp["id"]) * ramp["gain"] * ramp["g_per_z"]
+        if sim.stuck[ramp["array"]][:, ramp["bit_line"]].any():
+            continue  # a stuck ramp device is an error of up to G_max, beyond what the calibration devices may reach
+        levels = sim.realized_thresholds(ramp["id"]) * ramp["gain"] * ramp["g_per_z"]
         assert abs(np.median(levels - targets)) <= delta_g / 2 + 1e-9
+        checked += 1
+    assert checked >= 3
 
 
 def test_image_programs_the_ramp_fuse_activation_recorded(tmp_path: Path) -> None:

