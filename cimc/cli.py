@@ -209,6 +209,17 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _cmd_chip(args: argparse.Namespace) -> int:
+    from cimc.backends.tester import measure_file
+
+    m = measure_file(args.image, args.seed, args.output)
+    used = sum(int((g > 0).sum()) for g in m.g_us.values())
+    on = sum(int((s > 0).sum()) for s in m.stuck.values())
+    off = sum(int((s < 0).sum()) for s in m.stuck.values())
+    print(f"chip {m.seed}: {used} devices read on {len(m.g_us)} arrays; stuck as inferred: {on} at G_max, {off} at G_min")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from cimc.backends.cost.command import run
 
@@ -315,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--json", metavar="REPORT.json", help="also write the report as JSON")
     simulation_options(ver)
     ver.set_defaults(run=_cmd_verify)
+
+    chip = sub.add_parser("chip", help="program chip SEED with an image and read every device back (a tester)",
+                          description="Program chip SEED (noisy device model, write-verify) with MODEL.cimg, read every "
+                                      "device back once and write the measured conductances and inferred stuck devices "
+                                      "(docs/faults.md), the input of 'cimc compile --defects'.")
+    chip.add_argument("image", metavar="MODEL.cimg")
+    chip.add_argument("--seed", type=int, default=0, help="the chip instance (as in 'cimc run --fidelity noisy --seed')")
+    chip.add_argument("-o", "--output", required=True, metavar="MEASURED.npz", help="where to write the measurement")
+    chip.set_defaults(run=_cmd_chip)
 
     report = sub.add_parser("report", help="area, energy, latency and throughput of a programming image",
                             description="Cost MODEL.cimg per component, layer and time step, as compiled (NL-ADC) and "
