@@ -103,6 +103,15 @@ def _nl_adc_bits(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a number of bits or 'auto', got '{text}'") from None
 
 
+def _load_defects(path: str | None):  # noqa: ANN202
+    """The chip measurement of ``--defects`` (docs/faults.md), or None."""
+    if path is None:
+        return None
+    from cimc.defects import load_measurement
+
+    return load_measurement(path)
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
     from cimc.compiler import CompileOptions, compile_to_ir
     from cimc.hardware import load_hardware
@@ -126,6 +135,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         print_ir_after=frozenset(args.print_ir_after or ()),
         dump=_dumper(Path(args.dump_ir)) if args.dump_ir else None,
         timing=timing,
+        defects=_load_defects(args.defects),
     )
     module = compile_to_ir(args.model, hw, options)
     if args.output and Path(args.output).suffix == ".cir":
@@ -144,6 +154,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     if warning:
         print(warning, file=sys.stderr)
     sys.stdout.write(fusion_summary(module))
+    sys.stdout.write(str(module.attributes.get("defects.summary", "")))
     if args.plots:
         from cimc.plots import plot_module_ramps
 
@@ -293,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass to DIR/NN-pass.cir (with sidecars)")
     comp.add_argument("--timing", action="store_true", help="print the wall time of the import, each pass, the verifier "
                       "and the image to stderr (like mlir-opt --mlir-timing)")
+    comp.add_argument("--defects", metavar="MEASURED.npz",
+                      help="map around the stuck devices of a measured chip ('cimc chip IMAGE --seed S -o MEASURED.npz' "
+                           "of an image of this model and hardware): stuck devices compensated by their differential "
+                           "partner, ramps re-synthesized on their healthy devices (docs/faults.md)")
     comp.set_defaults(run=_cmd_compile)
 
     dump = sub.add_parser("dump", help="summarize a programming image", description="Print a programming image's arrays, "

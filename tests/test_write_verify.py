@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from cimc.backends.chip import PROGRAM, Chip, level_conductance, stuck_positions
-from cimc.backends.tester import load_measurement, measure
+from cimc.backends.tester import measure
+from cimc.defects import load_measurement
 from cimc.backends.write_verify import write_verify
 from cimc.cli import main
 from test_analog_ops import compile_model, gemm_model, hardware

@@ -1,0 +1,207 @@
+"""map-defects: map a placed, scheduled module around the faults a tester measured on one chip.
+
+The measurement (``cimc chip``, docs/faults.md) reaches the pass through the
+PassContext (``cimc compile --defects``). Stuck devices are a property of the
+chip's device positions, so the same placement meets the same faults; the pass
+changes only what is programmed onto them:
+
+- **Weights: the differential partner.** A weight column stores
+  D = G+ - G- = w s. When one device of a pair is stuck at s0 (G_max or G_min),
+  the partner is retargeted so the pair still realizes D: G- = s0 - D (G+
+  stuck) or G+ = s0 + D (G- stuck), clipped to [G_min, G_max]. A stuck-on
+  device can always be compensated where D >= 0 on its side (s0 - D lies in
+  [G_min, G_max] for 0 <= D <= G_max - G_min), which is exactly the case of the
+  positive device of a positive weight; the pair's weight is then as exact as
+  the partner's level (tests/test_map_defects.py). Where the clip acts (a
+  stuck-off positive device of a positive weight, or both devices stuck), the
+  pair keeps the nearest weight it can realize.
+- **Ramps: skip the stuck rows and re-synthesize from the measured devices**
+  (docs/faults.md, "closed loop"). Every stuck device of a ramp column becomes
+  an unselected device (level -1: its word line is never driven, so a stuck
+  device adds nothing) of the step it falls in; the step's devices move to the
+  next rows. The levels are then chosen again by the cumulative error diffusion
+  of ``cimc.ramp.synthesize_ramp``, fed with what each device measured: a
+  healthy device's measured residual (its read minus its level's nominal
+  conductance) is added to what its new level gives, so the error of one step
+  is absorbed by the next. The ramp's INL before (the measured ramp) and after
+  (the predicted one) is recorded for the compile summary.
+
+Run it last (after schedule): placement, ramps and the step program are final.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cimc.attributes import Tensor
+from cimc.defects import ChipMeasurement
+from cimc.diagnostics import CimcError
+from cimc.hardware import Hardware
+from cimc.ir import Module, Operation
+from cimc.pass_manager import ModulePass, PassContext, register_pass
+from cimc.ramp import Ramp, ramp_from_op
+
+SUMMARY_ATTR = "defects.summary"
+
+
+def compensate_pair(g_pos: np.ndarray, g_neg: np.ndarray, stuck_pos: np.ndarray, stuck_neg: np.ndarray,
+                    g_min: float, g_max: float) -> tuple[np.ndarray, np.ndarray]:
+    """(G+, G-) with the partner of every singly stuck device retargeted to keep G+ - G- (see the module docstring)."""
+    diff = g_pos - g_neg
+    rail_pos = np.where(stuck_pos > 0, g_max, g_min)
+    rail_neg = np.where(stuck_neg > 0, g_max, g_min)
+    only_pos = (stuck_pos != 0) & (stuck_neg == 0)
+    only_neg = (stuck_neg != 0) & (stuck_pos == 0)
+    new_neg = np.where(only_pos, np.clip(rail_pos - diff, g_min, g_max), g_neg)
+    new_pos = np.where(only_neg, np.clip(rail_neg + diff, g_min, g_max), g_pos)
+    new_pos = np.where(only_pos, rail_pos, new_pos)  # what the stuck device holds anyway
+    new_neg = np.where(only_neg, rail_neg, new_neg)
+    return new_pos, new_neg
+
+
+def _nominal_us(hw: Hardware, level: np.ndarray) -> np.ndarray:
+    d = hw.device
+    return np.where(level >= 0, d.g_min_us + level * (d.g_max_us - d.g_min_us) / (d.levels - 1), 0.0)
+
+
+def _column_levels(ramp: Ramp) -> np.ndarray:
+    steps = [lv for s in ramp.steps for lv in s.device_levels]
+    offset = list(ramp.offset_levels) + [-1] * (ramp.calibration_devices - len(ramp.offset_levels))
+    return np.array(steps + offset, np.int64)
+
+
+def _inl_lsb(ramp: Ramp, thresholds: np.ndarray) -> float:
+    f = ramp.transfer
+    return float(np.max(np.abs(f(thresholds) - f(ramp.thresholds))) / abs(ramp.lsb))
+
+
+@dataclass(frozen=True)
+class RampRepair:
+    """A ramp column laid out again on a measured column: per step its device levels (-1: a skipped stuck row)."""
+
+    step_levels: list[tuple[int, ...]]
+    offset_levels: tuple[int, ...]
+    predicted_steps_us: np.ndarray
+    skipped_rows: int
+    inl_before: float
+    inl_after: float
+
+
+def repair_ramp(ramp: Ramp, measured_us: np.ndarray, stuck: np.ndarray, hw: Hardware) -> RampRepair:
+    """Skip the stuck rows of a ramp column and re-synthesize its levels from the measured devices."""
+    d = hw.device
+    delta = (d.g_max_us - d.g_min_us) / (d.levels - 1)
+    old = _column_levels(ramp)
+    rows = measured_us.shape[0]
+    healthy_measured = (old >= 0) & (stuck[:old.size] == 0)
+    residual = np.zeros(rows)
+    residual[:old.size] = np.where(healthy_measured, measured_us[:old.size] - _nominal_us(hw, old), 0.0)
+    ramp_g = ramp.ramp_g_per_z
+    offset = ramp.offset_us  # the calibration devices are re-tuned on the chip against the ramp anyway
+    # Before: the ramp as measured (stuck devices at their rails, every other device as read).
+    counts = [len(s.device_levels) for s in ramp.steps]
+    bounds = np.cumsum([0] + counts)
+    before = offset + np.cumsum([measured_us[bounds[i]:bounds[i + 1]].sum() for i in range(len(counts))])
+    cursor, level = 0, offset
+    step_levels: list[tuple[int, ...]] = []
+    realized: list[float] = []
+    for k, step in enumerate(ramp.steps):
+        n = len(step.device_levels)
+        if n == 0:
+            step_levels.append(())
+            realized.append(0.0)
+            continue
+        layout: list[int | None] = []  # None: a healthy device to choose; -1: a stuck row skipped
+        while sum(v is None for v in layout) < n:
+            if cursor >= rows:
+                raise CimcError(f"a {ramp.transfer.name} ramp column has too many stuck devices to skip in {rows} rows")
+            layout.append(-1 if stuck[cursor] != 0 else None)
+            cursor += 1
+        first = cursor - len(layout)
+        healthy = [first + i for i, v in enumerate(layout) if v is None]
+        res = float(residual[healthy].sum())
+        desired = ramp_g * float(ramp.thresholds[k]) - level
+        total_levels = int(np.clip(round((desired - res - n * d.g_min_us) / delta), 0, n * (d.levels - 1)))
+        base, extra = divmod(total_levels, n)
+        chosen = [base + 1] * extra + [base] * (n - extra)
+        total = n * d.g_min_us + total_levels * delta + res
+        if n == 1 and abs(desired) < abs(total - desired):
+            chosen, total = [-1], 0.0  # unselected: nearer, and the next step catches up
+        picks = iter(chosen)
+        step_levels.append(tuple(-1 if v == -1 else next(picks) for v in layout))
+        realized.append(total)
+        level += total
+    after = offset + np.cumsum(realized)
+    skipped = int((stuck[:cursor] != 0).sum())
+    return RampRepair(step_levels, tuple(ramp.offset_levels), np.array(realized), skipped,
+                      _inl_lsb(ramp, before / ramp_g), _inl_lsb(ramp, after / ramp_g))
+
+
+@register_pass
+@dataclass(frozen=True)
+class MapDefects(ModulePass):
+    """Map placed tiles and ramps around a measured chip's stuck devices (cimc compile --defects)."""
+
+    name = "map-defects"
+
+    def bind(self, context: PassContext) -> ModulePass:
+        bound = super().bind(context)
+        object.__setattr__(bound, "_context", context)  # the measurement is data, not a pipeline option
+        return bound
+
+    def needs_context(self) -> bool:
+        return True
+
+    def apply(self, module: Module) -> bool:
+        context: PassContext | None = getattr(self, "_context", None)
+        if context is None or context.defects is None:
+            raise CimcError("map-defects needs a chip measurement: cimc compile --defects MEASURED.npz (from cimc chip)")
+        hw, m = context.hardware, context.defects
+        lines: list[str] = []
+        compensated = 0
+        for op in module.walk():
+            if op.name == "cim.tile_mvm" and "array" in op.attributes:
+                compensated += _map_tile(op, m, hw)
+            elif op.name == "cim.ramp":
+                line = _map_ramp(op, m, hw)
+                if line:
+                    lines.append(line)
+        lines.insert(0, f"defects: chip {m.seed}, {compensated} singly stuck weight pairs retargeted on the partner")
+        module.attributes[SUMMARY_ATTR] = "\n".join(lines) + "\n"
+        return True
+
+
+def _map_tile(op: Operation, m: ChipMeasurement, hw: Hardware) -> int:
+    k, r, c = (int(op.attributes[n]) for n in ("array", "array_row", "array_col"))  # type: ignore[arg-type]
+    if k not in m.stuck:
+        return 0
+    g_pos, g_neg = (op.attributes[n].array for n in ("g_pos", "g_neg"))  # type: ignore[union-attr]
+    rows, width = g_pos.shape
+    region = m.stuck[k][r:r + rows, c:c + 2 * width]
+    stuck_pos, stuck_neg = region[:, 0::2], region[:, 1::2]
+    singly = int(((stuck_pos != 0) ^ (stuck_neg != 0)).sum())
+    if singly == 0:
+        return 0
+    new_pos, new_neg = compensate_pair(g_pos, g_neg, stuck_pos, stuck_neg, hw.device.g_min_us, hw.device.g_max_us)
+    key = str(op.attributes.get("block", "tile"))
+    op.attributes["g_pos"] = Tensor.adopt(new_pos, key=f"{key}.defects.g_pos")
+    op.attributes["g_neg"] = Tensor.adopt(new_neg, key=f"{key}.defects.g_neg")
+    return singly
+
+
+def _map_ramp(op: Operation, m: ChipMeasurement, hw: Hardware) -> str:
+    k, c = int(op.attributes["array"]), int(op.attributes["array_col"])  # type: ignore[arg-type]
+    if k not in m.stuck:
+        return ""
+    ramp = ramp_from_op(op, hw)
+    repair = repair_ramp(ramp, m.g_us[k][:, c], m.stuck[k][:, c], hw)
+    step_devices = tuple(len(levels) for levels in repair.step_levels)
+    op.attributes["step_devices"] = step_devices
+    op.attributes["device_levels"] = tuple(lv for levels in repair.step_levels for lv in levels)
+    op.attributes["steps_us"] = Tensor(repair.predicted_steps_us, key=f"ramp{k}.{c}.defects.steps_us")
+    op.attributes["rows"] = sum(step_devices) + ramp.calibration_devices
+    op.attributes["inl_lsb"] = repair.inl_after
+    return (f"  ramp at array {k} bit line {c}: |INL| {repair.inl_before:.3f} LSB measured -> {repair.inl_after:.3f} "
+            f"LSB re-synthesized ({repair.skipped_rows} stuck rows skipped)")
