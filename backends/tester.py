@@ -1,16 +1,17 @@
-"""The chip tester: program chip S with an image, read every device back, infer the stuck devices.
+"""The chip tester: test chip S, program it with an image, read every device back, infer the stuck devices.
 
-This is what a wafer tester hands the compiler of a defect-aware mapping
-(docs/faults.md): not the simulator's ground truth, but a measurement. Each
-device the image programs is read once after write-verify (read noise
+This is what a tester hands the compiler of a defect-aware mapping
+(docs/faults.md): not the simulator's ground truth, but a measurement. First a
+march test programs every device of the arrays the image uses to the middle
+level (a programming of its own); then the image is programmed (programming 0,
+as ``cimc run --seed S`` does) and each device is read once (read noise
 included, from its own stream so that measuring a chip does not change a later
-run on it), and a device is reported stuck when it did not follow write-verify
-(its last verify read was out of tolerance) *and* its read sits at a rail,
-within the verify tolerance plus four read-noise deviations of G_max (+1) or
-G_min (-1), while its target lies farther than that from the rail. A device that failed verify away from a rail is noise, not a
-defect (0), and its conductance is in ``g_us``. A stuck device whose target
-was (near) its stuck value is not seen: for this image it is (nearly) harmless.
-Devices the image leaves unformed are not tested (``g_us`` 0, ``stuck`` 0).
+run on it). A device is reported stuck when, in either programming, it did not
+follow write-verify (its last verify read was out of tolerance) *and* its read
+sits at a rail, within the verify tolerance plus four read-noise deviations of
+G_max (+1) or G_min (-1), while its target lies farther than that from the
+rail. A device that failed verify away from a rail is noise, not a defect (0),
+and its conductance is in ``g_us``; devices the image leaves unformed read 0.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cimc.backends.chip import Chip, level_conductance
-from cimc.backends.write_verify import TESTER_READ, program_stream
+from cimc.backends.chip import PROGRAM, Chip, level_conductance, stuck_positions
+from cimc.backends.write_verify import TESTER_READ, program_stream, write_verify
 from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware
 from cimc.image import Image, load_image
@@ -42,17 +43,46 @@ def infer_stuck(hw: Hardware, target_us: np.ndarray, read_us: np.ndarray, unveri
     return stuck
 
 
+TEST_PATTERN_PROGRAMMING = 1  # the march test is a programming of its own (the image is programming 0)
+
+
+def test_pattern_stuck(image: Image, seed: int) -> dict[int, np.ndarray]:
+    """The stuck devices of every array the image uses, found by programming every device to the middle level.
+
+    A tester checks every device before mapping onto it: at the middle level a
+    stuck-on device reads at G_max and a stuck-off one at G_min, both far from
+    the target, so both fail verify and are seen; devices the image leaves
+    unformed are tested too (a defect-aware mapping may move weights onto them).
+    """
+    hw = image.hardware
+    d = hw.device
+    middle = d.g_min_us + (d.levels // 2) * (d.g_max_us - d.g_min_us) / (d.levels - 1)
+    found: dict[int, np.ndarray] = {}
+    for k in sorted(image.arrays):
+        shape = image.device_levels(k).shape
+        target = np.full(shape, middle)
+        truth = stuck_positions(hw, seed, k)[:shape[0], :shape[1]]
+        programmed = write_verify(hw, target, truth, seed, k, TEST_PATTERN_PROGRAMMING, PROGRAM)
+        noise = program_stream(seed, TESTER_READ, k, TEST_PATTERN_PROGRAMMING).standard_normal(shape)
+        found[k] = infer_stuck(hw, target, programmed.g_us * (1.0 + hw.nonideality.read_noise_rel * noise),
+                               ~programmed.verified)
+    return found
+
+
 def measure(image: Image, image_sha256: str, seed: int, programming: int = 0) -> ChipMeasurement:
-    """Program chip ``seed`` with ``image`` (programming ``programming``) and read every device back once."""
+    """Test chip ``seed`` (the middle-level pattern), program it with ``image`` (programming ``programming``) and
+    read every device back once: the stuck devices either programming revealed, and the image's conductances."""
     hw = image.hardware
     chip = Chip.program(image, noisy=True, seed=seed, programming=programming)
+    tested = test_pattern_stuck(image, seed)
     g_us: dict[int, np.ndarray] = {}
     stuck: dict[int, np.ndarray] = {}
     for k, g in chip.devices.items():
         noise = program_stream(seed, TESTER_READ, k, programming).standard_normal(g.shape)
         read = g * (1.0 + hw.nonideality.read_noise_rel * noise)
         g_us[k] = read
-        stuck[k] = infer_stuck(hw, level_conductance(hw, image.device_levels(k)), read, chip.unverified[k])
+        seen = infer_stuck(hw, level_conductance(hw, image.device_levels(k)), read, chip.unverified[k])
+        stuck[k] = np.where(seen != 0, seen, tested[k]).astype(np.int8)
     return ChipMeasurement(seed, image.manifest["provenance"]["hardware_sha256"], image_sha256, g_us, stuck)
 
 

@@ -82,7 +82,7 @@ class RampRepair:
     """A ramp column laid out again on a measured column: per step its device levels (-1: a skipped stuck row)."""
 
     step_levels: list[tuple[int, ...]]
-    offset_levels: tuple[int, ...]
+    calibration_levels: tuple[int, ...]  # every calibration row, -1 where unused or stuck
     predicted_steps_us: np.ndarray
     skipped_rows: int
     inl_before: float
@@ -134,8 +134,16 @@ def repair_ramp(ramp: Ramp, measured_us: np.ndarray, stuck: np.ndarray, hw: Hard
         realized.append(total)
         level += total
     after = offset + np.cumsum(realized)
+    # The calibration devices follow the steps; a stuck row among them is left unselected too.
+    calibration: list[int] = []
+    offsets = list(ramp.offset_levels) + [-1] * (ramp.calibration_devices - len(ramp.offset_levels))
+    while offsets:
+        if cursor >= rows:
+            raise CimcError(f"a {ramp.transfer.name} ramp column has too many stuck devices to skip in {rows} rows")
+        calibration.append(-1 if stuck[cursor] != 0 else offsets.pop(0))
+        cursor += 1
     skipped = int((stuck[:cursor] != 0).sum())
-    return RampRepair(step_levels, tuple(ramp.offset_levels), np.array(realized), skipped,
+    return RampRepair(step_levels, tuple(calibration), np.array(realized), skipped,
                       _inl_lsb(ramp, before / ramp_g), _inl_lsb(ramp, after / ramp_g))
 
 
@@ -201,7 +209,9 @@ def _map_ramp(op: Operation, m: ChipMeasurement, hw: Hardware) -> str:
     op.attributes["step_devices"] = step_devices
     op.attributes["device_levels"] = tuple(lv for levels in repair.step_levels for lv in levels)
     op.attributes["steps_us"] = Tensor(repair.predicted_steps_us, key=f"ramp{k}.{c}.defects.steps_us")
-    op.attributes["rows"] = sum(step_devices) + ramp.calibration_devices
+    op.attributes["offset_levels"] = tuple(lv for lv in repair.calibration_levels)
+    op.attributes["calibration_devices"] = len(repair.calibration_levels)
+    op.attributes["rows"] = sum(step_devices) + len(repair.calibration_levels)
     op.attributes["inl_lsb"] = repair.inl_after
     return (f"  ramp at array {k} bit line {c}: |INL| {repair.inl_before:.3f} LSB measured -> {repair.inl_after:.3f} "
             f"LSB re-synthesized ({repair.skipped_rows} stuck rows skipped)")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from cimc.backends.chip import PROGRAM, Chip, level_conductance, stuck_positions
-from cimc.backends.tester import measure
+from cimc.backends.tester import infer_stuck, measure
 from cimc.defects import load_measurement
 from cimc.backends.write_verify import write_verify
 from cimc.cli import main
@@ -92,22 +92,33 @@ def test_programming_noise_is_drawn_per_programming(two_images) -> None:  # noqa
     assert np.array_equal(first.stuck[0], second.stuck[0])
 
 
-def test_the_tester_infers_stuck_devices_without_false_alarms(two_images) -> None:  # noqa: ANN001
-    """Every inferred defect is a true one with its sign; every true one whose target is off its rail by more than
-    two level steps (so its verify cannot pass by read noise) is found."""
+def test_the_tester_finds_every_stuck_device_and_no_healthy_one(two_images) -> None:  # noqa: ANN001
+    """The middle-level test pattern makes every stuck device fail verify at its rail, so the inferred mask is the
+    chip's true one at every position of the arrays the image uses; the image's unformed devices read 0."""
+    hw, (a, _) = two_images
+    for seed in range(3):
+        m = measure(a, "sha", seed)
+        assert np.array_equal(m.stuck[0], stuck_positions(hw, seed, 0))
+        assert (m.stuck[0] != 0).sum() > 300
+        assert np.all(m.g_us[0][a.device_levels(0) < 0] == 0)
+
+
+def test_the_image_readback_alone_sees_the_stuck_devices_that_failed_verify(two_images) -> None:  # noqa: ANN001
+    """Inferred from the image's own programming: every inference is right, and every stuck device whose target is
+    more than two level steps from its rail (so no read can pass its verify) is found."""
     hw, (a, _) = two_images
     d = hw.device
     delta = (d.g_max_us - d.g_min_us) / (d.levels - 1)
     for seed in range(3):
-        m = measure(a, "sha", seed)
-        truth = Chip.program(a, True, seed).stuck[0]
+        chip = Chip.program(a, True, seed)
         target = level_conductance(hw, a.device_levels(0))
-        inferred = m.stuck[0]
+        read = chip.devices[0]
+        inferred = infer_stuck(hw, target, read, chip.unverified[0])
+        truth = chip.stuck[0]
         assert np.array_equal(inferred[inferred != 0], truth[inferred != 0])
         rail = np.where(truth > 0, d.g_max_us, d.g_min_us)
         visible = (truth != 0) & (np.abs(target - rail) > 2 * delta) & (target > 0)
         assert visible.sum() > 20 and np.array_equal(inferred[visible], truth[visible])
-        assert np.all(m.g_us[0][target == 0] == 0)
 
 
 def test_cimc_chip_writes_the_documented_measurement(two_images, tmp_path: Path) -> None:  # noqa: ANN001
