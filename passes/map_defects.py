@@ -15,6 +15,15 @@ changes only what is programmed onto them:
   the partner's level (tests/test_map_defects.py). Where the clip acts (a
   stuck-off positive device of a positive weight, or both devices stuck), the
   pair keeps the nearest weight it can realize.
+- **Weights: columns onto bit-line pairs.** Before that, each tile's weight
+  columns are permuted onto its bit-line pairs to minimize the squared
+  conductance error the pairs leave after compensation (a stuck-off positive
+  device hurts a large positive weight, not a negative or small one): an
+  assignment problem over the tile's columns, solved exactly by
+  scipy.optimize.linear_sum_assignment. The tile records the pair of each
+  column (``column_pairs``, docs/image-format.md). Rows are not permuted: every
+  tile of an array reads the same word lines, so a row permutation would have
+  to be shared by all of them.
 - **Ramps: skip the stuck rows and re-synthesize from the measured devices**
   (docs/faults.md, "closed loop"). Every stuck device of a ramp column becomes
   an unselected device (level -1: its word line is never driven, so a stuck
@@ -34,6 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from cimc.attributes import Tensor
 from cimc.defects import ChipMeasurement
@@ -59,6 +69,39 @@ def compensate_pair(g_pos: np.ndarray, g_neg: np.ndarray, stuck_pos: np.ndarray,
     new_pos = np.where(only_pos, rail_pos, new_pos)  # what the stuck device holds anyway
     new_neg = np.where(only_neg, rail_neg, new_neg)
     return new_pos, new_neg
+
+
+def realized_difference(diff: np.ndarray, stuck_pos: np.ndarray, stuck_neg: np.ndarray, g_min: float,
+                        g_max: float) -> np.ndarray:
+    """G+ - G- a pair realizes for the target difference ``diff`` after :func:`compensate_pair`, element-wise."""
+    rail_pos = np.where(stuck_pos > 0, g_max, g_min)
+    rail_neg = np.where(stuck_neg > 0, g_max, g_min)
+    pos_stuck, neg_stuck = stuck_pos != 0, stuck_neg != 0
+    return np.where(pos_stuck & neg_stuck, rail_pos - rail_neg,
+                    np.where(pos_stuck, rail_pos - np.clip(rail_pos - diff, g_min, g_max),
+                             np.where(neg_stuck, np.clip(rail_neg + diff, g_min, g_max) - rail_neg, diff)))
+
+
+def column_cost(diff: np.ndarray, stuck_pos: np.ndarray, stuck_neg: np.ndarray, g_min: float,
+                g_max: float) -> np.ndarray:
+    """cost[j, q]: squared conductance error (uS^2, summed over rows) of weight column j on bit-line pair q.
+
+    In uS rather than weight units, so that tiles sharing devices (with other
+    column scales) choose the same placement.
+    """
+    d = diff[:, :, None]
+    realized = realized_difference(d, stuck_pos[:, None, :], stuck_neg[:, None, :], g_min, g_max)
+    return ((realized - d) ** 2).sum(axis=0)
+
+
+def assign_columns(cost: np.ndarray) -> np.ndarray:
+    """The pair q_j of each column j minimizing sum_j cost[j, q_j] (an assignment problem, solved exactly by
+    scipy's linear_sum_assignment); the identity unless that lowers the cost, so a healthy tile keeps its layout."""
+    identity = np.arange(cost.shape[0])
+    _, pairs = linear_sum_assignment(cost)
+    if cost[identity, pairs].sum() < cost[identity, identity].sum():
+        return pairs.astype(np.int64)
+    return identity
 
 
 def _nominal_us(hw: Hardware, level: np.ndarray) -> np.ndarray:
@@ -168,35 +211,44 @@ class MapDefects(ModulePass):
             raise CimcError("map-defects needs a chip measurement: cimc compile --defects MEASURED.npz (from cimc chip)")
         hw, m = context.hardware, context.defects
         lines: list[str] = []
-        compensated = 0
+        compensated = permuted = 0
         for op in module.walk():
             if op.name == "cim.tile_mvm" and "array" in op.attributes:
-                compensated += _map_tile(op, m, hw)
+                singly, moved = _map_tile(op, m, hw)
+                compensated += singly
+                permuted += moved
             elif op.name == "cim.ramp":
                 line = _map_ramp(op, m, hw)
                 if line:
                     lines.append(line)
-        lines.insert(0, f"defects: chip {m.seed}, {compensated} singly stuck weight pairs retargeted on the partner")
+        lines.insert(0, f"defects: chip {m.seed}: {permuted} tiles' columns moved to other bit-line pairs, {compensated} "
+                        f"singly stuck weight pairs retargeted on the partner")
         module.attributes[SUMMARY_ATTR] = "\n".join(lines) + "\n"
         return True
 
 
-def _map_tile(op: Operation, m: ChipMeasurement, hw: Hardware) -> int:
+def _map_tile(op: Operation, m: ChipMeasurement, hw: Hardware) -> tuple[int, bool]:
+    """Place the tile's columns on the pairs that suit them best, then retarget partners: (pairs retargeted, moved)."""
     k, r, c = (int(op.attributes[n]) for n in ("array", "array_row", "array_col"))  # type: ignore[arg-type]
     if k not in m.stuck:
-        return 0
+        return 0, False
+    g_min, g_max = hw.device.g_min_us, hw.device.g_max_us
     g_pos, g_neg = (op.attributes[n].array for n in ("g_pos", "g_neg"))  # type: ignore[union-attr]
     rows, width = g_pos.shape
     region = m.stuck[k][r:r + rows, c:c + 2 * width]
-    stuck_pos, stuck_neg = region[:, 0::2], region[:, 1::2]
+    if not region.any():
+        return 0, False
+    pairs = assign_columns(column_cost(g_pos - g_neg, region[:, 0::2], region[:, 1::2], g_min, g_max))
+    moved = bool(np.any(pairs != np.arange(width)))
+    if moved:
+        op.attributes["column_pairs"] = tuple(int(q) for q in pairs)
+    stuck_pos, stuck_neg = region[:, 2 * pairs], region[:, 2 * pairs + 1]
     singly = int(((stuck_pos != 0) ^ (stuck_neg != 0)).sum())
-    if singly == 0:
-        return 0
-    new_pos, new_neg = compensate_pair(g_pos, g_neg, stuck_pos, stuck_neg, hw.device.g_min_us, hw.device.g_max_us)
+    new_pos, new_neg = compensate_pair(g_pos, g_neg, stuck_pos, stuck_neg, g_min, g_max)
     key = str(op.attributes.get("block", "tile"))
     op.attributes["g_pos"] = Tensor.adopt(new_pos, key=f"{key}.defects.g_pos")
     op.attributes["g_neg"] = Tensor.adopt(new_neg, key=f"{key}.defects.g_neg")
-    return singly
+    return singly, moved
 
 
 def _map_ramp(op: Operation, m: ChipMeasurement, hw: Hardware) -> str:
