@@ -138,7 +138,7 @@ def repair_ramp(ramp: Ramp, measured_us: np.ndarray, stuck: np.ndarray, hw: Hard
     delta = (d.g_max_us - d.g_min_us) / (d.levels - 1)
     old = _column_levels(ramp)
     rows = measured_us.shape[0]
-    healthy_measured = (old >= 0) & (stuck[:old.size] == 0)
+    healthy_measured = (old >= 0) & (stuck[:old.size] == 0) & (measured_us[:old.size] > 0)  # 0: not read
     residual = np.zeros(rows)
     residual[:old.size] = np.where(healthy_measured, measured_us[:old.size] - _nominal_us(hw, old), 0.0)
     ramp_g = ramp.ramp_g_per_z
@@ -210,6 +210,11 @@ class MapDefects(ModulePass):
         if context is None or context.defects is None:
             raise CimcError("map-defects needs a chip measurement: cimc compile --defects MEASURED.npz (from cimc chip)")
         hw, m = context.hardware, context.defects
+        shape = (hw.array.rows, hw.array.cols)
+        for k, g in m.g_us.items():
+            if g.shape != shape:
+                raise CimcError(f"the chip measurement's array {k} is {g.shape[0]} x {g.shape[1]}; this hardware's arrays "
+                                f"are {shape[0]} x {shape[1]}")
         lines: list[str] = []
         compensated = permuted = 0
         for op in module.walk():
@@ -253,8 +258,8 @@ def _map_tile(op: Operation, m: ChipMeasurement, hw: Hardware) -> tuple[int, boo
 
 def _map_ramp(op: Operation, m: ChipMeasurement, hw: Hardware) -> str:
     k, c = int(op.attributes["array"]), int(op.attributes["array_col"])  # type: ignore[arg-type]
-    if k not in m.stuck:
-        return ""
+    if k not in m.stuck or op.attributes.get("quantization") == "none" or "device_levels" not in op.attributes:
+        return ""  # ideal devices, or none recorded: nothing to lay out again
     ramp = ramp_from_op(op, hw)
     repair = repair_ramp(ramp, m.g_us[k][:, c], m.stuck[k][:, c], hw)
     step_devices = tuple(len(levels) for levels in repair.step_levels)
