@@ -107,6 +107,10 @@ class SaturationCounts:
             edges = self._edges[id(tile)] = (lo - half, hi + half)
         return edges
 
+    def dac_within(self, tile: Operation, inputs: int) -> None:
+        """``inputs`` DAC inputs known to lie within the full scale (the caller checked)."""
+        self._layer(tile).dac_inputs += inputs
+
     def nl_adc_within(self, tile: Operation, codes: int) -> None:
         """``codes`` NL-ADC conversions known to lie within their ramp's range (the caller checked)."""
         self._layer(tile).nl_adc_codes += codes

@@ -15,7 +15,9 @@ Peers, when importable (never a dependency of cimc):
 - CrossSim 3.2 (Sandia, ``simulator`` package) ``AnalogLSTM`` converted from the
   same torch LSTM by ``from_torch``: "ideal core" (default parameters: no
   converters, no device errors) and "8-bit ADC/DAC, 2 % programming error"
-  (``NormalProportionalDevice`` of magnitude 0.02, ADC range at its maximum).
+  (``NormalProportionalDevice`` of magnitude 0.02, ADC range at its maximum);
+  that plus 2 % proportional read noise (per MVM), which is so slow that it is
+  timed on its first ``--read-noise-steps`` steps and scaled to the sequence.
 - aihwkit 1.2 ``AnalogLSTM`` with ``TorchInferenceRPUConfig`` (torch tile) and
   with ``InferenceRPUConfig`` (C++ tile), both with their default noise model,
   same weights.
@@ -54,6 +56,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import cimc  # noqa: E402
 from cimc.backends.simulator import Simulator, SimulatorOptions  # noqa: E402
+from cimc.hardware import hardware_from_dict  # noqa: E402
 from cimc.npz import npz_bytes  # noqa: E402
 
 
@@ -95,6 +98,7 @@ def crosssim_runners(lstm, x: np.ndarray) -> dict[str, Callable[[], object]]:  #
         import torch
         from simulator import CrossSimParameters
         from simulator.algorithms.dnn.torch.convert import from_torch
+        from simulator.parameters.xbar_parameters import ADCRangeLimits
     except ImportError:
         return {}
     ideal = CrossSimParameters()
@@ -103,7 +107,7 @@ def crosssim_runners(lstm, x: np.ndarray) -> dict[str, Callable[[], object]]:  #
     noisy.xbar.device.programming_error.model = "NormalProportionalDevice"
     noisy.xbar.device.programming_error.magnitude = 0.02
     noisy.xbar.adc.mvm.bits = 8
-    noisy.xbar.adc.mvm.adc_range_option = "MAX"
+    noisy.xbar.adc.mvm.adc_range_option = ADCRangeLimits.MAX
     noisy.xbar.dac.mvm.bits = 8
     xt = torch.from_numpy(x)
     runners = {}
@@ -116,6 +120,35 @@ def crosssim_runners(lstm, x: np.ndarray) -> dict[str, Callable[[], object]]:  #
                 return m(xt)
         runners[label] = run
     return runners
+
+
+def crosssim_read_noise_per_step(lstm, x: np.ndarray, steps: int) -> float | None:  # noqa: ANN001
+    """Seconds per time step of CrossSim with read noise as well (2 % proportional, drawn per MVM), on ``steps`` steps.
+
+    Far too slow for the full sequence (minutes per run here), so it is timed on a prefix; its cost per step
+    does not depend on the step.
+    """
+    try:
+        import torch
+        from simulator import CrossSimParameters
+        from simulator.algorithms.dnn.torch.convert import from_torch
+        from simulator.parameters.xbar_parameters import ADCRangeLimits
+    except ImportError:
+        return None
+    params = CrossSimParameters()
+    for error in (params.xbar.device.programming_error, params.xbar.device.read_noise):
+        error.enable = True
+        error.model = "NormalProportionalDevice"
+        error.magnitude = 0.02
+    params.xbar.adc.mvm.bits = 8
+    params.xbar.adc.mvm.adc_range_option = ADCRangeLimits.MAX
+    params.xbar.dac.mvm.bits = 8
+    analog = from_torch(lstm, params)
+    xt = torch.from_numpy(np.ascontiguousarray(x[:steps]))
+    with torch.no_grad():
+        start = time.perf_counter()
+        analog(xt)
+        return (time.perf_counter() - start) / steps
 
 
 def aihwkit_runners(lstm, x: np.ndarray) -> dict[str, Callable[[], object]]:  # noqa: ANN001
@@ -197,6 +230,8 @@ def main() -> None:
     parser.add_argument("--process-repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="threads of every runner (0: each library's default)")
     parser.add_argument("--no-peers", action="store_true", help="leave CrossSim and aihwkit out even when installed")
+    parser.add_argument("--read-noise-steps", type=int, default=3,
+                        help="time steps on which CrossSim with read noise is timed (0: not at all)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp())
     model = lstm_model(args.inputs, args.hidden)
@@ -213,6 +248,14 @@ def main() -> None:
     for fidelity in ("exact", "ideal", "noisy"):
         sim = Simulator(compiled.image, SimulatorOptions(fidelity, seed=0))
         runners[f"cimc {fidelity}"] = lambda s=sim: s.run({"x": x})
+    # CrossSim's noisy configuration has programming error and converters but no read noise: the same on cimc's side
+    quiet = hardware_from_dict({**compiled.image.manifest["hardware"],
+                                "nonideality": {**compiled.image.manifest["hardware"]["nonideality"], "read_noise_rel": 0.0}},
+                               "bench hardware")
+    without = Simulator(cimc.compile(folder / "lstm.onnx", hw=quiet, calib=folder / "calib.npz").image,
+                        SimulatorOptions("noisy", seed=0))
+    runners["cimc noisy without read noise"] = lambda: without.run({"x": x})
+    lstm = None
     if not args.no_peers:
         lstm = torch_lstm(model, args.threads)
         if lstm is not None:
@@ -225,6 +268,13 @@ def main() -> None:
     print(f"in-process, median of {args.repeat} interleaved runs:")
     for name, t in medians.items():
         print(f"  {name:<64} {1000 * t:9.1f} ms   {t / t_ort:6.2f}x onnxruntime")
+    if not args.no_peers and args.read_noise_steps and lstm is not None:
+        per_step = crosssim_read_noise_per_step(lstm, x, args.read_noise_steps)
+        if per_step is not None:
+            t = per_step * args.steps
+            label = "CrossSim 3.2, as above + 2 % read noise per MVM"
+            print(f"  {label:<64} {1000 * t:9.1f} ms   {t / t_ort:6.2f}x onnxruntime  (1 run of "
+                  f"{args.read_noise_steps} steps, {1000 * per_step:.0f} ms per step, times {args.steps} steps)")
     missing = [p for p, mod in (("CrossSim", "simulator"), ("aihwkit", "aihwkit")) if not _importable(mod)]
     if missing and not args.no_peers:
         print(f"  (not installed: {', '.join(missing)}; see bench/README.md)")
