@@ -58,16 +58,23 @@ SUMMARY_ATTR = "defects.summary"
 
 def compensate_pair(g_pos: np.ndarray, g_neg: np.ndarray, stuck_pos: np.ndarray, stuck_neg: np.ndarray,
                     g_min: float, g_max: float) -> tuple[np.ndarray, np.ndarray]:
-    """(G+, G-) with the partner of every singly stuck device retargeted to keep G+ - G- (see the module docstring)."""
+    """Target (G+, G-) with the partner of every singly stuck device retargeted (see the module docstring).
+
+    The partner gets clip(s0 - D) (G+ stuck at s0) or clip(s0 + D) (G- stuck);
+    the stuck device's own target is set to keep the targets' difference D
+    (it lies in [G_min, G_max] whatever the clip does, and the device holds s0
+    anyway), so the reference weights, (G+ - G-) / s, stay the model's weights
+    and the exact fidelity is unchanged.
+    """
     diff = g_pos - g_neg
     rail_pos = np.where(stuck_pos > 0, g_max, g_min)
     rail_neg = np.where(stuck_neg > 0, g_max, g_min)
     only_pos = (stuck_pos != 0) & (stuck_neg == 0)
     only_neg = (stuck_neg != 0) & (stuck_pos == 0)
-    new_neg = np.where(only_pos, np.clip(rail_pos - diff, g_min, g_max), g_neg)
-    new_pos = np.where(only_neg, np.clip(rail_neg + diff, g_min, g_max), g_pos)
-    new_pos = np.where(only_pos, rail_pos, new_pos)  # what the stuck device holds anyway
-    new_neg = np.where(only_neg, rail_neg, new_neg)
+    partner_neg = np.clip(rail_pos - diff, g_min, g_max)
+    partner_pos = np.clip(rail_neg + diff, g_min, g_max)
+    new_pos = np.where(only_pos, partner_neg + diff, np.where(only_neg, partner_pos, g_pos))
+    new_neg = np.where(only_pos, partner_neg, np.where(only_neg, partner_pos - diff, g_neg))
     return new_pos, new_neg
 
 

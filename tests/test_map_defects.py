@@ -26,19 +26,22 @@ EXACT_CHIP = {"program_noise_us": 0.0, "read_noise_rel": 0.0, "vread_rel_std": 0
               "stuck_on_rate": 0.03, "stuck_off_rate": 0.03}
 
 
-def test_compensate_pair_keeps_the_difference_where_the_partner_can_reach_it() -> None:
+def test_compensate_pair_retargets_the_partner_and_keeps_the_target_difference() -> None:
     g_min, g_max = 2.0, 100.0
     g_pos = np.array([[60.0, 2.0, 60.0, 2.0, 30.0]])
     g_neg = np.array([[2.0, 50.0, 2.0, 50.0, 2.0]])
     stuck_pos = np.array([[1, 0, -1, 1, 1]], np.int8)
     stuck_neg = np.array([[0, 1, 0, 0, -1]], np.int8)
     new_pos, new_neg = compensate_pair(g_pos, g_neg, stuck_pos, stuck_neg, g_min, g_max)
-    # G+ stuck on, w > 0: G- = 100 - 58; G- stuck on, w < 0: G+ = 100 - 48.
-    assert new_pos[0, :2].tolist() == [100.0, 52.0] and new_neg[0, :2].tolist() == [42.0, 100.0]
-    # G+ stuck off with w > 0: no partner value reaches +58 (G- stays at G_min, the nearest).
-    assert (new_pos[0, 2], new_neg[0, 2]) == (2.0, 2.0)
+    # The targets' difference is the weight's everywhere (the reference weights, hence exact, do not change).
+    assert np.array_equal(new_pos - new_neg, g_pos - g_neg)
+    assert np.all((new_pos >= g_min) & (new_pos <= g_max) & (new_neg >= g_min) & (new_neg <= g_max))
+    # The partners: G+ stuck on, w > 0: G- = 100 - 58; G- stuck on, w < 0: G+ = 100 - 48.
+    assert new_neg[0, 0] == 42.0 and new_pos[0, 1] == 52.0
+    # G+ stuck off with w > 0: no partner value reaches +58; G- stays at G_min, the nearest.
+    assert new_neg[0, 2] == 2.0
     # G+ stuck on with w < 0: the nearest is G- = G_max (weight 0 instead of -48, not +50).
-    assert (new_pos[0, 3], new_neg[0, 3]) == (100.0, 100.0)
+    assert new_neg[0, 3] == 100.0
     # Both stuck: nothing to retarget.
     assert (new_pos[0, 4], new_neg[0, 4]) == (30.0, 2.0)
 
@@ -188,3 +191,14 @@ def test_a_healthy_tile_keeps_its_layout() -> None:
     from cimc.passes.map_defects import assign_columns
 
     assert assign_columns(np.zeros((5, 5))).tolist() == list(range(5))
+
+
+def test_the_defect_aware_image_encodes_the_models_weights(gemm_chip, tmp_path: Path) -> None:
+    """map-defects changes what is programmed, not the model: the reference weights (what exact runs) are the plain
+    image's, to float32 rounding of targets whose difference moved by at most one float64 ulp of 100 uS."""
+    hw, model, x, plain = gemm_chip
+    aware = cimc.compile(_save(model, tmp_path), hw=hw, calib=_calib(x, tmp_path),
+                         defects=measure(plain.image, "sha", 0))
+    assert aware.image.reference.keys() == plain.image.reference.keys()
+    for key, weights in plain.image.reference.items():
+        assert np.allclose(aware.image.reference[key], weights, rtol=2 * np.finfo(np.float32).eps, atol=0)
