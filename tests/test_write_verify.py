@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from cimc.backends.chip import PROGRAM, Chip, level_conductance, stuck_positions
@@ -20,6 +21,7 @@ from cimc.backends.tester import infer_stuck, measure
 from cimc.defects import load_measurement
 from cimc.backends.write_verify import write_verify
 from cimc.cli import main
+from cimc.npz import npz_bytes
 from test_analog_ops import compile_model, gemm_model, hardware
 
 Z = 5.33
@@ -147,3 +149,29 @@ def test_cimc_chip_refuses_to_overwrite_its_image(two_images, tmp_path: Path, ca
     assert main(["chip", str(image), "-o", str(image)]) == 2
     assert image.read_bytes() == before
     assert "refusing" in capsys.readouterr().err
+
+
+def test_compile_with_defects_end_to_end_and_its_refusals(two_images, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """cimc chip -> cimc compile --defects -> cimc run --seed S; a file that is not a measurement, and a measurement
+    of other hardware, are refused with exit status 2 and one line."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(64, 32))
+    model = tmp_path / "m.onnx"
+    onnx.save(gemm_model(w, 1), model)
+    x = rng.uniform(-1, 1, size=(1, 64)).astype(np.float32)
+    inputs = tmp_path / "x.npz"
+    inputs.write_bytes(npz_bytes({"x": x}))
+    image, measured, aware, out = (tmp_path / n for n in ("m.cimg", "meas.npz", "aware.cimg", "y.npz"))
+    assert main(["compile", str(model), "--calib", str(inputs), "-o", str(image)]) == 0
+    assert main(["chip", str(image), "--seed", "2", "-o", str(measured)]) == 0
+    capsys.readouterr()
+    assert main(["compile", str(model), "--calib", str(inputs), "--defects", str(measured), "-o", str(aware)]) == 0
+    assert "defects: chip 2" in capsys.readouterr().out
+    assert main(["run", str(aware), "--inputs", str(inputs), "--fidelity", "noisy", "--seed", "2", "-o", str(out)]) == 0
+    assert main(["compile", str(model), "--calib", str(inputs), "--defects", str(inputs), "-o", str(aware)]) == 2
+    assert "is not a chip measurement" in capsys.readouterr().err
+    hw = tmp_path / "hw.toml"
+    hw.write_text("[device]\nlevels = 32\n")
+    assert main(["compile", str(model), "--hw", str(hw), "--calib", str(inputs), "--defects", str(measured),
+                 "-o", str(aware)]) == 2
+    assert "other hardware" in capsys.readouterr().err
