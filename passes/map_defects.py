@@ -32,8 +32,10 @@ changes only what is programmed onto them:
   of ``cimc.ramp.synthesize_ramp``, fed with what each device measured: a
   healthy device's measured residual (its read minus its level's nominal
   conductance) is added to what its new level gives, so the error of one step
-  is absorbed by the next. The ramp's INL before (the measured ramp) and after
-  (the predicted one) is recorded for the compile summary.
+  is absorbed by the next. Where the column has no room to skip every stuck
+  row, the rows stay and a stuck device counts at its rail in that diffusion.
+  The ramp's INL before (the measured ramp) and after (the predicted one) is
+  recorded for the compile summary.
 
 Run it last (after schedule): placement, ramps and the step program are final.
 """
@@ -134,13 +136,29 @@ class RampRepair:
     step_levels: list[tuple[int, ...]]
     calibration_levels: tuple[int, ...]  # every calibration row, -1 where unused or stuck
     predicted_steps_us: np.ndarray
-    skipped_rows: int
+    skipped_rows: int  # 0 where the column had no room to skip: the stuck devices then count at their rails
     inl_before: float
     inl_after: float
 
 
+class _NoRoom(Exception):
+    """The column has too few rows to skip every stuck device of the ramp."""
+
+
 def repair_ramp(ramp: Ramp, measured_us: np.ndarray, stuck: np.ndarray, hw: Hardware) -> RampRepair:
-    """Skip the stuck rows of a ramp column and re-synthesize its levels from the measured devices."""
+    """Skip the stuck rows of a ramp column and re-synthesize its levels from the measured devices.
+
+    Where the column has too few rows to skip them all, the ramp keeps its rows:
+    each stuck device then counts at its rail in its step, and the step's other
+    devices and the steps after it absorb the difference.
+    """
+    try:
+        return _repair(ramp, measured_us, stuck, hw, skip=True)
+    except _NoRoom:
+        return _repair(ramp, measured_us, stuck, hw, skip=False)
+
+
+def _repair(ramp: Ramp, measured_us: np.ndarray, stuck: np.ndarray, hw: Hardware, skip: bool) -> RampRepair:
     d = hw.device
     delta = (d.g_max_us - d.g_min_us) / (d.levels - 1)
     old = _column_levels(ramp)
@@ -148,6 +166,9 @@ def repair_ramp(ramp: Ramp, measured_us: np.ndarray, stuck: np.ndarray, hw: Hard
     healthy_measured = (old >= 0) & (stuck[:old.size] == 0) & (measured_us[:old.size] > 0)  # 0: not read
     residual = np.zeros(rows)
     residual[:old.size] = np.where(healthy_measured, measured_us[:old.size] - _nominal_us(hw, old), 0.0)
+    old_level = np.full(rows, -1)
+    old_level[:old.size] = old
+    rail = np.where(stuck > 0, d.g_max_us, d.g_min_us)
     ramp_g = ramp.ramp_g_per_z
     offset = ramp.offset_us  # the calibration devices are re-tuned on the chip against the ramp anyway
     # Before: the ramp as measured (stuck devices at their rails, every other device as read).
@@ -163,36 +184,41 @@ def repair_ramp(ramp: Ramp, measured_us: np.ndarray, stuck: np.ndarray, hw: Hard
             step_levels.append(())
             realized.append(0.0)
             continue
-        layout: list[int | None] = []  # None: a healthy device to choose; -1: a stuck row skipped
-        while sum(v is None for v in layout) < n:
+        rows_k: list[int] = []  # the step's rows; with skip, until n of them are healthy
+        while len(rows_k) < n or (skip and sum(stuck[r] == 0 for r in rows_k) < n):
             if cursor >= rows:
-                raise CimcError(f"a {ramp.transfer.name} ramp column has too many stuck devices to skip in {rows} rows")
-            layout.append(-1 if stuck[cursor] != 0 else None)
+                raise _NoRoom if skip else CimcError(f"internal error: a ramp column outgrew its {rows} rows")
+            rows_k.append(cursor)
             cursor += 1
-        first = cursor - len(layout)
-        healthy = [first + i for i, v in enumerate(layout) if v is None]
-        res = float(residual[healthy].sum())
+        healthy = [r for r in rows_k if stuck[r] == 0]
+        fixed = 0.0 if skip else float(sum(rail[r] for r in rows_k if stuck[r] != 0))
         desired = ramp_g * float(ramp.thresholds[k]) - level
-        total_levels = int(np.clip(round((desired - res - n * d.g_min_us) / delta), 0, n * (d.levels - 1)))
-        base, extra = divmod(total_levels, n)
-        chosen = [base + 1] * extra + [base] * (n - extra)
-        total = n * d.g_min_us + total_levels * delta + res
-        if n == 1 and abs(desired) < abs(total - desired):
-            chosen, total = [-1], 0.0  # unselected: nearer, and the next step catches up
+        h = len(healthy)
+        total = fixed
+        chosen: list[int] = []
+        if h:
+            res = float(residual[healthy].sum())
+            total_levels = int(np.clip(round((desired - fixed - res - h * d.g_min_us) / delta), 0, h * (d.levels - 1)))
+            base, extra = divmod(total_levels, h)
+            chosen = [base + 1] * extra + [base] * (h - extra)
+            total = fixed + h * d.g_min_us + total_levels * delta + res
+            if n == 1 and h == 1 and not fixed and abs(desired) < abs(total - desired):
+                chosen, total = [-1], 0.0  # unselected: nearer, and the next step catches up
         picks = iter(chosen)
-        step_levels.append(tuple(-1 if v == -1 else next(picks) for v in layout))
+        # A skipped stuck row is unselected (-1); a kept one keeps its level (it holds its rail whatever it is given).
+        step_levels.append(tuple(next(picks) if stuck[r] == 0 else (-1 if skip else int(old_level[r])) for r in rows_k))
         realized.append(total)
         level += total
     after = offset + np.cumsum(realized)
-    # The calibration devices follow the steps; a stuck row among them is left unselected too.
+    # The calibration devices follow the steps; with skip, a stuck row among them is left unselected too.
     calibration: list[int] = []
     offsets = list(ramp.offset_levels) + [-1] * (ramp.calibration_devices - len(ramp.offset_levels))
     while offsets:
         if cursor >= rows:
-            raise CimcError(f"a {ramp.transfer.name} ramp column has too many stuck devices to skip in {rows} rows")
-        calibration.append(-1 if stuck[cursor] != 0 else offsets.pop(0))
+            raise _NoRoom if skip else CimcError(f"internal error: a ramp column outgrew its {rows} rows")
+        calibration.append(-1 if skip and stuck[cursor] != 0 else offsets.pop(0))
         cursor += 1
-    skipped = int((stuck[:cursor] != 0).sum())
+    skipped = int((stuck[:cursor] != 0).sum()) if skip else 0
     return RampRepair(step_levels, tuple(calibration), np.array(realized), skipped,
                       _inl_lsb(ramp, before / ramp_g), _inl_lsb(ramp, after / ramp_g))
 

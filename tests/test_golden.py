@@ -65,9 +65,12 @@ def structural_mismatch(actual: str, expected: str) -> str | None:
 @pytest.mark.parametrize("case", CASES, ids=[str(p.relative_to(GOLDEN)) for p in CASES])
 def test_golden(case: Path) -> None:
     module = read_ir(case)
-    # A case may come with a chip measurement (<case>.defects.npz) for map-defects, which reads it from the context.
-    defects = case.with_suffix(".defects.npz")
-    context = PassContext(load_hardware(), load_measurement(defects)) if defects.exists() else None
+    # A case may come with a chip measurement (<case>.defects.npz) for map-defects, which reads it from the context,
+    # and the hardware it was measured on (<case>.hw.toml).
+    defects, hw = case.with_suffix(".defects.npz"), case.with_suffix(".hw.toml")
+    context = None
+    if defects.exists():
+        context = PassContext(load_hardware(hw if hw.exists() else None), load_measurement(defects))
     PassManager(parse_pipeline(run_line(case)), context=context).run(module)
     actual = print_module(module, inline_limit=1 << 30).text  # goldens show every weight
     expected_path = case.with_suffix(".expected.cir")
