@@ -299,7 +299,7 @@ def _map_ramp(op: Operation, m: ChipMeasurement, hw: Hardware) -> str:
     op.attributes["step_devices"] = step_devices
     op.attributes["device_levels"] = tuple(lv for levels in repair.step_levels for lv in levels)
     op.attributes["steps_us"] = Tensor(repair.predicted_steps_us, key=f"ramp{k}.{c}.defects.steps_us")
-    op.attributes["offset_levels"] = tuple(lv for lv in repair.calibration_levels)
+    op.attributes["offset_levels"] = repair.calibration_levels
     op.attributes["calibration_devices"] = len(repair.calibration_levels)
     op.attributes["rows"] = sum(step_devices) + len(repair.calibration_levels)
     op.attributes["inl_lsb"] = repair.inl_after
