@@ -6,7 +6,7 @@ on or off is drawn from the seed and the position alone, before any image is
 known, so one seed with two different images has its stuck devices in the
 same places (the fault-tolerance work compares images on the same faulty
 chip). Programming noise is drawn per programming (per device position, again
-from the seed), drift is applied once, and the read-voltage deviation is drawn
+from the seed and the programming index), drift is applied once, and the read-voltage deviation is drawn
 once per chip. Read noise is not a property of the chip; it is drawn per read
 (see ``backends/plan.py``) from the chip's read stream.
 
@@ -16,7 +16,8 @@ array]``, so that one effect's draws never shift another's:
 - ``STUCK``: one uniform per device position of array k; u < stuck_on_rate is
   stuck at G_max, the next stuck_off_rate at G_min (only devices the image uses
   are affected: an unformed device is never driven into a read column);
-- ``PROGRAM``: one standard normal per device position of array k;
+- ``PROGRAM``: per programming, ``verify_iterations`` standard normals per device position of
+  array k (``backends/write_verify.py``, which also owns the verify-read stream);
 - ``VREAD``: one standard normal per chip, for the read-voltage deviation;
 - ``READ``: the read-noise stream, advanced by every read of a run.
 """
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cimc.hardware import Hardware
+from cimc.backends.write_verify import write_verify
 from cimc.image import Image
 
 STUCK, PROGRAM, VREAD, READ = 1, 2, 3, 4
@@ -66,32 +68,35 @@ class Chip:
     stuck: dict[int, np.ndarray] = field(default_factory=dict)  # noisy only: the stuck devices the image uses
     vread_scale: float = 1.0
     seed: int = 0
+    # noisy only: the used devices whose last write-verify read was out of tolerance (what a programmer knows)
+    unverified: dict[int, np.ndarray] = field(default_factory=dict)
 
     @staticmethod
     def program(image: Image, noisy: bool, seed: int = 0, drift_time_s: float | None = None,
-                vread_scale: float | None = None) -> Chip:
-        """Program ``image`` onto chip ``seed``: levels, then (noisy) write noise, stuck devices and drift."""
+                vread_scale: float | None = None, programming: int = 0) -> Chip:
+        """Program ``image`` onto chip ``seed``: levels, then (noisy) write-verify with the chip's stuck devices
+        (``backends/write_verify.py``; ``programming`` numbers the programming of this chip), then drift."""
         hw = image.hardware
         devices: dict[int, np.ndarray] = {}
         stuck: dict[int, np.ndarray] = {}
+        unverified: dict[int, np.ndarray] = {}
         n = hw.nonideality
-        d = hw.device
         for k in sorted(image.arrays):
             level = image.device_levels(k)
             g = level_conductance(hw, level)
             if noisy:
                 used = level >= 0
-                noise = stream(seed, PROGRAM, k).standard_normal(level.shape)
-                g = np.where(used, np.maximum(g + n.program_noise_us * noise, 0.0), 0.0)
                 defect = stuck_positions(hw, seed, k)[:level.shape[0], :level.shape[1]] * used
-                g = np.where(defect > 0, d.g_max_us, np.where(defect < 0, d.g_min_us, g))
+                programmed = write_verify(hw, g, defect, seed, k, programming, PROGRAM)
+                g = programmed.g_us
                 stuck[k] = defect.astype(np.int8)
+                unverified[k] = ~programmed.verified
                 if drift_time_s is not None:
                     g = g * (max(drift_time_s, n.drift_t0_s) / n.drift_t0_s) ** (-n.drift_nu)
             devices[k] = g
         if vread_scale is None:
             vread_scale = 1.0 + (float(stream(seed, VREAD).standard_normal()) * n.vread_rel_std if noisy else 0.0)
-        return Chip(hw, devices, stuck, float(vread_scale), seed)
+        return Chip(hw, devices, stuck, float(vread_scale), seed, unverified)
 
     def read_stream(self) -> np.random.Generator:
         """A fresh read-noise generator of this chip: a simulator draws one at construction."""

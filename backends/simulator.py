@@ -39,7 +39,7 @@ from cimc.backends.plan import AssembleStep, Hooks, Plan, adc_codes, adc_quantiz
 from cimc.backends.saturation import SaturationCounts
 from cimc.cim_kernels import apply_activation
 from cimc.diagnostics import CimcError
-from cimc.image import Image, tile_weights
+from cimc.image import Image, tile_devices, tile_weights
 from cimc.interpreter import Arrays, Interpreter, Kernel
 from cimc.ir import Operation
 
@@ -87,12 +87,10 @@ class Simulator:
 
     def tile_conductances(self, op: Operation) -> tuple[np.ndarray, np.ndarray]:
         """(G+, G-) of a tile's devices on this chip (quantized fidelities only)."""
-        k, r, c = (int(op.attributes[n]) for n in ("array", "array_row", "array_col"))  # type: ignore[arg-type]
-        r0, r1 = op.attributes["rows"]  # type: ignore[misc]
-        c0, c1 = op.attributes["cols"]  # type: ignore[misc]
         assert self.chip is not None
-        self.chip.devices = self.devices
-        return self.chip.pair(k, r, c, int(r1) - int(r0), int(c1) - int(c0))
+        k, rows, pos, neg = tile_devices(op)
+        g = self.devices[k][rows]
+        return np.ascontiguousarray(g[:, pos]), np.ascontiguousarray(g[:, neg])
 
     def exact_weights(self, op: Operation) -> np.ndarray:
         """The weights a tile encodes before quantization (what ``exact`` runs)."""

@@ -46,7 +46,7 @@ TESTS = ROOT / "tests"
 #: source file (as in the repository) -> installed module name
 MODULES = {"backends/simulator.py": "cimc.backends.simulator", "backends/plan.py": "cimc.backends.plan",
            "backends/chip.py": "cimc.backends.chip", "backends/ramp_codes.py": "cimc.backends.ramp_codes",
-           "cimc/ramp.py": "cimc.ramp"}
+           "backends/write_verify.py": "cimc.backends.write_verify", "cimc/ramp.py": "cimc.ramp"}
 
 #: targeted test subsets per file for the automatic mutants
 _SIMULATOR_TESTS = ["tests/test_analog_ops.py", "tests/test_noise_model.py", "tests/test_progress.py",
@@ -56,6 +56,7 @@ SUBSETS = {
     "backends/plan.py": _SIMULATOR_TESTS,
     "backends/chip.py": _SIMULATOR_TESTS,
     "backends/ramp_codes.py": _SIMULATOR_TESTS,
+    "backends/write_verify.py": _SIMULATOR_TESTS + ["tests/test_write_verify.py"],
     "cimc/ramp.py": ["tests/test_ramp.py", "tests/test_analog_ops.py", "tests/test_ramp_thresholds.py"],
 }
 
@@ -90,8 +91,8 @@ HAND: tuple[HandMutation, ...] = (
                  "wanted = ramp[\"offset_sign\"] * (offset + np.median(targets - levels))",
                  "wanted = ramp[\"offset_sign\"] * offset",
                  (N + "test_ramp_recalibration_absorbs_the_median_level_error",)),
-    HandMutation("programming noise 10x", "backends/chip.py",
-                 "g + n.program_noise_us * noise", "g + 10 * n.program_noise_us * noise",
+    HandMutation("programming noise 10x", "backends/write_verify.py",
+                 "target_us + n.program_noise_us * pulses[i]", "target_us + 10 * n.program_noise_us * pulses[i]",
                  (N + "test_programming_noise_has_the_configured_std",
                   N + "test_noisy_column_output_matches_its_analytic_distribution")),
     HandMutation("stuck rates 10x", "backends/chip.py",

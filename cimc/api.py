@@ -17,6 +17,7 @@ import numpy as np
 from cimc.backends.saturation import SaturationCounts
 from cimc.backends.simulator import Simulator, SimulatorOptions
 from cimc.compiler import CompileOptions, build_image, compile_to_ir, image_provenance, pipeline_of, with_nl_adc_bits
+from cimc.defects import ChipMeasurement
 from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware, load_hardware
 from cimc.image import Image, load_image
@@ -61,7 +62,8 @@ def compile(model: str | Path, hw: str | Path | Hardware | None = None,  # noqa:
             input_shapes: Mapping[str, Sequence[DimSpec]] | None = None, pipeline: str | None = None,
             identity: str = "auto", share_weights: bool = True,
             input_ranges: Mapping[str, tuple[float, float]] | None = None,
-            nl_adc_bits: int | str | None = None, reference: bool = True) -> CompiledModel:
+            nl_adc_bits: int | str | None = None, reference: bool = True,
+            defects: ChipMeasurement | None = None) -> CompiledModel:
     """Import, lower and lay out ``model`` for ``hw`` (a TOML path, a :class:`Hardware`, or the defaults).
 
     ``calib``: one or more .npz files or directories of them (as ``cimc compile --calib``, repeated);
@@ -70,7 +72,8 @@ def compile(model: str | Path, hw: str | Path | Hardware | None = None,  # noqa:
     ``nl_adc_bits``: an int overrides the hardware's NL-ADC bits; ``"auto"`` lets fuse-activation pick the fewest
     bits per ramp (see ``cimc compile --nl-adc-bits``);
     ``reference=False`` leaves the unquantized weights out of the image (``cimc compile --no-reference``): it then runs
-    at ideal and noisy fidelity only, and cannot be verified.
+    at ideal and noisy fidelity only, and cannot be verified;
+    ``defects``: a chip measurement (``cimc.defects.load_measurement``, ``cimc compile --defects``) to map around.
     """
     hardware = hw if isinstance(hw, Hardware) else load_hardware(hw)
     if nl_adc_bits is not None and nl_adc_bits != "auto":
@@ -81,7 +84,7 @@ def compile(model: str | Path, hw: str | Path | Hardware | None = None,  # noqa:
     options = CompileOptions(pipeline=pipeline, calib=CALIB_SEPARATOR.join(str(Path(p).resolve()) for p in paths) or None,
                              input_ranges=";".join(f"{n}={float(lo)!r},{float(hi)!r}" for n, (lo, hi) in (input_ranges or {}).items()),
                              identity=identity, share_weights=share_weights, input_shapes=input_shapes,
-                             auto_bits=nl_adc_bits == "auto")
+                             auto_bits=nl_adc_bits == "auto", defects=defects)
     module = compile_to_ir(model, hardware, options)
     warning = range_warning(module)
     if warning:

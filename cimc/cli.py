@@ -182,6 +182,15 @@ def _nl_adc_bits(text: str) -> int | str:
     return bits
 
 
+def _load_defects(path: str | None):  # noqa: ANN202
+    """The chip measurement of ``--defects`` (docs/faults.md), or None."""
+    if path is None:
+        return None
+    from cimc.defects import load_measurement
+
+    return load_measurement(path)
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
     from cimc.compiler import CompileOptions, compile_to_ir, default_pipeline
     from cimc.hardware import load_hardware
@@ -195,6 +204,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         plan.read("hardware description", args.hw)
     for calib in args.calib or ():
         plan.read("calibration data", calib, folder_ok=True)
+    if args.defects:
+        plan.read("--defects measurement", args.defects)
     writes_ir = bool(args.output) and Path(args.output).suffix == ".cir"
     if writes_ir:
         _plan_ir_output(plan, args.output)
@@ -224,6 +235,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         print_ir_after=frozenset(args.print_ir_after or ()),
         dump=_dumper(Path(args.dump_ir)) if args.dump_ir else None,
         timing=timing,
+        defects=_load_defects(args.defects),
     )
     module = compile_to_ir(args.model, hw, options)
     image = None
@@ -247,6 +259,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     if warning:
         print(warning, file=sys.stderr)
     sys.stdout.write(fusion_summary(module))
+    sys.stdout.write(str(module.attributes.get("defects.summary", "")))
     if args.plots:
         from cimc.plots import plot_module_ramps
 
@@ -342,6 +355,20 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _cmd_chip(args: argparse.Namespace) -> int:
+    from cimc.backends.tester import measure_file
+
+    plan = PathPlan()
+    plan.read("image", args.image)
+    plan.write("output", args.output)
+    m = measure_file(args.image, args.seed, args.output)
+    used = sum(int((g > 0).sum()) for g in m.g_us.values())
+    on = sum(int((s > 0).sum()) for s in m.stuck.values())
+    off = sum(int((s < 0).sum()) for s in m.stuck.values())
+    print(f"chip {m.seed}: {used} devices read on {len(m.g_us)} arrays; stuck as inferred: {on} at G_max, {off} at G_min")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from cimc.backends.cost.command import run
 
@@ -415,6 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass to DIR/NN-pass.cir (with sidecars)")
     comp.add_argument("--timing", action="store_true", help="print the wall time of the import, each pass, the verifier "
                       "and the image to stderr (like mlir-opt --mlir-timing)")
+    comp.add_argument("--defects", metavar="MEASURED.npz",
+                      help="map around the stuck devices of a measured chip ('cimc chip IMAGE --seed S -o MEASURED.npz' "
+                           "of an image of this model and hardware): stuck devices compensated by their differential "
+                           "partner, ramps re-synthesized on their healthy devices (docs/faults.md)")
     comp.set_defaults(run=_cmd_compile)
 
     dump = sub.add_parser("dump", help="summarize a programming image", description="Print a programming image's arrays, "
@@ -451,6 +482,15 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--json", metavar="REPORT.json", help="also write the report as JSON")
     simulation_options(ver)
     ver.set_defaults(run=_cmd_verify)
+
+    chip = sub.add_parser("chip", help="program chip SEED with an image and read every device back (a tester)",
+                          description="Program chip SEED (noisy device model, write-verify) with MODEL.cimg, read every "
+                                      "device back once and write the measured conductances and inferred stuck devices "
+                                      "(docs/faults.md), the input of 'cimc compile --defects'.")
+    chip.add_argument("image", metavar="MODEL.cimg")
+    chip.add_argument("--seed", type=_integer(0, SEED_MAX), default=0, help="the chip instance (as in 'cimc run --fidelity noisy --seed')")
+    chip.add_argument("-o", "--output", required=True, metavar="MEASURED.npz", help="where to write the measurement")
+    chip.set_defaults(run=_cmd_chip)
 
     report = sub.add_parser("report", help="area, energy, latency and throughput of a programming image",
                             description="Cost MODEL.cimg per component, layer and time step, as compiled (NL-ADC) and "

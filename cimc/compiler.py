@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cimc import __version__
+from cimc.defects import ChipMeasurement
+from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware, hardware_from_dict
 from cimc.image import Image
 from cimc.importer import DimSpec, import_onnx
@@ -29,11 +31,12 @@ from cimc.timing import Timing
 
 
 def default_pipeline(calib: str | None = None, identity: str = "auto", share_weights: bool = True,
-                     input_ranges: str = "", auto_bits: bool = False) -> str:
+                     input_ranges: str = "", auto_bits: bool = False, defects: bool = False) -> str:
     """The lowering pipeline; hardware parameters come from the context, ``calib`` and ``input_ranges`` as ``ranges`` takes them.
 
     ``share_weights=False`` leaves out share-weights: every MVM then gets its own copy of its weights.
     ``auto_bits``: fuse-activation picks each ramp's bits (3..8) instead of using ``nl_adc_bits``.
+    ``defects``: end with map-defects, which maps around a measured chip (the context's ``defects``).
     """
     return ",".join([
         "decompose-rnn",
@@ -51,6 +54,7 @@ def default_pipeline(calib: str | None = None, identity: str = "auto", share_wei
         f"fuse-activation{{identity={identity} quantization=cumulative max_inl=1.0 auto_bits={'true' if auto_bits else 'false'}}}",
         "canonicalize",
         "schedule",
+        *(["map-defects"] if defects else []),
     ])
 
 
@@ -76,6 +80,7 @@ class CompileOptions:
     dump: Callable[[str, Module], None] | None = None
     out: TextIO | None = None
     timing: Timing | None = None
+    defects: ChipMeasurement | None = None  # a measured chip to map around (cimc compile --defects)
 
 
 def pipeline_of(options: CompileOptions) -> str:
@@ -83,7 +88,7 @@ def pipeline_of(options: CompileOptions) -> str:
     if options.pipeline is not None:
         return options.pipeline
     return default_pipeline(options.calib, options.identity, options.share_weights, options.input_ranges,
-                            options.auto_bits)
+                            options.auto_bits, options.defects is not None)
 
 
 def hardware_sha256(hw: Hardware) -> str:
@@ -124,7 +129,10 @@ def compile_to_ir(model: str | Path, hw: Hardware, options: CompileOptions | Non
     timing = opts.timing if opts.timing is not None else Timing()
     with timing.phase("import"):
         module = import_onnx(model, opts.input_shapes)
+    if opts.defects is not None and opts.defects.hardware_sha256 != hardware_sha256(hw):
+        raise CimcError("the chip measurement was taken of an image compiled for other hardware (its hardware_sha256 "
+                        "differs): measure the chip with an image compiled with the same --hw")
     passes = parse_pipeline(pipeline_of(opts))
     PassManager(passes, opts.print_ir_after_all, opts.print_ir_after, opts.dump, opts.out,
-                context=PassContext(hw), timing=timing).run(module)
+                context=PassContext(hw, opts.defects), timing=timing).run(module)
     return module

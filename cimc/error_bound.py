@@ -89,7 +89,7 @@ import numpy as np
 
 from cimc.backends.simulator import Simulator, SimulatorOptions, adc_quantize, dac_quantize
 from cimc.cim_kernels import apply_activation, driven_input, mvm_input, row_scales
-from cimc.image import Image, tile_levels, tile_weights
+from cimc.image import Image, tile_devices, tile_levels, tile_weights
 from cimc.interpreter import Arrays, Interpreter
 from cimc.ir import Operation
 from cimc.kernels.activations import Activation
@@ -488,11 +488,10 @@ def stuck_summary(simulator: Simulator) -> str:
     for op in simulator.program.walk():
         if op.name != "cim.tile_mvm":
             continue
-        k, r, c = (int(op.attributes[n]) for n in ("array", "array_row", "array_col"))  # type: ignore[arg-type]
-        r0, r1 = op.attributes["rows"]  # type: ignore[misc]
-        c0, c1 = op.attributes["cols"]  # type: ignore[misc]
-        region = (slice(r, r + r1 - r0), slice(c, c + 2 * (c1 - c0)))
-        stuck = simulator.stuck[k][region]
+        k, rows, pos, neg = tile_devices(op)
+        interleaved = np.empty(2 * pos.size, np.int64)
+        interleaved[0::2], interleaved[1::2] = pos, neg
+        stuck = simulator.stuck[k][rows][:, interleaved]
         weight_on += int((stuck > 0).sum())
         weight_off += int((stuck < 0).sum())
         if stuck.any():

@@ -20,6 +20,7 @@ from cimc.diagnostics import CimcError
 
 
 AUTO = "auto"
+WRITE_VERIFY_KEYS = ("verify_iterations", "verify_tolerance_us")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class NonidealityConfig:
     drift_nu: float
     drift_t0_s: float
     vread_rel_std: float
+    verify_iterations: int
+    verify_tolerance_us: float
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,10 @@ def hardware_from_dict(data: dict[str, dict[str, Any]], origin: str = "hardware 
             # Cost figures do not describe the mapping: an image built before a figure existed still
             # loads, and is costed with the shipped default for it.
             values = {**_default_dict()["cost"], **values}
+        elif name == "nonideality":
+            # The write-verify keys came later: an image built before them is programmed with the shipped defaults.
+            defaults = _default_dict()["nonideality"]
+            values = {**{k: defaults[k] for k in WRITE_VERIFY_KEYS}, **values}
         kwargs = {}
         for f in fields(cls):
             if f.name not in values:
@@ -298,7 +305,9 @@ def _validate(hw: Hardware, origin: str) -> None:
             problems.append(f"{key} must lie in [0, 1] (got {getattr(n, key)})")
     if n.stuck_on_rate + n.stuck_off_rate > 1:
         problems.append("stuck_on_rate + stuck_off_rate cannot exceed 1")
-    for key in ("program_noise_us", "read_noise_rel", "drift_nu", "vread_rel_std"):
+    if n.verify_iterations < 1:
+        problems.append(f"verify_iterations must be at least 1 (got {n.verify_iterations})")
+    for key in ("program_noise_us", "read_noise_rel", "drift_nu", "vread_rel_std", "verify_tolerance_us"):
         if getattr(n, key) < 0:
             problems.append(f"{key} cannot be negative (got {getattr(n, key)})")
     if n.drift_t0_s <= 0:

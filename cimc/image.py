@@ -303,8 +303,13 @@ def _from_entries(manifest: dict[str, Any], entries: dict[str, memoryview]) -> I
 
 
 def _check_reference_shapes(program: StepProgram, reference: dict[int, np.ndarray]) -> None:
+    """Reference weights of a tile's shape; a tile's column_pairs a permutation of its columns."""
     for op in program.ops():
         attrs = op.get("attrs", {})
+        if op["op"] == "read" and "column_pairs" in attrs:
+            width = attrs["cols"][1] - attrs["cols"][0]
+            if sorted(attrs["column_pairs"]) != list(range(width)):
+                raise ProgramError(f"tile {attrs['tile']}: column_pairs must be a permutation of 0..{width - 1}")
         if op["op"] == "read" and "reference" in attrs:
             (r0, r1), (c0, c1) = attrs["rows"], attrs["cols"]
             weights = reference[attrs["reference"]]
@@ -313,19 +318,28 @@ def _check_reference_shapes(program: StepProgram, reference: dict[int, np.ndarra
                                    f"tile {attrs['tile']} reads {r1 - r0} x {c1 - c0} float weights")
 
 
-def _tile_region(tile: Operation) -> tuple[int, slice, slice]:
-    """(array, word lines, bit lines) a program tile occupies: G+ on even, G- on odd bit lines from array_col."""
+def tile_devices(tile: Operation) -> tuple[int, slice, np.ndarray, np.ndarray]:
+    """(array, word lines, G+ bit lines, G- bit lines) of a program tile's weight columns, in column order.
+
+    Weight column j sits on the bit-line pair q_j of the tile (G+ on bit line
+    array_col + 2 q_j, G- on the next): q_j is the tile's ``column_pairs[j]``
+    (map-defects permutes columns onto healthy pairs), j itself when absent.
+    The one accessor for every reader of a tile's devices (image, simulator,
+    error bound).
+    """
     k, r, c = (int(tile.attributes[n]) for n in ("array", "array_row", "array_col"))  # type: ignore[arg-type]
     r0, r1 = tile.attributes["rows"]  # type: ignore[misc]
     c0, c1 = tile.attributes["cols"]  # type: ignore[misc]
-    return k, slice(r, r + r1 - r0), slice(c, c + 2 * (c1 - c0))
+    pairs = tile.attributes.get("column_pairs")
+    q = np.arange(int(c1) - int(c0)) if pairs is None else np.asarray(pairs, np.int64)  # type: ignore[arg-type]
+    return k, slice(r, r + int(r1) - int(r0)), c + 2 * q, c + 2 * q + 1
 
 
 def tile_levels(image: Image, tile: Operation) -> tuple[np.ndarray, np.ndarray]:
     """(level G+, level G-) of a program tile's devices, read from its array (-1: unformed)."""
-    k, rows, cols = _tile_region(tile)
-    level = image.device_levels(k)[rows, cols]
-    return level[:, 0::2], level[:, 1::2]
+    k, rows, pos, neg = tile_devices(tile)
+    level = image.device_levels(k)[rows]
+    return level[:, pos], level[:, neg]
 
 
 def tile_weights(image: Image, tile: Operation) -> np.ndarray:

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TextIO, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from cimc.defects import ChipMeasurement
 from cimc.diagnostics import CimcError, InternalError
 from cimc.dialects import VerifyError
 from cimc.hardware import Hardware, load_hardware
@@ -37,9 +38,11 @@ from cimc.verifier import verify
 
 @dataclass(frozen=True)
 class PassContext:
-    """What every pass may rely on besides its options: the hardware the IR is lowered for."""
+    """What every pass may rely on besides its options: the hardware the IR is lowered for, and (map-defects only)
+    the measured chip to map around (``cimc compile --defects``)."""
 
     hardware: Hardware
+    defects: ChipMeasurement | None = None
 
     @staticmethod
     def default() -> PassContext:

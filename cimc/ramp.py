@@ -679,7 +679,8 @@ def ramp_from_op(op: Operation, hw: Hardware) -> Ramp:
         else:
             levels_k = tuple(device_levels[cursor:cursor + n])
             cursor += n
-            device_us = tuple(d.g_min_us + lv * delta_g for lv in levels_k)
+            # Level -1: a device left unselected (a stuck row that map-defects skips) adds nothing.
+            device_us = tuple(d.g_min_us + lv * delta_g if lv >= 0 else 0.0 for lv in levels_k)
         steps.append(RampStep(target, levels_k, device_us, target == 0 or target >= d.g_min_us))
     y0, y1 = (float(transfer(np.float64(z))) for z in (transfer.z_lo, transfer.z_hi))
     levels_y = y0 + np.arange(1 << bits) * ((y1 - y0) / ((1 << bits) - 1))

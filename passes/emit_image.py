@@ -83,8 +83,11 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             if r + rows > a.rows or c + 2 * width > a.cols:
                 raise CimcError(f"a tile of block '{op.attributes.get('block')}' at array {k}, row {r}, bit line {c} does not fit "
                                 f"a {a.rows} x {a.cols} array: the image's hardware differs from the one compiled for")
+            # Weight column j on bit-line pair q_j of the tile (column_pairs, from map-defects; j when absent).
+            pairs = op.attributes.get("column_pairs")
+            q = np.arange(width) if pairs is None else np.asarray(pairs, np.int64)  # type: ignore[arg-type]
             interleaved = np.empty((rows, 2 * width), layout.dtype)
-            interleaved[:, 0::2], interleaved[:, 1::2] = layout.level_of(g_pos), layout.level_of(g_neg)
+            interleaved[:, 2 * q], interleaved[:, 2 * q + 1] = layout.level_of(g_pos), layout.level_of(g_neg)
             # What exact runs: the weights the conductances encode, once in the model's float type (cim_kernels does the same).
             exact = ((g_pos - g_neg) / op.attributes["g_scale"].array).astype(op.results[0].type.np_dtype) \
                 if reference else None  # type: ignore[union-attr]
@@ -106,6 +109,8 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
                 region = {"kind": "weights", "tile": tile_id, "block": op.attributes.get("block"),
                           "block_rows": [r0, r1], "block_cols": [c0, c1],
                           "word_lines": [r, r + rows], "bit_lines": [c, c + 2 * width]}
+                if pairs is not None:
+                    region["column_pairs"] = [int(v) for v in q]
                 if "share" in op.attributes and op.location:
                     region["nodes"] = [op.location]
                 if reference:

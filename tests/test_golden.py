@@ -26,7 +26,9 @@ from pathlib import Path
 import pytest
 
 from cimc.irfile import read_ir
-from cimc.pass_manager import PassManager, parse_pipeline
+from cimc.defects import load_measurement
+from cimc.hardware import load_hardware
+from cimc.pass_manager import PassContext, PassManager, parse_pipeline
 from cimc.printer import print_module
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -63,7 +65,13 @@ def structural_mismatch(actual: str, expected: str) -> str | None:
 @pytest.mark.parametrize("case", CASES, ids=[str(p.relative_to(GOLDEN)) for p in CASES])
 def test_golden(case: Path) -> None:
     module = read_ir(case)
-    PassManager(parse_pipeline(run_line(case))).run(module)
+    # A case may come with a chip measurement (<case>.defects.npz) for map-defects, which reads it from the context,
+    # and the hardware it was measured on (<case>.hw.toml).
+    defects, hw = case.with_suffix(".defects.npz"), case.with_suffix(".hw.toml")
+    context = None
+    if defects.exists():
+        context = PassContext(load_hardware(hw if hw.exists() else None), load_measurement(defects))
+    PassManager(parse_pipeline(run_line(case)), context=context).run(module)
     actual = print_module(module, inline_limit=1 << 30).text  # goldens show every weight
     expected_path = case.with_suffix(".expected.cir")
     if os.environ.get("CIMC_UPDATE_GOLDEN"):

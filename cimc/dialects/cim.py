@@ -211,6 +211,9 @@ def _verify_tile(op: Operation) -> None:
         raise VerifyError(op, f"'{op.name}' covers rows [{r0}, {r1}) and cols [{c0}, {c1}) but holds {rows} x {cols} devices")
     if r1 > segment_rows(op):
         raise VerifyError(op, f"'{op.name}' reads rows up to {r1} of an input of {segment_rows(op)} rows")
+    pairs = op.attributes.get("column_pairs")
+    if pairs is not None and sorted(pairs) != list(range(cols)):  # type: ignore[arg-type]
+        raise VerifyError(op, f"'{op.name}' column_pairs must be a permutation of 0..{cols - 1}")
     if op.results[0].type.shape[-1:] != (cols,):
         raise VerifyError(op, f"type mismatch: '{op.name}' has {cols} columns but its result is {op.results[0].type}")
     _verify_row_scale(op, rows)
@@ -222,11 +225,12 @@ def _verify_tile(op: Operation) -> None:
 TILE_MVM = define(
     "cim.tile_mvm",
     "The part of an MVM that one array computes: rows [r0, r1) x cols [c0, c1) of a block; yields a partial sum "
-    "(row_scale: the tile's rows' DAC scale fractions, as in cim.crossbar_mvm).",
+    "(row_scale: the tile's rows' DAC scale fractions, as in cim.crossbar_mvm; column_pairs: the bit-line pair of "
+    "each column, a permutation set by map-defects, identity when absent).",
     operands="inputs*",
     results="partial",
     attributes=attrs(**{**_CONDUCTANCE_ATTRS, "g_pos": "tensor", "g_neg": "tensor"}, rows="ints!", cols="ints!",
-                     array="int", array_row="int", array_col="int", share="str"),
+                     array="int", array_row="int", array_col="int", share="str", column_pairs="ints"),
     verify=_verify_tile,
 )
 
