@@ -223,7 +223,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     calib = CALIB_SEPARATOR.join(str(Path(c).resolve()) for c in args.calib) if args.calib else None
     input_ranges = ";".join(f"{n}={lo!r},{hi!r}" for n, lo, hi in args.input_range or ())
     pipeline = args.pipeline if args.pipeline is not None else \
-        default_pipeline(calib, args.identity, input_ranges=input_ranges, auto_bits=args.nl_adc_bits == "auto")
+        default_pipeline(calib, args.identity, input_ranges=input_ranges, auto_bits=args.nl_adc_bits == "auto",
+                         defects=args.defects is not None)
     parse_pipeline(pipeline)  # a bad pipeline is refused before the import
     _check_printed_passes(pipeline, args.print_ir_after)
     check_compile_memory(args.model)

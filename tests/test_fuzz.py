@@ -491,8 +491,13 @@ def _image_edit(entries: dict[str, bytes], kind: str, draw: st.DrawFn) -> tuple[
         edit = draw(st.sampled_from(["value", "dtype", "shape", "header"]))
         if edit == "value" and array.size:
             array = array.copy()
-            lo, hi = (np.iinfo(array.dtype).min, np.iinfo(array.dtype).max) if array.dtype.kind in "iu" else (-32768, 10**4)
-            array.flat[draw(st.integers(0, array.size - 1))] = draw(st.sampled_from([lo, -2, hi, 100, 0]))
+            if array.dtype.kind in "iub":  # values the (possibly edited) dtype can hold, its extremes included
+                info = np.iinfo(array.dtype) if array.dtype.kind != "b" else np.iinfo(np.uint8)
+                values = sorted({int(info.min), int(info.max), 0, min(100, int(info.max))} | ({-2} if info.min < 0 else set()))
+                values = values if array.dtype.kind != "b" else [0, 1]
+            else:
+                values = [-32768, -2, 32767, 10**4, 0]
+            array.flat[draw(st.integers(0, array.size - 1))] = draw(st.sampled_from(values))
         elif edit == "dtype":
             array = array.astype(draw(st.sampled_from([np.float32, np.int64, np.uint8, np.bool_, np.complex64])))
         elif edit == "shape":
