@@ -24,8 +24,6 @@ scheduled module to one.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
 import io
 import json
@@ -41,6 +39,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from cimc.collector import collector_paused
 from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware, hardware_from_dict
 from cimc.image_check import check_manifest
@@ -108,7 +107,7 @@ class Image:
     def program(self) -> Module:
         """The step program as a Module (built once, directly from program.json; simulators only read it)."""
         if self._program is None:
-            with _collector_paused():
+            with collector_paused():
                 self._program = program_to_module(self.program_data, self.manifest)
         return self._program
 
@@ -144,19 +143,6 @@ class Image:
                 zf.writestr(info, data)
 
 
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Loading builds some 10^5 objects that refer to each other (ops, values, their uses) and none that are garbage;
-    the cyclic collector's full passes over them would cost about a fifth of the load."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _json_bytes(document: Any) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
@@ -164,7 +150,7 @@ def _json_bytes(document: Any) -> bytes:
 def load_image(path: str | Path) -> Image:
     """Read and check an image: format, version, every checksum, the program against its op set; a bad file is a
     clear error."""
-    with _collector_paused():
+    with collector_paused():
         return _load(Path(path))
 
 

@@ -15,17 +15,16 @@ pipeline still overrides it (``tile{rows=16}`` on a 128-row chip).
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import re
 import time
 import types
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TextIO, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from cimc.collector import collector_paused
 from cimc.defects import ChipMeasurement
 from cimc.diagnostics import CimcError, InternalError
 from cimc.dialects import VerifyError
@@ -216,23 +215,6 @@ def format_pipeline(passes: Iterable[ModulePass]) -> str:
     return ",".join(p.spec() for p in passes)
 
 
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector, restoring its state after.
-
-    Passes create hundreds of thousands of small objects (ops, values, uses: each op and its results refer to
-    each other) and keep almost all of them; every so many allocations the collector would traverse all live
-    objects again, a quarter of the compile's time at hidden 2048. Nothing large waits for it: an erased op
-    drops its attributes (the weights) at once, and reference counting frees them.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
 
 @dataclass
 class PassManager:
@@ -251,8 +233,8 @@ class PassManager:
     timing: Timing | None = None
 
     def run(self, module: Module) -> Module:
-        """Run the passes on ``module``; Python's cycle collector is paused meanwhile (see :func:`_collector_paused`)."""
-        with _collector_paused():
+        """Run the passes on ``module``; Python's cycle collector is paused meanwhile (see :func:`collector_paused`)."""
+        with collector_paused():
             return self._run(module)
 
     def _run(self, module: Module) -> Module:
