@@ -13,6 +13,7 @@ the step program against its op set and the arrays (``cimc.step_program``).
 from __future__ import annotations
 
 import math
+from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,11 @@ def _fail(path: Path, what: str) -> CimcError:
 
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _one_of(v: object, known: Container[object]) -> bool:
+    """``v in known`` for a JSON value of any type (a list or an object is never a key, and is unhashable)."""
+    return isinstance(v, (str, int)) and not isinstance(v, bool) and v in known
 
 
 def _is_number(v: object) -> bool:
@@ -59,7 +65,7 @@ def check_manifest(manifest: dict[str, Any], path: Path) -> None:
             where = f"model.{kind}[{i}]"
             _require(path, t, "dict", where)
             _require(path, t.get("name"), "str", f"{where}.name")
-            if t.get("dtype") not in DTYPES:
+            if not _one_of(t.get("dtype"), DTYPES):
                 raise _fail(path, f"{where}.dtype {t.get('dtype')!r} is not a tensor type")
             shape = _require(path, t.get("shape"), "list", f"{where}.shape")
             if not all(d is None or isinstance(d, str) or (_is_int(d) and d >= 0) for d in shape):
@@ -83,7 +89,7 @@ def check_manifest(manifest: dict[str, Any], path: Path) -> None:
         _require(path, ramp, "dict", where)
         if ramp.get("id") != i:
             raise _fail(path, f"{where}.id is {ramp.get('id')!r}")
-        if ramp.get("array") not in indices:
+        if not _one_of(ramp.get("array"), indices):
             raise _fail(path, f"{where} is on array {ramp.get('array')!r}, which the image does not hold")
         bit_line = _require(path, ramp.get("bit_line"), "int", f"{where}.bit_line")
         bits = _require(path, ramp.get("bits"), "int", f"{where}.bits")
@@ -104,7 +110,7 @@ def _check_region(path: Path, region: object, where: str) -> None:
     assert isinstance(region, dict)
     kind = region.get("kind")
     spans = {"weights": ("block_rows", "block_cols", "word_lines", "bit_lines"), "ramp": ("word_lines", "bit_lines")}
-    if kind not in spans:
+    if not _one_of(kind, spans):
         raise _fail(path, f"{where}.kind must be 'weights' or 'ramp', got {kind!r:.40}")
     for key in spans[kind]:
         if len(_require(path, region.get(key), "ints", f"{where}.{key}")) != 2:

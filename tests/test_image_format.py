@@ -338,3 +338,24 @@ def test_the_reader_in_the_docs_reads_devices_and_a_ramp(kws: tuple, tmp_path: P
     np.testing.assert_allclose(got["thresholds"], realized, rtol=1e-12, atol=0)
     ramp = image.manifest["ramps"][got["ramp"]]
     assert got["output"] == ramp["output_levels"][int(np.searchsorted(realized, got["z"], side="right"))]
+
+
+@pytest.mark.parametrize(("where", "value"), [(("model", "inputs", 0, "dtype"), []), (("ramps", 0, "array"), {}),
+                                              (("arrays", 0, "regions", 0, "kind"), [1])])
+def test_manifest_values_of_the_wrong_json_type_are_refused(kws, tmp_path: Path, where, value) -> None:  # noqa: ANN001
+    """Found by the 10,000-case fuzz run: a list where a name belongs was an unhashable-type internal error."""
+    _, path = kws
+
+    def change(name: str, data):  # noqa: ANN001, ANN202
+        if name != "manifest.json":
+            return data
+        node = data
+        for key in where[:-1]:
+            node = node[key]
+        node[where[-1]] = value
+        return data
+
+    bad = tmp_path / "bad.cimg"
+    _rewrite(path, bad, change)
+    with pytest.raises(CimcError, match="is corrupt"):
+        load_image(bad)
