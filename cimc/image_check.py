@@ -98,7 +98,17 @@ def check_manifest(manifest: dict[str, Any], path: Path) -> None:
         for key in ("z_lo", "z_hi", "g_per_z", "gain", "inl_lsb"):
             _require(path, ramp.get(key), "number", f"{where}.{key}")
         _require(path, ramp.get("function"), "str", f"{where}.function")
-        _require(path, ramp.get("step_devices"), "ints", f"{where}.step_devices")
+        steps = _require(path, ramp.get("step_devices"), "ints", f"{where}.step_devices")
+        cal = _require(path, ramp.get("calibration_rows"), "ints", f"{where}.calibration_rows")
+        if len(cal) != 2 or not 0 <= cal[0] <= cal[1] <= hw.array.rows or any(n < 0 for n in steps) \
+                or sum(steps) > hw.array.rows:
+            raise _fail(path, f"{where} has calibration rows {cal!r:.40} and step devices {steps!r:.40}, which do not "
+                              f"fit a column of {hw.array.rows} rows")
+        if ramp.get("offset_sign") not in (1, -1) or isinstance(ramp.get("offset_sign"), bool):
+            raise _fail(path, f"{where}.offset_sign must be 1 or -1, got {ramp.get('offset_sign')!r:.40}")
+        for key in ("alpha", "beta", "clip"):
+            if key in ramp and ramp[key] is not None:
+                _require(path, ramp[key], "number", f"{where}.{key}")
         _require(path, ramp.get("thresholds"), "numbers", f"{where}.thresholds")
         if len(_require(path, ramp.get("output_levels"), "numbers", f"{where}.output_levels")) != 1 << bits:
             raise _fail(path, f"{where} has {len(ramp['output_levels'])} output levels for {bits} bits")
