@@ -102,11 +102,6 @@ class Chip:
         """A fresh read-noise generator of this chip: a simulator draws one at construction."""
         return stream(self.seed, READ)
 
-    def pair(self, array: int, row: int, col: int, rows: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """(G+, G-) of a weight region: G+ on even, G- on odd bit lines from ``col`` (image layout)."""
-        g = self.devices[array][row:row + rows, col:col + 2 * width]
-        return np.ascontiguousarray(g[:, 0::2]), np.ascontiguousarray(g[:, 1::2])
-
     def ramp_thresholds(self, ramp: dict, recalibrate: bool) -> np.ndarray:
         """Thresholds in z the programmed ramp devices realize: (offset + cumulative steps) / (gain * g_per_z).
 
