@@ -35,6 +35,7 @@ reuses, so anything an observer keeps stays valid.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -46,7 +47,7 @@ from cimc.backends.ramp_codes import ColumnCodes
 from cimc.cim_kernels import apply_activation
 from cimc.diagnostics import CimcError
 from cimc.dialects import lookup
-from cimc.interpreter import InterpreterError, Kernel, _load_kernels, _where, input_names, output_names
+from cimc.interpreter import InterpreterError, Kernel, _load_kernels, _where, ordered_inputs, output_names
 from cimc.ir import Block, Module, Operation, Value
 
 if TYPE_CHECKING:
@@ -96,13 +97,14 @@ class Hooks:
 
 
 @dataclass
-class Step:
+class Step(ABC):
     """One resolved unit of work; ``ops`` are the program ops whose values it produces, in report order."""
 
     ops: list[Operation]
 
+    @abstractmethod
     def __call__(self, env: Env) -> None:
-        raise NotImplementedError
+        """Compute this step's values into ``env``."""
 
 
 @dataclass
@@ -315,12 +317,7 @@ class Plan:
     # ---- running -------------------------------------------------------------------------------------------
 
     def run(self, inputs: Mapping[str, np.ndarray], hooks: Hooks) -> dict[str, np.ndarray]:
-        names = input_names(self.program)
-        missing = [n for n in names if n not in inputs]
-        unknown = sorted(set(inputs) - set(names))
-        if missing or unknown:
-            raise CimcError(f"inputs do not match the graph: missing {missing}, unknown {unknown}; expected {names}")
-        arrays = [np.asarray(inputs[name]) for name in names]
+        names, arrays = ordered_inputs(self.program, inputs)
         self.symbols = {}
         for arg, name, array in zip(self.program.inputs, names, arrays):
             self._check_input(arg, name, array)

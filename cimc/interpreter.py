@@ -95,12 +95,7 @@ class Interpreter:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph on ``inputs`` keyed by input name; return outputs keyed by output name."""
-        names = input_names(self.module)
-        missing = [n for n in names if n not in inputs]
-        unknown = sorted(set(inputs) - set(names))
-        if missing or unknown:
-            raise CimcError(f"inputs do not match the graph: missing {missing}, unknown {unknown}; expected {names}")
-        arrays = [np.asarray(inputs[name]) for name in names]
+        names, arrays = ordered_inputs(self.module, inputs)
         for arg, name, array in zip(self.module.inputs, names, arrays):
             self._bind(arg, array, f"input '{name}'", None)
         outputs = self.run_block(self.module.body, arrays)
@@ -157,6 +152,16 @@ class Interpreter:
 
 def _where(op: Operation | None) -> str:
     return f" at {op.location}" if op is not None and op.location else ""
+
+
+def ordered_inputs(module: Module, inputs: Mapping[str, np.ndarray]) -> tuple[list[str], list[np.ndarray]]:
+    """The graph's input names and the given arrays in their order; a missing or unknown name is a clear error."""
+    names = input_names(module)
+    missing = [n for n in names if n not in inputs]
+    unknown = sorted(set(inputs) - set(names))
+    if missing or unknown:
+        raise CimcError(f"inputs do not match the graph: missing {missing}, unknown {unknown}; expected {names}")
+    return names, [np.asarray(inputs[name]) for name in names]
 
 
 def input_names(module: Module) -> list[str]:

@@ -112,6 +112,7 @@ def read_archive(path: str | os.PathLike[str], what: str = "", kind: str = ".npz
         check_allocation(sum(i.file_size for i in infos), f"the entries of {label}", factor=2)
         try:
             return {i.filename: zf.read(i) for i in infos}
+        # zipfile raises NotImplementedError for a compression method it lacks, RuntimeError for encryption.
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError,
                 RuntimeError, zlib.error) as e:
             raise CimcError(f"cannot read {label}: corrupt archive ({e})") from None
