@@ -32,7 +32,7 @@ from onnx import TensorProto, helper
 
 import cimc
 from cimc.backends.cost.report import cost_report
-from cimc.plots import _new_figure, _save
+from cimc.plots import new_figure, save_png
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -141,7 +141,7 @@ def plot(curves: dict[str, list[dict]], cases: dict, path: Path) -> None:
     The baselines are not drawn: their accuracy (linear ADC + digital activation) is not what the
     tables measured.
     """
-    figure = _new_figure()
+    figure = new_figure()
     for i, (name, rows) in enumerate(curves.items()):
         axes = figure.add_subplot(1, len(curves), i + 1)
         x = [r["nl_adc"] for r in rows]
@@ -159,7 +159,7 @@ def plot(curves: dict[str, list[dict]], cases: dict, path: Path) -> None:
         axes.legend(fontsize="x-small")
     figure.suptitle("accuracy against energy efficiency, NL-ADC bits 3, 4, 5, 8 (512 x 64 arrays)")
     figure.subplots_adjust(wspace=0.35)
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def main() -> int:

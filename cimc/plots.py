@@ -33,7 +33,8 @@ _SIZE_IN = (8.0, 5.0)
 _CURVE_POINTS = 4001
 
 
-def _new_figure() -> Figure:
+def new_figure() -> Figure:
+    """A headless figure of cimc's plot size (Agg canvas: no display, the same pixels on every machine)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -44,7 +45,7 @@ def _new_figure() -> Figure:
     return figure
 
 
-def _save(figure: Figure, path: str | os.PathLike[str]) -> None:
+def save_png(figure: Figure, path: str | os.PathLike[str]) -> None:
     """Write a PNG so that a reader never sees a half-written file and equal figures give equal bytes."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": None})
@@ -58,7 +59,7 @@ def plot_transfer(ramp: Ramp, path: str | os.PathLike[str]) -> None:
     so it shows what the realised conductances do, and the realised thresholds
     are marked on the midpoints they should cross.
     """
-    figure = _new_figure()
+    figure = new_figure()
     transfer = ramp.transfer
     margin = 0.05 * (transfer.z_hi - transfer.z_lo)
     z = np.linspace(transfer.z_lo - margin, transfer.z_hi + margin, _CURVE_POINTS)
@@ -79,13 +80,13 @@ def plot_transfer(ramp: Ramp, path: str | os.PathLike[str]) -> None:
     )
     axes.legend(loc="best")
     axes.grid(True, alpha=0.3)
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_ramp_conductances(ramp: Ramp, path: str | os.PathLike[str]) -> None:
     """Each step's conductance (bars coloured by device count, infeasible steps marked)
     and the cumulative ramp level against its target on a second axis."""
-    figure = _new_figure()
+    figure = new_figure()
     axes = figure.add_subplot()
     k = np.arange(1, len(ramp.steps) + 1)
     conductance = np.array([s.conductance_us for s in ramp.steps])
@@ -115,7 +116,7 @@ def plot_ramp_conductances(ramp: Ramp, path: str | os.PathLike[str]) -> None:
     handles, labels = axes.get_legend_handles_labels()
     level_handles, level_labels = level_axes.get_legend_handles_labels()
     axes.legend(handles + level_handles, labels + level_labels, loc="upper center", fontsize="small")
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_module_ramps(module: Module, hw: Hardware, folder: Path) -> list[Path]:

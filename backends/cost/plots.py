@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from cimc.backends.cost.model import COMPONENTS
-from cimc.plots import _new_figure, _save
+from cimc.plots import new_figure, save_png
 
 _PHASE_COLOURS = {"read": "C0", "nonlinear convert": "C1", "linear convert": "C4", "digital activation": "C3",
                   "digital": "C2", "loop": "0.6"}
 
 
 def _stacked(report: dict, key: str, per_step: bool, title: str, unit: str, path: Path) -> None:
-    figure = _new_figure()
+    figure = new_figure()
     axes = figure.add_subplot()
     names = list(report["schemes"])
     bottoms = [0.0] * len(names)
@@ -32,12 +32,12 @@ def _stacked(report: dict, key: str, per_step: bool, title: str, unit: str, path
     axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     axes.grid(True, axis="y", alpha=0.3)
     figure.subplots_adjust(right=0.72)
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_timeline(report: dict, path: Path) -> None:
     """One time step of each scheme as a bar per phase: what sets each stage's length, in order."""
-    figure = _new_figure()
+    figure = new_figure()
     axes = figure.add_subplot()
     names = list(report["schemes"])
     labelled: set[str] = set()
@@ -55,12 +55,12 @@ def plot_timeline(report: dict, path: Path) -> None:
     axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(labelled), fontsize="small")
     axes.grid(True, axis="x", alpha=0.3)
     figure.subplots_adjust(left=0.22, bottom=0.2)
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_sweep(result: dict, path: Path) -> None:
     """TOPS/W and peak TOPS against NL-ADC width, per scheme."""
-    figure = _new_figure()
+    figure = new_figure()
     left = figure.add_subplot(1, 2, 1)
     right = figure.add_subplot(1, 2, 2)
     bits = [row["bits"] for row in result["sweep"]]
@@ -78,7 +78,7 @@ def plot_sweep(result: dict, path: Path) -> None:
     left.legend(fontsize="small")
     figure.suptitle(f"{result['model']}: cost against converter width (same mapping)")
     figure.subplots_adjust(wspace=0.35)
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def write_plots(report: dict, folder: Path, sweep: dict | None = None) -> list[Path]:
