@@ -47,7 +47,7 @@ from cimc.backends.ramp_codes import ColumnCodes
 from cimc.cim_kernels import apply_activation
 from cimc.diagnostics import CimcError
 from cimc.dialects import lookup
-from cimc.interpreter import InterpreterError, Kernel, _load_kernels, _where, ordered_inputs, output_names
+from cimc.interpreter import InterpreterError, Kernel, op_location, ordered_inputs, output_names, registered_kernels
 from cimc.ir import Block, Module, Operation, Value
 
 if TYPE_CHECKING:
@@ -131,12 +131,9 @@ class Plan:
     """The program of one image for one simulator (its fidelity and chip), ready to run any number of times."""
 
     def __init__(self, program: Module, simulator: Simulator) -> None:
-        _load_kernels()
-        from cimc.interpreter import _KERNELS
-
         self.sim = simulator
         self.program = program
-        self.kernels: dict[str, Kernel] = dict(_KERNELS)
+        self.kernels: dict[str, Kernel] = registered_kernels()
         self.slots: dict[int, int] = {}
         self.layouts: dict[int, _Layout] = {}
         self.hooks = Hooks()
@@ -382,7 +379,7 @@ class KernelStep(Step):
         super().__init__([op])
         fn = plan.kernels.get(op.name)
         if fn is None:
-            raise InterpreterError(f"no kernel for '{op.name}'{_where(op)}")
+            raise InterpreterError(f"no kernel for '{op.name}'{op_location(op)}")
         self.fn, self.op, self.plan = fn, op, plan
         self.args = [None if v is None else plan.slot(v) for v in op.operands]
         self.outs = [plan.slot(r) for r in op.results]
@@ -394,9 +391,9 @@ class KernelStep(Step):
         except CimcError:
             raise
         except Exception as e:  # noqa: BLE001  (a kernel failure must name the op that caused it)
-            raise InterpreterError(f"'{op.name}'{_where(op)} failed: {type(e).__name__}: {e}") from e
+            raise InterpreterError(f"'{op.name}'{op_location(op)} failed: {type(e).__name__}: {e}") from e
         if len(results) != len(self.outs):
-            raise InterpreterError(f"'{op.name}'{_where(op)} produced {len(results)} values for {len(self.outs)} results")
+            raise InterpreterError(f"'{op.name}'{op_location(op)} produced {len(results)} values for {len(self.outs)} results")
         for slot, value in zip(self.outs, results):
             env[slot] = np.asarray(value)
 

@@ -43,6 +43,12 @@ def has_kernel(name: str) -> bool:
     return name in _KERNELS
 
 
+def registered_kernels() -> dict[str, Kernel]:
+    """Every registered kernel by op kind (a copy), for executors other than :class:`Interpreter` (the simulator's plan)."""
+    _load_kernels()
+    return dict(_KERNELS)
+
+
 def _load_kernels() -> None:
     from cimc import cim_kernels, onnx_kernels  # noqa: F401  (importing registers the kernels)
 
@@ -112,15 +118,15 @@ class Interpreter:
                 return [a for a in operands if a is not None]
             fn = self.kernels.get(op.name)
             if fn is None:
-                raise InterpreterError(f"no kernel for '{op.name}'{_where(op)}")
+                raise InterpreterError(f"no kernel for '{op.name}'{op_location(op)}")
             try:
                 results = fn(op, operands, self)
             except CimcError:
                 raise
             except Exception as e:  # noqa: BLE001  (a kernel failure must name the op that caused it)
-                raise InterpreterError(f"'{op.name}'{_where(op)} failed: {type(e).__name__}: {e}") from e
+                raise InterpreterError(f"'{op.name}'{op_location(op)} failed: {type(e).__name__}: {e}") from e
             if len(results) != len(op.results):
-                raise InterpreterError(f"'{op.name}'{_where(op)} produced {len(results)} values for {len(op.results)} results")
+                raise InterpreterError(f"'{op.name}'{op_location(op)} produced {len(results)} values for {len(op.results)} results")
             arrays = [np.asarray(a) for a in results]
             for res, array in zip(op.results, arrays):
                 self._bind(res, array, f"result #{res.index} of '{op.name}'", op)
@@ -131,7 +137,7 @@ class Interpreter:
     def _bind(self, value: Value, array: np.ndarray, what: str, op: Operation | None) -> None:
         problem = self._type_problem(value.type, array) if self.check_types or op is None else None
         if problem:
-            where = _where(op) if op is not None else ""
+            where = op_location(op) if op is not None else ""
             raise InterpreterError(f"{what}{where} {problem}")
         self.values[id(value)] = array
 
@@ -150,7 +156,8 @@ class Interpreter:
         return None
 
 
-def _where(op: Operation | None) -> str:
+def op_location(op: Operation | None) -> str:
+    """`` at FILE:LINE:COL`` of ``op`` for an error message, or nothing when it has no location."""
     return f" at {op.location}" if op is not None and op.location else ""
 
 
