@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from cimc.attributes import AttrValue, Tensor, attr_kind
+from cimc.attributes import AttrValue, Tensor, attr_kind, is_annotation
 from cimc.ir import Operation
 
 
@@ -91,7 +91,12 @@ def attrs(**specs: str | AttrSpec) -> dict[str, AttrSpec]:
 
 @dataclass(frozen=True)
 class OpDef:
-    """The definition of one op kind."""
+    """The definition of one op kind.
+
+    ``verify`` may read the op's attributes, its operands (their types and the kinds of the ops that define them)
+    and its result types, and, for an op with regions, anything inside them: the verifier re-runs it on an op only
+    when one of those changed (see cimc.verifier).
+    """
 
     name: str
     summary: str
@@ -117,6 +122,9 @@ def define(
     **kwargs: object,
 ) -> OpDef:
     """Build an :class:`OpDef` from compact slot strings and register it."""
+    dotted = [n for n in attributes or {} if is_annotation(n)]
+    if dotted:  # such names are annotations, which the verifier does not check against a definition
+        raise ValueError(f"op '{name}' declares attribute '{dotted[0]}': dotted names are annotations")
     opdef = OpDef(
         name,
         summary,
