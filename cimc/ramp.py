@@ -141,9 +141,8 @@ def _direction(transfer: Transfer) -> int:
     than the noise, since the implementation's falls are a few ulps. Near the threshold the grid decides.
     """
     if transfer.activation.name in _NON_DECREASING:
-        y_ends = transfer(np.array([transfer.z_lo, transfer.z_hi], np.float64))
-        noise = _NOISE_ULPS * np.finfo(np.float64).eps * float(np.max(np.abs(y_ends)))
-        if float(y_ends[1] - y_ends[0]) > 2 * _MONOTONIC_GRID * noise:
+        y_lo, y_hi = transfer(np.array([transfer.z_lo, transfer.z_hi], np.float64))
+        if _rises_clearly(transfer, float(y_lo), float(y_hi)):
             return 1
     z = _with_points(np.linspace(transfer.z_lo, transfer.z_hi, _MONOTONIC_GRID), transfer._breakpoints())
     y = transfer(z)
@@ -164,6 +163,12 @@ def _direction(transfer: Transfer) -> int:
             f"linear ADC and a digital activation"
         )
     return 1 if rises.any() else -1
+
+
+def _rises_clearly(transfer: Transfer, y_lo: float, y_hi: float) -> bool:
+    """Whether f(z_lo) = ``y_lo`` and f(z_hi) = ``y_hi`` settle ``transfer``'s direction as +1 without the grid (_direction)."""
+    noise = _NOISE_ULPS * np.finfo(np.float64).eps * max(abs(y_lo), abs(y_hi))
+    return transfer.activation.name in _NON_DECREASING and y_hi - y_lo > 2 * _MONOTONIC_GRID * noise
 
 
 def _with_points(grid: np.ndarray, points: list[float]) -> np.ndarray:
@@ -381,18 +386,24 @@ def prepare_ideal_levels(transfers: list[Transfer], bits: int, strict: bool = Fa
     ``strict``, which raises here.
     """
     count = 2**bits
+    pending = [t for t in dict.fromkeys(transfers) if (t, bits) not in _IDEAL_LEVELS]
+    ends: dict[Transfer, tuple[float, float]] = {}
+    by_function: dict[tuple[Activation, float | None], list[Transfer]] = {}
+    for transfer in pending:
+        by_function.setdefault((transfer.activation, transfer.clip), []).append(transfer)
+    for group in by_function.values():  # f(z_lo), f(z_hi) of a function's transfers in one (elementwise) call
+        y = group[0](np.array([z for t in group for z in (t.z_lo, t.z_hi)], np.float64))
+        ends.update((t, (float(y[2 * i]), float(y[2 * i + 1]))) for i, t in enumerate(group))
     jobs: dict[tuple[Activation, float | None], list[tuple[Transfer, np.ndarray, np.ndarray, int]]] = {}
-    for transfer in dict.fromkeys(transfers):
-        if (transfer, bits) in _IDEAL_LEVELS:
-            continue
+    for transfer in pending:
+        y0, y_end = ends[transfer]
         try:
-            direction = transfer.direction()
+            direction = 1 if _rises_clearly(transfer, y0, y_end) else transfer.direction()
         except CimcError:
             if strict:
                 raise
             continue
-        y0 = float(transfer(np.float64(transfer.z_lo)))
-        lsb = (float(transfer(np.float64(transfer.z_hi))) - y0) / (count - 1)
+        lsb = (y_end - y0) / (count - 1)
         midpoints = y0 + (np.arange(1, count) - 0.5) * lsb
         jobs.setdefault((transfer.activation, transfer.clip), []).append(
             (transfer, y0 + np.arange(count) * lsb, midpoints, direction))
