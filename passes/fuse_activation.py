@@ -191,7 +191,7 @@ def _rescale(tile: Operation, spans: list[tuple[tuple[int, int], float]], g_min:
     a = tile.attributes
     pos_t, neg_t = a["g_pos"], a["g_neg"]
     scale = a["g_scale"].array.copy()  # type: ignore[union-attr]
-    unformed = min(pos_t.extrema()[0], neg_t.extrema()[0]) == 0  # type: ignore[union-attr]
+    unformed = min(pos_t.minimum(), neg_t.minimum()) == 0  # type: ignore[union-attr]
     whole = len(spans) == 1 and spans[0][0] == (0, scale.size)
     g_pos, g_neg = (t.array if whole else t.array.copy() for t in (pos_t, neg_t))  # type: ignore[union-attr]
     for cols, target in spans:

@@ -47,6 +47,7 @@ class ArgSpec:
 
 
 _SCALAR_KIND: dict[type, str] = {int: "int", float: "float", str: "str", Tensor: "tensor"}
+_ELEMENT_TYPE: dict[str, type] = {"ints": int, "floats": float, "strs": str}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,9 @@ class AttrSpec:
         """Return a description of what is wrong with ``value``, or None."""
         if self.kind == "any" or (self.choices is None and _SCALAR_KIND.get(type(value)) == self.kind):
             return None  # the common case, a scalar of exactly the declared kind, without the general classification
+        element = _ELEMENT_TYPE.get(self.kind)
+        if element is not None and self.choices is None and type(value) is tuple and all(type(v) is element for v in value):
+            return None  # likewise a list of exactly the declared element type (rows, cols, device levels)
         kind = attr_kind(value)
         accepted = {self.kind}
         if self.kind == "float":
