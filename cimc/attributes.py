@@ -42,10 +42,19 @@ class Tensor:
         For arrays a pass has just built and hands over (weights-sized
         conductance matrices, where a copy is a memory pass and a peak of its
         own): the array becomes read-only, and the caller must hold no other
-        writable view of it. Anything else is copied as by ``Tensor()``.
+        writable view of it. A C-contiguous view of an immutable ``bytes``
+        object (onnx's ``to_array`` of an initializer's raw data, a private copy
+        of it) is taken as it is: no one can write to it. Anything else is
+        copied as by ``Tensor()``.
         """
-        if type(array) is not np.ndarray or not array.flags.c_contiguous or not array.flags.owndata:
+        if type(array) is not np.ndarray or not array.flags.c_contiguous:
             return cls(array, key)
+        if not array.flags.owndata:
+            base = array.base
+            while isinstance(base, np.ndarray):
+                base = base.base
+            if type(base) is not bytes:
+                return cls(array, key)
         array.setflags(write=False)
         tensor = cls.__new__(cls)
         tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max = array, key, None, None, None

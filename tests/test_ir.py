@@ -208,3 +208,17 @@ def test_attribute_stamp_changes_with_every_change_but_annotations() -> None:
     assert add.attributes.stamp == stamps[-1]
     with pytest.raises(ValueError, match="dotted names are annotations"):
         define("test.dotted", "", attributes=attrs(**{"a.b": "int"}))
+
+
+def test_adopt_takes_fresh_arrays_and_views_of_bytes_without_a_copy() -> None:
+    """Tensor.adopt: an array nobody else can write (a fresh one, or a view of immutable bytes such as onnx's
+    to_array of raw data) is used as is; a view of a writable array is copied, so later writes cannot reach it."""
+    fresh = np.arange(6, dtype=np.float32)
+    assert Tensor.adopt(fresh).array is fresh and not fresh.flags.writeable
+    raw = np.arange(6, dtype=np.float32).tobytes()
+    view = np.frombuffer(raw, np.float32).reshape(2, 3)
+    assert np.shares_memory(Tensor.adopt(view).array, view)
+    owner = np.arange(6, dtype=np.float32)
+    adopted = Tensor.adopt(owner.reshape(2, 3))
+    owner[0] = 99
+    assert adopted.array[0, 0] == 0 and not np.shares_memory(adopted.array, owner)
