@@ -191,9 +191,10 @@ def _rescale(tile: Operation, spans: list[tuple[tuple[int, int], float]], g_min:
     a = tile.attributes
     pos_t, neg_t = a["g_pos"], a["g_neg"]
     scale = a["g_scale"].array.copy()  # type: ignore[union-attr]
-    unformed = min(pos_t.minimum(), neg_t.minimum()) == 0  # type: ignore[union-attr]
+    unformed = not (pos_t.minimum() > 0 and neg_t.minimum() > 0)  # type: ignore[union-attr]  (a NaN minimum too)
     whole = len(spans) == 1 and spans[0][0] == (0, scale.size)
     g_pos, g_neg = (t.array if whole else t.array.copy() for t in (pos_t, neg_t))  # type: ignore[union-attr]
+    dtype = g_pos.dtype
     for cols, target in spans:
         sl = slice(*cols)
         factor = target * float(a.get("input_scale", 1.0)) / scale[sl]  # type: ignore[arg-type]
@@ -207,7 +208,7 @@ def _rescale(tile: Operation, spans: list[tuple[tuple[int, int], float]], g_min:
                 scaled[own == 0] = 0.0
             rescaled.append(scaled)
         if whole:
-            g_pos, g_neg = (r.astype(g_pos.dtype) for r in rescaled)
+            g_pos, g_neg = (r.astype(dtype) for r in rescaled)
         else:
             g_pos[:, sl], g_neg[:, sl] = rescaled
         scale[sl] = scale[sl] * factor
