@@ -24,7 +24,7 @@ class Tensor:
     contents compare equal whatever their keys.
     """
 
-    __slots__ = ("array", "key", "_digest", "_extrema")
+    __slots__ = ("array", "key", "_digest", "_min", "_max")
 
     def __init__(self, array: np.ndarray, key: str | None = None) -> None:
         arr = np.array(array, copy=True, order="C")
@@ -32,7 +32,8 @@ class Tensor:
         self.array: np.ndarray = arr
         self.key = key
         self._digest: bytes | None = None
-        self._extrema: tuple[float, float] | None = None
+        self._min: float | None = None
+        self._max: float | None = None
 
     @classmethod
     def adopt(cls, array: np.ndarray, key: str | None = None) -> Tensor:
@@ -41,19 +42,28 @@ class Tensor:
         For arrays a pass has just built and hands over (weights-sized
         conductance matrices, where a copy is a memory pass and a peak of its
         own): the array becomes read-only, and the caller must hold no other
-        writable view of it. Anything else is copied as by ``Tensor()``.
+        writable view of it. A C-contiguous view of an immutable ``bytes``
+        object (onnx's ``to_array`` of an initializer's raw data, a private copy
+        of it) is taken as it is: no one can write to it. Anything else is
+        copied as by ``Tensor()``.
         """
-        if type(array) is not np.ndarray or not array.flags.c_contiguous or not array.flags.owndata:
+        if type(array) is not np.ndarray or not array.flags.c_contiguous:
             return cls(array, key)
+        if not array.flags.owndata:
+            base = array.base
+            while isinstance(base, np.ndarray):
+                base = base.base
+            if type(base) is not bytes:
+                return cls(array, key)
         array.setflags(write=False)
         tensor = cls.__new__(cls)
-        tensor.array, tensor.key, tensor._digest, tensor._extrema = array, key, None, None
+        tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max = array, key, None, None, None
         return tensor
 
     def renamed(self, key: str | None) -> Tensor:
         """This tensor under another ``key``, over the same (read-only) array: no copy, the digest shared."""
         tensor = Tensor.__new__(Tensor)
-        tensor.array, tensor.key, tensor._digest, tensor._extrema = self.array, key, self._digest, self._extrema
+        tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max = self.array, key, self._digest, self._min, self._max
         return tensor
 
     @property
@@ -71,15 +81,24 @@ class Tensor:
         return self._digest
 
     def extrema(self) -> tuple[float, float]:
-        """(min, max) of the elements, (inf, -inf) if there are none, NaN if any is NaN; computed once.
+        """(min, max) of the elements, (inf, -inf) if there are none, NaN if any is NaN; each computed once.
 
         The verifier checks value bounds (conductances >= 0, row scales in (0, 1]) after every pass:
         the tensor is immutable, so one pass over its data serves every run.
         """
-        if self._extrema is None:
-            a = self.array
-            self._extrema = (float(a.min()), float(a.max())) if a.size else (np.inf, -np.inf)
-        return self._extrema
+        return self.minimum(), self.maximum()
+
+    def minimum(self) -> float:
+        """The smallest element (see :meth:`extrema`); the conductance rules need only this one."""
+        if self._min is None:
+            self._min = float(self.array.min()) if self.array.size else np.inf
+        return self._min
+
+    def maximum(self) -> float:
+        """The largest element (see :meth:`extrema`)."""
+        if self._max is None:
+            self._max = float(self.array.max()) if self.array.size else -np.inf
+        return self._max
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Tensor) and self.digest == other.digest

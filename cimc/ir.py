@@ -10,10 +10,11 @@ over T steps stays one body instead of T copies.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from cimc.attributes import AttrValue, normalize_attr
+from cimc.attributes import AttrValue, is_annotation, normalize_attr
 from cimc.types import TensorType
 
 
@@ -78,14 +79,70 @@ class BlockArgument(Value):
         self.index = index
 
 
+_STAMPS = itertools.count(1)
+
+
+class Attributes(dict):
+    """An op's attribute dict, stamped afresh on every change an op definition can see.
+
+    ``stamp`` is unique over the process (never reused, unlike an ``id``), so
+    the verifier can tell that an op's attributes are the very ones it last
+    checked without holding on to them (see ``Operation.verified``). Setting or
+    deleting an annotation (a dotted name such as ``sched.stage``, which no op
+    definition declares) keeps the stamp.
+    """
+
+    __slots__ = ("stamp",)
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.stamp = next(_STAMPS)
+
+    def __setitem__(self, key: str, value: AttrValue) -> None:
+        super().__setitem__(key, value)
+        if not is_annotation(key):
+            self.stamp = next(_STAMPS)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        if not is_annotation(key):
+            self.stamp = next(_STAMPS)
+
+    def __ior__(self, other: object) -> Attributes:  # type: ignore[override,misc]
+        self.update(other)  # type: ignore[arg-type]
+        return self
+
+    def update(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+        super().update(*args, **kwargs)
+        self.stamp = next(_STAMPS)
+
+    def pop(self, *args: object) -> AttrValue:  # type: ignore[override]
+        self.stamp = next(_STAMPS)
+        return super().pop(*args)  # type: ignore[arg-type]
+
+    def popitem(self) -> tuple[str, AttrValue]:
+        self.stamp = next(_STAMPS)
+        return super().popitem()
+
+    def setdefault(self, key: str, default: AttrValue = None) -> AttrValue:  # type: ignore[assignment,override]
+        self.stamp = next(_STAMPS)
+        return super().setdefault(key, default)
+
+    def clear(self) -> None:
+        super().clear()
+        self.stamp = next(_STAMPS)
+
+
 class Operation:
     """One op: ``%r = dialect.name(%a, %b) {attrs} ^regions : types loc(...)``.
 
     Operands may be ``None`` where the op definition allows an optional operand
     to be absent in the middle of the list (ONNX's empty input names).
+    ``verified`` is the verifier's record of what it last found valid in the op
+    by itself (see cimc.verifier); None until then.
     """
 
-    __slots__ = ("name", "operands", "results", "attributes", "regions", "location", "parent")
+    __slots__ = ("name", "operands", "results", "attributes", "regions", "location", "parent", "verified")
 
     def __init__(
         self,
@@ -101,10 +158,11 @@ class Operation:
         self.operands: list[Value | None] = []
         names = list(result_names) if result_names is not None else [None] * len(result_types)
         self.results = [OpResult(t, self, i, n) for i, (t, n) in enumerate(zip(result_types, names, strict=True))]
-        self.attributes: dict[str, AttrValue] = {k: normalize_attr(v) for k, v in (attributes or {}).items()}
+        self.attributes: dict[str, AttrValue] = Attributes({k: normalize_attr(v) for k, v in (attributes or {}).items()})
         self.regions: list[Region] = []
         self.location = location
         self.parent: Block | None = None
+        self.verified: tuple | None = None
         for value in operands:
             self.add_operand(value)
         for region in regions:
@@ -171,7 +229,8 @@ class Operation:
             op.drop_operands()
             # An op and its results reference each other, so an erased op is freed only by the cycle collector,
             # at some later pass; its attributes (weights-sized tensors) are let go now.
-            op.attributes = {}
+            op.attributes = Attributes()
+            op.verified = None
         self.detach()
 
     def __repr__(self) -> str:

@@ -7,6 +7,16 @@ Checked, in this order, for every op:
   block or in an enclosing block, before the op that holds the region);
 - use lists agree with operand lists in both directions;
 - blocks end with exactly one terminator, and the graph ends with ``builtin.return``.
+
+The structural rules (dominance, use lists, terminators) are checked in full on
+every run. An op's own rules (arity, attributes, its kind's type rules) are
+checked again only when something they read may have changed since the op last
+passed them: its attributes (their dict's ``stamp``), its operands (the values
+themselves, so also their producers) and their types, its result types. The
+op keeps that record in ``Operation.verified``; ops with regions are always
+checked, since their rules read their bodies. So the verifier still runs
+before the first pass and after every one (as MLIR's verify-each), but a pass
+pays for the ops it touched, not for the whole module each time.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from functools import lru_cache
 from cimc.attributes import is_annotation
 from cimc.dialects import lookup
 from cimc.dialects.registry import ArgSpec, OpDef, VerifyError
-from cimc.ir import Block, Module, Operation, Value
+from cimc.ir import Attributes, Block, Module, Operation, Value
 
 
 def verify(module: Module) -> None:
@@ -58,7 +68,10 @@ def _verify_block(block: Block, visible: set[int], expected_terminator: str | No
             if region.parent is not op or region.block.parent is not region:
                 raise VerifyError(op, f"'{op.name}' has a region that does not point back to it")
             _verify_block(region.block, scope, None, op, references, values)
-        _verify_op(op, opdef)
+        record = _record(op, opdef)
+        if record is None or op.verified != record:
+            _verify_op(op, opdef)
+            op.verified = record
         for res in op.results:
             scope.add(id(res))
             _verify_uses(res)
@@ -70,6 +83,20 @@ def _verify_block(block: Block, visible: set[int], expected_terminator: str | No
         term_def = lookup(term.name) if term is not None else None
         if term_def is None or not term_def.terminator:
             raise VerifyError(owner, f"the region of '{owner.name}' must end with a terminator")
+
+
+def _record(op: Operation, opdef: OpDef) -> tuple | None:
+    """What the op's own rules read, as compared by the next run (None: check it every time).
+
+    The operands are held as values (compared by identity); attributes only by their stamp, so that replaced
+    attribute tensors are not kept alive.
+    """
+    attributes = op.attributes
+    if op.regions or type(attributes) is not Attributes:
+        return None
+    operands = op.operands
+    return (opdef, attributes.stamp, tuple(operands), tuple(v.type for v in operands if v is not None),
+            tuple(r.type for r in op.results))
 
 
 def _verify_uses(value: Value) -> None:

@@ -184,20 +184,33 @@ def _g_per_z(tile: Operation, cols: tuple[int, int]) -> np.ndarray:
 def _rescale(tile: Operation, spans: list[tuple[tuple[int, int], float]], g_min: float) -> None:
     """Scale each span's conductance deviations so that g_scale / input_scale equals its target; weights do not change.
 
-    All spans of a tile in order, on one copy of its conductances (one copy per tile, not per span).
+    All spans of a tile in order, on one copy of its conductances (one copy per tile, not per span; none when one
+    span covers the tile). The masks for unformed devices are applied only if the tile has one (its tensors' cached
+    minima, which the verifier has computed, say so): without one they select nothing.
     """
     a = tile.attributes
-    g_pos, g_neg, scale = (a[k].array.copy() for k in ("g_pos", "g_neg", "g_scale"))  # type: ignore[union-attr]
+    pos_t, neg_t = a["g_pos"], a["g_neg"]
+    scale = a["g_scale"].array.copy()  # type: ignore[union-attr]
+    unformed = not (pos_t.minimum() > 0 and neg_t.minimum() > 0)  # type: ignore[union-attr]  (a NaN minimum too)
+    whole = len(spans) == 1 and spans[0][0] == (0, scale.size)
+    g_pos, g_neg = (t.array if whole else t.array.copy() for t in (pos_t, neg_t))  # type: ignore[union-attr]
+    dtype = g_pos.dtype
     for cols, target in spans:
         sl = slice(*cols)
         factor = target * float(a.get("input_scale", 1.0)) / scale[sl]  # type: ignore[arg-type]
         pos, neg = g_pos[:, sl].astype(np.float64), g_neg[:, sl].astype(np.float64)
         # A pair's deviations from G_min shrink; a device left unformed (0 uS) stays so, and its partner scales whole.
-        for out, own, partner in ((g_pos, pos, neg), (g_neg, neg, pos)):
+        rescaled = []
+        for own, partner in ((pos, neg), (neg, pos)):
             scaled = (own - g_min) * factor + g_min
-            np.multiply(own, factor, out=scaled, where=partner == 0)
-            scaled[own == 0] = 0.0
-            out[:, sl] = scaled
+            if unformed:
+                np.multiply(own, factor, out=scaled, where=partner == 0)
+                scaled[own == 0] = 0.0
+            rescaled.append(scaled)
+        if whole:
+            g_pos, g_neg = (r.astype(dtype) for r in rescaled)
+        else:
+            g_pos[:, sl], g_neg[:, sl] = rescaled
         scale[sl] = scale[sl] * factor
     for key, array in (("g_pos", g_pos), ("g_neg", g_neg), ("g_scale", scale)):
         a[key] = Tensor.adopt(array, key=a[key].key)  # type: ignore[union-attr]

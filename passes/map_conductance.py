@@ -57,12 +57,14 @@ def conductance_pair(weights: np.ndarray, g_min: float, g_max: float, granularit
     block = max(1, _BLOCK_ELEMENTS // max(1, cols))
 
     def stored(r0: int) -> np.ndarray:
-        w = weights[r0:r0 + block].astype(np.float64)
-        return w if row_scale is None else w * row_scale[r0:r0 + block, None]
+        w = weights[r0:r0 + block]
+        if row_scale is None:
+            return w.astype(np.float64)
+        return w * row_scale[r0:r0 + block, None].astype(np.float64, copy=False)  # w widened exactly by the product
 
     peak = np.zeros(cols)  # max |w r| per column, without |w|
     for r0 in range(0, rows, block):
-        w = stored(r0)
+        w = weights[r0:r0 + block] if row_scale is None else stored(r0)  # max and min are exact in any float type
         np.maximum(peak, np.maximum(w.max(axis=0, initial=0.0), -w.min(axis=0, initial=0.0)), out=peak)
     if granularity != "column":
         peak = np.full(cols, peak.max(initial=0.0))
@@ -71,10 +73,11 @@ def conductance_pair(weights: np.ndarray, g_min: float, g_max: float, granularit
     dtype = conductance_dtype(weights)
     g_pos, g_neg = np.empty((rows, cols), dtype), np.empty((rows, cols), dtype)
     for r0 in range(0, rows, block):
-        w = stored(r0)
-        # g = min(g_min + max(+-w, 0) * scale, g_max), each step in place
-        for out, g in ((g_pos, np.maximum(w, 0.0)), (g_neg, np.maximum(np.negative(w), 0.0))):
-            np.multiply(g, scale, out=g)
+        # g+ = min(g_min + max(w, 0) s, g_max) and g- = min(g_min + max(-w, 0) s, g_max), from t = w s (s > 0):
+        # max(w, 0) s = max(t, 0) and max(-w, 0) s = max(-t, 0), exactly (NaN's sign included).
+        t = stored(r0)
+        np.multiply(t, scale, out=t)
+        for out, g in ((g_pos, np.maximum(t, 0.0)), (g_neg, np.maximum(np.negative(t, out=t), 0.0, out=t))):
             np.add(g, g_min, out=g)
             np.minimum(g, g_max, out=g)
             out[r0:r0 + block] = g

@@ -14,13 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cimc.attributes import Tensor
 from cimc.compiler import default_pipeline
 from cimc.hardware import load_hardware
 from cimc.importer import import_model
 from cimc.interpreter import evaluate
-from cimc.ir import Module
+from cimc.ir import Module, Operation
 from cimc.npz import npz_bytes
 from cimc.pass_manager import PassContext, PassManager, parse_pipeline
+from cimc.passes.fuse_activation import _rescale
+from cimc.types import TensorType
 from onnx_corpus import reference_outputs
 from passes_support import assert_matches, bidirectional_lstm_case
 
@@ -132,3 +135,34 @@ def test_compile_prints_fusion_summary_and_plots(cimc_cli, tmp_path: Path) -> No
     assert any("Sigmoid" in p and p.endswith("transfer.png") for p in pngs)
     assert any("Tanh" in p and p.endswith("transfer.png") for p in pngs)
     assert all((tmp_path / "plots" / p).read_bytes().startswith(b"\x89PNG") for p in pngs)
+
+
+@pytest.mark.parametrize("spans", [[((0, 4), 30.0)], [((0, 2), 30.0), ((2, 4), 12.5)], [((1, 3), 30.0)]],
+                         ids=["one-span-whole-tile", "two-spans", "part-of-the-tile"])
+@pytest.mark.parametrize("unformed", [False, True], ids=["all-formed", "with-unformed"])
+def test_rescale_matches_the_per_device_rule(spans, unformed: bool) -> None:
+    """_rescale against the rule written per device: a device at 0 uS stays unformed, one whose partner is unformed
+    scales whole, every other keeps G_min and scales its deviation; g_scale / input_scale becomes each span's target.
+    Float32 conductances rounded once from the float64 result, as map-conductance stores them."""
+    rng = np.random.default_rng(3)
+    g_min = 1.0
+    pos = rng.uniform(1.0, 100.0, (5, 4)).astype(np.float32)
+    neg = rng.uniform(1.0, 100.0, (5, 4)).astype(np.float32)
+    if unformed:
+        pos[0, :], neg[1, 1], neg[0, 2] = 0.0, 0.0, 0.0
+    scale = np.array([40.0, 50.0, 60.0, 70.0])
+    attrs = {"g_pos": Tensor(pos), "g_neg": Tensor(neg), "g_scale": Tensor(scale), "input_scale": 2.0,
+             "rows": (0, 5), "cols": (0, 4)}
+    tile = Operation("cim.tile_mvm", [], [TensorType("f32", (1, 4))], attrs)
+    _rescale(tile, spans, g_min)
+    want_pos, want_neg, want_scale = pos.astype(np.float64), neg.astype(np.float64), scale.copy()
+    for (c0, c1), target in spans:
+        factor = target * 2.0 / scale[c0:c1]
+        for want, own, partner in ((want_pos, pos, neg), (want_neg, neg, pos)):
+            o, p = own[:, c0:c1].astype(np.float64), partner[:, c0:c1].astype(np.float64)
+            want[:, c0:c1] = np.where(o == 0, 0.0, np.where(p == 0, o * factor, (o - g_min) * factor + g_min))
+        want_scale[c0:c1] = scale[c0:c1] * factor
+    np.testing.assert_array_equal(tile.attributes["g_pos"].array, want_pos.astype(np.float32))
+    np.testing.assert_array_equal(tile.attributes["g_neg"].array, want_neg.astype(np.float32))
+    np.testing.assert_array_equal(tile.attributes["g_scale"].array, want_scale)
+    np.testing.assert_array_equal(pos, attrs["g_pos"].array)  # the tile's former tensors are not written to

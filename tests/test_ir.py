@@ -7,6 +7,7 @@ import pytest
 
 from cimc.attributes import Tensor
 from cimc.dialects import VerifyError
+from cimc.dialects.registry import attrs, define
 from cimc.ir import Block, Module, Operation, Region
 from cimc.types import TensorType, scalar
 from cimc.verifier import verify
@@ -108,10 +109,21 @@ def test_loop_scan_result_type_is_checked() -> None:
         (lambda m, add: setattr(add.results[0], "type", TensorType("i64", ("batch", 4))), "type mismatch"),
         (lambda m, add: setattr(add.results[0], "type", TensorType("f32", (3, 4, 4))), "broadcast"),
         (lambda m, add: m.body.ops.pop(), "must end with 'builtin.return'"),
+        (lambda m, add: add.attributes.update({"axis": 1}), "has no attribute 'axis'"),
+        (lambda m, add: add.attributes.setdefault("axis", 1), "has no attribute 'axis'"),
+        (lambda m, add: setattr(add, "attributes", {"axis": 1}), "has no attribute 'axis'"),
+        (lambda m, add: setattr(add, "name", "onnx.Relu"), "wrong arity"),
+        (lambda m, add: setattr(m.inputs[1], "type", TensorType("f32", (3, 4, 4))), "broadcast"),
+        (lambda m, add: add.set_operand(1, m.body.ops[0].result), "used before it is defined"),
     ],
 )
-def test_verifier_catches(mutate, message: str) -> None:
+@pytest.mark.parametrize("verified_before", [False, True], ids=["fresh", "after-a-valid-run"])
+def test_verifier_catches(mutate, message: str, verified_before: bool) -> None:
+    """Also after the op passed a run: the verifier re-checks an op's own rules only when what they read changed
+    (cimc.verifier), and every way of changing it must count."""
     module, add = graph_with_add()
+    if verified_before:
+        verify(module)
     mutate(module, add)
     with pytest.raises(VerifyError, match=message):
         verify(module)
@@ -125,6 +137,12 @@ def test_verifier_checks_attribute_kinds_and_choices() -> None:
     with pytest.raises(VerifyError, match="must be of kind int"):
         verify(Module("g", body))
     softmax.attributes["axis"] = -1
+    verify(Module("g", body))
+    softmax.attributes.pop("axis")
+    softmax.attributes["axis"] = "first"
+    with pytest.raises(VerifyError, match="must be of kind int"):
+        verify(Module("g", body))
+    del softmax.attributes["axis"]
     verify(Module("g", body))
 
 
@@ -172,3 +190,35 @@ def test_verifier_checks_conductance_and_row_scale_bounds(g_pos: np.ndarray, row
     verify(crossbar_module(np.full((2, 2), 2.0), np.array([1.0, 0.5])))
     with pytest.raises(VerifyError, match=message):
         verify(crossbar_module(g_pos, row_scale))
+
+
+def test_attribute_stamp_changes_with_every_change_but_annotations() -> None:
+    """The verifier's record of an op (cimc.verifier) relies on this: a new stamp for any change an op definition
+    can see, none for annotations (dotted names, which no definition declares)."""
+    _, add = graph_with_add()
+    stamps = [add.attributes.stamp]
+    for change in (lambda a: a.__setitem__("x", 1), lambda a: a.update(y=2), lambda a: a.pop("x"),
+                   lambda a: a.__delitem__("y"), lambda a: a.setdefault("z", 3), lambda a: a.popitem(),
+                   lambda a: a.__ior__({"w": 1}), lambda a: a.clear()):
+        change(add.attributes)
+        stamps.append(add.attributes.stamp)
+    assert len(set(stamps)) == len(stamps)
+    add.attributes["sched.stage"] = 4
+    del add.attributes["sched.stage"]
+    assert add.attributes.stamp == stamps[-1]
+    with pytest.raises(ValueError, match="dotted names are annotations"):
+        define("test.dotted", "", attributes=attrs(**{"a.b": "int"}))
+
+
+def test_adopt_takes_fresh_arrays_and_views_of_bytes_without_a_copy() -> None:
+    """Tensor.adopt: an array nobody else can write (a fresh one, or a view of immutable bytes such as onnx's
+    to_array of raw data) is used as is; a view of a writable array is copied, so later writes cannot reach it."""
+    fresh = np.arange(6, dtype=np.float32)
+    assert Tensor.adopt(fresh).array is fresh and not fresh.flags.writeable
+    raw = np.arange(6, dtype=np.float32).tobytes()
+    view = np.frombuffer(raw, np.float32).reshape(2, 3)
+    assert np.shares_memory(Tensor.adopt(view).array, view)
+    owner = np.arange(6, dtype=np.float32)
+    adopted = Tensor.adopt(owner.reshape(2, 3))
+    owner[0] = 99
+    assert adopted.array[0, 0] == 0 and not np.shares_memory(adopted.array, owner)

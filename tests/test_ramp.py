@@ -232,6 +232,39 @@ def test_constant_function_is_rejected(activation, clip, z_lo, z_hi):
         Transfer(activation, clip, z_lo, z_hi).direction()
 
 
+@pytest.mark.parametrize("name", ["Relu", "Sigmoid", "Softplus", "Softsign", "Tanh"])
+def test_parameter_free_activations_fall_only_by_float_noise(name):
+    """The premise of deciding these functions' direction from the ends of the range (cimc.ramp._direction): their
+    portable implementations fall nowhere by more than 8 ulps of the largest |f| around (the grid ignores 64), on
+    dense grids across the saturated tails, around 0 and float step by float step where formulas switch."""
+    act = Activation.create(name)
+    grids = [np.linspace(-60.0, 60.0, 2_000_001), np.linspace(-1e-6, 1e-6, 200_001)]
+    grids += [c + np.arange(-1000, 1001) * np.spacing(c) for c in (0.5, 1.0, 2.0, 19.0, 20.0, 36.0)]
+    for z in grids:
+        z = np.unique(np.concatenate([z, -z]))
+        y = act.portable(z)
+        scale = np.maximum(np.abs(y[:-1]), np.abs(y[1:]))
+        assert np.all(np.diff(y) >= -8 * np.finfo(np.float64).eps * scale), name
+
+
+@pytest.mark.parametrize("name", ["Relu", "Sigmoid", "Softplus", "Softsign", "Tanh"])
+@pytest.mark.parametrize("clip", [None, 2.5])
+@pytest.mark.parametrize(("z_lo", "z_hi"), [(-6.0, 6.0), (0.3, 0.7), (-3.0, -1.0), (30.0, 40.0), (-1e-9, 1e-9)])
+def test_end_point_direction_is_the_dense_grid_answer(name, clip, z_lo, z_hi):
+    """Transfer.direction of a non-decreasing function (decided from the ends where that is safe) against the rule on
+    the 20,001-point grid, written out here: constant (refused) where max - min is within 64 ulps of max |f|, else
+    +1 if a step rises by more than that, else -1."""
+    transfer = Transfer(Activation.create(name), clip, z_lo, z_hi)
+    y = transfer(np.linspace(z_lo, z_hi, 20_001))
+    noise = 64.0 * np.finfo(np.float64).eps * float(np.max(np.abs(y)))
+    assert not (np.diff(y) < -noise).any()
+    if float(y.max() - y.min()) <= noise:
+        with pytest.raises(CimcError, match="is constant"):
+            transfer.direction()
+    else:
+        assert transfer.direction() == (1 if (np.diff(y) > noise).any() else -1)
+
+
 def test_decreasing_function_has_increasing_thresholds():
     transfer = Transfer(Activation.create("Affine", -0.7, 0.1), None, -2.0, 2.0)
     assert transfer.direction() == -1

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from cimc.attributes import AttrValue, Tensor, attr_kind
+from cimc.attributes import AttrValue, Tensor, attr_kind, is_annotation
 from cimc.ir import Operation
 
 
@@ -47,6 +47,7 @@ class ArgSpec:
 
 
 _SCALAR_KIND: dict[type, str] = {int: "int", float: "float", str: "str", Tensor: "tensor"}
+_ELEMENT_TYPE: dict[str, type] = {"ints": int, "floats": float, "strs": str}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,9 @@ class AttrSpec:
         """Return a description of what is wrong with ``value``, or None."""
         if self.kind == "any" or (self.choices is None and _SCALAR_KIND.get(type(value)) == self.kind):
             return None  # the common case, a scalar of exactly the declared kind, without the general classification
+        element = _ELEMENT_TYPE.get(self.kind)
+        if element is not None and self.choices is None and type(value) is tuple and all(type(v) is element for v in value):
+            return None  # likewise a list of exactly the declared element type (rows, cols, device levels)
         kind = attr_kind(value)
         accepted = {self.kind}
         if self.kind == "float":
@@ -91,7 +95,12 @@ def attrs(**specs: str | AttrSpec) -> dict[str, AttrSpec]:
 
 @dataclass(frozen=True)
 class OpDef:
-    """The definition of one op kind."""
+    """The definition of one op kind.
+
+    ``verify`` may read the op's attributes, its operands (their types and the kinds of the ops that define them)
+    and its result types, and, for an op with regions, anything inside them: the verifier re-runs it on an op only
+    when one of those changed (see cimc.verifier).
+    """
 
     name: str
     summary: str
@@ -117,6 +126,9 @@ def define(
     **kwargs: object,
 ) -> OpDef:
     """Build an :class:`OpDef` from compact slot strings and register it."""
+    dotted = [n for n in attributes or {} if is_annotation(n)]
+    if dotted:  # such names are annotations, which the verifier does not check against a definition
+        raise ValueError(f"op '{name}' declares attribute '{dotted[0]}': dotted names are annotations")
     opdef = OpDef(
         name,
         summary,
