@@ -98,7 +98,8 @@ def read_archive(path: str | os.PathLike[str], what: str = "", kind: str = ".npz
         raise CimcError(f"cannot read {label}: no such file") from None
     except IsADirectoryError:
         raise CimcError(f"cannot read {label}: it is a directory") from None
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    # NotImplementedError: an entry needs a newer zip version than zipfile reads.
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
         hint = " (a .npy file: save with numpy.savez instead)" if _is_npy(path) else ""
         raise CimcError(f"cannot read {label}: not a {kind}{hint} (truncated or not a zip archive: {e})") from None
     with zf:

@@ -77,6 +77,16 @@ def test_inputs_that_are_a_npy_file_or_missing(chip: Path, cimc_cli) -> None:
     assert not (chip / "o.npz").exists()
 
 
+def test_inputs_needing_a_newer_zip_version_are_refused(chip: Path, cimc_cli) -> None:
+    """zipfile raises NotImplementedError while listing an entry whose central record needs zip > 6.3 (found by fuzzing)."""
+    np.savez(chip / "x.npz", x=np.zeros(3, np.float32))
+    data = bytearray((chip / "x.npz").read_bytes())
+    central = data.index(b"PK\x01\x02")
+    data[central + 6:central + 8] = (109).to_bytes(2, "little")  # "version needed to extract" = 10.9
+    (chip / "x.npz").write_bytes(bytes(data))
+    _refused(cimc_cli("run", "m.cimg", "--inputs", "x.npz", "-o", "o.npz", cwd=chip), "cannot read inputs x.npz", "10.9")
+
+
 def test_unwritable_plot_folder_is_refused_before_compiling(chip: Path, cimc_cli) -> None:
     result = cimc_cli("compile", "m.onnx", "--plots", "/proc/sub", cwd=chip)
     _refused(result, "--plots", "/proc/sub")
