@@ -132,3 +132,42 @@ def _check_region(path: Path, region: object, where: str) -> None:
             _require(path, region["block"], "str", f"{where}.block")
         if "shared_by" in region:
             _require(path, region["shared_by"], "ints", f"{where}.shared_by")
+
+
+def check_tensor_table(table: object, blobs: dict[str, int], path: Path) -> None:
+    """``manifest.tensors`` against the blobs it points into (``blobs``: entry name -> elements).
+
+    Each tensor is ``{"blob", "offset", "shape"}``, offset in elements of its
+    blob's type (so no tensor can be misaligned); it must lie inside its blob,
+    no two may overlap, and together they must cover every blob exactly (a
+    writer leaves no gap, so a gap is unchecked data the checksums would vouch
+    for). Each reader then checks the type and shape it expects (levels, float
+    reference weights, the program's declared tensors).
+    """
+    _require(path, table, "dict", "the manifest's tensor table")
+    assert isinstance(table, dict)
+    spans: dict[str, list[tuple[int, int, str]]] = {name: [] for name in blobs}
+    for name, entry in table.items():
+        where = f"tensor {name[:80]}"
+        _require(path, entry, "dict", where)
+        blob = entry.get("blob")
+        if not _one_of(blob, blobs):
+            raise _fail(path, f"{where} is in blob {blob!r:.80}, which the image does not hold")
+        offset = _require(path, entry.get("offset"), "int", f"{where}.offset")
+        shape = _require(path, entry.get("shape"), "ints", f"{where}.shape")
+        if offset < 0 or any(d < 0 for d in shape):
+            raise _fail(path, f"{where} has offset {offset} and shape {shape!r:.80}; neither may be negative")
+        end = offset + math.prod(shape)
+        if end > blobs[blob]:
+            raise _fail(path, f"{where} (elements {offset}:{end}) runs past the end of {blob} ({blobs[blob]} elements)")
+        spans[blob].append((offset, end, name))
+    for blob, members in spans.items():
+        covered, before = 0, None
+        for start, end, name in sorted(members):
+            if start < covered:
+                raise _fail(path, f"tensor {name[:80]} (elements {start}:{end} of {blob}) overlaps tensor {before}")
+            if start > covered:
+                raise _fail(path, f"{blob} elements {covered}:{start} belong to no tensor")
+            covered, before = end, name[:80]
+        if covered != blobs[blob]:
+            raise _fail(path, f"{blob} elements {covered}:{blobs[blob]} belong to no tensor")
