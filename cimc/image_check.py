@@ -42,12 +42,14 @@ _KINDS = {"dict": "an object", "list": "a list", "str": "a string", "int": "an i
           "numbers": "a list of finite numbers", "ints": "a list of integers"}
 
 
+_CHECKS = {"dict": lambda v: isinstance(v, dict), "list": lambda v: isinstance(v, list), "str": lambda v: isinstance(v, str),
+           "int": _is_int, "number": _is_number,
+           "numbers": lambda v: isinstance(v, list) and all(map(_is_number, v)),
+           "ints": lambda v: isinstance(v, list) and all(map(_is_int, v))}
+
+
 def _require(path: Path, value: object, kind: str, what: str) -> Any:  # noqa: ANN401
-    ok = {"dict": isinstance(value, dict), "list": isinstance(value, list), "str": isinstance(value, str),
-          "int": _is_int(value), "number": _is_number(value),
-          "numbers": isinstance(value, list) and all(_is_number(v) for v in value),
-          "ints": isinstance(value, list) and all(_is_int(v) for v in value)}[kind]
-    if not ok:
+    if not _CHECKS[kind](value):
         raise _fail(path, f"{what} must be {_KINDS[kind]}, got {value!r:.80}")
     return value
 

@@ -236,6 +236,8 @@ class _Emitter:
         if kind in ("ints", "floats"):
             if not isinstance(value, tuple):
                 raise CimcError(f"cannot emit the image: {what} must be a list, got {value!r}")
+            if kind == "ints" and all(type(v) is int for v in value):  # the common case, without a call per item
+                return list(value)
             return [self.attr(kind[:-1], v, what) for v in value]
         expected = {"int": int, "float": (int, float), "str": str}[kind]
         if not isinstance(value, expected):
