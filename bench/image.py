@@ -11,12 +11,14 @@ medians of
 * ``build_image`` (the emit-image lowering: levels, regions, ramps, reference
   weights, the step program) and ``Image.save`` (the atomic write, fsync
   included), against the write half of bench/compile.py's I/O floor measured
-  in the same rounds: ``np.savez`` of the model's weights into the same folder;
+  in the same rounds: ``np.savez`` of the model's weights into the same folder
+  (no fsync);
 * ``load_image``, ``Image.program()`` (the Module the simulator runs) and the
   ideal simulator's plan (``Simulator(image).plan()``: devices realized, every
   tile's conductances and kernels), against reading every zip entry's bytes;
 
-and then bytes per weight of the device levels, the reference weights and the
+each in wall and in CPU time (user + system of this process: on a shared
+machine the steadier of the two); and then bytes per weight of the device levels, the reference weights and the
 whole file, and the peak of Python/numpy allocations (tracemalloc) of one
 ``build_image`` and one ``Image.save``, as multiples of the model's weight
 bytes. Run it from a checkout of another cimc (PYTHONPATH) for its numbers.
@@ -47,9 +49,11 @@ from cimc.hardware import load_hardware  # noqa: E402
 from cimc.image import image_sizes, load_image  # noqa: E402
 
 
-def timed(action: Callable[[], object]) -> tuple[float, object]:
-    start = time.perf_counter()
+def timed(action: Callable[[], object], cpu: list[float]) -> tuple[float, object]:
+    """Wall seconds of ``action`` and its result; its CPU seconds (user + system of this process) go to ``cpu``."""
+    start, start_cpu = time.perf_counter(), time.process_time()
     result = action()
+    cpu.append(time.process_time() - start_cpu)
     return time.perf_counter() - start, result
 
 
@@ -81,33 +85,39 @@ def main() -> None:
         weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
         weight_bytes = sum(w.nbytes for w in weights.values())
         hw = load_hardware(hw_path)
-        seconds, module = timed(lambda: compile_to_ir(model_path, hw))
+        seconds, module = timed(lambda: compile_to_ir(model_path, hw), [])
         print(f"2-layer LSTM {args.hidden}->{args.hidden} ({weight_bytes / 2**20:.1f} MB of weights): compiled to the "
               f"scheduled module in {seconds:.1f} s")
 
-        rows: dict[str, list[float]] = {k: [] for k in ("build", "save", "floor", "load", "program", "plan", "read")}
+        names = ("build", "save", "floor", "load", "program", "plan", "read")
+        wall: dict[str, list[float]] = {k: [] for k in names}
+        cpu: dict[str, list[float]] = {k: [] for k in names}
+
+        def measure(name: str, action: Callable[[], object]) -> object:
+            seconds, result = timed(action, cpu[name])
+            wall[name].append(seconds)
+            return result
+
         for _ in range(args.repeat):
             image_path.unlink(missing_ok=True)
             (folder / "floor.npz").unlink(missing_ok=True)
-            seconds, image = timed(lambda: build_image(module, hw))
-            rows["build"].append(seconds)
-            rows["save"].append(timed(lambda: image.save(image_path))[0])
-            rows["floor"].append(timed(lambda: np.savez(folder / "floor.npz", **weights))[0])
+            image = measure("build", lambda: build_image(module, hw))
+            measure("save", lambda: image.save(image_path))  # noqa: B023
+            measure("floor", lambda: np.savez(folder / "floor.npz", **weights))
             del image
-            rows["read"].append(timed(lambda: read_entries(image_path))[0])
-            seconds, loaded = timed(lambda: load_image(image_path))
-            rows["load"].append(seconds)
-            rows["program"].append(timed(loaded.program)[0])
-            rows["plan"].append(timed(lambda: Simulator(loaded, SimulatorOptions("ideal")).plan())[0])
+            measure("read", lambda: read_entries(image_path))
+            loaded = measure("load", lambda: load_image(image_path))
+            measure("program", loaded.program)
+            measure("plan", lambda: Simulator(loaded, SimulatorOptions("ideal")).plan())  # noqa: B023
             del loaded
-        m = {k: statistics.median(v) for k, v in rows.items()}
-        write = m["build"] + m["save"]
-        print(f"medians over {args.repeat} rounds:")
-        print(f"  build_image {m['build']:.3f} s + Image.save {m['save']:.3f} s = {write:.3f} s; np.savez of the weights "
-              f"{m['floor']:.3f} s; ratio {write / m['floor']:.2f}")
-        load = m["load"] + m["program"] + m["plan"]
-        print(f"  load_image {m['load']:.3f} s + program() {m['program']:.3f} s + ideal plan {m['plan']:.3f} s = "
-              f"{load:.3f} s; reading the entries' bytes {m['read']:.3f} s; ratio {load / m['read']:.1f}")
+        print(f"medians over {args.repeat} rounds, wall s (CPU s):")
+        for clock, m in (("wall", {k: statistics.median(v) for k, v in wall.items()}),
+                         ("cpu", {k: statistics.median(v) for k, v in cpu.items()})):
+            write, load = m["build"] + m["save"], m["load"] + m["program"] + m["plan"]
+            print(f"  {clock:>4}: build_image {m['build']:.3f} + Image.save {m['save']:.3f} = {write:.3f}; np.savez of the "
+                  f"weights {m['floor']:.3f}; ratio {write / m['floor']:.2f}")
+            print(f"  {clock:>4}: load_image {m['load']:.3f} + program() {m['program']:.3f} + ideal plan {m['plan']:.3f} = "
+                  f"{load:.3f}; reading the entries' bytes {m['read']:.3f}; ratio {load / m['read']:.1f}")
 
         image = load_image(image_path)
         sizes = image_sizes(image)

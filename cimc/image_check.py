@@ -149,19 +149,22 @@ def check_tensor_table(table: object, blobs: dict[str, int], path: Path) -> None
     _require(path, table, "dict", "the manifest's tensor table")
     assert isinstance(table, dict)
     spans: dict[str, list[tuple[int, int, str]]] = {name: [] for name in blobs}
-    for name, entry in table.items():
-        where = f"tensor {name[:80]}"
-        _require(path, entry, "dict", where)
-        blob = entry.get("blob")
+    for name, entry in table.items():  # ~10,000 tensors for a 2-layer LSTM-1024: the checks are inline
+        if type(entry) is not dict:
+            raise _fail(path, f"tensor {name[:80]} must be an object, got {entry!r:.80}")
+        blob, offset, shape = entry.get("blob"), entry.get("offset"), entry.get("shape")
         if not _one_of(blob, blobs):
-            raise _fail(path, f"{where} is in blob {blob!r:.80}, which the image does not hold")
-        offset = _require(path, entry.get("offset"), "int", f"{where}.offset")
-        shape = _require(path, entry.get("shape"), "ints", f"{where}.shape")
+            raise _fail(path, f"tensor {name[:80]} is in blob {blob!r:.80}, which the image does not hold")
+        if type(offset) is not int:
+            raise _fail(path, f"tensor {name[:80]}.offset must be an integer, got {offset!r:.80}")
+        if type(shape) is not list or not all(type(d) is int for d in shape):
+            raise _fail(path, f"tensor {name[:80]}.shape must be a list of integers, got {shape!r:.80}")
         if offset < 0 or any(d < 0 for d in shape):
-            raise _fail(path, f"{where} has offset {offset} and shape {shape!r:.80}; neither may be negative")
+            raise _fail(path, f"tensor {name[:80]} has offset {offset} and shape {shape!r:.80}; neither may be negative")
         end = offset + math.prod(shape)
         if end > blobs[blob]:
-            raise _fail(path, f"{where} (elements {offset}:{end}) runs past the end of {blob} ({blobs[blob]} elements)")
+            raise _fail(path, f"tensor {name[:80]} (elements {offset}:{end}) runs past the end of {blob} "
+                              f"({blobs[blob]} elements)")
         spans[blob].append((offset, end, name))
     for blob, members in spans.items():
         covered, before = 0, None
