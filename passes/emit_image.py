@@ -72,9 +72,7 @@ class _Layout:
         np.maximum(x, 0, out=x)
         np.minimum(x, d.levels - 1, out=x)
         np.copyto(x, -1, where=unformed)
-        pairs = out.view()
-        pairs.shape = (rows, width, 2)  # a view of the same devices (setting the shape never copies)
-        pairs[...] = x
+        out[:, 0::2], out[:, 1::2] = x[:, :, 0], x[:, :, 1]
 
     def devices_used(self) -> list[int]:
         """Formed devices per array, 256 arrays at a time (a mask of the whole buffer would be as large as it)."""
