@@ -95,10 +95,11 @@ def _reads(document: dict) -> list[dict]:
 def test_devices_take_at_most_3_bytes_per_weight(tmp_path: Path) -> None:
     """LSTM 64->256 (the issue's model). A weight is a differential pair of int8 levels (2 B); unused devices of
     partly filled arrays and ramp columns add the rest, which must stay under 1 B/weight. The reference weights are
-    float32, 4 B/weight plus one .npy header per tile. Everything else is per read, not per weight: its JSON op
-    (~0.8 KB), manifest region and checksums (~0.6 KB), three per-column float64 tensors (24 B a column, <= 32 columns)
-    in .npy entries with their headers and zip records (~0.3 KB each, four entries with its reference): <= 4 KiB a
-    read; and per ramp its thresholds and output levels as JSON text (<= 2 x 31 x 24 B) and its region: <= 2 KiB."""
+    float32, 4 B/weight (packed in one blob; 128 B a tile of slack). Everything else is per read, not per weight: its
+    JSON op (~0.8 KB), manifest region (~0.3 KB), the tensor-table entries of its four tensors (~0.1 KB each), three
+    per-column float64 tensors and the row scales (<= 8 B x (3 x 32 + 128)): <= 4 KiB a read; and per ramp its
+    thresholds and output levels as JSON text (<= 2 x 31 x 24 B) and its region: <= 2 KiB. The blobs' headers and zip
+    records are a few hundred bytes in all."""
     onnx.save(recurrent_model("LSTM", 64, 256, seed=0, scale=1 / 16), tmp_path / "lstm.onnx")
     model = cimc.compile(tmp_path / "lstm.onnx", input_ranges={"X": (-1.0, 1.0)})
     sizes = image_sizes(model.image)
