@@ -1,89 +1,142 @@
-"""Programming-image size, load time and write memory, for a 2-layer LSTM of a given hidden size.
+"""Programming-image build, write and load time, size and memory, for a 2-layer LSTM of a given hidden size.
 
-    python bench/image.py [--hidden 1024] [--repeat 5]
+    python bench/image.py [--hidden 1024] [--repeat 7]
 
 The model is bench/compile.py's ``lstm_stack`` (input = hidden, 16 H^2 + 16 H
-float32 weights), compiled once by ``cimc compile`` on a chip with enough
-arrays. The script then prints
+float32 weights). The script compiles it once to the scheduled module
+(``compile_to_ir``, on a chip with enough arrays), then, over --repeat rounds
+interleaved so that machine load hits every measurement alike, prints the
+medians of
 
-* bytes per weight of the device entries (``arrays/*.levels.npy``) alone, of the
-  reference weights, and of the whole file;
-* the median over --repeat runs of ``load_image`` followed by ``Image.program()``
-  (checksums, op-set validation, building the Module the simulator runs), and of
-  the I/O floor measured in the same run: reading every zip entry's bytes
-  (what any reader must do), with their ratio;
-* the peak of Python/numpy allocations (tracemalloc) while ``Image.save`` writes
-  the loaded image again, as a multiple of the image's arrays held in memory and
-  of its JSON documents: the writer encodes one array entry at a time, so the
-  peak is the encoded manifest and program, not a second copy of the image.
+* ``build_image`` (the emit-image lowering: levels, regions, ramps, reference
+  weights, the step program) and ``Image.save`` (the atomic write, fsync
+  included), against the write half of bench/compile.py's I/O floor measured
+  in the same rounds: ``np.savez`` of the model's weights into the same folder
+  (no fsync);
+* ``load_image``, ``Image.program()`` (the Module the simulator runs) and the
+  ideal simulator's plan (``Simulator(image).plan()``: devices realized, every
+  tile's conductances and kernels), against reading every zip entry's bytes;
+
+each in wall and in CPU time (user + system of this process: on a shared
+machine the steadier of the two); and then bytes per weight of the device levels, the reference weights and the
+whole file, and the peak of Python/numpy allocations (tracemalloc) of one
+``build_image`` and one ``Image.save``, as multiples of the model's weight
+bytes. Run it from a checkout of another cimc (PYTHONPATH) for its numbers.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).parent))
-from compile import cimc_script, lstm_stack  # noqa: E402
+from compile import lstm_stack  # noqa: E402
 
+from cimc.backends.simulator import Simulator, SimulatorOptions  # noqa: E402
+from cimc.compiler import build_image, compile_to_ir  # noqa: E402
+from cimc.hardware import load_hardware  # noqa: E402
 from cimc.image import image_sizes, load_image  # noqa: E402
+
+
+def timed(action: Callable[[], object], cpu: list[float]) -> tuple[float, object]:
+    """Wall seconds of ``action`` and its result; its CPU seconds (user + system of this process) go to ``cpu``."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    result = action()
+    cpu.append(time.process_time() - start_cpu)
+    return time.perf_counter() - start, result
+
+
+def peak_allocation(action: Callable[[], object]) -> int:
+    tracemalloc.start()
+    action()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak
+
+
+def read_entries(path: Path) -> None:
+    with zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            zf.read(name)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        model, image_path, hw = folder / "lstm.onnx", folder / "lstm.cimg", folder / "hw.toml"
-        hw.write_text("[array]\ncount = 1000000\n")
-        onnx.save(lstm_stack(args.hidden), model)
-        start = time.perf_counter()
-        subprocess.run([cimc_script(), "compile", str(model), "--hw", str(hw), "-o", str(image_path)], check=True,
-                       stdout=subprocess.DEVNULL)
-        print(f"2-layer LSTM {args.hidden}->{args.hidden}: compiled in {time.perf_counter() - start:.1f} s")
+        model_path, image_path, hw_path = folder / "lstm.onnx", folder / "lstm.cimg", folder / "hw.toml"
+        hw_path.write_text("[array]\ncount = 1000000\n")
+        model = lstm_stack(args.hidden)
+        onnx.save(model, model_path)
+        weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+        weight_bytes = sum(w.nbytes for w in weights.values())
+        hw = load_hardware(hw_path)
+        seconds, module = timed(lambda: compile_to_ir(model_path, hw), [])
+        print(f"2-layer LSTM {args.hidden}->{args.hidden} ({weight_bytes / 2**20:.1f} MB of weights): compiled to the "
+              f"scheduled module in {seconds:.1f} s")
 
-        loads, floors = [], []
-        for _ in range(args.repeat):  # interleaved, so that machine load hits both alike
-            start = time.perf_counter()
-            with zipfile.ZipFile(image_path) as zf:
-                for name in zf.namelist():
-                    zf.read(name)
-            floors.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            image = load_image(image_path)
-            image.program()
-            loads.append(time.perf_counter() - start)
+        names = ("build", "save", "floor", "load", "program", "plan", "read")
+        wall: dict[str, list[float]] = {k: [] for k in names}
+        cpu: dict[str, list[float]] = {k: [] for k in names}
+
+        def measure(name: str, action: Callable[[], object]) -> object:
+            seconds, result = timed(action, cpu[name])
+            wall[name].append(seconds)
+            return result
+
+        for _ in range(args.repeat):
+            image_path.unlink(missing_ok=True)
+            (folder / "floor.npz").unlink(missing_ok=True)
+            image = measure("build", lambda: build_image(module, hw))
+            measure("save", lambda: image.save(image_path))  # noqa: B023
+            measure("floor", lambda: np.savez(folder / "floor.npz", **weights))
+            del image
+            measure("read", lambda: read_entries(image_path))
+            loaded = measure("load", lambda: load_image(image_path))
+            measure("program", loaded.program)
+            measure("plan", lambda: Simulator(loaded, SimulatorOptions("ideal")).plan())  # noqa: B023
+            del loaded
+        print(f"medians over {args.repeat} rounds, wall s (CPU s):")
+        for clock, m in (("wall", {k: statistics.median(v) for k, v in wall.items()}),
+                         ("cpu", {k: statistics.median(v) for k, v in cpu.items()})):
+            write, load = m["build"] + m["save"], m["load"] + m["program"] + m["plan"]
+            print(f"  {clock:>4}: build_image {m['build']:.3f} + Image.save {m['save']:.3f} = {write:.3f}; np.savez of the "
+                  f"weights {m['floor']:.3f}; ratio {write / m['floor']:.2f}")
+            print(f"  {clock:>4}: load_image {m['load']:.3f} + program() {m['program']:.3f} + ideal plan {m['plan']:.3f} = "
+                  f"{load:.3f}; reading the entries' bytes {m['read']:.3f}; ratio {load / m['read']:.1f}")
+
+        image = load_image(image_path)
         sizes = image_sizes(image)
-        total = image_path.stat().st_size
-        w = sizes["weights"]
-        print(f"weights programmed: {w:,}; arrays: {len(image.arrays)}")
+        total, w = image_path.stat().st_size, sizes["weights"]
+        with zipfile.ZipFile(image_path) as zf:
+            entries = len(zf.namelist())
+        print(f"weights programmed: {w:,}; arrays: {len(image.arrays)}; zip entries: {entries}")
         print(f"bytes/weight: devices {sizes['device_bytes'] / w:.2f}, reference weights {sizes['reference_bytes'] / w:.2f}, "
               f"whole image {total / w:.2f} ({total / 2**20:.1f} MB)")
-        load, floor = statistics.median(loads), statistics.median(floors)
-        print(f"load_image + program(): median {load:.3f} s over {args.repeat}; reading the entries' bytes: "
-              f"{floor:.3f} s; ratio {load / floor:.1f}")
-
-        held = sum(a.nbytes for a in image.arrays.values()) + sum(a.nbytes for a in image.reference.values())
-        documents = len(json.dumps(image.manifest)) + len(json.dumps(image.program_data.document))
-        tracemalloc.start()
-        image.save(folder / "again.cimg")
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        print(f"save: peak allocation {peak / 2**20:.1f} MB = {peak / held:.3f} x the image's arrays "
-              f"({held / 2**20:.1f} MB), {peak / documents:.1f} x its two JSON documents ({documents / 2**20:.1f} MB)")
-        assert (folder / "again.cimg").read_bytes() == image_path.read_bytes(), "a loaded image saved again differs"
+        del image
+        build_peak = peak_allocation(lambda: build_image(module, hw))
+        fresh = build_image(module, hw)
+        save_peak = peak_allocation(lambda: fresh.save(folder / "again.cimg"))
+        print(f"peak allocation: build_image {build_peak / 2**20:.1f} MB = {build_peak / weight_bytes:.2f} x the weight "
+              f"bytes; Image.save {save_peak / 2**20:.1f} MB = {save_peak / weight_bytes:.2f} x")
+        again = folder / "again.cimg"
+        assert again.read_bytes() == image_path.read_bytes(), "the same module gave two different images"
+        load_image(again).save(folder / "third.cimg")
+        assert (folder / "third.cimg").read_bytes() == image_path.read_bytes(), "a loaded image saved again differs"
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cimc import __version__
+from cimc.collector import collector_paused
 from cimc.defects import ChipMeasurement
 from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware, hardware_from_dict
@@ -118,9 +119,12 @@ def _without_folders(pipeline: str) -> str:
 def build_image(module: Module, hw: Hardware, provenance: dict[str, Any] | None = None, reference: bool = True) -> Image:
     """The programming image of a scheduled module (the module is not changed); see cimc.passes.emit_image.
 
-    ``provenance`` defaults to what is known without the model file: cimc's version and the hardware.
+    ``provenance`` defaults to what is known without the model file: cimc's version and the hardware. The cycle
+    collector is paused meanwhile (the lowering creates tens of thousands of dicts and lists and keeps them all).
     """
-    return emit_image(module, hw, provenance if provenance is not None else image_provenance(None, hw, None), reference)
+    with collector_paused():
+        return emit_image(module, hw, provenance if provenance is not None else image_provenance(None, hw, None),
+                          reference)
 
 
 def compile_to_ir(model: str | Path, hw: Hardware, options: CompileOptions | None = None) -> Module:

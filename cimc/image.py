@@ -1,4 +1,4 @@
-"""The programming image: what a chip's programming tool would consume, in one archive (format version 2).
+"""The programming image: what a chip's programming tool would consume, in one archive (format version 3).
 
 A ``.cimg`` file is a zip archive (stored, fixed timestamps, sorted entries,
 so the same model, options and seed give the same bytes) that the standard
@@ -9,14 +9,25 @@ in brief:
   SHA-256, the cimc version, the pipeline, the hardware's SHA-256), the
   hardware description, the ONNX inputs and outputs, every used array with
   the regions it holds, every NL-ADC ramp (recorded here only), the reference
-  weights' index, and the SHA-256 of every other entry;
-- ``arrays/<k>.levels.npy``: the programmed level of every device of array k
-  (int8, int16 only for hardware with more than 128 levels; -1 = unformed);
-- ``program.json`` and ``program/<key>.npy``: the step program in the op set
-  ``cimc-step/1`` (cimc/step_program.py);
-- ``reference/<tile>.npy``: the unquantized weights of each programmed tile in
-  the model's float type. Not programmed: only the ``exact`` fidelity and the
-  error bounds read them, and ``cimc compile --no-reference`` leaves them out.
+  weights' index, the table of packed tensors and the SHA-256 of every other
+  entry;
+- ``data/<dtype>.npy``: one 1-D array per element type (a *blob*) holding every
+  tensor of that type back to back; ``manifest.tensors`` maps each tensor's
+  name to its blob, element offset and shape. The tensors are
+  ``arrays/<k>.levels.npy``, the programmed level of every device of array k
+  (int8, int16 only for hardware with more than 128 levels; -1 = unformed),
+  ``reference/<tile>.npy``, the unquantized weights of a programmed tile in the
+  model's float type (not programmed: only the ``exact`` fidelity and the error
+  bounds read them; ``cimc compile --no-reference`` leaves them out), and the
+  step program's ``program/<key>.npy``;
+- ``program.json``: the step program in the op set ``cimc-step/1``
+  (cimc/step_program.py).
+
+Version 2 stored each tensor as its own zip entry (some 10,000 for a 2-layer
+LSTM-1024), and the per-entry header, CRC, .npy header and Python round trip
+were most of the time of writing and loading an image. A blob is written by
+streaming its tensors into the output file, and loaded as zero-copy views of
+a memory map.
 
 This module only reads and writes images; ``cimc.passes.emit_image`` lowers a
 scheduled module to one.
@@ -24,10 +35,12 @@ scheduled module to one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import math
+import mmap
 import re
 import struct
 import zipfile
@@ -42,14 +55,14 @@ import numpy as np
 from cimc.collector import collector_paused
 from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware, hardware_from_dict
-from cimc.image_check import check_manifest
+from cimc.image_check import check_manifest, check_tensor_table
 from cimc.ir import Module, Operation
 from cimc.npz import escapes_archive, open_atomic
 from cimc.step_program import OP_SET, ProgramError, StepProgram, format_program, op_counts, program_to_module, \
     validate_program
 
 FORMAT = "cimc-image"
-VERSION = 2
+VERSION = 3
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 REFERENCE_NOTE = "not programmed: the unquantized weights, for the exact fidelity and the error bounds"
 
@@ -59,10 +72,32 @@ def level_dtype(levels: int) -> np.dtype:
     return np.dtype(np.int8) if levels <= 128 else np.dtype(np.int16)
 
 
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
+BLOB_PREFIX = "data/"
+_ALIGN = 64  # a blob's data starts at a multiple of 64 bytes of the file: aligned views for any element type
+_BLOB_TYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32",
+               "float64")
+
+
+@functools.cache
+def blob_entry(dtype: np.dtype) -> str:
+    """The entry holding every packed tensor of one element type: ``data/<numpy type name>.npy``."""
+    return f"{BLOB_PREFIX}{np.dtype(dtype).name}.npy"
+
+
+def _blob_dtype(name: str) -> np.dtype | None:
+    """The little-endian element type a blob entry's name promises; None for a name that is no blob of a known type."""
+    match = re.fullmatch(re.escape(BLOB_PREFIX) + r"([a-z0-9]+)\.npy", name)
+    if match is None or match.group(1) not in _BLOB_TYPES:
+        return None
+    return np.dtype(match.group(1)).newbyteorder("<")
+
+
+def _npy_header(dtype: np.dtype, count: int, start: int) -> bytes:
+    """A .npy 1.0 header of a 1-D array of ``count`` elements, in the layout numpy writes, padded with spaces so that
+    the data begins at a multiple of 64 bytes of the file when the header begins at byte ``start``."""
+    text = "{'descr': %r, 'fortran_order': False, 'shape': (%d,), }" % (dtype.str, count)
+    pad = -(start + 10 + len(text) + 1) % _ALIGN
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text) + pad + 1) + text.encode("latin1") + b" " * pad + b"\n"
 
 
 def _sha(data: bytes) -> str:
@@ -113,34 +148,66 @@ class Image:
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        self._write_zip(buffer)
+        with collector_paused():
+            self._write_zip(buffer)
         return buffer.getvalue()
 
     def save(self, path: str | Path) -> None:
-        with open_atomic(path) as f:
+        """Write the image atomically, streaming every tensor into the temporary file (no copy of the image in memory)."""
+        with open_atomic(path) as f, collector_paused():
             self._write_zip(f)
 
-    def _large(self) -> dict[str, np.ndarray]:
-        """The device and reference entries: encoded one at a time when written, never all at once."""
-        out = {levels_entry(k): a for k, a in self.arrays.items()}
-        out.update({reference_entry(t): w for t, w in self.reference.items()})
+    def tensors(self) -> dict[str, np.ndarray]:
+        """Every packed tensor by name, in the order the blobs hold them: arrays, reference weights, program tensors."""
+        out = {levels_entry(k): self.arrays[k] for k in sorted(self.arrays)}
+        out.update({reference_entry(t): self.reference[t] for t in sorted(self.reference)})
+        out.update({name: self.program_data.tensors[name] for name in sorted(self.program_data.tensors)})
         return out
 
     def _write_zip(self, out: BinaryIO) -> None:
-        """Entries in name order. The large ones are encoded once to hash them and once to write them, each alone,
-        so that the image is never held twice in memory."""
-        large = self._large()
-        small = {"program.json": _json_bytes(self.program_data.document)}
-        small.update({name: _npy(array) for name, array in self.program_data.tensors.items()})
-        checksums = {name: _sha(data) for name, data in small.items()}
-        checksums.update({name: _sha(_npy(array)) for name, array in large.items()})
-        manifest = _json_bytes(dict(self.manifest, checksums=dict(sorted(checksums.items()))))
+        """Entries in name order: the blobs (each streamed tensor by tensor, hashed as it goes), then manifest.json
+        (which holds the blobs' digests and the tensor table), then program.json."""
+        blobs: dict[str, list[np.ndarray]] = {}
+        ends: dict[str, int] = {}
+        table: dict[str, dict[str, Any]] = {}
+        for name, array in self.tensors().items():
+            blob = blob_entry(array.dtype)
+            blobs.setdefault(blob, []).append(array)
+            table[name] = {"blob": blob, "offset": ends.get(blob, 0), "shape": list(array.shape)}
+            ends[blob] = ends.get(blob, 0) + array.size
+        program = _json_bytes(self.program_data.document)
+        checksums = {"program.json": _sha(program)}
         with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zf:
-            for name in sorted([*large, *small, "manifest.json"]):
-                data = manifest if name == "manifest.json" else small[name] if name in small else _npy(large[name])
-                info = zipfile.ZipInfo(name, date_time=_EPOCH)
-                info.external_attr = 0o644 << 16
-                zf.writestr(info, data)
+            for blob in sorted(blobs):
+                checksums[blob] = _write_blob(zf, out, blob, blobs[blob])
+            manifest = _json_bytes(dict(self.manifest, tensors=table, checksums=dict(sorted(checksums.items()))))
+            for name, data in (("manifest.json", manifest), ("program.json", program)):
+                zf.writestr(_entry_info(name), data)
+
+
+def _entry_info(name: str, size: int = 0) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_EPOCH)
+    info.external_attr = 0o644 << 16
+    info.file_size = size
+    return info
+
+
+def _write_blob(zf: zipfile.ZipFile, out: BinaryIO, name: str, members: list[np.ndarray]) -> str:
+    """Stream one blob (a .npy header, then each tensor's bytes in order) into the archive; its SHA-256."""
+    dtype = _blob_dtype(name)
+    assert dtype is not None, name
+    count = sum(a.size for a in members)
+    size_guess = count * dtype.itemsize + 2 * _ALIGN
+    zip64 = size_guess * 1.05 > zipfile.ZIP64_LIMIT  # zipfile's own rule; its local header then has a 20-byte extra
+    header = _npy_header(dtype, count, out.tell() + 30 + len(name.encode()) + (20 if zip64 else 0))
+    digest = hashlib.sha256(header)
+    with zf.open(_entry_info(name, len(header) + count * dtype.itemsize), "w", force_zip64=zip64) as f:
+        f.write(header)
+        for array in members:
+            data = memoryview(np.ascontiguousarray(array, dtype)).cast("B")
+            digest.update(data)
+            f.write(data)
+    return digest.hexdigest()
 
 
 def _json_bytes(document: Any) -> bytes:
@@ -188,24 +255,36 @@ def _load(path: Path) -> Image:
     if extra:
         raise CimcError(f"{path} is corrupt: unexpected entries {sorted(extra)}")
     check_manifest(manifest, path)
+    tensors = _unpack(manifest.pop("tensors", None), entries, path)
+    if "program.json" not in entries:
+        raise CimcError(f"{path} is corrupt: entry program.json is missing")
     try:
-        return _from_entries(manifest, entries)
+        return _from_entries(manifest, tensors, entries["program.json"])
     except ProgramError as e:
         raise CimcError(f"{path} is not a valid image: {e.message}") from None
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, struct.error, RecursionError) as e:
         raise CimcError(f"{path} is not a valid image: {type(e).__name__}: {e}") from None
 
 
+def _mapped(path: Path) -> memoryview:
+    """The file's bytes as a read-only memory map (pages are read on first use and shared with the page cache, so a
+    loaded image costs no copy); an empty file, which cannot be mapped, as no bytes."""
+    with open(path, "rb") as f:
+        try:
+            return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        except ValueError:
+            return memoryview(b"")
+
+
 def _entries(zf: zipfile.ZipFile, path: Path) -> dict[str, memoryview]:
-    """Every entry's bytes, as views into one read of the file.
+    """Every entry's bytes, as views into a memory map of the file.
 
     Every entry of an image is stored (uncompressed), so each is sliced out of
-    the file directly, which is what makes a 10,000-entry image load in well
-    under a second; a compressed or encrypted entry is refused (no decompression
-    bomb can be read). Only manifest.json's CRC is checked here: the manifest's
-    SHA-256 covers every other entry.
+    the file directly; a compressed or encrypted entry is refused (no
+    decompression bomb can be read). Only manifest.json's CRC is checked here:
+    the manifest's SHA-256 covers every other entry.
     """
-    data = memoryview(path.read_bytes())
+    data = _mapped(path)
     out: dict[str, memoryview] = {}
     for info in zf.infolist():
         if info.filename in out:
@@ -252,11 +331,34 @@ def read_npy(data: memoryview | bytes) -> np.ndarray:
     return np.frombuffer(body, dtype).reshape(shape)
 
 
-def _from_entries(manifest: dict[str, Any], entries: dict[str, memoryview]) -> Image:
+def _unpack(table: object, entries: dict[str, memoryview], path: Path) -> dict[str, np.ndarray]:
+    """Every packed tensor, as a read-only view of its blob, once the table is proven sound against the blobs."""
+    blobs: dict[str, np.ndarray] = {}
+    for name, data in entries.items():
+        if name in ("manifest.json", "program.json"):
+            continue
+        dtype = _blob_dtype(name)
+        if dtype is None:
+            raise CimcError(f"{path} is corrupt: entry {name} is neither a manifest, a program nor a data/<type>.npy blob")
+        try:
+            blob = read_npy(data)
+        except ValueError as e:
+            raise CimcError(f"{path} is corrupt: {name} is not a readable .npy array ({e})") from None
+        if blob.dtype != dtype or blob.ndim != 1:
+            raise CimcError(f"{path} is corrupt: {name} holds {blob.dtype}{list(blob.shape)}; a blob is a 1-D array of "
+                            f"the type its name says ({dtype})")
+        blobs[name] = blob
+    check_tensor_table(table, {name: blob.size for name, blob in blobs.items()}, path)
+    assert isinstance(table, dict)
+    return {name: blobs[t["blob"]][t["offset"]:t["offset"] + math.prod(t["shape"])].reshape(t["shape"])
+            for name, t in table.items()}
+
+
+def _from_entries(manifest: dict[str, Any], tensors: dict[str, np.ndarray], program_json: memoryview) -> Image:
     def npy(name: str) -> np.ndarray:
-        if name not in entries:
-            raise ProgramError(f"entry {name} is missing")
-        return read_npy(entries.pop(name))
+        if name not in tensors:
+            raise ProgramError(f"tensor {name} is missing")
+        return tensors.pop(name)
 
     if manifest.get("op_set") != OP_SET:
         raise ProgramError(f"the program's op set is {manifest.get('op_set')!r}; this cimc reads {OP_SET}")
@@ -277,12 +379,14 @@ def _from_entries(manifest: dict[str, Any], entries: dict[str, memoryview]) -> I
                                f"{info['rows']} x {info['cols']} array, got {levels.dtype}{list(levels.shape)}")
         arrays[k] = levels
     reference = {int(t): npy(reference_entry(int(t))) for t in manifest.get("reference", {}).get("tiles", [])}
-    tensors = {name: npy(name) for name in sorted(entries) if name.startswith("program/")}
+    program_tensors = {name: npy(name) for name in sorted(tensors) if name.startswith("program/")}
+    if tensors:
+        raise ProgramError(f"tensors that are no array's, tile's or program's: {sorted(tensors)[:5]}")
     try:
-        document = json.loads(bytes(entries["program.json"]))
+        document = json.loads(bytes(program_json))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ProgramError(f"program.json is not JSON: {e}") from None
-    program = StepProgram(document, tensors)
+    program = StepProgram(document, program_tensors)
     validate_program(program, manifest)
     _check_reference_shapes(program, reference)
     return Image(manifest, arrays, program, reference)
@@ -343,11 +447,12 @@ def tile_weights(image: Image, tile: Operation) -> np.ndarray:
 
 
 def image_sizes(image: Image) -> dict[str, int]:
-    """Bytes of the device entries and of the reference weights, and the number of weights programmed."""
+    """Bytes of the device levels and of the reference weights (their share of the blobs), and the number of weights
+    programmed."""
     weights = sum((r["block_rows"][1] - r["block_rows"][0]) * (r["block_cols"][1] - r["block_cols"][0])
                   for a in image.manifest["arrays"] for r in a["regions"] if r["kind"] == "weights")
-    return {"weights": int(weights), "device_bytes": sum(len(_npy(a)) for a in image.arrays.values()),
-            "reference_bytes": sum(len(_npy(w)) for w in image.reference.values())}
+    return {"weights": int(weights), "device_bytes": sum(a.nbytes for a in image.arrays.values()),
+            "reference_bytes": sum(w.nbytes for w in image.reference.values())}
 
 
 def _loops(ops: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:

@@ -42,12 +42,14 @@ _KINDS = {"dict": "an object", "list": "a list", "str": "a string", "int": "an i
           "numbers": "a list of finite numbers", "ints": "a list of integers"}
 
 
+_CHECKS = {"dict": lambda v: isinstance(v, dict), "list": lambda v: isinstance(v, list), "str": lambda v: isinstance(v, str),
+           "int": _is_int, "number": _is_number,
+           "numbers": lambda v: isinstance(v, list) and all(map(_is_number, v)),
+           "ints": lambda v: isinstance(v, list) and all(map(_is_int, v))}
+
+
 def _require(path: Path, value: object, kind: str, what: str) -> Any:  # noqa: ANN401
-    ok = {"dict": isinstance(value, dict), "list": isinstance(value, list), "str": isinstance(value, str),
-          "int": _is_int(value), "number": _is_number(value),
-          "numbers": isinstance(value, list) and all(_is_number(v) for v in value),
-          "ints": isinstance(value, list) and all(_is_int(v) for v in value)}[kind]
-    if not ok:
+    if not _CHECKS[kind](value):
         raise _fail(path, f"{what} must be {_KINDS[kind]}, got {value!r:.80}")
     return value
 
@@ -132,3 +134,45 @@ def _check_region(path: Path, region: object, where: str) -> None:
             _require(path, region["block"], "str", f"{where}.block")
         if "shared_by" in region:
             _require(path, region["shared_by"], "ints", f"{where}.shared_by")
+
+
+def check_tensor_table(table: object, blobs: dict[str, int], path: Path) -> None:
+    """``manifest.tensors`` against the blobs it points into (``blobs``: entry name -> elements).
+
+    Each tensor is ``{"blob", "offset", "shape"}``, offset in elements of its
+    blob's type (so no tensor can be misaligned); it must lie inside its blob,
+    no two may overlap, and together they must cover every blob exactly (a
+    writer leaves no gap, so a gap is unchecked data the checksums would vouch
+    for). Each reader then checks the type and shape it expects (levels, float
+    reference weights, the program's declared tensors).
+    """
+    _require(path, table, "dict", "the manifest's tensor table")
+    assert isinstance(table, dict)
+    spans: dict[str, list[tuple[int, int, str]]] = {name: [] for name in blobs}
+    for name, entry in table.items():  # ~10,000 tensors for a 2-layer LSTM-1024: the checks are inline
+        if type(entry) is not dict:
+            raise _fail(path, f"tensor {name[:80]} must be an object, got {entry!r:.80}")
+        blob, offset, shape = entry.get("blob"), entry.get("offset"), entry.get("shape")
+        if not _one_of(blob, blobs):
+            raise _fail(path, f"tensor {name[:80]} is in blob {blob!r:.80}, which the image does not hold")
+        if type(offset) is not int:
+            raise _fail(path, f"tensor {name[:80]}.offset must be an integer, got {offset!r:.80}")
+        if type(shape) is not list or not all(type(d) is int for d in shape):
+            raise _fail(path, f"tensor {name[:80]}.shape must be a list of integers, got {shape!r:.80}")
+        if offset < 0 or any(d < 0 for d in shape):
+            raise _fail(path, f"tensor {name[:80]} has offset {offset} and shape {shape!r:.80}; neither may be negative")
+        end = offset + math.prod(shape)
+        if end > blobs[blob]:
+            raise _fail(path, f"tensor {name[:80]} (elements {offset}:{end}) runs past the end of {blob} "
+                              f"({blobs[blob]} elements)")
+        spans[blob].append((offset, end, name))
+    for blob, members in spans.items():
+        covered, before = 0, None
+        for start, end, name in sorted(members):
+            if start < covered:
+                raise _fail(path, f"tensor {name[:80]} (elements {start}:{end} of {blob}) overlaps tensor {before}")
+            if start > covered:
+                raise _fail(path, f"{blob} elements {covered}:{start} belong to no tensor")
+            covered, before = end, name[:80]
+        if covered != blobs[blob]:
+            raise _fail(path, f"{blob} elements {covered}:{blobs[blob]} belong to no tensor")

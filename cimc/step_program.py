@@ -236,6 +236,8 @@ class _Emitter:
         if kind in ("ints", "floats"):
             if not isinstance(value, tuple):
                 raise CimcError(f"cannot emit the image: {what} must be a list, got {value!r}")
+            if kind == "ints" and all(type(v) is int for v in value):  # the common case, without a call per item
+                return list(value)
             return [self.attr(kind[:-1], v, what) for v in value]
         expected = {"int": int, "float": (int, float), "str": str}[kind]
         if not isinstance(value, expected):
@@ -382,19 +384,16 @@ class _Validator:
         elif not isinstance(value.get("data"), list) or len(value["data"]) != math.prod(shape):
             self.fail(where, f"inline tensor data must be a list of {math.prod(shape)} values")
 
-    def attr(self, where: str, kind: str, value: object) -> None:
+    def attr(self, where: str, key: str, kind: str, value: object) -> None:
+        """An attribute's value has its kind; ``where`` and ``key`` name it in the message (formatted only then)."""
         if kind == "tensor":
-            self.tensor(where, value)
+            self.tensor(f"{where} attribute '{key}'", value)
             return
-        items = value if kind in ("ints", "floats") else [value]
-        if not isinstance(items, list):
-            self.fail(where, f"expected a list ({kind}), got {value!r}")
-        scalar = kind.rstrip("s") if kind != "str" else "str"
-        for item in items:  # type: ignore[union-attr]
-            ok = (isinstance(item, int) and not isinstance(item, bool)) if scalar == "int" else \
-                isinstance(item, str) if scalar == "str" else _is_float(item)
-            if not ok:
-                self.fail(where, f"expected {kind}, got {value!r}")
+        if kind in ("ints", "floats") and not isinstance(value, list):
+            self.fail(f"{where} attribute '{key}'", f"expected a list ({kind}), got {value!r}")
+        ok = _KIND_CHECKS[kind](value)
+        if not ok:
+            self.fail(f"{where} attribute '{key}'", f"expected {kind}, got {value!r}")
 
     def ops(self, ops: object, where: str, terminator: str) -> None:
         if not isinstance(ops, list) or not ops:
@@ -439,7 +438,7 @@ class _Validator:
             self.fail(where, f"unknown attributes {sorted(unknown)} (known: {', '.join(spec.attrs) or 'none'})")
         for key, a in spec.attrs.items():
             if key in attrs:
-                self.attr(f"{where} attribute '{key}'", a.kind, attrs[key])
+                self.attr(where, key, a.kind, attrs[key])
             elif a.required:
                 self.fail(where, f"missing attribute '{key}'")
         self.semantics(name, op, attrs, where)  # type: ignore[arg-type]
@@ -493,11 +492,17 @@ class _Validator:
 
 
 def _is_float(value: object) -> bool:
-    try:
-        _json_float(value)
-    except ValueError:
-        return False
-    return True
+    """Whether ``_json_float`` takes ``value`` (a JSON number, not a bool, or a non-finite value's name)."""
+    kind = type(value)
+    return kind is float or kind is int or (kind is str and value in ("NaN", "Infinity", "-Infinity"))
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int  # a JSON integer (a bool is not one)
+
+
+_KIND_CHECKS = {"int": _is_int, "float": _is_float, "str": lambda v: isinstance(v, str),
+                "ints": lambda v: all(map(_is_int, v)), "floats": lambda v: all(map(_is_float, v))}
 
 
 def validate_program(program: StepProgram, manifest: Mapping[str, Any]) -> None:

@@ -31,32 +31,65 @@ def _dims(shape: tuple) -> list[int | str | None]:
 
 
 class _Layout:
-    """The devices of every used array, filled tile by tile and ramp by ramp."""
+    """The devices of every used array, in one (arrays, rows, cols) buffer filled tile by tile and ramp by ramp.
 
-    def __init__(self, hw: Hardware) -> None:
+    The arrays used are known before the first tile is laid out (the module is
+    placed), so the buffer is allocated once and each array of the image is a
+    view of it: the levels are written where the image keeps them, and saving
+    streams them to the file without gathering them again.
+    """
+
+    def __init__(self, hw: Hardware, used: list[int]) -> None:
         self.hw = hw
         d = hw.device
         self.delta_g = (d.g_max_us - d.g_min_us) / (d.levels - 1)
         self.dtype = level_dtype(d.levels)
-        self.levels: dict[int, np.ndarray] = {}
+        self.buffer = np.full((len(used), hw.array.rows, hw.array.cols), -1, self.dtype)
+        self.slot = {k: i for i, k in enumerate(used)}
         self.regions: dict[int, list[dict[str, Any]]] = {}
 
     def array(self, k: int) -> np.ndarray:
-        if k not in self.levels:
-            self.levels[k] = np.full((self.hw.array.rows, self.hw.array.cols), -1, self.dtype)
-        return self.levels[k]
+        return self.buffer[self.slot[k]]
 
-    def level_of(self, g: np.ndarray) -> np.ndarray:
-        """Programmed level of each device; -1 for a device left unformed (target 0 uS, below G_min)."""
+    def levels(self) -> dict[int, np.ndarray]:
+        return {k: self.buffer[i] for k, i in self.slot.items()}
+
+    def pair_levels(self, g_pos: np.ndarray, g_neg: np.ndarray, out: np.ndarray) -> None:
+        """The programmed levels of a tile's device pairs into ``out`` (rows, 2 x width): G+ of weight column j on
+        column 2j, G- on 2j + 1; -1 for a device left unformed (target 0 uS, below G_min).
+
+        In float64 whatever the type of the targets (cim_kernels forms them in float64), both devices of a pair in
+        one pass (the per-call overhead of numpy is most of the cost of a 128 x 32 tile), written in place.
+        """
         d = self.hw.device
-        levels = np.clip(np.rint((g - d.g_min_us) / self.delta_g), 0, d.levels - 1).astype(self.dtype)
-        return np.where(g < d.g_min_us / 2, self.dtype.type(-1), levels)
+        rows, width = g_pos.shape
+        x = np.empty((rows, width, 2))
+        x[:, :, 0], x[:, :, 1] = g_pos, g_neg
+        unformed = x < d.g_min_us / 2
+        np.subtract(x, d.g_min_us, out=x)
+        np.divide(x, self.delta_g, out=x)
+        np.rint(x, out=x)
+        np.maximum(x, 0, out=x)
+        np.minimum(x, d.levels - 1, out=x)
+        np.copyto(x, -1, where=unformed)
+        out[:, 0::2], out[:, 1::2] = x[:, :, 0], x[:, :, 1]
 
-    def occupy(self, k: int, rows: slice, cols: slice | int, levels: np.ndarray, what: str) -> None:
-        lv = self.array(k)
-        if (lv[rows, cols] != -1).any():
+    def devices_used(self) -> list[int]:
+        """Formed devices per array, 256 arrays at a time (a mask of the whole buffer would be as large as it)."""
+        return [int(n) for i in range(0, len(self.buffer), 256)
+                for n in np.count_nonzero(self.buffer[i:i + 256] >= 0, axis=(1, 2))]
+
+    def free(self, k: int, rows: slice, cols: slice | int, what: str) -> np.ndarray:
+        """The devices of a new region, checked unused."""
+        lv = self.array(k)[rows, cols]
+        if (lv != -1).any():
             raise CimcError(f"internal placement clash in array {k} while laying out {what}")
-        lv[rows, cols] = levels
+        return lv
+
+
+def _arrays_used(module: Module) -> list[int]:
+    return sorted({int(op.attributes["array"]) for op in module.walk()  # type: ignore[arg-type]
+                   if op.name in ("cim.tile_mvm", "cim.ramp") and "array" in op.attributes})
 
 
 def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], reference: bool = True) -> Image:
@@ -66,7 +99,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
     runs at ideal and noisy fidelity only).
     """
     a = hw.array
-    layout = _Layout(hw)
+    layout = _Layout(hw, _arrays_used(module))
     extra: dict[int, dict[str, AttrValue]] = {}
     ramps: list[dict[str, Any]] = []
     weights: dict[int, np.ndarray] = {}
@@ -77,8 +110,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             if "array" not in op.attributes or "g_pos" not in op.attributes:
                 raise CimcError("the module is not placed: an image needs the full pipeline (place, fuse-activation, schedule)")
             k, r, c = (int(op.attributes[n]) for n in ("array", "array_row", "array_col"))  # type: ignore[arg-type]
-            # float64, as cim_kernels.encoded_weights forms them (G is float32 for float32 weights).
-            g_pos, g_neg = (op.attributes[n].array.astype(np.float64) for n in ("g_pos", "g_neg"))  # type: ignore[union-attr]
+            g_pos, g_neg = (op.attributes[n].array for n in ("g_pos", "g_neg"))  # type: ignore[union-attr]
             rows, width = g_pos.shape
             if r + rows > a.rows or c + 2 * width > a.cols:
                 raise CimcError(f"a tile of block '{op.attributes.get('block')}' at array {k}, row {r}, bit line {c} does not fit "
@@ -86,16 +118,15 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             # Weight column j on bit-line pair q_j of the tile (column_pairs, from map-defects; j when absent).
             pairs = op.attributes.get("column_pairs")
             q = np.arange(width) if pairs is None else np.asarray(pairs, np.int64)  # type: ignore[arg-type]
-            interleaved = np.empty((rows, 2 * width), layout.dtype)
-            interleaved[:, 2 * q], interleaved[:, 2 * q + 1] = layout.level_of(g_pos), layout.level_of(g_neg)
-            # What exact runs: the weights the conductances encode, once in the model's float type (cim_kernels does the same).
-            exact = ((g_pos - g_neg) / op.attributes["g_scale"].array).astype(op.results[0].type.np_dtype) \
-                if reference else None  # type: ignore[union-attr]
+            # What exact runs: the weights the conductances encode, in float64 as cim_kernels.encoded_weights forms
+            # them, rounded once to the model's float type (cim_kernels does the same).
+            exact = (np.subtract(g_pos, g_neg, dtype=np.float64) / op.attributes["g_scale"].array).astype(  # type: ignore[union-attr]
+                op.results[0].type.np_dtype) if reference else None
             where = (k, r, c, rows, width)
             region = programmed.get(where)
             if region is not None:
                 # Shared weights: the devices are programmed once and read by every tile placed on them.
-                if not np.array_equal(layout.array(k)[r:r + rows, c:c + 2 * width], interleaved):
+                if not np.array_equal(layout.array(k)[r:r + rows, c:c + 2 * width], _interleaved(layout, g_pos, g_neg, q)):
                     raise CimcError(f"internal error: tiles sharing array {k}, bit line {c} hold different conductances")
                 region.setdefault("shared_by", [region["tile"]]).append(tile_id)
                 if op.location and op.location not in region.setdefault("nodes", []):
@@ -103,7 +134,11 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
                 # One reference per region, unless this tile's column scales make other weights of the same devices.
                 key = region["tile"] if not reference or np.array_equal(weights[region["tile"]], exact) else tile_id
             else:
-                layout.occupy(k, slice(r, r + rows), slice(c, c + 2 * width), interleaved, f"tile {tile_id}")
+                devices = layout.free(k, slice(r, r + rows), slice(c, c + 2 * width), f"tile {tile_id}")
+                if pairs is None:  # written in place: G+ on the even bit lines of the tile, G- on the odd
+                    layout.pair_levels(g_pos, g_neg, devices)
+                else:
+                    devices[...] = _interleaved(layout, g_pos, g_neg, q)
                 r0, r1 = op.attributes["rows"]  # type: ignore[misc]
                 c0, c1 = op.attributes["cols"]  # type: ignore[misc]
                 region = {"kind": "weights", "tile": tile_id, "block": op.attributes.get("block"),
@@ -127,7 +162,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             k, c, column_lv = ramp.pop("array_index"), ramp["bit_line"], ramp.pop("column_levels")
             if column_lv.size > a.rows:
                 raise CimcError(f"the ramp at array {k}, bit line {c} needs {column_lv.size} rows; the array has {a.rows}")
-            layout.occupy(k, slice(0, column_lv.size), c, column_lv.astype(layout.dtype), f"ramp {len(ramps)}")
+            layout.free(k, slice(0, column_lv.size), c, f"ramp {len(ramps)}")[...] = column_lv
             ramps.append({"array": k, **ramp})
             layout.regions.setdefault(k, []).append({"kind": "ramp", "ramp": len(ramps) - 1,
                                                      "word_lines": [0, int(column_lv.size)], "bit_lines": [c, c + 1]})
@@ -135,7 +170,8 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
     program = module_to_program(module, extra)
     hardware = hw.to_dict()
     if hw.array.limit is None:  # a chip sized to the model: record the count actually used
-        hardware["array"]["count"] = max(1, 1 + max(layout.levels, default=-1))  # a chip has at least one array
+        hardware["array"]["count"] = max(1, 1 + max(layout.slot, default=-1))  # a chip has at least one array
+    used = layout.devices_used()
     manifest = {
         "format": FORMAT, "version": VERSION, "op_set": OP_SET, "provenance": provenance, "hardware": hardware,
         "model": {
@@ -146,13 +182,22 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
                         for n, v in zip(output_names(module), module.outputs)],
         },
         "arrays": [{"index": k, "rows": a.rows, "cols": a.cols, "level_dtype": layout.dtype.name,
-                    "regions": layout.regions.get(k, []), "devices_used": int((layout.levels[k] >= 0).sum())}
-                   for k in sorted(layout.levels)],
+                    "regions": layout.regions.get(k, []), "devices_used": int(used[i])}
+                   for k, i in layout.slot.items()],
         "ramps": ramps,
     }
     if reference:
         manifest["reference"] = {"tiles": sorted(weights), "note": REFERENCE_NOTE}
-    return Image(manifest, dict(sorted(layout.levels.items())), program, dict(sorted(weights.items())))
+    return Image(manifest, layout.levels(), program, dict(sorted(weights.items())))
+
+
+def _interleaved(layout: _Layout, g_pos: np.ndarray, g_neg: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """The levels of a tile's devices with weight column j on bit-line pair q_j (G+ on 2 q_j, G- on 2 q_j + 1)."""
+    natural = np.empty((g_pos.shape[0], 2 * g_pos.shape[1]), layout.dtype)
+    layout.pair_levels(g_pos, g_neg, natural)
+    out = np.empty_like(natural)
+    out[:, 2 * q], out[:, 2 * q + 1] = natural[:, 0::2], natural[:, 1::2]
+    return out
 
 
 def _ramp_entry(op: Operation, hw: Hardware, index: int) -> dict[str, Any]:

@@ -509,18 +509,30 @@ def _image_edit(entries: dict[str, bytes], kind: str, draw: st.DrawFn) -> tuple[
             data = data.replace(b"'shape': (", b"'shape': (1000000000, ", 1)
         entries[name] = data
         manifest.setdefault("checksums", {})[name] = hashlib.sha256(data).hexdigest()
+    elif kind == "tensor-table":
+        # a tensor moved, resized or sent to another blob: never a sound table (the tensors tile their blobs exactly)
+        tensors = manifest.get("tensors")
+        if isinstance(tensors, dict) and tensors:
+            name = draw(st.sampled_from(sorted(tensors)))
+            entry = tensors[name] if isinstance(tensors[name], dict) else {}
+            key = draw(st.sampled_from(["offset", "shape", "blob"]))
+            value = draw({"offset": st.sampled_from([-1, 10**9, 2**63, 0.5, "0", None]),
+                          "shape": st.sampled_from([[], [0], [10**6, 10**6], [-1, 2], [1.5], "3"]),
+                          "blob": st.sampled_from(["data/int9.npy", "data/int16.npy", "manifest.json", "", 3])}[key])
+            entry[key] = value
+            tensors[name] = entry
     elif kind == "drop-entry":
         del entries[draw(st.sampled_from(sorted(n for n in entries if n != "manifest.json")))]
     entries["manifest.json"] = json.dumps(manifest).encode()
     return entries, extra
 
 
-IMAGE_EDITS = ["version", "format", "manifest-value", "escaping-entry", "bomb", "array-entry", "drop-entry"]
+IMAGE_EDITS = ["version", "format", "manifest-value", "escaping-entry", "bomb", "array-entry", "tensor-table", "drop-entry"]
 
 
 def test_fuzz_image_entries(workspace: Workspace, fuzz_budget) -> None:  # noqa: ANN001
     """Images whose entries lie: wrong version, edited manifests, entries escaping the archive, a decompression bomb,
-    arrays that do not fit their hardware (with matching checksums)."""
+    blobs that do not fit their hardware (with matching checksums), tensor tables that misplace a tensor."""
     with zipfile.ZipFile(workspace.image) as zf:
         pristine = {name: zf.read(name) for name in zf.namelist()}
 
@@ -536,7 +548,8 @@ def test_fuzz_image_entries(workspace: Workspace, fuzz_budget) -> None:  # noqa:
         rc = workspace.check(*_image_args(image, workspace, data.draw(st.integers(0, 3))), env=env)
         manifest = json.loads(entries["manifest.json"])
         escaping = any(".." in n.replace("\\", "/").split("/") or n.startswith("/") or ":" in n for n in entries)
-        if escaping or extra or (manifest.get("version"), manifest.get("format")) != (VERSION, "cimc-image"):
+        if escaping or extra or "tensor-table" in kinds or \
+                (manifest.get("version"), manifest.get("format")) != (VERSION, "cimc-image"):
             assert rc == 2, kinds
         image.unlink()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import zipfile
 from pathlib import Path
 
@@ -123,8 +124,11 @@ def test_same_model_gives_identical_bytes_and_round_trips(kws: cimc.CompiledMode
     with zipfile.ZipFile(path) as zf:  # readable with the standard library and numpy alone
         manifest = json.loads(zf.read("manifest.json"))
         first = manifest["arrays"][0]["index"]
-        level = np.load(io.BytesIO(zf.read(f"arrays/{first}.levels.npy")))
+        packed = manifest["tensors"][f"arrays/{first}.levels.npy"]
+        blob = np.load(io.BytesIO(zf.read(packed["blob"])))
+        level = blob[packed["offset"]:packed["offset"] + math.prod(packed["shape"])].reshape(packed["shape"])
     assert manifest["format"] == "cimc-image" and level.dtype == np.int8
+    np.testing.assert_array_equal(level, kws.image.device_levels(first))
 
 
 def _rewrite(path: Path, out: Path, change) -> None:  # noqa: ANN001
@@ -139,7 +143,7 @@ def test_truncated_tampered_and_wrong_version_images_are_refused(kws: cimc.Compi
     truncated = tmp_path / "truncated.cimg"
     truncated.write_bytes(good.read_bytes()[:5000])
     tampered = tmp_path / "tampered.cimg"
-    _rewrite(good, tampered, lambda n, b: b[:-1] + bytes([b[-1] ^ 1]) if n.endswith("levels.npy") else b)
+    _rewrite(good, tampered, lambda n, b: b[:-1] + bytes([b[-1] ^ 1]) if n == "data/int8.npy" else b)
     old = tmp_path / "old.cimg"
 
     def bump(name: str, data: bytes) -> bytes:

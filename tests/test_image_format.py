@@ -1,4 +1,4 @@
-"""Image format v2 (docs/image-format.md): sizes, the step program's op set, validation on load, provenance, the
+"""Image format v3 (docs/image-format.md): sizes, the step program's op set, validation on load, provenance, the
 documented reader. Exact fidelity against onnxruntime over the corpus is tests/test_image.py's."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import re
+import struct
 import subprocess
 import sys
 import zipfile
@@ -94,10 +95,11 @@ def _reads(document: dict) -> list[dict]:
 def test_devices_take_at_most_3_bytes_per_weight(tmp_path: Path) -> None:
     """LSTM 64->256 (the issue's model). A weight is a differential pair of int8 levels (2 B); unused devices of
     partly filled arrays and ramp columns add the rest, which must stay under 1 B/weight. The reference weights are
-    float32, 4 B/weight plus one .npy header per tile. Everything else is per read, not per weight: its JSON op
-    (~0.8 KB), manifest region and checksums (~0.6 KB), three per-column float64 tensors (24 B a column, <= 32 columns)
-    in .npy entries with their headers and zip records (~0.3 KB each, four entries with its reference): <= 4 KiB a
-    read; and per ramp its thresholds and output levels as JSON text (<= 2 x 31 x 24 B) and its region: <= 2 KiB."""
+    float32, 4 B/weight (packed in one blob; 128 B a tile of slack). Everything else is per read, not per weight: its
+    JSON op (~0.8 KB), manifest region (~0.3 KB), the tensor-table entries of its four tensors (~0.1 KB each), three
+    per-column float64 tensors and the row scales (<= 8 B x (3 x 32 + 128)): <= 4 KiB a read; and per ramp its
+    thresholds and output levels as JSON text (<= 2 x 31 x 24 B) and its region: <= 2 KiB. The blobs' headers and zip
+    records are a few hundred bytes in all."""
     onnx.save(recurrent_model("LSTM", 64, 256, seed=0, scale=1 / 16), tmp_path / "lstm.onnx")
     model = cimc.compile(tmp_path / "lstm.onnx", input_ranges={"X": (-1.0, 1.0)})
     sizes = image_sizes(model.image)
@@ -185,7 +187,7 @@ def test_an_onnx_attribute_outside_the_op_set_is_refused_at_emit() -> None:
 # --- what load refuses ----------------------------------------------------------------------------------------------
 
 def _bad_manifest_version(manifest: dict) -> None:
-    manifest["version"] = 1
+    manifest["version"] = 2
 
 
 MUTATIONS = {
@@ -214,33 +216,110 @@ def test_a_program_that_breaks_the_op_set_is_refused(kws: tuple, tmp_path: Path,
     assert result.returncode == 2 and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_tampered_levels_and_v1_images_are_refused(kws: tuple, tmp_path: Path, cimc_cli) -> None:
+def test_tampered_levels_and_v2_images_are_refused(kws: tuple, tmp_path: Path, cimc_cli) -> None:
     _, path = kws
     flipped = tmp_path / "flipped.cimg"
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(flipped, "w") as dst:  # checksums kept: the digest catches it
         for name in src.namelist():
             data = src.read(name)
-            dst.writestr(name, data[:-1] + bytes([data[-1] ^ 1]) if name == "arrays/0.levels.npy" else data)
+            dst.writestr(name, data[:-1] + bytes([data[-1] ^ 1]) if name == "data/int8.npy" else data)
     out_of_range = tmp_path / "range.cimg"
+    packed = json.loads(zipfile.ZipFile(path).read("manifest.json"))["tensors"]["arrays/0.levels.npy"]
 
     def level_100(name: str, data):  # noqa: ANN001, ANN202
-        if name != "arrays/0.levels.npy":
+        if name != packed["blob"]:
             return data if name != "manifest.json" else None
-        levels = np.load(io.BytesIO(data))
-        levels[0, 0] = 100  # the default hardware has 64 levels
+        levels = np.load(io.BytesIO(data)).copy()
+        levels[packed["offset"]] = 100  # array 0's device (0, 0); the default hardware has 64 levels
         buffer = io.BytesIO()
         np.save(buffer, levels)
         return buffer.getvalue()
 
     _rewrite(path, out_of_range, level_100)
-    v1 = tmp_path / "v1.cimg"
-    _rewrite(path, v1, lambda name, data: _bad_manifest_version(data) if name == "manifest.json" else data)
-    for bad, message in ((flipped, "checksum mismatch in arrays/0.levels.npy"), (out_of_range, r"levels -1\.\.63"),
-                         (v1, "version 1 image; this cimc reads version 2; recompile")):
+    v2 = tmp_path / "v2.cimg"
+    _rewrite(path, v2, lambda name, data: _bad_manifest_version(data) if name == "manifest.json" else data)
+    for bad, message in ((flipped, "checksum mismatch in data/int8.npy"), (out_of_range, r"levels -1\.\.63"),
+                         (v2, "version 2 image; this cimc reads version 3; recompile")):
         with pytest.raises(CimcError, match=message):
             load_image(bad)
         result = cimc_cli("dump", str(bad))
         assert result.returncode == 2 and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def _swap_offsets(tensors: dict) -> None:
+    tensors["arrays/1.levels.npy"]["offset"] = tensors["arrays/0.levels.npy"]["offset"] + 1
+
+
+TABLE_EDITS = {
+    "out of bounds": (lambda t: t["arrays/0.levels.npy"].update(offset=10**9), r"runs past the end of data/int8.npy"),
+    "overlapping": (_swap_offsets, r"overlaps tensor arrays/0.levels.npy"),
+    "a gap": (lambda t: t.pop("arrays/1.levels.npy"), r"data/int8.npy elements \d+:\d+ belong to no tensor"),
+    "unknown blob": (lambda t: t["arrays/0.levels.npy"].update(blob="data/int9.npy"), r"which the image does not hold"),
+    "negative offset": (lambda t: t["arrays/0.levels.npy"].update(offset=-1), r"neither may be negative"),
+    "fractional offset": (lambda t: t["arrays/0.levels.npy"].update(offset=0.5), r"offset must be an integer"),
+    "wrong shape": (lambda t: t["arrays/0.levels.npy"].update(shape=[64, 128]), r"of a 128 x 64 array, got int8\[64, 128\]"),
+    "wrong type": (lambda t: t["arrays/0.levels.npy"].update(blob="data/float64.npy", offset=0, shape=[0]),
+                   r"data/int8.npy elements 0:\d+ belong to no tensor"),
+    "no table": (lambda t: t.clear() or t.update(x=1), r"tensor x must be an object"),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(TABLE_EDITS))
+def test_a_tensor_table_that_misplaces_tensors_is_refused(kws: tuple, tmp_path: Path, edit: str, cimc_cli) -> None:
+    """The manifest's tensor table is checked against the blobs before any tensor is read: each tensor inside its
+    blob, none overlapping, every element of every blob some tensor's, offsets whole elements (so none misaligned),
+    each the type and shape its reader expects."""
+    _, path = kws
+    change, message = TABLE_EDITS[edit]
+
+    def edited(name: str, data):  # noqa: ANN001, ANN202
+        if name == "manifest.json":
+            change(data["tensors"])
+        return data
+
+    bad = tmp_path / "bad.cimg"
+    _rewrite(path, bad, edited)
+    with pytest.raises(CimcError, match=message):
+        load_image(bad)
+    result = cimc_cli("dump", str(bad))
+    assert result.returncode == 2 and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_blob_of_another_type_than_its_name_is_refused(kws: tuple, tmp_path: Path) -> None:
+    _, path = kws
+
+    def widened(name: str, data):  # noqa: ANN001, ANN202
+        if name != "data/int8.npy":
+            return data if name != "manifest.json" else None
+        buffer = io.BytesIO()
+        np.save(buffer, np.load(io.BytesIO(data)).astype(np.int16))
+        return buffer.getvalue()
+
+    bad = tmp_path / "bad.cimg"
+    _rewrite(path, bad, widened)
+    with pytest.raises(CimcError, match=r"data/int8.npy holds int16\[\d+\]; a blob is a 1-D array of the type its name says"):
+        load_image(bad)
+
+
+def test_blobs_are_few_aligned_and_hold_every_tensor(kws: tuple) -> None:
+    """One stored entry per element type, each blob's data at a multiple of 64 bytes of the file (so that views of a
+    memory map are aligned for any type), and the loaded tensors equal to the emitted ones."""
+    model, path = kws
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        data = path.read_bytes()
+        for info in zf.infolist():
+            if info.filename.startswith("data/"):
+                name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+                start = info.header_offset + 30 + name_len + extra_len
+                header_len = struct.unpack("<H", data[start + 8:start + 10])[0]
+                assert (start + 10 + header_len) % 64 == 0, info.filename
+    assert sorted(names) == names and all(n in ("manifest.json", "program.json") or n.startswith("data/") for n in names)
+    assert len(names) <= 6
+    loaded = load_image(path)
+    emitted = model.image.tensors()
+    assert loaded.tensors().keys() == emitted.keys()
+    assert all(np.array_equal(loaded.tensors()[k], a) and loaded.tensors()[k].dtype == a.dtype for k, a in emitted.items())
 
 
 def test_a_compressed_entry_is_refused_unread(kws: tuple, tmp_path: Path) -> None:
@@ -251,9 +330,9 @@ def test_a_compressed_entry_is_refused_unread(kws: tuple, tmp_path: Path) -> Non
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(bomb, "w") as dst:
         for name in src.namelist():
             dst.writestr(name, src.read(name))
-        dst.writestr("arrays/zz.npy", bytes(64 << 20), compress_type=zipfile.ZIP_DEFLATED)
+        dst.writestr("data/zz.npy", bytes(64 << 20), compress_type=zipfile.ZIP_DEFLATED)
     assert bomb.stat().st_size < path.stat().st_size + (1 << 20)
-    with pytest.raises(CimcError, match="entry arrays/zz.npy is compressed or encrypted"):
+    with pytest.raises(CimcError, match="entry data/zz.npy is compressed or encrypted"):
         load_image(bomb)
 
 
