@@ -226,7 +226,8 @@ def _load(path: Path) -> Image:
         zf = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise CimcError(f"cannot read {path}: no such file") from None
-    except (zipfile.BadZipFile, OSError) as e:
+    # NotImplementedError: an entry needs a newer zip version than zipfile reads.
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
         raise CimcError(f"{path} is not a cimc image (truncated or not a zip archive: {e})") from None
     with zf:
         try:

@@ -85,6 +85,11 @@ def test_inputs_needing_a_newer_zip_version_are_refused(chip: Path, cimc_cli) ->
     data[central + 6:central + 8] = (109).to_bytes(2, "little")  # "version needed to extract" = 10.9
     (chip / "x.npz").write_bytes(bytes(data))
     _refused(cimc_cli("run", "m.cimg", "--inputs", "x.npz", "-o", "o.npz", cwd=chip), "cannot read inputs x.npz", "10.9")
+    image = bytearray((chip / "m.cimg").read_bytes())
+    central = image.index(b"PK\x01\x02")
+    image[central + 6:central + 8] = (109).to_bytes(2, "little")
+    (chip / "newer.cimg").write_bytes(bytes(image))
+    _refused(cimc_cli("dump", "newer.cimg", cwd=chip), "newer.cimg is not a cimc image", "10.9")
 
 
 def test_unwritable_plot_folder_is_refused_before_compiling(chip: Path, cimc_cli) -> None:
