@@ -77,7 +77,7 @@ def test_inputs_that_are_a_npy_file_or_missing(chip: Path, cimc_cli) -> None:
     assert not (chip / "o.npz").exists()
 
 
-def test_inputs_needing_a_newer_zip_version_are_refused(chip: Path, cimc_cli) -> None:
+def test_archives_needing_a_newer_zip_version_are_refused(chip: Path, cimc_cli) -> None:
     """zipfile raises NotImplementedError while listing an entry whose central record needs zip > 6.3 (found by fuzzing)."""
     np.savez(chip / "x.npz", x=np.zeros(3, np.float32))
     data = bytearray((chip / "x.npz").read_bytes())
