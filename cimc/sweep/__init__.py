@@ -1,0 +1,1 @@
+"""cimc sweep: Monte Carlo chip sweeps over hardware points, fanned out as Dask tasks."""
