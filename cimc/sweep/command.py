@@ -173,10 +173,10 @@ def run(args: argparse.Namespace) -> int:
     from cimc.hardware import load_hardware
     from cimc.labels import split_labels
     from cimc.npz import load_npz
-    from cimc.sweep.cache import CompileSpec, ImageCache, default_cache_dir, file_sha256
-    from cimc.sweep.cluster import check_available, dashboard_link, open_client
-    from cimc.sweep.fanout import SweepPlan, run_sweep
+    from cimc.sweep.api import sweep
     from cimc.sweep.grid import grid
+    from cimc.sweep.cache import default_cache_dir
+    from cimc.sweep.cluster import check_available, dashboard_link, open_client
 
     plan = PathPlan()
     plan.read("model", args.model)
@@ -200,31 +200,27 @@ def run(args: argparse.Namespace) -> int:
     plan.write_folder("--cache folder", cache_dir)
     check_available()
     base = load_hardware(args.hw)
-    points = grid(base, args.bits, args.stuck_rate, args.program_noise_us, args.defect_aware)
+    points = grid(base, args.bits, args.stuck_rate, args.program_noise_us, args.defect_aware)  # refused before work
     arrays = load_npz(args.inputs, "inputs")
-    labels = label_output = None
+    labels = None
     if args.labels:
         feeds, labels = split_labels(arrays, args.labels[0], args.inputs)
-        label_output = args.labels[1]
     else:
         feeds = dict(arrays)
-    spec = CompileSpec(str(args.model), _calib_files(args.calib or []), args.identity)
-    describe = {"model": {"name": Path(args.model).name, "sha256": file_sha256(args.model)},
-                "inputs": {"name": Path(args.inputs).name, "sha256": file_sha256(args.inputs)},
-                "labels": args.labels[0] if args.labels else None,
-                "calib": [{"name": Path(c).name, "sha256": file_sha256(c)} for c in spec.calib],
-                "identity": args.identity, "base_hardware": base.to_dict()}
-    sweep = SweepPlan(spec, base, points, args.seeds, feeds, labels, label_output, describe)
-    cache = ImageCache(cache_dir)
+    options = dict(labels=labels, label_output=args.labels[1] if args.labels else None,
+                   calib=_calib_files(args.calib or []), hw=base, identity=args.identity, bits=args.bits,
+                   stuck_rates=args.stuck_rate, program_noise_us=args.program_noise_us,
+                   defect_aware=args.defect_aware, seeds=args.seeds, cache=cache_dir,
+                   inputs_name=Path(args.inputs).name, label_key=args.labels[0] if args.labels else None)
     start = time.perf_counter()
     with open_client(args.workers, args.scheduler) as client:
         link = dashboard_link(client)
         n = len(client.scheduler_info()["workers"])  # type: ignore[attr-defined]
         where = f"the cluster at {args.scheduler}" if args.scheduler else \
             f"a LocalCluster of {n} worker process{'es' if n > 1 else ''}"
-        print(f"sweep: {len(points)} hardware points x {len(args.seeds)} chips = {sweep.chip_runs} chip runs on {where}"
-              + (f"; dashboard {link}" if link else ""), file=sys.stderr, flush=True)
-        result, counts = run_sweep(client, sweep, cache, Progress())
+        print(f"sweep: {len(points)} hardware points x {len(args.seeds)} chips = {len(points) * len(args.seeds)} chip "
+              f"runs on {where}" + (f"; dashboard {link}" if link else ""), file=sys.stderr, flush=True)
+        result, counts = sweep(args.model, feeds, client=client, progress=Progress(), **options)  # type: ignore[arg-type]
     for warning in result.describe["range_warnings"]:  # type: ignore[union-attr]
         print(f"warning: {warning}", file=sys.stderr)
     sys.stdout.write(result.table())
