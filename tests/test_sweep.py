@@ -46,9 +46,13 @@ def sweep(tmp: Path, eval_npz: Path, *extra: str, name: str = "out", cache: str 
     return code, json.loads((tmp / f"{name}.json").read_text()) if code == 0 else {}
 
 
-def test_one_and_two_workers_give_identical_files_and_rows_that_an_independent_run_reproduces(tmp_path, eval_npz):
+def test_one_and_two_workers_give_identical_files_and_rows_that_an_independent_run_reproduces(tmp_path, eval_npz,
+                                                                                              capsys):
     code, one = sweep(tmp_path, eval_npz, "--workers", "1", "--plots", str(tmp_path / "plots1"), name="one", cache="c1")
     assert code == 0
+    err = capsys.readouterr().err
+    assert "2 hardware points x 2 chips = 4 chip runs on a LocalCluster of 1 worker process; dashboard http://" in err
+    assert "sweep: 2/2 points, 4/4 chip runs, " in err and "ETA 0.0 s" in err
     code, two = sweep(tmp_path, eval_npz, "--workers", "2", "--plots", str(tmp_path / "plots2"), name="two", cache="c2")
     assert code == 0
     # Each run compiled its own images (separate caches), so equal bytes also say the compile is deterministic.

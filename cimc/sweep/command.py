@@ -149,20 +149,20 @@ def _calib_files(paths: list[str]) -> tuple[str, ...]:
 
 
 class Progress:
-    """``sweep: 12/16 chip runs, 9.1 s, ETA 3.0 s`` on stderr: redrawn in place on a terminal, else a line at every
-    tenth of the runs."""
+    """``sweep: 1/2 points, 12/16 chip runs, 9.1 s, ETA 3.0 s`` on stderr: redrawn in place on a terminal, else a
+    line at every tenth of the runs. The ETA assumes the remaining runs go at the mean rate so far."""
 
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
         self.printed = -1
 
-    def __call__(self, done: int, total: int, elapsed: float) -> None:
+    def __call__(self, done: int, total: int, points_done: int, points: int, elapsed: float) -> None:
         tenth = 10 * done // total
         if not self.tty and tenth == self.printed:
             return
         self.printed = tenth
         eta = elapsed / done * (total - done)
-        line = f"sweep: {done}/{total} chip runs, {elapsed:.1f} s, ETA {eta:.1f} s"
+        line = f"sweep: {points_done}/{points} points, {done}/{total} chip runs, {elapsed:.1f} s, ETA {eta:.1f} s"
         if self.tty:
             print("\r" + line, end="\n" if done == total else "", file=sys.stderr, flush=True)
         else:

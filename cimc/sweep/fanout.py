@@ -33,7 +33,8 @@ from cimc.sweep.tasks import CompileInputs, compile_image, image_of, run_chips, 
 
 BATCHES_PER_WORKER = 4
 
-Progress = Callable[[int, int, float], None]  # (chip runs done, chip runs in all, seconds elapsed)
+# (chip runs done, chip runs in all, hardware points done, points in all, seconds elapsed)
+Progress = Callable[[int, int, int, int, float], None]
 
 
 def reference_outputs(model: str | Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -120,6 +121,7 @@ def run_sweep(client: object, plan: SweepPlan, cache: ImageCache, progress: Prog
             task_kind[f] = ("aware", (point, key))
 
     rows: list[dict[str, object]] = []
+    per_point = dict.fromkeys(plan.points, 0)
     ideal_rows: dict[HardwarePoint, dict[str, object]] = {}
     image_sha: dict[HardwarePoint, str] = {}
     try:
@@ -145,8 +147,10 @@ def run_sweep(client: object, plan: SweepPlan, cache: ImageCache, progress: Prog
             else:
                 point, new = owner, value
             rows += [{**point.to_dict(), **r} for r in new]  # type: ignore[union-attr,dict-item]
+            per_point[point] += len(new)  # type: ignore[index,arg-type]
             if progress is not None:
-                progress(len(rows), plan.chip_runs, time.perf_counter() - start)
+                points_done = sum(n == len(plan.seeds) for n in per_point.values())
+                progress(len(rows), plan.chip_runs, points_done, len(per_point), time.perf_counter() - start)
     finally:
         for future in task_kind:
             future.cancel()  # type: ignore[attr-defined]
