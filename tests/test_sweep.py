@@ -169,3 +169,26 @@ def test_missing_dask_is_one_line(tmp_path, eval_npz, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed now raises ImportError
     assert main(["sweep", str(MODEL), "--inputs", str(eval_npz), "--seeds", "0:2", "--cache", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == "error: cimc sweep needs Dask: pip install 'cimc[sweep]' (dask[distributed])"
+
+
+def test_the_image_key_follows_content_not_folders(tmp_path):
+    from cimc.sweep.cache import CompileSpec, image_key
+
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (moved / MODEL.name).write_bytes(MODEL.read_bytes())
+    (moved / CALIB.name).write_bytes(CALIB.read_bytes())
+    base = load_hardware()
+    point = grid(base, [5])[0]
+    key = image_key(CompileSpec(str(MODEL), (str(CALIB),)).digest(), point.hardware(base).to_toml())
+    assert key == image_key(CompileSpec(str(moved / MODEL.name), (str(moved / CALIB.name),)).digest(),
+                            point.hardware(base).to_toml())
+    other_rate = grid(base, [5], [(0.01, 0.01)])[0].hardware(base).to_toml()
+    renamed = moved / "other.onnx"
+    renamed.write_bytes(MODEL.read_bytes())  # an image records its model's file name: another name, another image
+    assert len({key, image_key(CompileSpec(str(MODEL), (str(CALIB),)).digest(), other_rate),
+                image_key(CompileSpec(str(renamed), (str(CALIB),)).digest(), point.hardware(base).to_toml()),
+                image_key(CompileSpec(str(MODEL), (str(CALIB),), identity="digital").digest(),
+                          point.hardware(base).to_toml()),
+                image_key(CompileSpec(str(MODEL), (str(CALIB),)).digest(), point.hardware(base).to_toml(),
+                          (key, 3))}) == 5

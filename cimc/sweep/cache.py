@@ -2,10 +2,10 @@
 
 A sweep compiles once per distinct hardware point, and a second sweep over the same
 model, data and hardware compiles nothing: the key of an image is the SHA-256 of the
-model's bytes, the calibration files' bytes, the full hardware description, the compile
-options, the chip measurement a defect-aware image maps around (as the digest of the
-plain image and the seed, which determine it) and cimc's version (a new compiler may
-compile differently). Compilation is deterministic (the same inputs give the same image
+model's and the calibration files' names and bytes (an image records the file names in its
+provenance), the full hardware description, the compile options, the chip measurement a
+defect-aware image maps around (as the key of the plain image and the seed, which
+determine it) and cimc's version (a new compiler may compile differently). Compilation is deterministic (the same inputs give the same image
 bytes, README "The programming image"), so a cached image is the image a compile would
 give, and the cache never changes a result.
 
@@ -54,19 +54,20 @@ class CompileSpec:
     pipeline: str | None = None
 
     def digest(self) -> dict[str, object]:
-        """The content that determines the compile: file digests, not paths (a moved file is still cached)."""
-        return {"model_sha256": file_sha256(self.model), "calib_sha256": [file_sha256(c) for c in self.calib],
+        """What determines the compile: file names and digests, not folders (a moved file is still cached)."""
+        return {"model": [Path(self.model).name, file_sha256(self.model)],
+                "calib": [[Path(c).name, file_sha256(c)] for c in self.calib],
                 "identity": self.identity, "pipeline": self.pipeline}
 
 
 def image_key(spec_digest: dict[str, object], hardware_toml: str, defects: tuple[str, int] | None = None) -> str:
     """The cache key of an image: SHA-256 of its compile inputs, as sorted JSON.
 
-    ``defects``: (SHA-256 of the plain image, chip seed) for a defect-aware image, whose measurement
-    (``cimc.backends.tester.measure``) is a function of those two.
+    ``defects``: (the plain image's key, chip seed) for a defect-aware image, whose measurement
+    (``cimc.backends.tester.measure``) is a function of the plain image and the chip.
     """
     content = {"cimc_version": __version__, "compile": spec_digest, "hardware": hardware_toml,
-               "defects": None if defects is None else {"plain_image_sha256": defects[0], "seed": defects[1]}}
+               "defects": None if defects is None else {"plain_image_key": defects[0], "seed": defects[1]}}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
 
 
