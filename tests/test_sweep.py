@@ -105,6 +105,13 @@ def test_sweep_on_a_cluster_given_by_scheduler_reuses_cached_images(tmp_path, ev
         assert code == 0
         assert len(compiled) == 6, "a cached image was compiled again"
         assert "images: 0 compiled, 6 from the cache" in capsys.readouterr().out
+        # Without labels the rows hold verify's metrics only, and the table leads with argmax agreement.
+        assert main(["sweep", str(MODEL), "--inputs", str(KWS / "verify_inputs.npz"), "--calib", str(CALIB),
+                     "--bits", "5", "--seeds", "3", "--scheduler", address, "--cache", str(tmp_path / "cache"),
+                     "--csv", str(tmp_path / "unlabelled.csv")]) == 0
+        assert "| logits argmax agreement (%): mean ± std |" in capsys.readouterr().out
+        header = (tmp_path / "unlabelled.csv").read_text().splitlines()[0]
+        assert "accuracy" not in header and "logits.argmax_agreement" in header
     assert (tmp_path / "first.json").read_bytes() == (tmp_path / "second.json").read_bytes()
     assert len(first["rows"]) == 8 and all("accuracy" in r for r in first["rows"])
 
