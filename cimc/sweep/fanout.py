@@ -114,8 +114,9 @@ def run_sweep(client: object, plan: SweepPlan, cache: ImageCache, progress: Prog
             continue
         for seed in plan.seeds:
             key = image_key(digest, hardware.to_toml(), (keys[point.plain], seed))
-            cached = cache.get(key)
-            counts["cached" if cached is not None else "compiled"] += 1
+            data = cache.get(key)
+            counts["cached" if data is not None else "compiled"] += 1
+            cached = None if data is None else client.scatter(data)  # type: ignore[attr-defined]  (not in the graph)
             f = submit(run_defect_aware, images[point.plain], inputs, hardware, seed, feeds, ref, cached, labels,
                        plan.label_output, pure=False)
             task_kind[f] = ("aware", (point, key))
