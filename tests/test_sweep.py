@@ -199,3 +199,12 @@ def test_the_image_key_follows_content_not_folders(tmp_path):
                           point.hardware(base).to_toml()),
                 image_key(CompileSpec(str(MODEL), (str(CALIB),)).digest(), point.hardware(base).to_toml(),
                           (key, 3))}) == 5
+
+
+def test_local_cluster_workers_run_single_threaded_without_dask_malloc_trim():
+    """Dask's MALLOC_TRIM_THRESHOLD_ made chip runs 2.7x slower (cimc/sweep/cluster.py); BLAS stays at 1 thread."""
+    import os
+
+    with sweep_cluster.open_client(1) as client:
+        env = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OPENBLAS_NUM_THREADS")))
+    assert list(env.values()) == [(None, "1")]
