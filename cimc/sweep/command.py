@@ -11,11 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+from cimc.cli import BITS_MAX, SEED_MAX
 from cimc.cli_io import PathPlan
 from cimc.diagnostics import CimcError
-
-SEED_MAX = 2**63 - 1  # as cimc run/verify/chip --seed
-BITS_MAX = 16  # the hardware's converter resolutions lie in 1..16 (cimc/hardware.py)
+from cimc.sweep.grid import DEFECT_AWARE_CHOICES
 
 
 def _fail(message: str) -> argparse.ArgumentTypeError:
@@ -124,7 +123,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: the hardware's, 0.001/0.005)")
     p.add_argument("--program-noise-us", type=parse_program_noise, metavar="S,...",
                    help="programming noise per write-verify round, uS (default: the hardware's)")
-    p.add_argument("--defect-aware", choices=("off", "on", "both"), default="off",
+    p.add_argument("--defect-aware", choices=tuple(DEFECT_AWARE_CHOICES), default="off",
                    help="on: every chip gets its own defect-aware image (measured as 'cimc chip', compiled as "
                         "'cimc compile --defects'); both: plain and defect-aware points (default: off)")
     where = p.add_mutually_exclusive_group()
