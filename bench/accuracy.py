@@ -53,7 +53,7 @@ def _kws() -> dict:
     held_out = np.ones(len(d["y"]), bool)
     held_out[::6] = False  # calib.npz is every 6th clip
     return {"name": "kws (LSTM-32)", "model": EXAMPLES / "kws" / "kws_lstm.onnx", "calib": {"features": np.load(EXAMPLES / "kws" / "calib.npz")["features"]},
-            "inputs": {"features": d["x"][:, held_out]}, "metric": ("accuracy", lambda out: float(np.mean(out.argmax(1) == d["y"][held_out])))}
+            "inputs": {"features": d["features"][:, held_out]}, "metric": ("accuracy", lambda out: float(np.mean(out.argmax(1) == d["y"][held_out])))}
 
 
 def _charlm() -> dict:
@@ -61,8 +61,8 @@ def _charlm() -> dict:
     from float_eval import bits_per_char
 
     d = np.load(EXAMPLES / "charlm" / "eval_set.npz")
-    return {"name": "charlm (LSTM-128)", "model": EXAMPLES / "charlm" / "charlm.onnx", "calib": {"ids": d["x"][:, :4]},
-            "inputs": {"ids": d["x"][:, 4:]}, "metric": ("bpc", lambda out: bits_per_char(out, d["y"][:, 4:]))}
+    return {"name": "charlm (LSTM-128)", "model": EXAMPLES / "charlm" / "charlm.onnx", "calib": {"ids": d["ids"][:, :4]},
+            "inputs": {"ids": d["ids"][:, 4:]}, "metric": ("bpc", lambda out: bits_per_char(out, d["y"][:, 4:]))}
 
 
 def _torch(name: str, title: str) -> dict:

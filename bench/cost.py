@@ -46,7 +46,7 @@ PAPER = {("kws", 5): {"tops": 0.11, "power_mw": 3.7, "tops_per_w": 31.0, "tops_p
 
 def _cases(tmp: Path) -> dict[str, dict]:
     charlm_calib = tmp / "charlm_calib.npz"
-    np.savez(charlm_calib, ids=np.load(EXAMPLES / "charlm" / "eval_set.npz")["x"][:, :4])  # as evaluate.py
+    np.savez(charlm_calib, ids=np.load(EXAMPLES / "charlm" / "eval_set.npz")["ids"][:, :4])  # as evaluate.py
     return {"kws": {"model": EXAMPLES / "kws" / "kws_lstm.onnx", "calib": EXAMPLES / "kws" / "calib.npz", "seq_len": 49,
                     "results": json.loads((EXAMPLES / "kws" / "results.json").read_text())},
             "charlm": {"model": EXAMPLES / "charlm" / "charlm.onnx", "calib": charlm_calib, "seq_len": 16,

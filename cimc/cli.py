@@ -376,6 +376,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from cimc.sweep.command import run
+
+    return run(args)
+
+
 def _cmd_passes(args: argparse.Namespace) -> int:
     for name, cls in registered_passes().items():
         print(f"{name}: {cls.summary()}")
@@ -501,6 +507,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_report_arguments(report)
     report.set_defaults(run=_cmd_report)
+
+    sweep = sub.add_parser("sweep", help="Monte Carlo chip sweep over hardware points, on Dask",
+                           description="Compile MODEL.onnx once per hardware point (bits x stuck rate x programming "
+                                       "noise x mapping; images cached by content hash), run every chip seed on Dask "
+                                       "workers, and compare each with onnxruntime (and the labels): one row per "
+                                       "(point, seed), a summary per point.")
+    from cimc.sweep.command import add_arguments as add_sweep_arguments
+
+    add_sweep_arguments(sweep)
+    sweep.set_defaults(run=_cmd_sweep)
 
     passes = sub.add_parser("passes", help="list every pass with its options", description="List every registered pass, its options and their defaults.")
     passes.set_defaults(run=_cmd_passes)

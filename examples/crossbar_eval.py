@@ -1,24 +1,31 @@
-"""What both examples' evaluate.py scripts share: the hardware sweep, compiling, and fusion statistics.
+"""What both examples' evaluate.py scripts share: the hardware, compiling, chip sweeps, and fusion statistics.
 
 The scripts run as ``python examples/<name>/evaluate.py`` and put this folder on
-``sys.path`` to import it.
+``sys.path`` to import it. Every multi-chip number goes through ``cimc.sweep`` (the
+``cimc sweep`` command's Python entry point): one compile per bit width (cached by
+content hash), the chips fanned out over a Dask LocalCluster.
 """
 
 from __future__ import annotations
 
 import re
 import tempfile
+import tomllib
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 import cimc
 from cimc.compiler import default_pipeline
+from cimc.hardware import Hardware, hardware_from_dict, load_hardware
 from cimc.image import tile_weights
+from cimc.sweep import sweep
 
-# One geometry for the whole sweep: an 8-bit ramp needs 2^8 - 1 + 5 = 260 word lines.
-ARRAY = {"rows": 512, "cols": 64, "count": 64}
+# One geometry for the whole sweep: an 8-bit ramp needs 2^8 - 1 + 5 = 260 word lines (the file says so too).
+HARDWARE_FILE = Path(__file__).resolve().with_name("crossbar_512x64.toml")
+ARRAY: dict[str, int] = tomllib.loads(HARDWARE_FILE.read_text())["array"]
 NONIDEALITIES = ("program_noise_us", "read_noise_rel", "stuck_on_rate", "stuck_off_rate")
 
 
@@ -31,22 +38,57 @@ def hardware_toml(bits: int, array: dict[str, int] | None = None, nonideality: d
     return "\n".join(lines) + "\n"
 
 
+def hardware(array: dict[str, int] | None = None, nonideality: dict[str, float] | None = None) -> Hardware:
+    """cimc's default hardware with the examples' arrays (or ``array``) and ``nonideality`` overrides."""
+    data = load_hardware().to_dict()
+    data["array"].update(array or ARRAY)
+    data["nonideality"].update(nonideality or {})
+    return hardware_from_dict(data, "examples/crossbar_eval.py")
+
+
+def pipeline_with_max_inl(calib: Path | None, identity: str, max_inl: float | None) -> str | None:
+    """The default pipeline with fuse-activation's INL budget changed (None: the default pipeline, unchanged)."""
+    if max_inl is None:
+        return None
+    pipeline = default_pipeline(str(Path(calib).resolve()) if calib else None, identity)
+    assert "max_inl=1.0" in pipeline
+    return pipeline.replace("max_inl=1.0", f"max_inl={max_inl!r}")
+
+
 def compile_model(model: Path, bits: int, calib: Path | None, identity: str = "auto", array: dict[str, int] | None = None,
                   nonideality: dict[str, float] | None = None, max_inl: float | None = None) -> cimc.CompiledModel:
     """Compile ``model`` for the sweep's hardware at ``bits``; ``max_inl`` changes fuse-activation's INL budget."""
     with tempfile.TemporaryDirectory() as tmp:
         hw = Path(tmp) / "hw.toml"
         hw.write_text(hardware_toml(bits, array, nonideality))
-        pipeline = None
-        if max_inl is not None:
-            pipeline = default_pipeline(str(Path(calib).resolve()) if calib else None, identity)
-            assert "max_inl=1.0" in pipeline
-            pipeline = pipeline.replace("max_inl=1.0", f"max_inl={max_inl!r}")
-        return cimc.compile(model, hw=hw, calib=calib, identity=identity, pipeline=pipeline)
+        return cimc.compile(model, hw=hw, calib=calib, identity=identity,
+                            pipeline=pipeline_with_max_inl(calib, identity, max_inl))
+
+
+def chip_sweep(client: object, model: Path, feeds: Mapping[str, np.ndarray], labels: np.ndarray, bits: Sequence[int],
+               seeds: Sequence[int], calib: Path | None, identity: str = "auto", array: dict[str, int] | None = None,
+               nonideality: dict[str, float] | None = None, max_inl: float | None = None) -> dict[int, dict]:
+    """Per bit width: the ideal run's and every chip's task metrics (accuracy, bits per label), by ``cimc.sweep``
+    on ``client``; the image's SHA-256 too, so a caller can check it against its own compile."""
+    result, _ = sweep(model, feeds, labels=labels, calib=[calib] if calib else [], hw=hardware(array, nonideality),
+                      identity=identity, pipeline=pipeline_with_max_inl(calib, identity, max_inl), bits=bits,
+                      seeds=seeds, client=client)
+    return {p.nl_adc_bits: {"ideal": result.ideal[p], "chips": result.rows_of(p), "image_sha256": result.images[p]}
+            for p in result.points}
+
+
+def chip_summary(chips: Sequence[Mapping[str, object]], metric: str, key: str) -> dict:
+    """The per-chip values of ``metric`` ("accuracy" or "bits_per_label") and their mean and sample std under
+    ``key`` (how results.json has always spelled them), rounded to 6 digits."""
+    v = np.array([c[metric] for c in chips], dtype=np.float64)
+    return {"per_seed": [round(float(a), 6) for a in v],
+            key: {"mean": round(float(v.mean()), 6), "std": round(float(v.std(ddof=1)) if v.size > 1 else 0.0, 6)}}
 
 
 def short_reason(reason: str) -> str:
     """A fuse.reason without its numbers, so that equal causes count together."""
+    if not reason:  # image format v2 keeps no compiler-only attribute; `cimc compile` prints the reasons
+        return "reason not kept in the image (see cimc compile's summary)"
     if "INL" in reason:
         return "ramp INL above max_inl (steps narrower than G_min)"
     if "digital value" in reason:

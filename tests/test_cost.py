@@ -104,7 +104,7 @@ def kws():
 
 @pytest.fixture(scope="module")
 def charlm(tmp_path_factory):
-    x = np.load(CHARLM / "eval_set.npz")["x"]
+    x = np.load(CHARLM / "eval_set.npz")["ids"]
     calib = tmp_path_factory.mktemp("charlm") / "calib.npz"
     np.savez(calib, ids=x[:, :4])  # as examples/charlm/evaluate.py calibrates
     return cimc.compile(CHARLM / "charlm.onnx", calib=calib).image

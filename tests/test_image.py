@@ -69,7 +69,7 @@ def kws() -> cimc.CompiledModel:
 
 @pytest.fixture(scope="module")
 def kws_inputs() -> dict[str, np.ndarray]:
-    return {"features": np.load(EXAMPLES / "kws" / "eval_set.npz")["x"][:, :96]}
+    return {"features": np.load(EXAMPLES / "kws" / "eval_set.npz")["features"][:, :96]}
 
 
 def test_ideal_fidelity_within_the_derived_bound(kws: cimc.CompiledModel, kws_inputs: dict) -> None:

@@ -43,7 +43,7 @@ def kws(tmp_path_factory: pytest.TempPathFactory) -> tuple[cimc.CompiledModel, P
 
 @pytest.fixture(scope="module")
 def kws_inputs() -> dict[str, np.ndarray]:
-    return {"features": np.load(ROOT / "examples" / "kws" / "eval_set.npz")["x"][:, :8]}
+    return {"features": np.load(ROOT / "examples" / "kws" / "eval_set.npz")["features"][:, :8]}
 
 
 def _rewrite(src: Path, dst: Path, change) -> None:  # noqa: ANN001

@@ -9,7 +9,10 @@ bits per character (bpc, lower is better):
 - ``exact``: target conductances as floats, once, asserted equal to float;
 - ``ideal``: programmed levels, DAC/ADC/NL-ADC codes, no randomness;
 - ``noisy``: ``ideal`` plus programming/read noise and stuck devices, one
-  programmed chip per seed, mean and sample standard deviation over seeds.
+  programmed chip per seed, mean and sample standard deviation over seeds,
+  on the held-out columns. Every multi-chip number comes from ``cimc.sweep``
+  (what ``cimc sweep`` runs: one compile per bit width, cached, chips on a
+  Dask LocalCluster), with the held-out columns as its inputs.
 
 ``eval_set.npz`` (16 columns of 128 characters) is the only text that ships
 with the repository, so calibration uses its first 4 columns and the
@@ -31,6 +34,7 @@ Run from the repository root:  .venv/bin/python examples/charlm/evaluate.py
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -42,10 +46,11 @@ import numpy as np
 import cimc
 from cimc.backends.simulator import Simulator, SimulatorOptions
 from cimc.diagnostics import CimcError
+from cimc.sweep.cluster import open_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import crossbar_eval  # noqa: E402  (shared by both examples)
-from crossbar_eval import fusion_stats, hardware_toml  # noqa: E402
+from crossbar_eval import chip_summary, chip_sweep, fusion_stats, hardware_toml  # noqa: E402
 from float_eval import HERE, bits_per_char, load_eval_set, onnx_logits
 
 MODEL = HERE / "charlm.onnx"
@@ -67,18 +72,23 @@ def metric(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
             "all": round(bits_per_char(logits, y), 6)}
 
 
-def noisy_summary(per_seed: list[dict[str, float]]) -> dict:
-    out: dict = {"per_seed": [a["held_out"] for a in per_seed]}
-    for key in ("all", "held_out"):
-        v = np.array([a[key] for a in per_seed])
-        out[key] = {"mean": round(float(v.mean()), 6), "std": round(float(v.std(ddof=1)) if v.size > 1 else 0.0, 6)}
+def evaluate(client: object, models: dict[int, cimc.CompiledModel], x: np.ndarray, y: np.ndarray, seeds: list[int],
+             calib: Path | None, identity: str = "auto", array: dict[str, int] | None = None,
+             nonideality: dict[str, float] | None = None, max_inl: float | None = None) -> dict[int, dict]:
+    """Per bit width: ideal bpc (held out and all columns, run here) and the chips' held-out bpc (``cimc.sweep`` on
+    the held-out columns). The sweep compiles the same images on its workers: their SHA-256 and its ideal run must
+    match the ones here."""
+    held_x, held_y = x[:, CALIB_COLUMNS:], y[:, CALIB_COLUMNS:]
+    chips = chip_sweep(client, MODEL, {INPUT: held_x}, held_y, list(models), seeds, calib, identity, array, nonideality,
+                       max_inl)
+    out = {}
+    for bits, model in models.items():
+        ideal = {"all": metric(model.run({INPUT: x}, fidelity="ideal")[OUTPUT], y)["all"],
+                 "held_out": round(bits_per_char(model.run({INPUT: held_x}, fidelity="ideal")[OUTPUT], held_y), 6)}
+        assert chips[bits]["image_sha256"] == hashlib.sha256(model.image.to_bytes()).hexdigest(), "sweep compiled another image"
+        assert round(chips[bits]["ideal"]["bits_per_label"], 6) == ideal["held_out"], "the sweep's ideal run differs"
+        out[bits] = {"ideal": ideal, "noisy": chip_summary(chips[bits]["chips"], "bits_per_label", "held_out")}
     return out
-
-
-def evaluate(model: cimc.CompiledModel, x: np.ndarray, y: np.ndarray, seeds: list[int]) -> dict:
-    ideal = metric(model.run({INPUT: x}, fidelity="ideal")[OUTPUT], y)
-    noisy = [metric(model.run({INPUT: x}, fidelity="noisy", seed=s)[OUTPUT], y) for s in seeds]
-    return {"ideal": ideal, "noisy": noisy_summary(noisy)}
 
 
 def stuck_fault_attribution(bits: int, identity: str, calib: Path, x: np.ndarray, y: np.ndarray, seeds: list[int]) -> dict:
@@ -110,8 +120,9 @@ def stuck_fault_attribution(bits: int, identity: str, calib: Path, x: np.ndarray
                     if fix in (kind, "all"):
                         for k, m in arrays.items():
                             sim.devices[k] = np.where(m, ref.devices[k], sim.devices[k])
-            per_seed.append(metric(sim.run({INPUT: x})[OUTPUT], y))
-        out[f"stuck faults undone in: {fix}"] = noisy_summary(per_seed)
+            logits = sim.run({INPUT: x[:, CALIB_COLUMNS:]})[OUTPUT]  # the sweep's inputs, so "none" is its chips
+            per_seed.append({"bits_per_label": bits_per_char(logits, y[:, CALIB_COLUMNS:])})
+        out[f"stuck faults undone in: {fix}"] = chip_summary(per_seed, "bits_per_label", "held_out")
     return out
 
 
@@ -120,6 +131,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10, help="noisy runs (programmed chips), seeds 0..N-1")
     parser.add_argument("--out-dir", type=Path, default=HERE)
     parser.add_argument("--no-ablation", action="store_true", help="only the main sweep and the compiler variants")
+    parser.add_argument("--workers", type=int, help="Dask LocalCluster worker processes (default: the CPU count)")
     args = parser.parse_args()
     t_start = time.perf_counter()
     seeds = list(range(args.seeds))
@@ -140,8 +152,7 @@ def main() -> None:
         "command": ".venv/bin/python examples/charlm/evaluate.py",
     }
     timings: dict[str, float] = {}
-
-    with tempfile.TemporaryDirectory() as tmp:
+    with open_client(args.workers) as client, tempfile.TemporaryDirectory() as tmp:
         calib = Path(tmp) / "calib.npz"
         np.savez(calib, **{INPUT: x[:, :CALIB_COLUMNS]})
 
@@ -172,28 +183,29 @@ def main() -> None:
         }
         sweeps: dict = {}
         for name, (opts, bits_list) in variants.items():
+            t0 = time.perf_counter()
             sweeps[name] = {}
-            for bits in bits_list:
-                t0 = time.perf_counter()
+            models = {}
+            for bits in bits_list:  # compiled here too: the fusion statistics, and which widths compile at all
                 try:
-                    model = compile_model(bits, **opts)
+                    models[bits] = compile_model(bits, **opts)
                 except CimcError as e:
                     sweeps[name][str(bits)] = {"error": e.message}
                     print(f"[{name}, {bits} bits] compile failed: {e.message}", file=sys.stderr)
-                    continue
-                entry = {**fusion_stats(model), **evaluate(model, x, y, seeds)}
-                sweeps[name][str(bits)] = entry
-                timings[f"{name}, {bits} bits"] = time.perf_counter() - t0
+            for bits, entry in evaluate(client, models, x, y, seeds, **opts).items():
+                sweeps[name][str(bits)] = entry = {**fusion_stats(models[bits]), **entry}
                 print(f"[{name}, {bits} bits] ideal {entry['ideal']['held_out']:.3f}, noisy "
-                      f"{entry['noisy']['held_out']['mean']:.3f} +- {entry['noisy']['held_out']['std']:.3f} bpc "
-                      f"({timings[f'{name}, {bits} bits']:.1f} s)", file=sys.stderr, flush=True)
+                      f"{entry['noisy']['held_out']['mean']:.3f} +- {entry['noisy']['held_out']['std']:.3f} bpc",
+                      file=sys.stderr, flush=True)
+            timings[name] = time.perf_counter() - t0
         results["sweeps"] = sweeps
 
         # The default chip (128 x 64 arrays) at its default 5 bits, for comparison with the 512-row sweep.
         t0 = time.perf_counter()
-        model = compile_model(5, calib, array={"rows": 128, "cols": 64, "count": 64})
-        results["default_arrays_5bit"] = {"array": "128 x 64 (cimc default), nl_adc_bits = 5",
-                                          **fusion_stats(model), **evaluate(model, x, y, seeds)}
+        default_array = {"rows": 128, "cols": 64, "count": 64}
+        model = compile_model(5, calib, array=default_array)
+        results["default_arrays_5bit"] = {"array": "128 x 64 (cimc default), nl_adc_bits = 5", **fusion_stats(model),
+                                          **evaluate(client, {5: model}, x, y, seeds, calib, array=default_array)[5]}
         timings["default arrays, 5 bits"] = time.perf_counter() - t0
 
         # Which non-ideality costs the noisy bpc: each one alone (5 bits, calibrated, tanh(c_t) digital),
@@ -203,9 +215,10 @@ def main() -> None:
             for only in (None, *NONIDEALITIES):
                 t0 = time.perf_counter()
                 nonideality = {k: 0.0 for k in NONIDEALITIES if k != only}
-                model = compile_model(5, calib, "digital", nonideality=nonideality)
-                noisy = [metric(model.run({INPUT: x}, fidelity="noisy", seed=s)[OUTPUT], y) for s in seeds]
-                ablation[f"identity=digital, {only or 'none'}"] = noisy_summary(noisy)
+                chips = chip_sweep(client, MODEL, {INPUT: x[:, CALIB_COLUMNS:]}, y[:, CALIB_COLUMNS:], [5], seeds, calib,
+                                   "digital", nonideality=nonideality)
+                ablation[f"identity=digital, {only or 'none'}"] = chip_summary(chips[5]["chips"], "bits_per_label",
+                                                                               "held_out")
                 timings[f"ablation {only}"] = time.perf_counter() - t0
             results["noisy_ablation_5bit"] = ablation
             results["noisy_ablation_note"] = ("noisy fidelity with only the named non-ideality enabled (the others set to 0 "

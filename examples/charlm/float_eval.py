@@ -22,9 +22,12 @@ HERE = Path(__file__).resolve().parent
 
 
 def load_eval_set(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Input ids and next-character targets, both int64 [T, B]."""
+    """Input ids and next-character targets, both int64 [T, B].
+
+    The file keys them ``ids`` (the model's input name) and ``y``, so that it is also the ``--inputs`` of
+    ``cimc sweep --labels y`` and ``cimc verify --labels y``."""
     data = np.load(path)
-    return data["x"], data["y"]
+    return data["ids"], data["y"]
 
 
 def onnx_logits(model: Path, x: np.ndarray) -> np.ndarray:

@@ -180,7 +180,7 @@ def write_eval_set(test: np.ndarray) -> None:
     """
     starts = np.linspace(0, len(test) - EVAL_T - 1, EVAL_B).astype(np.int64)
     windows = np.stack([test[s : s + EVAL_T + 1] for s in starts], axis=1).astype(np.int64)
-    np.savez_compressed(HERE / "eval_set.npz", x=windows[:-1], y=windows[1:])
+    np.savez_compressed(HERE / "eval_set.npz", ids=windows[:-1], y=windows[1:])  # keyed by the model input name
 
 
 def main() -> None:

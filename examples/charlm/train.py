@@ -130,9 +130,9 @@ def main() -> None:
     )
     evalset = np.load(HERE / "eval_set.npz")
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"ids": evalset["x"]})[0]
+    got = sess.run(None, {"ids": evalset["ids"]})[0]
     with torch.no_grad():
-        ref = model(torch.from_numpy(evalset["x"])).numpy()
+        ref = model(torch.from_numpy(evalset["ids"])).numpy()
     diff = float(np.abs(ref - got).max())
     logp = got - np.log(np.exp(got - got.max(-1, keepdims=True)).sum(-1, keepdims=True)) - got.max(-1, keepdims=True)
     eval_bpc = float(-np.take_along_axis(logp, evalset["y"][..., None], -1).mean() / math.log(2))

@@ -10,6 +10,10 @@ resolution (3, 4, 5 and 8 bits; everything else fixed: 512 x 64 arrays, see
 - ``ideal``: programmed levels, DAC/ADC/NL-ADC codes, no randomness;
 - ``noisy``: ``ideal`` plus programming/read noise and stuck devices, one
   programmed chip per seed, mean and sample standard deviation over seeds.
+  Every multi-chip number comes from ``cimc.sweep`` (what ``cimc sweep`` runs:
+  one compile per bit width, cached, chips on a Dask LocalCluster); the main
+  table is ``cimc sweep ... --hw examples/crossbar_512x64.toml --bits 3,4,5,8
+  --seeds 0:10`` (README).
 
 Besides the default compilation (calibrated on ``calib.npz``, identity
 columns chosen by cost), it tries what the compiler offers where accuracy
@@ -28,6 +32,7 @@ Run from the repository root:  .venv/bin/python examples/kws/evaluate.py
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -41,10 +46,11 @@ from onnx import numpy_helper
 import cimc
 from cimc.backends.simulator import Simulator, SimulatorOptions
 from cimc.diagnostics import CimcError
+from cimc.sweep.cluster import open_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import crossbar_eval  # noqa: E402  (shared by both examples)
-from crossbar_eval import fusion_stats, hardware_toml  # noqa: E402
+from crossbar_eval import chip_summary, chip_sweep, fusion_stats, hardware_toml  # noqa: E402
 from float_eval import HERE, load_eval_set, onnx_logits
 
 MODEL = HERE / "kws_lstm.onnx"
@@ -65,18 +71,20 @@ def accuracy(logits: np.ndarray, y: np.ndarray, mask: np.ndarray) -> dict[str, f
     return {"all": round(float(hit.mean()), 6), "held_out": round(float(hit[mask].mean()), 6)}
 
 
-def noisy_summary(per_seed: list[dict[str, float]]) -> dict:
-    out: dict = {"per_seed": [a["all"] for a in per_seed]}
-    for key in ("all", "held_out"):
-        v = np.array([a[key] for a in per_seed])
-        out[key] = {"mean": round(float(v.mean()), 6), "std": round(float(v.std(ddof=1)) if v.size > 1 else 0.0, 6)}
+def evaluate(client: object, models: dict[int, cimc.CompiledModel], x: np.ndarray, y: np.ndarray, mask: np.ndarray,
+             seeds: list[int], calib: Path | None, identity: str = "auto", array: dict[str, int] | None = None,
+             nonideality: dict[str, float] | None = None) -> dict[int, dict]:
+    """Per bit width: ideal accuracy (all clips and held out, run here) and the chips' accuracy (``cimc.sweep``).
+
+    The sweep compiles the same images on its workers: their SHA-256 and its ideal run must match the ones here."""
+    chips = chip_sweep(client, MODEL, {INPUT: x}, y, list(models), seeds, calib, identity, array, nonideality)
+    out = {}
+    for bits, model in models.items():
+        ideal = accuracy(model.run({INPUT: x}, fidelity="ideal")[OUTPUT], y, mask)
+        assert chips[bits]["image_sha256"] == hashlib.sha256(model.image.to_bytes()).hexdigest(), "sweep compiled another image"
+        assert round(chips[bits]["ideal"]["accuracy"], 6) == ideal["all"], "the sweep's ideal run differs"
+        out[bits] = {"ideal": ideal, "noisy": chip_summary(chips[bits]["chips"], "accuracy", "all")}
     return out
-
-
-def evaluate(model: cimc.CompiledModel, x: np.ndarray, y: np.ndarray, mask: np.ndarray, seeds: list[int]) -> dict:
-    ideal = accuracy(model.run({INPUT: x}, fidelity="ideal")[OUTPUT], y, mask)
-    noisy = [accuracy(model.run({INPUT: x}, fidelity="noisy", seed=s)[OUTPUT], y, mask) for s in seeds]
-    return {"ideal": ideal, "noisy": noisy_summary(noisy)}
 
 
 def stuck_fault_attribution(bits: int, identity: str, x: np.ndarray, y: np.ndarray, mask: np.ndarray,
@@ -109,8 +117,8 @@ def stuck_fault_attribution(bits: int, identity: str, x: np.ndarray, y: np.ndarr
                     if fix in (kind, "all"):
                         for k, m in arrays.items():
                             sim.devices[k] = np.where(m, ref.devices[k], sim.devices[k])
-            per_seed.append(accuracy(sim.run({INPUT: x})[OUTPUT], y, mask))
-        out[f"stuck faults undone in: {fix}"] = noisy_summary(per_seed)
+            per_seed.append({"accuracy": accuracy(sim.run({INPUT: x})[OUTPUT], y, mask)["all"]})
+        out[f"stuck faults undone in: {fix}"] = chip_summary(per_seed, "accuracy", "all")
     return out
 
 
@@ -133,6 +141,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10, help="noisy runs (programmed chips), seeds 0..N-1")
     parser.add_argument("--out-dir", type=Path, default=HERE)
     parser.add_argument("--no-ablation", action="store_true", help="only the main sweep and the compiler variants")
+    parser.add_argument("--workers", type=int, help="Dask LocalCluster worker processes (default: the CPU count)")
     args = parser.parse_args()
     t_start = time.perf_counter()
     seeds = list(range(args.seeds))
@@ -156,7 +165,20 @@ def main() -> None:
         "command": ".venv/bin/python examples/kws/evaluate.py",
     }
     timings: dict[str, float] = {}
+    with open_client(args.workers) as client:
+        run_all(client, args, results, timings, x, y, held_out, calib_x, float_logits, seeds)
+    out = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    plot(results, out / "accuracy.png", len(seeds))
+    print(tables(results, len(seeds)))
+    total = time.perf_counter() - t_start
+    print(f"\nrun time {total:.0f} s ({', '.join(f'{k} {v:.1f} s' for k, v in timings.items())})", file=sys.stderr)
 
+
+def run_all(client: object, args: argparse.Namespace, results: dict, timings: dict[str, float], x: np.ndarray,
+            y: np.ndarray, held_out: np.ndarray, calib_x: np.ndarray, float_logits: np.ndarray, seeds: list[int]) -> None:
+    """Every measurement, into ``results`` (the chips on ``client``)."""
     # exact fidelity must reproduce onnxruntime: a sanity check of the compiled image.
     t0 = time.perf_counter()
     model = compile_model(5, CALIB)
@@ -185,28 +207,30 @@ def main() -> None:
         }
         sweeps: dict = {}
         for name, opts in variants.items():
+            t0 = time.perf_counter()
             sweeps[name] = {}
-            for bits in BITS:
-                t0 = time.perf_counter()
+            models = {}
+            for bits in BITS:  # compiled here too: the fusion statistics, and which widths compile at all
                 try:
-                    model = compile_model(bits, **opts)
+                    models[bits] = compile_model(bits, **opts)
                 except CimcError as e:
                     sweeps[name][str(bits)] = {"error": e.message}
                     print(f"[{name}, {bits} bits] compile failed: {e.message}", file=sys.stderr)
-                    continue
-                entry = {**fusion_stats(model), **evaluate(model, x, y, held_out, seeds)}
-                sweeps[name][str(bits)] = entry
-                timings[f"{name}, {bits} bits"] = time.perf_counter() - t0
+            for bits, entry in evaluate(client, models, x, y, held_out, seeds, opts["calib"], opts["identity"]).items():
+                sweeps[name][str(bits)] = entry = {**fusion_stats(models[bits]), **entry}
                 print(f"[{name}, {bits} bits] ideal {pct(entry['ideal']['all'])} %, noisy "
-                      f"{pct(entry['noisy']['all']['mean'])} +- {pct(entry['noisy']['all']['std'])} % "
-                      f"({timings[f'{name}, {bits} bits']:.1f} s)", file=sys.stderr, flush=True)
+                      f"{pct(entry['noisy']['all']['mean'])} +- {pct(entry['noisy']['all']['std'])} %",
+                      file=sys.stderr, flush=True)
+            timings[name] = time.perf_counter() - t0
         results["sweeps"] = sweeps
 
         # The default chip (128 x 64 arrays) at its default 5 bits, for comparison with the 512-row sweep.
         t0 = time.perf_counter()
-        model = compile_model(5, CALIB, array={"rows": 128, "cols": 64, "count": 64})
-        results["default_arrays_5bit"] = {"array": "128 x 64 (cimc default), nl_adc_bits = 5",
-                                          **fusion_stats(model), **evaluate(model, x, y, held_out, seeds)}
+        default_array = {"rows": 128, "cols": 64, "count": 64}
+        model = compile_model(5, CALIB, array=default_array)
+        results["default_arrays_5bit"] = {"array": "128 x 64 (cimc default), nl_adc_bits = 5", **fusion_stats(model),
+                                          **evaluate(client, {5: model}, x, y, held_out, seeds, CALIB,
+                                                     array=default_array)[5]}
         timings["default arrays, 5 bits"] = time.perf_counter() - t0
 
     # Which non-ideality costs the noisy accuracy: each one alone (5 bits, calibrated), for both identity choices.
@@ -215,10 +239,9 @@ def main() -> None:
         for identity in ("auto", "digital"):
             for only in (None, *NONIDEALITIES):
                 t0 = time.perf_counter()
-                nonideality = {k: (None if k == only else 0.0) for k in NONIDEALITIES}
-                model = compile_model(5, CALIB, identity, nonideality={k: v for k, v in nonideality.items() if v is not None})
-                noisy = [accuracy(model.run({INPUT: x}, fidelity="noisy", seed=s)[OUTPUT], y, held_out) for s in seeds]
-                ablation[f"identity={identity}, {only or 'none'}"] = noisy_summary(noisy)
+                nonideality = {k: 0.0 for k in NONIDEALITIES if k != only}
+                chips = chip_sweep(client, MODEL, {INPUT: x}, y, [5], seeds, CALIB, identity, nonideality=nonideality)
+                ablation[f"identity={identity}, {only or 'none'}"] = chip_summary(chips[5]["chips"], "accuracy", "all")
                 timings[f"ablation identity={identity}, {only}"] = time.perf_counter() - t0
         results["noisy_ablation_5bit"] = ablation
         attribution = {}
@@ -231,14 +254,6 @@ def main() -> None:
         results["noisy_ablation_note"] = ("noisy fidelity with only the named non-ideality enabled (the others set to 0 "
                                           "in [nonideality]); 'none': all four off. Defaults: "
                                           "program_noise_us 1.0, read_noise_rel 0.01, stuck_on_rate 0.001, stuck_off_rate 0.005")
-
-    out = args.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    plot(results, out / "accuracy.png", len(seeds))
-    print(tables(results, len(seeds)))
-    total = time.perf_counter() - t_start
-    print(f"\nrun time {total:.0f} s ({', '.join(f'{k} {v:.1f} s' for k, v in timings.items())})", file=sys.stderr)
 
 
 def tables(r: dict, n_seeds: int) -> str:

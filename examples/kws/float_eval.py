@@ -21,9 +21,12 @@ HERE = Path(__file__).resolve().parent
 
 
 def load_eval_set(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Features [T, N, 40] float32 (raw log-mel, time-major) and labels [N] int64."""
+    """Features [T, N, 40] float32 (raw log-mel, time-major) and labels [N] int64.
+
+    The file keys them ``features`` (the model's input name) and ``y``, so that it is also the ``--inputs`` of
+    ``cimc sweep --labels y`` and ``cimc verify --labels y``."""
     data = np.load(path)
-    return data["x"], data["y"]
+    return data["features"], data["y"]
 
 
 def onnx_logits(model: Path, x: np.ndarray) -> np.ndarray:

@@ -263,7 +263,7 @@ def main() -> None:
                 pick = balanced_subset(data["y"], args.eval_per_class, args.seed)
                 np.savez_compressed(
                     HERE / "eval_set.npz",
-                    x=np.ascontiguousarray(data["x"][pick].transpose(1, 0, 2)),
+                    features=np.ascontiguousarray(data["x"][pick].transpose(1, 0, 2)),  # the model input name
                     y=data["y"][pick],
                 )
     stats["seconds"] = round(time.time() - started, 1)
