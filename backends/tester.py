@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from cimc.backends.chip import PROGRAM, Chip, level_conductance, stuck_positions
-from cimc.backends.write_verify import TESTER_READ, program_stream, write_verify
+from cimc.backends.write_verify import TESTER_READ, position_normals, write_verify
 from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware
 from cimc.image import Image, load_image
@@ -63,7 +63,7 @@ def test_pattern_stuck(image: Image, seed: int) -> dict[int, np.ndarray]:
         target = np.full(shape, middle)
         truth = stuck_positions(hw, seed, k)[:shape[0], :shape[1]]
         programmed = write_verify(hw, target, truth, seed, k, TEST_PATTERN_PROGRAMMING, PROGRAM)
-        noise = program_stream(seed, TESTER_READ, k, TEST_PATTERN_PROGRAMMING).standard_normal(shape)
+        noise = position_normals(hw, seed, TESTER_READ, k, TEST_PATTERN_PROGRAMMING, shape)
         found[k] = infer_stuck(hw, target, programmed.g_us * (1.0 + hw.nonideality.read_noise_rel * noise),
                                ~programmed.verified)
     return found
@@ -78,7 +78,7 @@ def measure(image: Image, image_sha256: str, seed: int, programming: int = 0) ->
     g_us: dict[int, np.ndarray] = {}
     stuck: dict[int, np.ndarray] = {}
     for k, g in chip.devices.items():
-        noise = program_stream(seed, TESTER_READ, k, programming).standard_normal(g.shape)
+        noise = position_normals(hw, seed, TESTER_READ, k, programming, g.shape)
         read = g * (1.0 + hw.nonideality.read_noise_rel * noise)
         g_us[k] = read
         seen = infer_stuck(hw, level_conductance(hw, image.device_levels(k)), read, chip.unverified[k])

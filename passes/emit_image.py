@@ -19,7 +19,8 @@ import numpy as np
 from cimc.attributes import AttrValue
 from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware
-from cimc.image import FORMAT, REFERENCE_NOTE, VERSION, Image, level_dtype, reference_entry
+from cimc.dialects.cim import check_tile_lines
+from cimc.image import FORMAT, REFERENCE_NOTE, VERSION, Image, level_dtype, reference_entry, tile_devices
 from cimc.interpreter import input_names, output_names
 from cimc.ir import Module, Operation
 from cimc.ramp import ramp_from_op
@@ -43,7 +44,7 @@ class _Layout:
 
     def array(self, k: int) -> np.ndarray:
         if k not in self.levels:
-            self.levels[k] = np.full((self.hw.array.rows, self.hw.array.cols), -1, self.dtype)
+            self.levels[k] = np.full((self.hw.array.physical_rows, self.hw.array.physical_cols), -1, self.dtype)
         return self.levels[k]
 
     def level_of(self, g: np.ndarray) -> np.ndarray:
@@ -52,11 +53,13 @@ class _Layout:
         levels = np.clip(np.rint((g - d.g_min_us) / self.delta_g), 0, d.levels - 1).astype(self.dtype)
         return np.where(g < d.g_min_us / 2, self.dtype.type(-1), levels)
 
-    def occupy(self, k: int, rows: slice, cols: slice | int, levels: np.ndarray, what: str) -> None:
+    def occupy(self, k: int, rows: slice | np.ndarray, cols: slice | int | np.ndarray, levels: np.ndarray,
+               what: str) -> None:
         lv = self.array(k)
-        if (lv[rows, cols] != -1).any():
+        index = np.ix_(rows, cols) if isinstance(rows, np.ndarray) else (rows, cols)
+        if (lv[index] != -1).any():
             raise CimcError(f"internal placement clash in array {k} while laying out {what}")
-        lv[rows, cols] = levels
+        lv[index] = levels
 
 
 def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], reference: bool = True) -> Image:
@@ -80,14 +83,18 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             # float64, as cim_kernels.encoded_weights forms them (G is float32 for float32 weights).
             g_pos, g_neg = (op.attributes[n].array.astype(np.float64) for n in ("g_pos", "g_neg"))  # type: ignore[union-attr]
             rows, width = g_pos.shape
-            if r + rows > a.rows or c + 2 * width > a.cols:
+            pairs, moved_rows = op.attributes.get("column_pairs"), op.attributes.get("word_lines")
+            spares = pairs is not None or moved_rows is not None  # map-defects may use the spare lines
+            if (r + rows > a.rows or c + 2 * width > a.cols) and not spares or \
+                    check_tile_lines(op.attributes, rows, width, (a.physical_rows, a.physical_cols)):
                 raise CimcError(f"a tile of block '{op.attributes.get('block')}' at array {k}, row {r}, bit line {c} does not fit "
                                 f"a {a.rows} x {a.cols} array: the image's hardware differs from the one compiled for")
-            # Weight column j on bit-line pair q_j of the tile (column_pairs, from map-defects; j when absent).
-            pairs = op.attributes.get("column_pairs")
-            q = np.arange(width) if pairs is None else np.asarray(pairs, np.int64)  # type: ignore[arg-type]
+            # Row i on word line word_lines[i], weight column j on bit-line pair q_j (map-defects; in order when absent).
+            _, lines, pos, neg = tile_devices(op)
+            bit_lines = np.empty(2 * width, np.int64)
+            bit_lines[0::2], bit_lines[1::2] = pos, neg
             interleaved = np.empty((rows, 2 * width), layout.dtype)
-            interleaved[:, 2 * q], interleaved[:, 2 * q + 1] = layout.level_of(g_pos), layout.level_of(g_neg)
+            interleaved[:, 0::2], interleaved[:, 1::2] = layout.level_of(g_pos), layout.level_of(g_neg)
             # What exact runs: the weights the conductances encode, once in the model's float type (cim_kernels does the same).
             exact = ((g_pos - g_neg) / op.attributes["g_scale"].array).astype(op.results[0].type.np_dtype) \
                 if reference else None  # type: ignore[union-attr]
@@ -95,7 +102,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             region = programmed.get(where)
             if region is not None:
                 # Shared weights: the devices are programmed once and read by every tile placed on them.
-                if not np.array_equal(layout.array(k)[r:r + rows, c:c + 2 * width], interleaved):
+                if not np.array_equal(layout.array(k)[np.ix_(lines, bit_lines)], interleaved):
                     raise CimcError(f"internal error: tiles sharing array {k}, bit line {c} hold different conductances")
                 region.setdefault("shared_by", [region["tile"]]).append(tile_id)
                 if op.location and op.location not in region.setdefault("nodes", []):
@@ -103,14 +110,16 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
                 # One reference per region, unless this tile's column scales make other weights of the same devices.
                 key = region["tile"] if not reference or np.array_equal(weights[region["tile"]], exact) else tile_id
             else:
-                layout.occupy(k, slice(r, r + rows), slice(c, c + 2 * width), interleaved, f"tile {tile_id}")
+                layout.occupy(k, lines, bit_lines, interleaved, f"tile {tile_id}")
                 r0, r1 = op.attributes["rows"]  # type: ignore[misc]
                 c0, c1 = op.attributes["cols"]  # type: ignore[misc]
                 region = {"kind": "weights", "tile": tile_id, "block": op.attributes.get("block"),
                           "block_rows": [r0, r1], "block_cols": [c0, c1],
                           "word_lines": [r, r + rows], "bit_lines": [c, c + 2 * width]}
                 if pairs is not None:
-                    region["column_pairs"] = [int(v) for v in q]
+                    region["column_pairs"] = [int(v) for v in pairs]  # type: ignore[union-attr]
+                if moved_rows is not None:
+                    region["row_lines"] = [int(v) for v in moved_rows]  # type: ignore[union-attr]
                 if "share" in op.attributes and op.location:
                     region["nodes"] = [op.location]
                 if reference:
@@ -125,7 +134,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
         elif op.name == "cim.ramp":
             ramp = _ramp_entry(op, hw, len(ramps))
             k, c, column_lv = ramp.pop("array_index"), ramp["bit_line"], ramp.pop("column_levels")
-            if column_lv.size > a.rows:
+            if column_lv.size > a.physical_rows or not 0 <= c < a.physical_cols:
                 raise CimcError(f"the ramp at array {k}, bit line {c} needs {column_lv.size} rows; the array has {a.rows}")
             layout.occupy(k, slice(0, column_lv.size), c, column_lv.astype(layout.dtype), f"ramp {len(ramps)}")
             ramps.append({"array": k, **ramp})
@@ -145,7 +154,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             "outputs": [{"name": n, "dtype": v.type.dtype, "shape": _dims(v.type.shape)}
                         for n, v in zip(output_names(module), module.outputs)],
         },
-        "arrays": [{"index": k, "rows": a.rows, "cols": a.cols, "level_dtype": layout.dtype.name,
+        "arrays": [{"index": k, "rows": a.physical_rows, "cols": a.physical_cols, "level_dtype": layout.dtype.name,
                     "regions": layout.regions.get(k, []), "devices_used": int((layout.levels[k] >= 0).sum())}
                    for k in sorted(layout.levels)],
         "ramps": ramps,

@@ -57,12 +57,13 @@ def gemm_chip(tmp_path_factory):  # noqa: ANN201
     return hw, model, x, plain
 
 
-def _weight_region(image) -> tuple[slice, np.ndarray]:  # noqa: ANN001
-    """Word lines and the G+ bit line of each weight column of the one weight region (its column_pairs honoured)."""
+def _weight_region(image) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """The word line of each row and the G+ bit line of each weight column of the one weight region (its row_lines
+    and column_pairs honoured)."""
     region = [r for r in image.manifest["arrays"][0]["regions"] if r["kind"] == "weights"][0]
     (r0, r1), (c0, c1) = region["word_lines"], region["bit_lines"]
     pairs = np.asarray(region.get("column_pairs", range((c1 - c0) // 2)))
-    return slice(r0, r1), c0 + 2 * pairs
+    return np.asarray(region.get("row_lines", range(r0, r1))), c0 + 2 * pairs
 
 
 def _pair_difference(image, devices: np.ndarray) -> np.ndarray:  # noqa: ANN001
