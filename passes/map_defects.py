@@ -56,6 +56,7 @@ from cimc.pass_manager import ModulePass, PassContext, register_pass
 from cimc.ramp import Ramp, ramp_from_op
 
 SUMMARY_ATTR = "defects.summary"
+MOVE_PENALTY = 1e-9
 
 
 def compensate_pair(g_pos: np.ndarray, g_neg: np.ndarray, stuck_pos: np.ndarray, stuck_neg: np.ndarray,
@@ -101,16 +102,6 @@ def column_cost(diff: np.ndarray, stuck_pos: np.ndarray, stuck_neg: np.ndarray, 
     d = diff[:, :, None]
     realized = realized_difference(d, stuck_pos[:, None, :], stuck_neg[:, None, :], g_min, g_max)
     return ((realized - d) ** 2).sum(axis=0)
-
-
-def assign_columns(cost: np.ndarray) -> np.ndarray:
-    """The pair q_j of each column j minimizing sum_j cost[j, q_j] (an assignment problem, solved exactly by
-    scipy's linear_sum_assignment); the identity unless that lowers the cost, so a healthy tile keeps its layout."""
-    identity = np.arange(cost.shape[0])
-    _, pairs = linear_sum_assignment(cost)
-    if cost[identity, pairs].sum() < cost[identity, identity].sum():
-        return pairs.astype(np.int64)
-    return identity
 
 
 def _nominal_us(hw: Hardware, level: np.ndarray) -> np.ndarray:
@@ -276,7 +267,7 @@ class MapDefects(ModulePass):
 
 
 @dataclass
-class _Unit:
+class LineUnit:
     """Tiles programmed onto the same devices (one tile, or every tile that shares its weights)."""
 
     tiles: list[Operation]
@@ -298,13 +289,13 @@ class ArrayMapping:
     cost: float  # the summed squared pair error left (uS^2)
 
 
-def _stuck_pairs(stuck: np.ndarray, unit: _Unit, lines: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _stuck_pairs(stuck: np.ndarray, unit: LineUnit, lines: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The stuck marks of (G+, G-) of pairs ``pairs`` of ``unit`` on word lines ``lines``."""
     bit = unit.col + 2 * pairs
     return stuck[np.ix_(lines, bit)], stuck[np.ix_(lines, bit + 1)]
 
 
-def _candidate_pairs(unit: _Unit, hw: Hardware) -> np.ndarray:
+def _candidate_pairs(unit: LineUnit, hw: Hardware) -> np.ndarray:
     """The unit's own pairs, then the array's spare pairs (bit lines cols + 2s), as pair offsets from its bit line."""
     own = np.arange(unit.width)
     if (hw.array.cols - unit.col) % 2:
@@ -316,16 +307,20 @@ def _candidate_pairs(unit: _Unit, hw: Hardware) -> np.ndarray:
 def assign(cost: np.ndarray, current: np.ndarray) -> np.ndarray:
     """The column (of ``cost``) of each row minimizing the summed cost, each column used at most once: an
     assignment problem, solved exactly by scipy's linear_sum_assignment (rectangular: more columns than rows
-    leaves some unused, which is how spare lines enter). ``current`` is kept unless the optimum is lower, so a
-    healthy array keeps its layout and the alternation in :func:`map_array` never increases the cost."""
-    rows, cols = linear_sum_assignment(cost)
+    leaves some unused, which is how spare lines enter). ``current`` is kept unless the optimum is lower, and
+    ties go to the layout that moves the fewest lines, so a healthy array keeps its layout and the alternation in :func:`map_array` never increases the cost."""
+    index = np.arange(cost.shape[0])
+    moving = np.ones(cost.shape)
+    moving[index, current] = 0.0
+    # Among equally good layouts the one that moves the fewest lines: MOVE_PENALTY (uS^2) is far below any
+    # error a level step makes ((dG / 2)^2 ~ 0.6 uS^2 at the defaults), so it decides only ties.
+    rows, cols = linear_sum_assignment(cost + MOVE_PENALTY * moving)
     best = np.empty(cost.shape[0], np.int64)
     best[rows] = cols
-    index = np.arange(cost.shape[0])
     return best if cost[index, best].sum() < cost[index, current].sum() else current
 
 
-def _column_step(units: list[_Unit], stuck: np.ndarray, word_line: np.ndarray, hw: Hardware,
+def _column_step(units: list[LineUnit], stuck: np.ndarray, word_line: np.ndarray, hw: Hardware,
                  current: list[np.ndarray]) -> list[np.ndarray]:
     """Every weight column of the array onto its own tile's pairs or the spare pairs, given the word lines."""
     g_min, g_max = hw.device.g_min_us, hw.device.g_max_us
@@ -357,7 +352,7 @@ def _column_step(units: list[_Unit], stuck: np.ndarray, word_line: np.ndarray, h
     return out
 
 
-def row_cost(units: list[_Unit], stuck: np.ndarray, pairs: list[np.ndarray], lines: int, hw: Hardware) -> np.ndarray:
+def row_cost(units: list[LineUnit], stuck: np.ndarray, pairs: list[np.ndarray], lines: int, hw: Hardware) -> np.ndarray:
     """cost[l, p]: squared pair error (uS^2) of logical word line l on physical word line p, summed over every
     weight column of every unit on the array (each at its pair), i.e. over all the tiles that share the word line."""
     g_min, g_max = hw.device.g_min_us, hw.device.g_max_us
@@ -372,7 +367,7 @@ def row_cost(units: list[_Unit], stuck: np.ndarray, pairs: list[np.ndarray], lin
     return cost
 
 
-def map_array(units: list[_Unit], stuck: np.ndarray, hw: Hardware, rounds: int = 4) -> ArrayMapping:
+def map_array(units: list[LineUnit], stuck: np.ndarray, hw: Hardware, rounds: int = 4) -> ArrayMapping:
     """Word lines and bit-line pairs of one array's units minimizing the summed squared pair error.
 
     The word lines are common to every tile of the array (one DAC drives each),
@@ -396,9 +391,9 @@ def map_array(units: list[_Unit], stuck: np.ndarray, hw: Hardware, rounds: int =
     return ArrayMapping(word_line, pairs, total)
 
 
-def _units(tiles: list[Operation]) -> list[_Unit]:
+def _units(tiles: list[Operation]) -> list[LineUnit]:
     """The array's tiles grouped by the devices they occupy (tiles sharing weights are programmed once)."""
-    groups: dict[tuple[int, int, int, int], _Unit] = {}
+    groups: dict[tuple[int, int, int, int], LineUnit] = {}
     for op in tiles:
         r, c = int(op.attributes["array_row"]), int(op.attributes["array_col"])  # type: ignore[arg-type]
         g_pos, g_neg = (op.attributes[n].array.astype(np.float64) for n in ("g_pos", "g_neg"))  # type: ignore[union-attr]
@@ -406,7 +401,7 @@ def _units(tiles: list[Operation]) -> list[_Unit]:
         if key in groups:
             groups[key].tiles.append(op)
         else:
-            groups[key] = _Unit([op], g_pos - g_neg, r, c)
+            groups[key] = LineUnit([op], g_pos - g_neg, r, c)
     return list(groups.values())
 
 

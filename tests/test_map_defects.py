@@ -165,7 +165,7 @@ def test_the_column_assignment_is_the_brute_force_optimum(width: int) -> None:
     width! placements, and the cost it minimizes is the realized pair error (checked against compensate_pair)."""
     from itertools import permutations
 
-    from cimc.passes.map_defects import assign_columns, column_cost, realized_difference
+    from cimc.passes.map_defects import assign, column_cost, realized_difference
 
     g_min, g_max = 2.0, 100.0
     rng = np.random.default_rng(width)
@@ -175,7 +175,7 @@ def test_the_column_assignment_is_the_brute_force_optimum(width: int) -> None:
         g_pos, g_neg = g_min + np.maximum(w, 0), g_min + np.maximum(-w, 0)
         stuck = rng.choice(np.array([-1, 0, 1], np.int8), size=(rows, 2 * width), p=[0.15, 0.7, 0.15])
         cost = column_cost(g_pos - g_neg, stuck[:, 0::2], stuck[:, 1::2], g_min, g_max)
-        pairs = assign_columns(cost)
+        pairs = assign(cost, np.arange(width))
         best = min(sum(cost[j, q] for j, q in enumerate(p)) for p in permutations(range(width)))
         assert sorted(pairs) == list(range(width))
         assert cost[np.arange(width), pairs].sum() == pytest.approx(best, rel=1e-12, abs=1e-9)
@@ -189,9 +189,9 @@ def test_the_column_assignment_is_the_brute_force_optimum(width: int) -> None:
 
 
 def test_a_healthy_tile_keeps_its_layout() -> None:
-    from cimc.passes.map_defects import assign_columns
+    from cimc.passes.map_defects import assign
 
-    assert assign_columns(np.zeros((5, 5))).tolist() == list(range(5))
+    assert assign(np.zeros((5, 7)), np.arange(5)).tolist() == list(range(5))
 
 
 def test_the_defect_aware_image_encodes_the_models_weights(gemm_chip, tmp_path: Path) -> None:
