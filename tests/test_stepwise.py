@@ -68,9 +68,7 @@ def test_noisy_bound_covers_the_stuck_devices_it_counts(kws: cimc.CompiledModel,
     that counts them (error_bound.FaultModel: at most k per column at confidence 1 - 1e-3)."""
     from dataclasses import replace
 
-    from cimc.backends.simulator import Simulator, SimulatorOptions
     from cimc.error_bound import Sources, step_bounds
-    from cimc.stepwise import run_trajectory
 
     image = kws.image
     _, reference = run_trajectory(Simulator(image, SimulatorOptions("exact")), inputs)
@@ -117,3 +115,30 @@ def test_verify_json_carries_the_per_step_rows(kws: cimc.CompiledModel, inputs: 
     assert report["passed"] and report["outputs_informational"]
     assert {r["name"] for r in report["onnx_steps"]} == {"/lstm/LSTM h", "/lstm/LSTM c"}
     assert any(r["name"] == "/lstm/LSTM carried #0" for r in report["steps"]) and report["exact"][0]["passed"]
+
+
+def test_verify_labels_reports_accuracy_and_bits_against_the_labels(cimc_cli, tmp_path: Path) -> None:
+    """--labels y on 40 KWS clips with their labels: the onnxruntime row's accuracy and bits per label are the closed
+    forms computed here from onnxruntime's logits; both rows are in --json; a missing key is refused (exit 2)."""
+    import onnxruntime as ort
+
+    from cimc.npz import npz_bytes
+
+    data = np.load(EXAMPLES / "kws" / "eval_set.npz")
+    x, y = data["x"][:, :40], data["y"][:40]
+    (tmp_path / "labelled.npz").write_bytes(npz_bytes({"features": x, "y": y}))
+    assert cimc_cli("compile", str(KWS), "--calib", str(EXAMPLES / "kws" / "calib.npz"), "-o", "kws.cimg",
+                    cwd=tmp_path).returncode == 0
+    done = cimc_cli("verify", str(KWS), "kws.cimg", "--inputs", "labelled.npz", "--labels", "y", "--fidelity", "ideal",
+                    "--json", "r.json", cwd=tmp_path)
+    assert done.returncode in (0, 1), done.stderr
+    logits = ort.InferenceSession(str(KWS), providers=["CPUExecutionProvider"]).run(None, {"features": x})[0]
+    z = logits.astype(np.float64) - logits.max(-1, keepdims=True)
+    bits = float(-(z[np.arange(40), y] - np.log(np.exp(z).sum(-1))).mean() / np.log(2))
+    report = json.loads((tmp_path / "r.json").read_text())["labels"]
+    assert report["onnxruntime"]["accuracy"] == pytest.approx(float((logits.argmax(-1) == y).mean()))
+    assert report["onnxruntime"]["bits"] == pytest.approx(bits, rel=1e-6)
+    assert report["simulator"]["count"] == 40 and 0.5 < report["simulator"]["accuracy"] <= 1.0
+    assert "labels (simulator): output 'logits' against 40 labels" in done.stdout
+    bad = cimc_cli("verify", str(KWS), "kws.cimg", "--inputs", "labelled.npz", "--labels", "z", cwd=tmp_path)
+    assert bad.returncode == 2 and "no array 'z' to take labels from" in bad.stderr
