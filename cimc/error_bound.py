@@ -380,7 +380,7 @@ class _BoundRun:
             g = self.ideal.devices[ramp["array"]][:, ramp["bit_line"]]
             used = g > 0
             marks = faults.known(ramp["array"])
-            known = np.zeros(g.shape, np.int8) if marks is None else marks[:, ramp["bit_line"]] * used
+            known = np.zeros(g.shape, np.int8) if marks is None else marks[:g.size, ramp["bit_line"]] * used
             moved = float(np.abs(np.where(known > 0, d.g_max_us, d.g_min_us) - g)[known != 0].sum())
             reach = np.sort(np.maximum(d.g_max_us - g, g - d.g_min_us)[used & (known == 0)])[::-1]
             k = faults.count(int(reach.size))

@@ -78,9 +78,10 @@ def check_manifest(manifest: dict[str, Any], path: Path) -> None:
         if index < 0 or index in indices or (hw.array.limit is not None and index >= hw.array.limit):
             raise _fail(path, f"{where}.index {index} is negative, repeated or beyond the chip's {hw.array.count} arrays")
         indices.add(index)
-        if (info.get("rows"), info.get("cols")) != (hw.array.physical_rows, hw.array.physical_cols):
+        a = hw.array
+        if (info.get("rows"), info.get("cols")) not in ((a.rows, a.cols), (a.physical_rows, a.physical_cols)):
             raise _fail(path, f"{where} is {info.get('rows')!r} x {info.get('cols')!r}, the hardware's arrays are "
-                              f"{hw.array.physical_rows} x {hw.array.physical_cols} (spare lines included)")
+                              f"{a.rows} x {a.cols} ({a.physical_rows} x {a.physical_cols} with their spare lines)")
         for j, region in enumerate(_require(path, info.get("regions"), "list", f"{where}.regions")):
             _check_region(path, region, f"{where}.regions[{j}]")
         _require(path, info.get("devices_used"), "int", f"{where}.devices_used")

@@ -466,9 +466,9 @@ def check_measurement(image: Image, m: ChipMeasurement, options: SimulatorOption
     if m.hardware_sha256 != image.manifest["provenance"]["hardware_sha256"]:
         raise CimcError("the measurement was taken for other hardware than this image's (hardware_sha256 differs)")
     for k in image.array_indices():
-        if k not in m.stuck or m.stuck[k].shape != image.device_levels(k).shape:
-            raise CimcError(f"the measurement does not cover array {k} of this image as {image.device_levels(k).shape[0]} "
-                            f"x {image.device_levels(k).shape[1]} devices")
+        shape = image.device_levels(k).shape
+        if k not in m.stuck or m.stuck[k].shape[0] < shape[0] or m.stuck[k].shape[1] < shape[1]:
+            raise CimcError(f"the measurement does not cover array {k} of this image ({shape[0]} x {shape[1]} devices)")
 
 
 def _per_step(image: Image, feeds: Mapping[str, np.ndarray], simulator: Simulator, options: SimulatorOptions,

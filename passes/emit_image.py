@@ -47,6 +47,14 @@ class _Layout:
             self.levels[k] = np.full((self.hw.array.physical_rows, self.hw.array.physical_cols), -1, self.dtype)
         return self.levels[k]
 
+    def crop_unused_spares(self) -> None:
+        """An array whose spare lines hold nothing is stored as its rows x cols (a plain compile's image is what it
+        was before spares existed); one that uses a spare line keeps its physical size (docs/image-format.md)."""
+        a = self.hw.array
+        for k, lv in self.levels.items():
+            if (lv[a.rows:] == -1).all() and (lv[:, a.cols:] == -1).all():
+                self.levels[k] = np.ascontiguousarray(lv[:a.rows, :a.cols])
+
     def level_of(self, g: np.ndarray) -> np.ndarray:
         """Programmed level of each device; -1 for a device left unformed (target 0 uS, below G_min)."""
         d = self.hw.device
@@ -141,6 +149,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             layout.regions.setdefault(k, []).append({"kind": "ramp", "ramp": len(ramps) - 1,
                                                      "word_lines": [0, int(column_lv.size)], "bit_lines": [c, c + 1]})
             extra[id(op)] = {"image.ramp": len(ramps) - 1}
+    layout.crop_unused_spares()
     program = module_to_program(module, extra)
     hardware = hw.to_dict()
     if hw.array.limit is None:  # a chip sized to the model: record the count actually used
@@ -154,7 +163,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             "outputs": [{"name": n, "dtype": v.type.dtype, "shape": _dims(v.type.shape)}
                         for n, v in zip(output_names(module), module.outputs)],
         },
-        "arrays": [{"index": k, "rows": a.physical_rows, "cols": a.physical_cols, "level_dtype": layout.dtype.name,
+        "arrays": [{"index": k, "rows": layout.levels[k].shape[0], "cols": layout.levels[k].shape[1], "level_dtype": layout.dtype.name,
                     "regions": layout.regions.get(k, []), "devices_used": int((layout.levels[k] >= 0).sum())}
                    for k in sorted(layout.levels)],
         "ramps": ramps,

@@ -146,7 +146,7 @@ def test_ramp_resynthesis_reduces_the_inl_of_a_chip_with_stuck_ramp_devices(tmp_
     for seed in range(30):
         m = measure(plain.image, "sha", seed)
         ramp_devices = plain.image.device_levels(ramp["array"])[:, ramp["bit_line"]] >= 0
-        if not m.stuck[ramp["array"]][ramp_devices, ramp["bit_line"]].any():
+        if not m.stuck[ramp["array"]][:ramp_devices.size][ramp_devices, ramp["bit_line"]].any():
             continue
         aware = cimc.compile(onnx_path, hw=hw, calib=calib, defects=m)
         (repaired,) = aware.image.manifest["ramps"]
@@ -157,6 +157,37 @@ def test_ramp_resynthesis_reduces_the_inl_of_a_chip_with_stuck_ramp_devices(tmp_
             improved += after < before - 0.1
         chips += 1
     assert chips >= 5 and improved >= 6, f"{chips} chips with stuck ramp devices, {improved} INL reductions > 0.1 LSB"
+
+
+def test_a_ramp_without_room_to_skip_its_stuck_rows_moves_to_the_spare_ramp_column(tmp_path: Path) -> None:
+    """Arrays exactly as tall as a 5-bit ramp and no spare word lines: a stuck device in the ramp's rows cannot be
+    skipped, so where the spare ramp column's rows are healthy the ramp moves there, and its INL on the chip is then
+    no higher than the plain image's."""
+    hw = hardware(nonideality={**EXACT_CHIP, "stuck_on_rate": 0.01, "stuck_off_rate": 0.01},
+                  array={"rows": 36, "spare_rows": 0})
+    model, _, _ = rnn_step_model("Sigmoid", None, None, None)
+    x = np.random.default_rng(5).uniform(-1, 1, size=(1, 16, INPUTS)).astype(np.float32)
+    onnx.save(model, tmp_path / "rnn.onnx")
+    (tmp_path / "calib.npz").write_bytes(npz_bytes({"X": x}))
+    plain = cimc.compile(tmp_path / "rnn.onnx", hw=hw, calib=tmp_path / "calib.npz")
+    (ramp,) = plain.image.manifest["ramps"]
+    spare = hw.array.cols + hw.array.spare_cols
+    moved = 0
+    for seed in range(30):
+        m = measure(plain.image, "sha", seed)
+        column, spare_column = m.stuck[ramp["array"]][:36, ramp["bit_line"]], m.stuck[ramp["array"]][:36, spare]
+        if not column.any() or spare_column.any():
+            continue
+        aware = cimc.compile(tmp_path / "rnn.onnx", hw=hw, calib=tmp_path / "calib.npz", defects=m)
+        (repaired,) = aware.image.manifest["ramps"]
+        if repaired["bit_line"] != spare:
+            continue  # the column's own stuck devices predicted a smaller INL than the spare
+        moved += 1
+        before = _ramp_inl_lsb(Chip.program(plain.image, True, seed), ramp, True)
+        after = _ramp_inl_lsb(Chip.program(aware.image, True, seed), repaired, True)
+        assert after <= before + 1e-9, f"chip {seed}: INL {before:.3f} -> {after:.3f} LSB"
+        assert aware.image.device_levels(ramp["array"]).shape[1] == hw.array.physical_cols
+    assert moved >= 2
 
 
 @pytest.mark.parametrize("width", [2, 3, 4, 5, 6])

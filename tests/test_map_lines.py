@@ -201,9 +201,8 @@ def test_declaring_spares_moves_no_fault_and_no_device_of_a_plain_image(tmp_path
     x = rng.uniform(-1, 1, size=(4, 30)).astype(np.float32)
     model = gemm_model(rng.normal(size=(30, 9)), 4)
     one, two = compile_model(model, {"x": x}, with_spares, tmp_path / "a"), compile_model(model, {"x": x}, without, tmp_path / "b")
-    for k in two.image.arrays:
-        assert np.array_equal(one.image.device_levels(k)[:128, :64], two.image.device_levels(k))
-        assert (one.image.device_levels(k)[128:] == -1).all() and (one.image.device_levels(k)[:, 64:] == -1).all()
+    for k in two.image.arrays:  # spare lines unused: the arrays are stored as rows x cols, as without spares
+        assert np.array_equal(one.image.device_levels(k), two.image.device_levels(k))
     for seed in (0, 1):
         y1 = Simulator(one.image, SimulatorOptions("noisy", seed)).run({"x": x})["y"]
         y2 = Simulator(two.image, SimulatorOptions("noisy", seed)).run({"x": x})["y"]
