@@ -51,9 +51,10 @@ def position_normals(hw: Hardware, seed: int, kind: int, array: int, programming
     main = program_stream(seed, kind, array, programming).standard_normal((*lead, a.rows, a.cols))
     if shape[0] <= a.rows and shape[1] <= a.cols:
         return main[..., :shape[0], :shape[1]]
-    out = np.random.default_rng([seed, kind, array, programming, 1]).standard_normal((*lead, *shape))
+    full = (max(shape[0], a.rows), max(shape[1], a.cols))
+    out = np.random.default_rng([seed, kind, array, programming, 1]).standard_normal((*lead, *full))
     out[..., :a.rows, :a.cols] = main
-    return out
+    return out[..., :shape[0], :shape[1]]
 
 
 @dataclass(frozen=True)
