@@ -15,17 +15,20 @@ changes only what is programmed onto them:
   the partner's level (tests/test_map_defects.py). Where the clip acts (a
   stuck-off positive device of a positive weight, or both devices stuck), the
   pair keeps the nearest weight it can realize.
-- **Weights: columns onto bit-line pairs.** Before that, each tile's weight
-  columns are permuted onto its bit-line pairs to minimize the squared
-  conductance error the pairs leave after compensation (a stuck-off positive
-  device hurts a large positive weight, not a negative or small one): an
-  assignment problem over the tile's columns, solved exactly by
-  scipy.optimize.linear_sum_assignment. The tile records the pair of each
-  column (``column_pairs``, docs/image-format.md). Rows are not permuted: every
-  tile of an array reads the same word lines, so a row permutation would have
-  to be shared by all of them.
+- **Weights: rows and columns onto physical lines, spares included.** Before
+  that, per array, the logical word lines and weight columns are assigned to
+  physical ones to minimize the squared conductance error the pairs leave
+  after compensation (a stuck-off positive device hurts a large positive
+  weight, not a negative or small one). Every tile of an array reads the same
+  word lines (one DAC each), so the rows are one assignment problem over the
+  array's logical word lines and all its physical ones (unused main lines and
+  the spare word lines), its cost summed over every tile; the columns are one
+  problem over every tile's columns and its own pairs plus the array's spare
+  pairs. Each is solved exactly by scipy.optimize.linear_sum_assignment given
+  the other, alternately (:func:`map_array`). The tiles record the result
+  (``word_lines``, ``column_pairs``, docs/image-format.md).
 - **Ramps: skip the stuck rows and re-synthesize from the measured devices**
-  (docs/faults.md, "closed loop"). Every stuck device of a ramp column becomes
+  (docs/faults.md, "closed loop"), or move to a spare ramp column. Every stuck device of a ramp column becomes
   an unselected device (level -1: its word line is never driven, so a stuck
   device adds nothing) of the step it falls in; the step's devices move to the
   next rows. The levels are then chosen again by the cumulative error diffusion
@@ -34,8 +37,10 @@ changes only what is programmed onto them:
   conductance) is added to what its new level gives, so the error of one step
   is absorbed by the next. Where the column has no room to skip every stuck
   row, the rows stay and a stuck device counts at its rail in that diffusion.
-  The ramp's INL before (the measured ramp) and after (the predicted one) is
-  recorded for the compile summary.
+  Such a ramp moves to a free spare ramp column of its array whose stuck
+  devices can all be skipped, if that predicts a smaller INL. The ramp's INL
+  before (the measured ramp) and after (the predicted one) is recorded for
+  the compile summary.
 
 Run it last (after schedule): placement, ramps and the step program are final.
 """
@@ -308,7 +313,8 @@ def assign(cost: np.ndarray, current: np.ndarray) -> np.ndarray:
     """The column (of ``cost``) of each row minimizing the summed cost, each column used at most once: an
     assignment problem, solved exactly by scipy's linear_sum_assignment (rectangular: more columns than rows
     leaves some unused, which is how spare lines enter). ``current`` is kept unless the optimum is lower, and
-    ties go to the layout that moves the fewest lines, so a healthy array keeps its layout and the alternation in :func:`map_array` never increases the cost."""
+    ties go to the layout that moves the fewest lines, so a healthy array keeps its layout and the alternation
+    in :func:`map_array` never increases the cost."""
     index = np.arange(cost.shape[0])
     moving = np.ones(cost.shape)
     moving[index, current] = 0.0
