@@ -204,8 +204,8 @@ def _miss_probability(hw: Hardware) -> float:
     worst = 0.0
     for rail in (d.g_max_us, d.g_min_us):
         sigma = n.read_noise_rel * rail
-        window = n.verify_tolerance_us + RAIL_MARGIN_SIGMAS * sigma
-        worst = max(worst, 1.0 if sigma == 0 and window == 0 else 0.0 if sigma == 0 else math.erfc(window / (sigma * math.sqrt(2))))
+        if sigma > 0:  # without read noise a stuck device reads exactly its rail, inside the window
+            worst = max(worst, math.erfc((n.verify_tolerance_us + RAIL_MARGIN_SIGMAS * sigma) / (sigma * math.sqrt(2))))
     return worst
 
 
