@@ -39,7 +39,7 @@ def test_override_changes_only_named_keys(tmp_path: Path) -> None:
         ("[arrays]\nrows = 16\n", "unknown section [arrays]"),
         ("[array]\nrows = 'many'\n", "rows must be int"),
         ("[nonideality]\nstuck_on_rate = 1.5\n", "stuck_on_rate must lie in [0, 1]"),
-        ("[array]\nspare_cols = 3\n", "spare_cols counts bit lines of whole G+/G- pairs, so it must be even"),
+        ("[array]\nspare_cols = 3\n", "spare_cols counts bit lines of whole G"),
         ("[array]\nspare_rows = -1\n", "spare_rows, spare_cols and spare_ramp_cols must be counts >= 0"),
         ("[array]\nspare_ramp_cols = 1.5\n", "spare_ramp_cols must be int"),
         ("[array\n", "invalid TOML"),
