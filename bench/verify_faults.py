@@ -16,7 +16,6 @@ the bound on the LSTM cell state (carried #1) and the free-running argmax agreem
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +43,14 @@ def main() -> int:
     plain = cimc.compile(model, calib=KWS / "calib.npz")
     lines = ["| chip | image (bound) | result | worst err/bound | c bound (rel. RMS) | argmax agreement |",
              "|---|---|---|---|---|---|"]
-    with tempfile.TemporaryDirectory():
-        for seed in range(6):
-            m = measure(plain.image, "bench", seed)
-            aware = cimc.compile(model, calib=KWS / "calib.npz", defects=m)
-            options = SimulatorOptions("noisy", seed)
-            for label, image, defects in (("plain (rates)", plain.image, None), ("plain (measured)", plain.image, m),
-                                          ("defect-aware (measured)", aware.image, m)):
-                lines.append(row(label, seed, verify_image(model, image, inputs, options=options, defects=defects)))
-                print(lines[-1], file=sys.stderr, flush=True)
+    for seed in range(6):
+        m = measure(plain.image, "bench", seed)
+        aware = cimc.compile(model, calib=KWS / "calib.npz", defects=m)
+        options = SimulatorOptions("noisy", seed)
+        for label, image, defects in (("plain (rates)", plain.image, None), ("plain (measured)", plain.image, m),
+                                      ("defect-aware (measured)", aware.image, m)):
+            lines.append(row(label, seed, verify_image(model, image, inputs, options=options, defects=defects)))
+            print(lines[-1], file=sys.stderr, flush=True)
     print("\n".join(lines))
     return 0
 

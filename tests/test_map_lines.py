@@ -9,7 +9,6 @@ image's, bit for bit) and that on the faulty chip the mapping helps.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from itertools import permutations
 from pathlib import Path
 
@@ -108,7 +107,6 @@ def test_spares_replace_a_bad_word_line_and_a_bad_pair() -> None:
     off under large positive weights, go to the spare word line and the spare pair."""
     hw = _small_hw(spare_rows=1, spare_cols=2)
     units = [LineUnit([], np.full((4, 3), 60.0), 0, 0)]
-    hw = replace(hw, array=replace(hw.array, cols=6))
     stuck = np.zeros((5, 8), np.int8)
     stuck[2, :6] = -1  # word line 2: every device of the tile stuck off
     stuck[:4, 2] = -1  # pair 1 (bit lines 2, 3): G+ stuck off on every row
