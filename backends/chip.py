@@ -44,9 +44,17 @@ def stuck_positions(hw: Hardware, seed: int, array: int) -> np.ndarray:
     """Per device position of one array of chip ``seed``: +1 stuck at G_max, -1 stuck at G_min, 0 healthy.
 
     A function of (seed, array, position) and the rates only: the image plays no part.
+    The array is the physical one, spare lines included. Its rows x cols draws come
+    first, from the array's stream, exactly as on hardware without spares; the
+    spare lines' devices come from a stream of their own ([seed, STUCK, array, 1]),
+    so declaring spares moves no fault of the main lines.
     """
-    n = hw.nonideality
-    u = stream(seed, STUCK, array).random((hw.array.rows, hw.array.cols))
+    n, a = hw.nonideality, hw.array
+    u = stream(seed, STUCK, array).random((a.rows, a.cols))
+    if a.physical_rows > a.rows or a.physical_cols > a.cols:
+        spare = np.random.default_rng([seed, STUCK, array, 1]).random((a.physical_rows, a.physical_cols))
+        spare[:a.rows, :a.cols] = u
+        u = spare
     on = u < n.stuck_on_rate
     off = ~on & (u < n.stuck_on_rate + n.stuck_off_rate)
     return on.astype(np.int8) - off.astype(np.int8)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from cimc.backends.chip import PROGRAM, Chip, level_conductance, stuck_positions
-from cimc.backends.write_verify import TESTER_READ, program_stream, write_verify
+from cimc.backends.write_verify import TESTER_READ, position_normals, write_verify
 from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware
 from cimc.image import Image, load_image
@@ -58,12 +58,12 @@ def test_pattern_stuck(image: Image, seed: int) -> dict[int, np.ndarray]:
     d = hw.device
     middle = d.g_min_us + (d.levels // 2) * (d.g_max_us - d.g_min_us) / (d.levels - 1)
     found: dict[int, np.ndarray] = {}
+    shape = (hw.array.physical_rows, hw.array.physical_cols)  # spare lines included, used or not
     for k in sorted(image.arrays):
-        shape = image.device_levels(k).shape
         target = np.full(shape, middle)
-        truth = stuck_positions(hw, seed, k)[:shape[0], :shape[1]]
+        truth = stuck_positions(hw, seed, k)
         programmed = write_verify(hw, target, truth, seed, k, TEST_PATTERN_PROGRAMMING, PROGRAM)
-        noise = program_stream(seed, TESTER_READ, k, TEST_PATTERN_PROGRAMMING).standard_normal(shape)
+        noise = position_normals(hw, seed, TESTER_READ, k, TEST_PATTERN_PROGRAMMING, shape)
         found[k] = infer_stuck(hw, target, programmed.g_us * (1.0 + hw.nonideality.read_noise_rel * noise),
                                ~programmed.verified)
     return found
@@ -77,11 +77,17 @@ def measure(image: Image, image_sha256: str, seed: int, programming: int = 0) ->
     tested = test_pattern_stuck(image, seed)
     g_us: dict[int, np.ndarray] = {}
     stuck: dict[int, np.ndarray] = {}
-    for k, g in chip.devices.items():
-        noise = program_stream(seed, TESTER_READ, k, programming).standard_normal(g.shape)
-        read = g * (1.0 + hw.nonideality.read_noise_rel * noise)
+    shape = (hw.array.physical_rows, hw.array.physical_cols)
+    for k, programmed in chip.devices.items():
+        # An image that leaves the spare lines unused stores rows x cols: the rest reads as unformed (0 uS).
+        g, target, unverified = np.zeros(shape), np.zeros(shape), np.zeros(shape, bool)
+        rows, cols = programmed.shape
+        g[:rows, :cols] = programmed
+        target[:rows, :cols] = level_conductance(hw, image.device_levels(k))
+        unverified[:rows, :cols] = chip.unverified[k]
+        read = g * (1.0 + hw.nonideality.read_noise_rel * position_normals(hw, seed, TESTER_READ, k, programming, shape))
         g_us[k] = read
-        seen = infer_stuck(hw, level_conductance(hw, image.device_levels(k)), read, chip.unverified[k])
+        seen = infer_stuck(hw, target, read, unverified)
         stuck[k] = np.where(seen != 0, seen, tested[k]).astype(np.int8)
     return ChipMeasurement(seed, image.manifest["provenance"]["hardware_sha256"], image_sha256, g_us, stuck)
 

@@ -38,6 +38,25 @@ def program_stream(seed: int, kind: int, array: int, programming: int) -> np.ran
     return np.random.default_rng([seed, kind, array, programming])
 
 
+def position_normals(hw: Hardware, seed: int, kind: int, array: int, programming: int, shape: tuple[int, int],
+                     draws: int | None = None) -> np.ndarray:
+    """Standard normals per device position of an array of ``shape`` (``draws`` of them per device if given).
+
+    The rows x cols devices draw from the programming's stream exactly as on
+    hardware without spare lines; the spare lines' devices from a stream of
+    their own, so that declaring spares changes no draw of the main lines.
+    """
+    a = hw.array
+    lead = () if draws is None else (draws,)
+    main = program_stream(seed, kind, array, programming).standard_normal((*lead, a.rows, a.cols))
+    if shape[0] <= a.rows and shape[1] <= a.cols:
+        return main[..., :shape[0], :shape[1]]
+    full = (max(shape[0], a.rows), max(shape[1], a.cols))
+    out = np.random.default_rng([seed, kind, array, programming, 1]).standard_normal((*lead, *full))
+    out[..., :a.rows, :a.cols] = main
+    return out[..., :shape[0], :shape[1]]
+
+
 @dataclass(frozen=True)
 class Programmed:
     """The outcome of write-verify on one array: what each device holds and whether its verify succeeded."""
@@ -53,8 +72,8 @@ def write_verify(hw: Hardware, target_us: np.ndarray, stuck: np.ndarray, seed: i
     n, d = hw.nonideality, hw.device
     used = target_us > 0
     shape = target_us.shape
-    pulses = program_stream(seed, program_kind, array, programming).standard_normal((n.verify_iterations, *shape))
-    reads = program_stream(seed, VERIFY_READ, array, programming).standard_normal((n.verify_iterations, *shape))
+    pulses = position_normals(hw, seed, program_kind, array, programming, shape, n.verify_iterations)
+    reads = position_normals(hw, seed, VERIFY_READ, array, programming, shape, n.verify_iterations)
     rail = np.where(stuck > 0, d.g_max_us, d.g_min_us)
     g = np.zeros(shape)
     done = ~used

@@ -337,6 +337,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from cimc.backends.simulator import SimulatorOptions
     from cimc.feeds import check_feeds
     from cimc.npz import write_atomic
+    from cimc.labels import parse_label_spec, split_labels
     from cimc.verification import verify_image
 
     plan = PathPlan()
@@ -344,12 +345,25 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     plan.read("image", args.image)
     if args.inputs:
         plan.read("inputs", args.inputs)
+    if args.defects:
+        plan.read("--defects measurement", args.defects)
     if args.json:
         plan.write("--json report", args.json)
+    if args.labels and not args.inputs:
+        raise CimcError("--labels reads the labels from the inputs file: give --inputs IN.npz")
     image = _load_for_fidelity(args.image, args.fidelity)
-    inputs = check_feeds(image, _load_inputs(args.inputs), args.inputs) if args.inputs else None
+    labels = None
+    raw = _load_inputs(args.inputs) if args.inputs else None
+    if args.labels:
+        try:
+            key, output = parse_label_spec(args.labels)
+        except ValueError as e:
+            raise CimcError(f"--labels: {e}") from None
+        raw, values = split_labels(raw, key, args.inputs)
+        labels = (values, output)
+    inputs = check_feeds(image, raw, args.inputs) if raw is not None else None
     report = verify_image(args.model, image, inputs, args.samples,
-                          SimulatorOptions(args.fidelity, args.seed, args.drift_time))
+                          SimulatorOptions(args.fidelity, args.seed, args.drift_time), _load_defects(args.defects), labels)
     sys.stdout.write(report.table())
     if args.json:
         write_atomic(args.json, report.to_json())
@@ -487,6 +501,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--samples", type=_integer(1), default=8, metavar="N",
                        help="random inputs: batch N (>= 1) inside the calibrated ranges")
     ver.add_argument("--json", metavar="REPORT.json", help="also write the report as JSON")
+    ver.add_argument("--labels", metavar="KEY[:OUTPUT]",
+                     help="score the outputs against the integer labels KEY of the inputs file (accuracy, bits per "
+                          "label); OUTPUT names the output when several fit")
+    ver.add_argument("--defects", metavar="MEASURED.npz",
+                     help="noisy: the measurement of the chip verified ('cimc chip' of the image the defect-aware one "
+                          "was compiled from, same --seed): the bound then knows its stuck devices")
     simulation_options(ver)
     ver.set_defaults(run=_cmd_verify)
 

@@ -63,10 +63,27 @@ Sources of error (each can be switched off, which gives the breakdown
   its calibration devices are re-tuned to undrifted targets, so an NL-ADC's
   input gets |(t/t0)^-nu - 1| |z| too.
 
-Stuck-at devices are not an RMS term: one stuck device moves one weight by
-up to the whole range. They are counted (how many hit used weights, and the
-largest weight change) and reported next to the bound, which does not cover
-them.
+- ``faults`` (``noisy`` only, :class:`FaultModel`): stuck devices are not an
+  RMS term (one moves its pair by up to the whole range), so they enter as a
+  count with a confidence. A device position is stuck with probability
+  p = stuck_on_rate + stuck_off_rate, independently (backends/chip.py), so the
+  stuck devices among the n used devices of one weight column (both lines of
+  its pairs) are Binomial(n, p); k is the least count with
+  C * P(Binomial(n, p) > k) <= 1e-3 over the C columns and ramp columns of the
+  image (union bound). With probability >= 1 - 1e-3 no column holds more than
+  k stuck devices, and then column j is off by at most the sum of its k
+  largest (|x_i / r_i| + m_i) b_d / g_scale_j, b_d = max(G_max - g_d, g_d -
+  G_min) the most device d's pair can move (its level to the far rail). A
+  ramp's thresholds move by at most twice the sum of its k largest b_d over
+  (gain g_per_z) (a stuck step shifts the thresholds above it, and the
+  re-tuned calibration devices can follow the median shift). With the chip's
+  measurement (``cimc verify --defects``: what map-defects repaired), the
+  devices the tester saw stuck are known: each contributes exactly its rail
+  minus its programmed level, and every other device is stuck only if the
+  tester missed it, with probability p * q_miss, q_miss the chance that a
+  stuck device's march-test read falls outside the tester's rail window
+  (tolerance + 4 read sigmas: erfc of that over sigma_r G / sqrt 2 at the
+  rail), which makes k 0 on every column at the defaults.
 
 Every op of the program has a rule: structural ops (Gather, Slice, Concat,
 Transpose, Reshape, Where...) move the bounds as they move the values;
@@ -87,8 +104,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from scipy.stats import binom
+
 from cimc.backends.simulator import Simulator, SimulatorOptions, adc_quantize, dac_quantize
+from cimc.backends.tester import RAIL_MARGIN_SIGMAS
 from cimc.cim_kernels import apply_activation, driven_input, mvm_input, row_scales
+from cimc.defects import ChipMeasurement
+from cimc.hardware import Hardware
 from cimc.image import Image, tile_devices, tile_levels, tile_weights
 from cimc.interpreter import Arrays, Interpreter
 from cimc.ir import Operation
@@ -112,9 +134,11 @@ class Sources:
     gain: float = 0.0  # |k - 1| of the linear ADC's gain (drift and read voltage)
     saturate: bool = True  # converters clip to their ranges (not at exact fidelity, whose conversions are the identity)
     ramp_gain: float = 0.0  # |k - 1| of drift left on an NL-ADC: its calibration devices are re-tuned to undrifted targets
+    faults: FaultModel | None = None  # stuck devices at a confidence (noisy only)
 
     @staticmethod
-    def for_fidelity(fidelity: str, image: Image, sigmas: float = 3.0, drift_time_s: float | None = None) -> Sources:
+    def for_fidelity(fidelity: str, image: Image, sigmas: float = 3.0, drift_time_s: float | None = None,
+                     defects: ChipMeasurement | None = None) -> Sources:
         if fidelity == "exact":
             return Sources(dac=False, weights=False, adc=False, nl_adc=False, saturate=False)
         if fidelity == "ideal":
@@ -122,7 +146,67 @@ class Sources:
         n = image.hardware.nonideality
         drift = (max(drift_time_s, n.drift_t0_s) / n.drift_t0_s) ** (-n.drift_nu) if drift_time_s is not None else 1.0
         gain = max(abs(drift * (1 + sigmas * n.vread_rel_std) - 1), abs(drift * (1 - sigmas * n.vread_rel_std) - 1))
-        return Sources(sigmas=sigmas, gain=gain, ramp_gain=abs(drift - 1))
+        return Sources(sigmas=sigmas, gain=gain, ramp_gain=abs(drift - 1), faults=FaultModel.of(image, defects))
+
+
+FAULT_FALSE_ALARM = 1e-3  # P(some column holds more stuck devices than the bound counts), union bound over columns
+
+
+@dataclass(frozen=True)
+class FaultModel:
+    """What the bound assumes of a chip's stuck devices (see the module docstring, ``faults``)."""
+
+    rate: float  # probability that a device the bound does not know about is stuck
+    columns: int  # C: weight columns and ramp columns of the image (the union bound's count)
+    measurement: ChipMeasurement | None = None  # the tester's view of this chip: its stuck devices are known
+
+    @staticmethod
+    def of(image: Image, measurement: ChipMeasurement | None) -> FaultModel | None:
+        hw = image.hardware
+        n = hw.nonideality
+        p = n.stuck_on_rate + n.stuck_off_rate
+        if p == 0:
+            return None
+        placed: dict[tuple[int, int, int], int] = {}  # tiles sharing devices count once
+        for op in image.program().walk():
+            if op.name == "cim.tile_mvm":
+                k, rows, pos, _ = tile_devices(op)
+                placed[(k, int(rows[0]) if rows.size else 0, int(pos[0]) if pos.size else 0)] = pos.size
+        columns = sum(placed.values()) + len(image.manifest["ramps"])
+        if measurement is not None:
+            p *= _miss_probability(hw)
+        return FaultModel(p, max(columns, 1), measurement)
+
+    def count(self, devices: int) -> int:
+        """k: the most stuck devices among ``devices`` at the model's confidence (binomial, union over columns)."""
+        if devices == 0 or self.rate == 0:
+            return 0
+        k = int(binom.isf(FAULT_FALSE_ALARM / self.columns, devices, self.rate))
+        while k < devices and self.columns * binom.sf(k, devices, self.rate) > FAULT_FALSE_ALARM:
+            k += 1
+        while k > 0 and self.columns * binom.sf(k - 1, devices, self.rate) <= FAULT_FALSE_ALARM:
+            k -= 1
+        return k
+
+    def known(self, array: int) -> np.ndarray | None:
+        """The measured stuck marks (+1/-1/0) of one array, or None without a measurement of it."""
+        if self.measurement is None:
+            return None
+        return self.measurement.stuck.get(array)
+
+
+def _miss_probability(hw: Hardware) -> float:
+    """q_miss: the chance that the tester's march test (every device at the middle level) reports a stuck device
+    healthy, i.e. reads it outside its rail window (verify tolerance + RAIL_MARGIN_SIGMAS read sigmas of the rail;
+    backends/tester.py), the larger of the two rails. Read noise is sigma_r G, so at rail G the read leaves the
+    window with probability erfc(window / (sigma_r G sqrt 2))."""
+    d, n = hw.device, hw.nonideality
+    worst = 0.0
+    for rail in (d.g_max_us, d.g_min_us):
+        sigma = n.read_noise_rel * rail
+        if sigma > 0:  # without read noise a stuck device reads exactly its rail, inside the window
+            worst = max(worst, math.erfc((n.verify_tolerance_us + RAIL_MARGIN_SIGMAS * sigma) / (sigma * math.sqrt(2))))
+    return worst
 
 
 def _abs(b: Bound, like: np.ndarray) -> np.ndarray:
@@ -144,6 +228,8 @@ class _BoundRun:
         self.ideal = Simulator(image, SimulatorOptions("ideal"))
         self.bounds: dict[int, Bound] = {}
         self._tiles: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._fault_tiles: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._fault_ramps: dict[int, float] = {}
         self._loop_bounds: dict[int, list[Bound]] = {}
         self.interpreter = Interpreter(self.exact.program, overrides=self.exact.kernels(), check_types=False)
         self._base = dict(self.interpreter.kernels)
@@ -245,6 +331,62 @@ class _BoundRun:
             self._tiles[key] = (exact, level - exact, variance)
         return self._tiles[key]
 
+    def _tile_faults(self, op: Operation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(b [rows, width, 2]: the most each device not known to be stuck moves its pair, in weight units;
+        k [width]: how many of them the bound counts per column; |dW| of the devices known to be stuck)."""
+        key = int(op.attributes["image.tile"])  # type: ignore[arg-type]
+        if key not in self._fault_tiles:
+            faults, d = self.sources.faults, self.hw.device
+            assert faults is not None
+            scale = op.attributes["g_scale"].array  # type: ignore[union-attr]
+            g = np.stack(self.ideal.tile_conductances(op), axis=-1)  # [rows, width, 2]: G+, G- at their levels
+            used = g > 0
+            reach = np.where(used, np.maximum(d.g_max_us - g, g - d.g_min_us), 0.0)
+            k, rows, pos, neg = tile_devices(op)
+            marks = faults.known(k)
+            known = np.zeros(g.shape, np.int8) if marks is None else \
+                np.stack([marks[np.ix_(rows, pos)], marks[np.ix_(rows, neg)]], axis=-1) * used
+            rail = np.where(known > 0, d.g_max_us, d.g_min_us)
+            moved = np.where(known != 0, rail - g, 0.0)
+            known_dw = np.abs(moved[..., 0] - moved[..., 1]) / scale
+            reach = np.where(known != 0, 0.0, reach) / scale[None, :, None]
+            counts = np.array([faults.count(int(n)) for n in ((used & (known == 0)).sum(axis=(0, 2)))], np.int64)
+            self._fault_tiles[key] = (reach, counts, known_dw)
+        return self._fault_tiles[key]
+
+    def _fault_term(self, op: Operation, driven: np.ndarray) -> np.ndarray:
+        """Column j off by at most the sum of its k_j largest driven |input| x reach, plus the known stuck devices."""
+        reach, counts, known_dw = self._tile_faults(op)
+        out = driven @ known_dw
+        top = int(counts.max(initial=0))
+        if top:
+            rows, width, _ = reach.shape
+            lead = driven.shape[:-1]
+            v = np.moveaxis(driven[..., :, None, None] * reach, -3, -1).reshape(*lead, width, 2 * rows)  # [..., col, device]
+            if top < v.shape[-1]:
+                v = -np.partition(-v, top - 1, axis=-1)[..., :top]
+            largest = -np.sort(-v, axis=-1)
+            sums = np.concatenate([np.zeros((*largest.shape[:-1], 1)), np.cumsum(largest, axis=-1)], axis=-1)
+            out = out + np.take_along_axis(sums, np.broadcast_to(counts, sums.shape[:-1])[..., None], axis=-1)[..., 0]
+        return out
+
+    def _ramp_faults(self, ramp_id: int) -> float:
+        """How far (in z) the stuck devices of a ramp column can move its thresholds: twice (steps, then the
+        re-tuned calibration following the median) the k largest reaches plus the known stuck devices' moves."""
+        if ramp_id not in self._fault_ramps:
+            faults, d = self.sources.faults, self.hw.device
+            assert faults is not None
+            ramp = self.ideal.ramps[ramp_id]
+            g = self.ideal.devices[ramp["array"]][:, ramp["bit_line"]]
+            used = g > 0
+            marks = faults.known(ramp["array"])
+            known = np.zeros(g.shape, np.int8) if marks is None else marks[:g.size, ramp["bit_line"]] * used
+            moved = float(np.abs(np.where(known > 0, d.g_max_us, d.g_min_us) - g)[known != 0].sum())
+            reach = np.sort(np.maximum(d.g_max_us - g, g - d.g_min_us)[used & (known == 0)])[::-1]
+            k = faults.count(int(reach.size))
+            self._fault_ramps[ramp_id] = 2 * (float(reach[:k].sum()) + moved) / (ramp.get("gain", 1.0) * ramp["g_per_z"])
+        return self._fault_ramps[ramp_id]
+
     def _tile(self, op: Operation, args: Arrays, ins: list[Bound]) -> np.ndarray:
         r0, r1 = op.attributes["rows"]  # type: ignore[misc]
         d = driven_input(op, mvm_input(op, args)[..., r0:r1]).astype(np.float64)
@@ -267,6 +409,8 @@ class _BoundRun:
         if self.sources.sigmas:
             out = out + self.sources.sigmas * np.sqrt(((np.abs(d) + m) ** 2) @ variance)
             self.draws += out.size
+        if self.sources.faults is not None:
+            out = out + self._fault_term(op, np.abs(d) + m)
         return out
 
     def _adc(self, op: Operation, z: np.ndarray, e: Bound) -> np.ndarray:
@@ -291,6 +435,8 @@ class _BoundRun:
             if ramp_id not in self._ramps_drawn:  # a ramp's devices are programmed once per chip
                 self._ramps_drawn.add(ramp_id)
                 self.draws += len(ramp["step_devices"])
+        if self.sources.faults is not None:
+            e = e + self._ramp_faults(ramp_id)
         e = e + self.sources.ramp_gain * (np.abs(z) + e)
         if not self.sources.nl_adc:  # the ideal f, still saturating at the ends of the ramp's range
             fn, points = _function_of(op, [])
@@ -467,6 +613,9 @@ def breakdown(image: Image, inputs: Mapping[str, np.ndarray], sources: Sources,
             parts.append((label, bound(image, inputs, replace(alone, **{flag: True}))))
     if sources.sigmas:
         parts.append((f"device noise at {sources.sigmas:g} sigma", bound(image, inputs, replace(alone, sigmas=sources.sigmas))))
+    if sources.faults is not None:
+        parts.append(("stuck devices" + (" (measured chip)" if sources.faults.measurement is not None else ""),
+                      bound(image, inputs, replace(alone, faults=sources.faults))))
     if sources.gain or sources.ramp_gain:
         parts.append((f"gain |k - 1| = {sources.gain:.3g} (linear ADC), {sources.ramp_gain:.3g} (NL-ADC)",
                       bound(image, inputs, replace(alone, gain=sources.gain, ramp_gain=sources.ramp_gain))))
@@ -477,8 +626,8 @@ def breakdown(image: Image, inputs: Mapping[str, np.ndarray], sources: Sources,
 def stuck_summary(simulator: Simulator) -> str:
     """How many stuck devices hit used weight and ramp devices, and the largest weight change they cause.
 
-    A stuck device is a rare, large error (a weight off by up to its column's
-    whole range), not an RMS term; the bound does not cover it.
+    What the chip holds, next to what the bound assumes (``faults``: a count
+    per column at a confidence, or the measured devices).
     """
     if not simulator.stuck:
         return "no stuck devices (not noisy)"
@@ -504,4 +653,4 @@ def stuck_summary(simulator: Simulator) -> str:
         ramp_stuck += int((simulator.stuck[ramp["array"]][:, ramp["bit_line"]] != 0).sum())
     return (f"{weight_on + weight_off} stuck devices on used weight devices ({weight_on} at G_max, {weight_off} at G_min), "
             f"the worst moving its weight by {worst:.0%} of its column's largest |w|; {ramp_stuck} on ramp columns "
-            f"(absorbed only as far as the calibration devices reach). The bound leaves them out.")
+            f"(absorbed only as far as the calibration devices reach)")

@@ -21,6 +21,7 @@ from cimc.diagnostics import CimcError
 
 AUTO = "auto"
 WRITE_VERIFY_KEYS = ("verify_iterations", "verify_tolerance_us")
+SPARE_KEYS = ("spare_rows", "spare_cols", "spare_ramp_cols")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,19 @@ class ArrayConfig:
     rows: int
     cols: int
     count: int | str  # a fixed number of arrays, or "auto": as many as the mapping needs
+    spare_rows: int = 0  # word lines beyond ``rows``, used only by a defect-aware mapping
+    spare_cols: int = 0  # bit lines beyond ``cols`` (whole G+/G- pairs), used only by a defect-aware mapping
+    spare_ramp_cols: int = 0  # bit lines beyond those, where a defect-aware mapping may move a ramp column
+
+    @property
+    def physical_rows(self) -> int:
+        """Word lines an array physically has: its rows, then the spare ones."""
+        return self.rows + self.spare_rows
+
+    @property
+    def physical_cols(self) -> int:
+        """Bit lines an array physically has: its columns, the spare weight pairs, then the spare ramp columns."""
+        return self.cols + self.spare_cols + self.spare_ramp_cols
 
     @property
     def limit(self) -> int | None:
@@ -224,6 +238,9 @@ def hardware_from_dict(data: dict[str, dict[str, Any]], origin: str = "hardware 
             # Cost figures do not describe the mapping: an image built before a figure existed still
             # loads, and is costed with the shipped default for it.
             values = {**_default_dict()["cost"], **values}
+        elif name == "array":
+            # The spare lines came later: an image built before them has none (its arrays are rows x cols).
+            values = {**{k: 0 for k in SPARE_KEYS}, **values}
         elif name == "nonideality":
             # The write-verify keys came later: an image built before them is programmed with the shipped defaults.
             defaults = _default_dict()["nonideality"]
@@ -281,6 +298,13 @@ def _validate(hw: Hardware, origin: str) -> None:
     if a.rows * a.cols > MAX_ARRAY_DEVICES or (a.limit is not None and a.limit > MAX_ARRAYS):
         problems.append(f"arrays of at most {MAX_ARRAY_DEVICES} devices and at most {MAX_ARRAYS} of them are supported "
                         f"(got {a.rows} x {a.cols}, count {a.count})")
+    if any(not isinstance(getattr(a, k), int) or isinstance(getattr(a, k), bool) or getattr(a, k) < 0 for k in SPARE_KEYS):
+        problems.append(f"spare_rows, spare_cols and spare_ramp_cols must be counts >= 0 (got {a.spare_rows}, "
+                        f"{a.spare_cols}, {a.spare_ramp_cols})")
+    elif a.spare_cols % 2:
+        problems.append(f"spare_cols counts bit lines of whole G+/G- pairs, so it must be even (got {a.spare_cols})")
+    elif a.physical_rows * a.physical_cols > MAX_ARRAY_DEVICES:
+        problems.append(f"arrays of at most {MAX_ARRAY_DEVICES} devices, spares included, are supported")
     if not 0 <= d.g_min_us < d.g_max_us:
         problems.append(f"need 0 <= g_min_us < g_max_us (got g_min_us = {d.g_min_us}, g_max_us = {d.g_max_us})")
     if not 2 <= d.levels <= MAX_LEVELS:

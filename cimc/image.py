@@ -53,6 +53,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from cimc.collector import collector_paused
+from cimc.dialects.cim import check_tile_lines
 from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware, hardware_from_dict
 from cimc.image_check import check_manifest, check_tensor_table
@@ -389,18 +390,20 @@ def _from_entries(manifest: dict[str, Any], tensors: dict[str, np.ndarray], prog
         raise ProgramError(f"program.json is not JSON: {e}") from None
     program = StepProgram(document, program_tensors)
     validate_program(program, manifest)
-    _check_reference_shapes(program, reference)
+    _check_reference_shapes(program, reference, arrays)
     return Image(manifest, arrays, program, reference)
 
 
-def _check_reference_shapes(program: StepProgram, reference: dict[int, np.ndarray]) -> None:
-    """Reference weights of a tile's shape; a tile's column_pairs a permutation of its columns."""
+def _check_reference_shapes(program: StepProgram, reference: dict[int, np.ndarray], arrays: dict[int, np.ndarray]) -> None:
+    """Reference weights of a tile's shape; a tile's word lines and bit-line pairs distinct and inside its array."""
     for op in program.ops():
         attrs = op.get("attrs", {})
-        if op["op"] == "read" and "column_pairs" in attrs:
-            width = attrs["cols"][1] - attrs["cols"][0]
-            if sorted(attrs["column_pairs"]) != list(range(width)):
-                raise ProgramError(f"tile {attrs['tile']}: column_pairs must be a permutation of 0..{width - 1}")
+        if op["op"] == "read" and ("column_pairs" in attrs or "word_lines" in attrs):
+            lines = dict(attrs, array_row=attrs.get("word_line", 0), array_col=attrs.get("bit_line", 0))
+            shape = arrays[attrs["array"]].shape if attrs.get("array") in arrays else None
+            problem = check_tile_lines(lines, attrs["rows"][1] - attrs["rows"][0], attrs["cols"][1] - attrs["cols"][0], shape)
+            if problem:
+                raise ProgramError(f"tile {attrs['tile']}: {problem}")
         if op["op"] == "read" and "reference" in attrs:
             (r0, r1), (c0, c1) = attrs["rows"], attrs["cols"]
             weights = reference[attrs["reference"]]
@@ -409,21 +412,25 @@ def _check_reference_shapes(program: StepProgram, reference: dict[int, np.ndarra
                                    f"tile {attrs['tile']} reads {r1 - r0} x {c1 - c0} float weights")
 
 
-def tile_devices(tile: Operation) -> tuple[int, slice, np.ndarray, np.ndarray]:
-    """(array, word lines, G+ bit lines, G- bit lines) of a program tile's weight columns, in column order.
+def tile_devices(tile: Operation) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """(array, word lines, G+ bit lines, G- bit lines) of a tile's rows and weight columns, in their logical order.
 
-    Weight column j sits on the bit-line pair q_j of the tile (G+ on bit line
-    array_col + 2 q_j, G- on the next): q_j is the tile's ``column_pairs[j]``
-    (map-defects permutes columns onto healthy pairs), j itself when absent.
-    The one accessor for every reader of a tile's devices (image, simulator,
-    error bound).
+    Row i of the tile is driven on word line ``word_lines[i]`` (array_row + i
+    when absent) and weight column j sits on the bit-line pair q_j of the tile
+    (G+ on bit line array_col + 2 q_j, G- on the next), q_j = ``column_pairs[j]``
+    (j when absent). map-defects sets both, to move rows and columns onto
+    healthy lines, spare ones included (docs/faults.md). The one accessor for
+    every reader of a tile's devices (image, simulator, error bound): a reader
+    that gathers G[word_lines][:, bit lines] feeds input i to the word line
+    that holds row i.
     """
     k, r, c = (int(tile.attributes[n]) for n in ("array", "array_row", "array_col"))  # type: ignore[arg-type]
     r0, r1 = tile.attributes["rows"]  # type: ignore[misc]
     c0, c1 = tile.attributes["cols"]  # type: ignore[misc]
-    pairs = tile.attributes.get("column_pairs")
+    pairs, lines = tile.attributes.get("column_pairs"), tile.attributes.get("word_lines")
     q = np.arange(int(c1) - int(c0)) if pairs is None else np.asarray(pairs, np.int64)  # type: ignore[arg-type]
-    return k, slice(r, r + int(r1) - int(r0)), c + 2 * q, c + 2 * q + 1
+    rows = r + np.arange(int(r1) - int(r0)) if lines is None else np.asarray(lines, np.int64)  # type: ignore[arg-type]
+    return k, rows, c + 2 * q, c + 2 * q + 1
 
 
 def tile_levels(image: Image, tile: Operation) -> tuple[np.ndarray, np.ndarray]:
@@ -431,6 +438,7 @@ def tile_levels(image: Image, tile: Operation) -> tuple[np.ndarray, np.ndarray]:
     k, rows, pos, neg = tile_devices(tile)
     level = image.device_levels(k)[rows]
     return level[:, pos], level[:, neg]
+
 
 
 def tile_weights(image: Image, tile: Operation) -> np.ndarray:

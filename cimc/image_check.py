@@ -80,9 +80,10 @@ def check_manifest(manifest: dict[str, Any], path: Path) -> None:
         if index < 0 or index in indices or (hw.array.limit is not None and index >= hw.array.limit):
             raise _fail(path, f"{where}.index {index} is negative, repeated or beyond the chip's {hw.array.count} arrays")
         indices.add(index)
-        if (info.get("rows"), info.get("cols")) != (hw.array.rows, hw.array.cols):
+        a = hw.array
+        if (info.get("rows"), info.get("cols")) not in ((a.rows, a.cols), (a.physical_rows, a.physical_cols)):
             raise _fail(path, f"{where} is {info.get('rows')!r} x {info.get('cols')!r}, the hardware's arrays are "
-                              f"{hw.array.rows} x {hw.array.cols}")
+                              f"{a.rows} x {a.cols} ({a.physical_rows} x {a.physical_cols} with their spare lines)")
         for j, region in enumerate(_require(path, info.get("regions"), "list", f"{where}.regions")):
             _check_region(path, region, f"{where}.regions[{j}]")
         _require(path, info.get("devices_used"), "int", f"{where}.devices_used")
@@ -95,17 +96,17 @@ def check_manifest(manifest: dict[str, Any], path: Path) -> None:
             raise _fail(path, f"{where} is on array {ramp.get('array')!r}, which the image does not hold")
         bit_line = _require(path, ramp.get("bit_line"), "int", f"{where}.bit_line")
         bits = _require(path, ramp.get("bits"), "int", f"{where}.bits")
-        if not 0 <= bit_line < hw.array.cols or not 1 <= bits <= 16:
+        if not 0 <= bit_line < hw.array.physical_cols or not 1 <= bits <= 16:
             raise _fail(path, f"{where} has bit line {bit_line} and {bits} bits")
         for key in ("z_lo", "z_hi", "g_per_z", "gain", "inl_lsb"):
             _require(path, ramp.get(key), "number", f"{where}.{key}")
         _require(path, ramp.get("function"), "str", f"{where}.function")
         steps = _require(path, ramp.get("step_devices"), "ints", f"{where}.step_devices")
         cal = _require(path, ramp.get("calibration_rows"), "ints", f"{where}.calibration_rows")
-        if len(cal) != 2 or not 0 <= cal[0] <= cal[1] <= hw.array.rows or any(n < 0 for n in steps) \
-                or sum(steps) > hw.array.rows:
+        if len(cal) != 2 or not 0 <= cal[0] <= cal[1] <= hw.array.physical_rows or any(n < 0 for n in steps) \
+                or sum(steps) > hw.array.physical_rows:
             raise _fail(path, f"{where} has calibration rows {cal!r:.40} and step devices {steps!r:.40}, which do not "
-                              f"fit a column of {hw.array.rows} rows")
+                              f"fit a column of {hw.array.physical_rows} rows")
         if ramp.get("offset_sign") not in (1, -1) or isinstance(ramp.get("offset_sign"), bool):
             raise _fail(path, f"{where}.offset_sign must be 1 or -1, got {ramp.get('offset_sign')!r:.40}")
         for key in ("alpha", "beta", "clip"):

@@ -82,7 +82,7 @@ ANALOG_OPS: dict[str, OpSpec] = {
     "read": OpSpec("cim.tile_mvm", "one read of one array: the inputs side by side (then bias_rows ones), rows "
                    "[rows[0], rows[1]) of them driven by the DAC as x / row_scale over the full scale "
                    "dac_full_scale, on word lines from word_line; the current of each weight column j (G+ on bit line "
-                   "bit_line + 2q, G- on bit_line + 2q + 1, q = column_pairs[j], j when absent) divided by column_scale[j] is the partial sum of block "
+                   "bit_line + 2q, G- on bit_line + 2q + 1, q = column_pairs[j], j when absent; row i on word line word_lines[i], word_line + i when absent) divided by column_scale[j] is the partial sum of block "
                    "columns [cols[0], cols[1]); z_lo/z_hi are each column's conversion range",
                    operands=(1, None),
                    attrs={"tile": _a("int", True, "image.tile"), "array": _a("int", True),
@@ -91,7 +91,7 @@ ANALOG_OPS: dict[str, OpSpec] = {
                           "dac_full_scale": _a("float", ir="input_scale"), "row_scale": _a("tensor"),
                           "column_scale": _a("tensor", True, "g_scale"), "z_lo": _a("tensor"), "z_hi": _a("tensor"),
                           "block": _a("str"), "reference": _a("int", ir="image.weights"),
-                          "column_pairs": _a("ints")}),
+                          "column_pairs": _a("ints"), "word_lines": _a("ints")}),
     "analog_sum": OpSpec("cim.analog_sum", "column currents of row-split reads added on shared bit lines",
                          operands=(1, None)),
     "adc": OpSpec("cim.adc", "linear conversion of each column over the z_lo/z_hi of the read it converts, "

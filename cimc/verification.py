@@ -59,10 +59,18 @@ Pass/fail, elementwise at every fidelity:
   devices an element outside its bound has probability below 1e-3. Drift and
   the read-voltage deviation (at s sigma) enter as a gain error of linear
   ADCs (NL-ADCs are ratiometric to the read voltage; drift reaches them
-  through their re-tuned calibration). Stuck devices are not in the bound: the
-  report says how many hit used weights and how far they move them, and
-  where they move a step beyond its bound, verification fails (defect-aware
-  mapping is a separate issue).
+  through their re-tuned calibration). Stuck devices enter at a confidence
+  (``cimc.error_bound.FaultModel``): with probability >= 1 - 1e-3 no column
+  holds more than k of them (binomial in the stuck rates, union bound over
+  the image's columns), and the bound takes the k that would move it most;
+  given the chip's measurement (``--defects``, what map-defects repaired) the
+  stuck devices the tester saw are known exactly and the rest are only those
+  it missed. So an element outside its bound at ``noisy`` has probability
+  below 2e-3 (noise and faults together).
+
+With ``labels`` (``cimc verify --labels KEY[:OUTPUT]``), the simulator's and
+onnxruntime's free-running outputs are also scored against integer labels
+carried in the inputs file (``cimc.labels``: accuracy and bits per label).
 
 Discrete outputs (integer dtype, e.g. ArgMax) are compared by agreement: an
 element the bound certifies (its top value beats every other by more than
@@ -94,7 +102,9 @@ from cimc.backends.simulator import Simulator, SimulatorOptions, terminal_progre
 from cimc.diagnostics import CimcError
 from cimc.error_bound import ACTIVATION_ULPS, Sources, breakdown, output_bounds, step_bounds, stuck_summary, tail_sigmas
 from cimc.image import Image
+from cimc.defects import ChipMeasurement
 from cimc.importer import load_onnx
+from cimc.labels import label_metrics
 from cimc.limits import check_allocation
 from cimc.ir import Operation
 from cimc.onnx_steps import operand_names, per_step_against_onnxruntime, recurrent_nodes
@@ -129,6 +139,7 @@ class VerifyReport:
     exact: list[OutputReport] = field(default_factory=list)  # quantized fidelities: the exact run's outputs against onnxruntime
 
     saturation: SaturationCounts | None = None  # converters driven beyond their ranges (ideal and noisy fidelity)
+    labels: dict[str, dict[str, float | int | str]] | None = None  # "simulator"/"onnxruntime" -> cimc.labels metrics
 
     @property
     def outputs_informational(self) -> bool:
@@ -146,7 +157,7 @@ class VerifyReport:
                            "saturation": self.saturation.as_json() if self.saturation is not None else None,
                            "outputs_informational": self.outputs_informational,
                            "steps": [o.__dict__ for o in self.steps], "onnx_steps": [o.__dict__ for o in self.onnx_steps],
-                           "exact": [o.__dict__ for o in self.exact]},
+                           "exact": [o.__dict__ for o in self.exact], "labels": self.labels},
                           indent=1, sort_keys=True)
 
     def table(self) -> str:
@@ -173,6 +184,10 @@ class VerifyReport:
                 lines.append(f"  {layer['name'][:40]:<40} {layer['max_abs']:>11.4g} {layer['relative']:>9.3%}")
         if self.saturation is not None:
             lines += _saturation_table(self.saturation)
+        if self.labels is not None:
+            for who, m in self.labels.items():
+                lines.append(f"labels ({who}): output '{m['output']}' against {m['count']} labels: accuracy "
+                             f"{100 * float(m['accuracy']):.2f} %, {float(m['bits']):.4f} bits per label")
         return "\n".join(lines) + "\n"
 
 
@@ -220,6 +235,7 @@ def derivation(fidelity: str, image: Image, sources: Sources, parts: list[tuple[
                      f"linear ADC {c.adc_bits} bits per column range, NL-ADC {c.nl_adc_bits} bits against realized ramps, float32",
             "noisy": f"ideal bound + device noise at {sources.sigmas:.3g} sigma per column read (P(any of the run's Gaussian "
                      f"draws beyond it) <= 1e-3, union bound) + linear-ADC gain |k - 1| = {sources.gain:.3g} (drift, read voltage)"
+                     + _fault_text(image, sources)
             }[fidelity]
     if fidelity != "exact":
         head += "; enforced per step (teacher-forced), shares below are of the per-step output bound"
@@ -234,6 +250,27 @@ def derivation(fidelity: str, image: Image, sources: Sources, parts: list[tuple[
     if stuck:
         lines.append(f"  {stuck}")
     return "\n".join(lines)
+
+
+def _fault_text(image: Image, sources: Sources) -> str:
+    """How the noisy bound counts stuck devices (cimc.error_bound.FaultModel), for the printed derivation."""
+    f = sources.faults
+    if f is None:
+        return " (no stuck devices: the stuck rates are 0)"
+    n = image.hardware.nonideality
+    used = sorted({int(np.sum(image.device_levels(k)[:, c] >= 0)) for k in image.array_indices()
+                   for c in range(image.device_levels(k).shape[1])} - {0})
+    column = 2 * max(used) if used else 0  # a weight column's two bit lines at their fullest
+    k = f.count(column)
+    if f.measurement is not None:
+        return (f" + stuck devices of the measured chip {f.measurement.seed} (--defects): those the tester saw at their "
+                f"rails exactly, the rest only if the tester missed them (p = {f.rate:.2g} per device: stuck rate x "
+                f"P(march read outside the rail window)), at most {k} per column of {column} devices with P(more in any "
+                f"of {f.columns} columns) <= 1e-3 (binomial, union bound)")
+    return (f" + stuck devices at rates {n.stuck_on_rate:.2g} on / {n.stuck_off_rate:.2g} off: at most {k} per column of "
+            f"{column} devices with P(more in any of {f.columns} columns) <= 1e-3 (binomial, union bound), each moving its "
+            f"pair by up to its level's distance to the far rail (give the chip's measurement with --defects to use "
+            f"what map-defects repaired)")
 
 
 def _saturation_table(counts: SaturationCounts) -> list[str]:
@@ -348,13 +385,18 @@ def check_model_matches(model_path: str | Path, image: Image) -> None:
 
 
 def verify_image(model_path: str | Path, image: Image, inputs: Mapping[str, np.ndarray] | None = None,
-                 samples: int = 8, options: SimulatorOptions | None = None) -> VerifyReport:
+                 samples: int = 8, options: SimulatorOptions | None = None, defects: ChipMeasurement | None = None,
+                 labels: tuple[np.ndarray, str | None] | None = None) -> VerifyReport:
     """Run onnxruntime and the simulator on the same inputs and compare every output and every named layer.
 
     A model that is not the image's (other inputs or outputs) is refused first; see :func:`check_model_matches`.
+    ``defects``: the measurement of the chip verified (noisy; ``cimc chip``), so that the bound knows its stuck
+    devices. ``labels``: (integer labels, output or None) to score both runs' outputs with (``cimc.labels``).
     """
     check_model_matches(model_path, image)
     options = dataclasses.replace(options or SimulatorOptions(), counters=True)
+    if defects is not None:
+        check_measurement(image, defects, options)
     feeds = dict(inputs) if inputs is not None else random_inputs(image, samples, options.seed)
     simulator = Simulator(image, options)
     named: dict[str, np.ndarray] = {}
@@ -378,6 +420,11 @@ def verify_image(model_path: str | Path, image: Image, inputs: Mapping[str, np.n
     expected = _reference(Path(model_path), feeds, layer_names + step_operands)
     names = [o["name"] for o in image.manifest["model"]["outputs"]]
     print("bounding the error", file=sys.stderr)
+    label_report = None
+    if labels is not None:
+        scored = {"simulator": label_metrics(actual, labels[0], "--labels", labels[1]),
+                  "onnxruntime": label_metrics({n: expected[n] for n in names}, labels[0], "--labels", labels[1])}
+        label_report = {who: m.to_dict() for who, m in scored.items()}
     steps: list[OutputReport] = []
     exact_rows: list[OutputReport] = []
     reference_out, reference = run_trajectory(Simulator(image, SimulatorOptions("exact")), feeds)
@@ -391,7 +438,7 @@ def verify_image(model_path: str | Path, image: Image, inputs: Mapping[str, np.n
         enforced = bounds
     else:
         steps, exact_rows, sources, parts, enforced, bounds = _per_step(image, feeds, simulator, options, expected, names,
-                                                                       reference_out, reference)
+                                                                       reference_out, reference, defects)
     outputs = [compare_output(n, actual[n], expected[n], bounds[n], options.fidelity) for n in names]
     stuck = stuck_summary(simulator) if options.fidelity == "noisy" else None
     description = derivation(options.fidelity, image, sources, parts, enforced, expected, stuck)
@@ -406,12 +453,27 @@ def verify_image(model_path: str | Path, image: Image, inputs: Mapping[str, np.n
         rms = float(np.sqrt(np.mean(err ** 2))) if err.size else 0.0
         layers.append({"name": onnx_name, "max_abs": float(np.abs(err).max(initial=0.0)),
                        "relative": rms / ref_rms if ref_rms > 0 else rms})
-    return VerifyReport(options.fidelity, description, outputs, layers, steps, onnx_rows, exact_rows, saturation)
+    return VerifyReport(options.fidelity, description, outputs, layers, steps, onnx_rows, exact_rows, saturation,
+                        label_report)
+
+
+def check_measurement(image: Image, m: ChipMeasurement, options: SimulatorOptions) -> None:
+    """Refuse a measurement that is not of the chip and hardware verified (its stuck devices would be another's)."""
+    if options.fidelity != "noisy":
+        raise CimcError(f"--defects describes a chip's stuck devices; it needs --fidelity noisy, not {options.fidelity}")
+    if m.seed != options.seed:
+        raise CimcError(f"the measurement is of chip {m.seed}, but verify runs chip {options.seed} (--seed)")
+    if m.hardware_sha256 != image.manifest["provenance"]["hardware_sha256"]:
+        raise CimcError("the measurement was taken for other hardware than this image's (hardware_sha256 differs)")
+    for k in image.array_indices():
+        shape = image.device_levels(k).shape
+        if k not in m.stuck or m.stuck[k].shape[0] < shape[0] or m.stuck[k].shape[1] < shape[1]:
+            raise CimcError(f"the measurement does not cover array {k} of this image ({shape[0]} x {shape[1]} devices)")
 
 
 def _per_step(image: Image, feeds: Mapping[str, np.ndarray], simulator: Simulator, options: SimulatorOptions,
               expected: Mapping[str, np.ndarray], names: list[str], reference_out: Mapping[str, np.ndarray],
-              reference: Trajectory) -> tuple[list[OutputReport], list[OutputReport], Sources,
+              reference: Trajectory, defects: ChipMeasurement | None = None) -> tuple[list[OutputReport], list[OutputReport], Sources,
                                                                             list[tuple[str, dict[str, np.ndarray]]],
                                                                             dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Teacher-forced checks of a quantized fidelity (see ``cimc.stepwise``) and the exact reference against onnxruntime.
@@ -423,8 +485,9 @@ def _per_step(image: Image, feeds: Mapping[str, np.ndarray], simulator: Simulato
     exact_rows = [compare_output(n, reference_out[n], expected[n], exact_bounds[n], "exact") for n in names]
     sigmas = 3.0
     if options.fidelity == "noisy":
-        sigmas = tail_sigmas(step_bounds(image, feeds, Sources.for_fidelity("noisy", image, 3.0, options.drift_time_s)).draws)
-    sources = Sources.for_fidelity(options.fidelity, image, sigmas, options.drift_time_s)
+        counting = dataclasses.replace(Sources.for_fidelity("noisy", image, 3.0, options.drift_time_s), faults=None)
+        sigmas = tail_sigmas(step_bounds(image, feeds, counting).draws)
+    sources = Sources.for_fidelity(options.fidelity, image, sigmas, options.drift_time_s, defects)
     forced_out, forced = run_trajectory(simulator, feeds, reference)
     bounds = step_bounds(image, feeds, sources)
     rows = [compare_output(f"{n} (per step)", forced_out[n], reference_out[n], bounds.outputs[n], options.fidelity)

@@ -19,7 +19,8 @@ import numpy as np
 from cimc.attributes import AttrValue
 from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware
-from cimc.image import FORMAT, REFERENCE_NOTE, VERSION, Image, level_dtype, reference_entry
+from cimc.dialects.cim import check_tile_lines
+from cimc.image import FORMAT, REFERENCE_NOTE, VERSION, Image, level_dtype, reference_entry, tile_devices
 from cimc.interpreter import input_names, output_names
 from cimc.ir import Module, Operation
 from cimc.ramp import ramp_from_op
@@ -31,12 +32,14 @@ def _dims(shape: tuple) -> list[int | str | None]:
 
 
 class _Layout:
-    """The devices of every used array, in one (arrays, rows, cols) buffer filled tile by tile and ramp by ramp.
+    """The devices of every used array, in one (arrays, physical rows, physical cols) buffer filled tile by tile and
+    ramp by ramp.
 
     The arrays used are known before the first tile is laid out (the module is
     placed), so the buffer is allocated once and each array of the image is a
     view of it: the levels are written where the image keeps them, and saving
-    streams them to the file without gathering them again.
+    streams them to the file without gathering them again. The physical size
+    includes the spare lines (only map-defects puts anything on them).
     """
 
     def __init__(self, hw: Hardware, used: list[int]) -> None:
@@ -44,7 +47,7 @@ class _Layout:
         d = hw.device
         self.delta_g = (d.g_max_us - d.g_min_us) / (d.levels - 1)
         self.dtype = level_dtype(d.levels)
-        self.buffer = np.full((len(used), hw.array.rows, hw.array.cols), -1, self.dtype)
+        self.buffer = np.full((len(used), hw.array.physical_rows, hw.array.physical_cols), -1, self.dtype)
         self.slot = {k: i for i, k in enumerate(used)}
         self.regions: dict[int, list[dict[str, Any]]] = {}
 
@@ -52,7 +55,15 @@ class _Layout:
         return self.buffer[self.slot[k]]
 
     def levels(self) -> dict[int, np.ndarray]:
-        return {k: self.buffer[i] for k, i in self.slot.items()}
+        """Each array's levels: its rows x cols when its spare lines hold nothing (a plain compile's image is what
+        it was before spares existed), its physical size when a spare line is used (docs/image-format.md)."""
+        a = self.hw.array
+        out = {}
+        for k, i in self.slot.items():
+            lv = self.buffer[i]
+            spares_idle = (lv[a.rows:] == -1).all() and (lv[:a.rows, a.cols:] == -1).all()
+            out[k] = lv[:a.rows, :a.cols] if spares_idle else lv
+        return out
 
     def pair_levels(self, g_pos: np.ndarray, g_neg: np.ndarray, out: np.ndarray) -> None:
         """The programmed levels of a tile's device pairs into ``out`` (rows, 2 x width): G+ of weight column j on
@@ -80,11 +91,24 @@ class _Layout:
                 for n in np.count_nonzero(self.buffer[i:i + 256] >= 0, axis=(1, 2))]
 
     def free(self, k: int, rows: slice, cols: slice | int, what: str) -> np.ndarray:
-        """The devices of a new region, checked unused."""
+        """The devices of a new region (a view), checked unused."""
         lv = self.array(k)[rows, cols]
         if (lv != -1).any():
             raise CimcError(f"internal placement clash in array {k} while laying out {what}")
         return lv
+
+    def occupy(self, k: int, lines: np.ndarray, bit_lines: np.ndarray, levels: np.ndarray, what: str) -> None:
+        """Program ``levels`` on the devices at word lines ``lines`` x ``bit_lines``, checked unused."""
+        lv, index = self.array(k), np.ix_(lines, bit_lines)
+        if (lv[index] != -1).any():
+            raise CimcError(f"internal placement clash in array {k} while laying out {what}")
+        lv[index] = levels
+
+    def natural_levels(self, g_pos: np.ndarray, g_neg: np.ndarray) -> np.ndarray:
+        """A tile's levels in its own order (rows, 2 x width): G+ of weight column j on column 2j, G- on 2j + 1."""
+        out = np.empty((g_pos.shape[0], 2 * g_pos.shape[1]), self.dtype)
+        self.pair_levels(g_pos, g_neg, out)
+        return out
 
 
 def _arrays_used(module: Module) -> list[int]:
@@ -112,12 +136,16 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             k, r, c = (int(op.attributes[n]) for n in ("array", "array_row", "array_col"))  # type: ignore[arg-type]
             g_pos, g_neg = (op.attributes[n].array for n in ("g_pos", "g_neg"))  # type: ignore[union-attr]
             rows, width = g_pos.shape
-            if r + rows > a.rows or c + 2 * width > a.cols:
+            pairs, moved_rows = op.attributes.get("column_pairs"), op.attributes.get("word_lines")
+            in_order = pairs is None and moved_rows is None  # else map-defects moved lines, maybe onto spares
+            if (r + rows > a.rows or c + 2 * width > a.cols) and in_order or \
+                    check_tile_lines(op.attributes, rows, width, (a.physical_rows, a.physical_cols)):
                 raise CimcError(f"a tile of block '{op.attributes.get('block')}' at array {k}, row {r}, bit line {c} does not fit "
                                 f"a {a.rows} x {a.cols} array: the image's hardware differs from the one compiled for")
-            # Weight column j on bit-line pair q_j of the tile (column_pairs, from map-defects; j when absent).
-            pairs = op.attributes.get("column_pairs")
-            q = np.arange(width) if pairs is None else np.asarray(pairs, np.int64)  # type: ignore[arg-type]
+            if not in_order:  # row i on word line word_lines[i], weight column j on bit-line pair column_pairs[j]
+                _, lines, pos, neg = tile_devices(op)
+                bit_lines = np.empty(2 * width, np.int64)
+                bit_lines[0::2], bit_lines[1::2] = pos, neg
             # What exact runs: the weights the conductances encode, in float64 as cim_kernels.encoded_weights forms
             # them, rounded once to the model's float type (cim_kernels does the same).
             exact = (np.subtract(g_pos, g_neg, dtype=np.float64) / op.attributes["g_scale"].array).astype(  # type: ignore[union-attr]
@@ -126,7 +154,8 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             region = programmed.get(where)
             if region is not None:
                 # Shared weights: the devices are programmed once and read by every tile placed on them.
-                if not np.array_equal(layout.array(k)[r:r + rows, c:c + 2 * width], _interleaved(layout, g_pos, g_neg, q)):
+                held = layout.array(k)[r:r + rows, c:c + 2 * width] if in_order else layout.array(k)[np.ix_(lines, bit_lines)]
+                if not np.array_equal(held, layout.natural_levels(g_pos, g_neg)):
                     raise CimcError(f"internal error: tiles sharing array {k}, bit line {c} hold different conductances")
                 region.setdefault("shared_by", [region["tile"]]).append(tile_id)
                 if op.location and op.location not in region.setdefault("nodes", []):
@@ -134,18 +163,20 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
                 # One reference per region, unless this tile's column scales make other weights of the same devices.
                 key = region["tile"] if not reference or np.array_equal(weights[region["tile"]], exact) else tile_id
             else:
-                devices = layout.free(k, slice(r, r + rows), slice(c, c + 2 * width), f"tile {tile_id}")
-                if pairs is None:  # written in place: G+ on the even bit lines of the tile, G- on the odd
-                    layout.pair_levels(g_pos, g_neg, devices)
+                if in_order:  # written in place: G+ on the even bit lines of the tile, G- on the odd
+                    layout.pair_levels(g_pos, g_neg, layout.free(k, slice(r, r + rows), slice(c, c + 2 * width),
+                                                                 f"tile {tile_id}"))
                 else:
-                    devices[...] = _interleaved(layout, g_pos, g_neg, q)
+                    layout.occupy(k, lines, bit_lines, layout.natural_levels(g_pos, g_neg), f"tile {tile_id}")
                 r0, r1 = op.attributes["rows"]  # type: ignore[misc]
                 c0, c1 = op.attributes["cols"]  # type: ignore[misc]
                 region = {"kind": "weights", "tile": tile_id, "block": op.attributes.get("block"),
                           "block_rows": [r0, r1], "block_cols": [c0, c1],
                           "word_lines": [r, r + rows], "bit_lines": [c, c + 2 * width]}
                 if pairs is not None:
-                    region["column_pairs"] = [int(v) for v in q]
+                    region["column_pairs"] = [int(v) for v in pairs]  # type: ignore[union-attr]
+                if moved_rows is not None:
+                    region["row_lines"] = [int(v) for v in moved_rows]  # type: ignore[union-attr]
                 if "share" in op.attributes and op.location:
                     region["nodes"] = [op.location]
                 if reference:
@@ -160,7 +191,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
         elif op.name == "cim.ramp":
             ramp = _ramp_entry(op, hw, len(ramps))
             k, c, column_lv = ramp.pop("array_index"), ramp["bit_line"], ramp.pop("column_levels")
-            if column_lv.size > a.rows:
+            if column_lv.size > a.physical_rows or not 0 <= c < a.physical_cols:
                 raise CimcError(f"the ramp at array {k}, bit line {c} needs {column_lv.size} rows; the array has {a.rows}")
             layout.free(k, slice(0, column_lv.size), c, f"ramp {len(ramps)}")[...] = column_lv
             ramps.append({"array": k, **ramp})
@@ -171,7 +202,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
     hardware = hw.to_dict()
     if hw.array.limit is None:  # a chip sized to the model: record the count actually used
         hardware["array"]["count"] = max(1, 1 + max(layout.slot, default=-1))  # a chip has at least one array
-    used = layout.devices_used()
+    used, levels = layout.devices_used(), layout.levels()
     manifest = {
         "format": FORMAT, "version": VERSION, "op_set": OP_SET, "provenance": provenance, "hardware": hardware,
         "model": {
@@ -181,23 +212,14 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             "outputs": [{"name": n, "dtype": v.type.dtype, "shape": _dims(v.type.shape)}
                         for n, v in zip(output_names(module), module.outputs)],
         },
-        "arrays": [{"index": k, "rows": a.rows, "cols": a.cols, "level_dtype": layout.dtype.name,
+        "arrays": [{"index": k, "rows": levels[k].shape[0], "cols": levels[k].shape[1], "level_dtype": layout.dtype.name,
                     "regions": layout.regions.get(k, []), "devices_used": int(used[i])}
                    for k, i in layout.slot.items()],
         "ramps": ramps,
     }
     if reference:
         manifest["reference"] = {"tiles": sorted(weights), "note": REFERENCE_NOTE}
-    return Image(manifest, layout.levels(), program, dict(sorted(weights.items())))
-
-
-def _interleaved(layout: _Layout, g_pos: np.ndarray, g_neg: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """The levels of a tile's devices with weight column j on bit-line pair q_j (G+ on 2 q_j, G- on 2 q_j + 1)."""
-    natural = np.empty((g_pos.shape[0], 2 * g_pos.shape[1]), layout.dtype)
-    layout.pair_levels(g_pos, g_neg, natural)
-    out = np.empty_like(natural)
-    out[:, 2 * q], out[:, 2 * q + 1] = natural[:, 0::2], natural[:, 1::2]
-    return out
+    return Image(manifest, levels, program, dict(sorted(weights.items())))
 
 
 def _ramp_entry(op: Operation, hw: Hardware, index: int) -> dict[str, Any]:

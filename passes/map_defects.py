@@ -15,17 +15,20 @@ changes only what is programmed onto them:
   the partner's level (tests/test_map_defects.py). Where the clip acts (a
   stuck-off positive device of a positive weight, or both devices stuck), the
   pair keeps the nearest weight it can realize.
-- **Weights: columns onto bit-line pairs.** Before that, each tile's weight
-  columns are permuted onto its bit-line pairs to minimize the squared
-  conductance error the pairs leave after compensation (a stuck-off positive
-  device hurts a large positive weight, not a negative or small one): an
-  assignment problem over the tile's columns, solved exactly by
-  scipy.optimize.linear_sum_assignment. The tile records the pair of each
-  column (``column_pairs``, docs/image-format.md). Rows are not permuted: every
-  tile of an array reads the same word lines, so a row permutation would have
-  to be shared by all of them.
+- **Weights: rows and columns onto physical lines, spares included.** Before
+  that, per array, the logical word lines and weight columns are assigned to
+  physical ones to minimize the squared conductance error the pairs leave
+  after compensation (a stuck-off positive device hurts a large positive
+  weight, not a negative or small one). Every tile of an array reads the same
+  word lines (one DAC each), so the rows are one assignment problem over the
+  array's logical word lines and all its physical ones (unused main lines and
+  the spare word lines), its cost summed over every tile; the columns are one
+  problem over every tile's columns and its own pairs plus the array's spare
+  pairs. Each is solved exactly by scipy.optimize.linear_sum_assignment given
+  the other, alternately (:func:`map_array`). The tiles record the result
+  (``word_lines``, ``column_pairs``, docs/image-format.md).
 - **Ramps: skip the stuck rows and re-synthesize from the measured devices**
-  (docs/faults.md, "closed loop"). Every stuck device of a ramp column becomes
+  (docs/faults.md, "closed loop"), or move to a spare ramp column. Every stuck device of a ramp column becomes
   an unselected device (level -1: its word line is never driven, so a stuck
   device adds nothing) of the step it falls in; the step's devices move to the
   next rows. The levels are then chosen again by the cumulative error diffusion
@@ -34,8 +37,10 @@ changes only what is programmed onto them:
   conductance) is added to what its new level gives, so the error of one step
   is absorbed by the next. Where the column has no room to skip every stuck
   row, the rows stay and a stuck device counts at its rail in that diffusion.
-  The ramp's INL before (the measured ramp) and after (the predicted one) is
-  recorded for the compile summary.
+  Such a ramp moves to a free spare ramp column of its array whose stuck
+  devices can all be skipped, if that predicts a smaller INL. The ramp's INL
+  before (the measured ramp) and after (the predicted one) is recorded for
+  the compile summary.
 
 Run it last (after schedule): placement, ramps and the step program are final.
 """
@@ -55,6 +60,7 @@ from cimc.pass_manager import ModulePass, PassContext, register_pass
 from cimc.ramp import Ramp, ramp_from_op
 
 SUMMARY_ATTR = "defects.summary"
+MOVE_PENALTY = 1e-9
 
 
 def compensate_pair(g_pos: np.ndarray, g_neg: np.ndarray, stuck_pos: np.ndarray, stuck_neg: np.ndarray,
@@ -102,18 +108,6 @@ def column_cost(diff: np.ndarray, stuck_pos: np.ndarray, stuck_neg: np.ndarray, 
     return ((realized - d) ** 2).sum(axis=0)
 
 
-def assign_columns(cost: np.ndarray) -> np.ndarray:
-    """The pair q_j of each column j minimizing sum_j cost[j, q_j] (an assignment problem, solved exactly by
-    scipy's linear_sum_assignment); the identity unless that lowers the cost, so a healthy tile keeps its layout."""
-    from scipy.optimize import linear_sum_assignment  # here, not at import: scipy.optimize costs every compile ~0.3 s and 44 MB
-
-    identity = np.arange(cost.shape[0])
-    _, pairs = linear_sum_assignment(cost)
-    if cost[identity, pairs].sum() < cost[identity, identity].sum():
-        return pairs.astype(np.int64)
-    return identity
-
-
 def _nominal_us(hw: Hardware, level: np.ndarray) -> np.ndarray:
     d = hw.device
     return np.where(level >= 0, d.g_min_us + level * (d.g_max_us - d.g_min_us) / (d.levels - 1), 0.0)
@@ -140,6 +134,7 @@ class RampRepair:
     skipped_rows: int  # 0 where the column had no room to skip: the stuck devices then count at their rails
     inl_before: float
     inl_after: float
+    kept_stuck: bool = False  # stuck devices stayed in the ramp's rows (no room to skip them)
 
 
 class _NoRoom(Exception):
@@ -221,7 +216,8 @@ def _repair(ramp: Ramp, measured_us: np.ndarray, stuck: np.ndarray, hw: Hardware
         cursor += 1
     skipped = int((stuck[:cursor] != 0).sum()) if skip else 0
     return RampRepair(step_levels, tuple(calibration), np.array(realized), skipped,
-                      _inl_lsb(ramp, before / ramp_g), _inl_lsb(ramp, after / ramp_g))
+                      _inl_lsb(ramp, before / ramp_g), _inl_lsb(ramp, after / ramp_g),
+                      kept_stuck=not skip and bool((stuck[:cursor] != 0).any()))
 
 
 @register_pass
@@ -244,65 +240,236 @@ class MapDefects(ModulePass):
         if context is None or context.defects is None:
             raise CimcError("map-defects needs a chip measurement: cimc compile --defects MEASURED.npz (from cimc chip)")
         hw, m = context.hardware, context.defects
-        shape = (hw.array.rows, hw.array.cols)
+        shape = (hw.array.physical_rows, hw.array.physical_cols)
         for k, g in m.g_us.items():
             if g.shape != shape:
                 raise CimcError(f"the chip measurement's array {k} is {g.shape[0]} x {g.shape[1]}; this hardware's arrays "
-                                f"are {shape[0]} x {shape[1]}")
+                                f"are {shape[0]} x {shape[1]} (spare lines included)")
         lines: list[str] = []
-        compensated = permuted = 0
+        by_array: dict[int, list[Operation]] = {}
+        ramps: dict[int, list[Operation]] = {}
         for op in module.walk():
-            if op.name == "cim.tile_mvm" and "array" in op.attributes:
-                singly, moved = _map_tile(op, m, hw)
-                compensated += singly
-                permuted += moved
+            if op.name == "cim.tile_mvm" and "array" in op.attributes and int(op.attributes["array"]) in m.stuck:  # type: ignore[arg-type]
+                by_array.setdefault(int(op.attributes["array"]), []).append(op)  # type: ignore[arg-type]
             elif op.name == "cim.ramp":
-                line = _map_ramp(op, m, hw)
+                ramps.setdefault(int(op.attributes["array"]), []).append(op)  # type: ignore[arg-type]
+        totals = np.zeros(4, np.int64)
+        for k in sorted(by_array):
+            totals += _map_tiles(by_array[k], m.stuck[k], hw)
+        for k in sorted(ramps):
+            taken = {int(op.attributes["array_col"]) for op in ramps[k]}  # type: ignore[arg-type]
+            for op in ramps[k]:
+                line = _map_ramp(op, m, hw, taken)
                 if line:
                     lines.append(line)
-        lines.insert(0, f"defects: chip {m.seed}: {permuted} tiles' columns moved to other bit-line pairs, {compensated} "
-                        f"singly stuck weight pairs retargeted on the partner")
+        compensated, moved, onto_spare, spare_pairs = (int(v) for v in totals)
+        lines.insert(0, f"defects: chip {m.seed}: {moved} word lines moved ({onto_spare} onto spare word lines), "
+                        f"{spare_pairs} weight columns onto spare bit-line pairs, {compensated} singly stuck weight pairs "
+                        f"retargeted on the partner")
         module.attributes[SUMMARY_ATTR] = "\n".join(lines) + "\n"
         return True
 
 
-def _map_tile(op: Operation, m: ChipMeasurement, hw: Hardware) -> tuple[int, bool]:
-    """Place the tile's columns on the pairs that suit them best, then retarget partners: (pairs retargeted, moved)."""
-    k, r, c = (int(op.attributes[n]) for n in ("array", "array_row", "array_col"))  # type: ignore[arg-type]
-    if k not in m.stuck:
-        return 0, False
+@dataclass
+class LineUnit:
+    """Tiles programmed onto the same devices (one tile, or every tile that shares its weights)."""
+
+    tiles: list[Operation]
+    diff: np.ndarray  # [rows, width] target G+ - G- (uS)
+    row: int  # array_row: the tile's row i is logical word line row + i
+    col: int  # array_col: pair q is bit lines col + 2q, col + 2q + 1
+
+    @property
+    def width(self) -> int:
+        return self.diff.shape[1]
+
+
+@dataclass(frozen=True)
+class ArrayMapping:
+    """Where one array's logical lines go: ``word_line[l]`` for logical word line l, ``pairs[u]`` per unit."""
+
+    word_line: np.ndarray
+    pairs: list[np.ndarray]
+    cost: float  # the summed squared pair error left (uS^2)
+
+
+def _stuck_pairs(stuck: np.ndarray, unit: LineUnit, lines: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The stuck marks of (G+, G-) of pairs ``pairs`` of ``unit`` on word lines ``lines``."""
+    bit = unit.col + 2 * pairs
+    return stuck[np.ix_(lines, bit)], stuck[np.ix_(lines, bit + 1)]
+
+
+def _candidate_pairs(unit: LineUnit, hw: Hardware) -> np.ndarray:
+    """The unit's own pairs, then the array's spare pairs (bit lines cols + 2s), as pair offsets from its bit line."""
+    own = np.arange(unit.width)
+    if (hw.array.cols - unit.col) % 2:
+        return own  # an odd main width leaves the spare pairs off this unit's pair grid
+    spare = (hw.array.cols - unit.col) // 2 + np.arange(hw.array.spare_cols // 2)
+    return np.concatenate([own, spare])
+
+
+def assign(cost: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """The column (of ``cost``) of each row minimizing the summed cost, each column used at most once: an
+    assignment problem, solved exactly by scipy's linear_sum_assignment (rectangular: more columns than rows
+    leaves some unused, which is how spare lines enter). ``current`` is kept unless the optimum is lower, and
+    ties go to the layout that moves the fewest lines, so a healthy array keeps its layout and the alternation
+    in :func:`map_array` never increases the cost."""
+    from scipy.optimize import linear_sum_assignment  # here, not at import: scipy.optimize costs every compile ~0.3 s and 44 MB
+
+    index = np.arange(cost.shape[0])
+    moving = np.ones(cost.shape)
+    moving[index, current] = 0.0
+    # Among equally good layouts the one that moves the fewest lines: MOVE_PENALTY (uS^2) is far below any
+    # error a level step makes ((dG / 2)^2 ~ 0.6 uS^2 at the defaults), so it decides only ties.
+    rows, cols = linear_sum_assignment(cost + MOVE_PENALTY * moving)
+    best = np.empty(cost.shape[0], np.int64)
+    best[rows] = cols
+    return best if cost[index, best].sum() < cost[index, current].sum() else current
+
+
+def _column_step(units: list[LineUnit], stuck: np.ndarray, word_line: np.ndarray, hw: Hardware,
+                 current: list[np.ndarray]) -> list[np.ndarray]:
+    """Every weight column of the array onto its own tile's pairs or the spare pairs, given the word lines."""
     g_min, g_max = hw.device.g_min_us, hw.device.g_max_us
-    g_pos, g_neg = (op.attributes[n].array for n in ("g_pos", "g_neg"))  # type: ignore[union-attr]
-    rows, width = g_pos.shape
-    region = m.stuck[k][r:r + rows, c:c + 2 * width]
-    if not region.any():
-        return 0, False
-    pairs = assign_columns(column_cost(g_pos - g_neg, region[:, 0::2], region[:, 1::2], g_min, g_max))
-    moved = bool(np.any(pairs != np.arange(width)))
-    if moved:
-        op.attributes["column_pairs"] = tuple(int(q) for q in pairs)
-    stuck_pos, stuck_neg = region[:, 2 * pairs], region[:, 2 * pairs + 1]
-    singly = int(((stuck_pos != 0) ^ (stuck_neg != 0)).sum())
-    new_pos, new_neg = compensate_pair(g_pos, g_neg, stuck_pos, stuck_neg, g_min, g_max)
-    key = str(op.attributes.get("block", "tile"))
-    op.attributes["g_pos"] = Tensor.adopt(new_pos, key=f"{key}.defects.g_pos")
-    op.attributes["g_neg"] = Tensor.adopt(new_neg, key=f"{key}.defects.g_neg")
-    return singly, moved
+    spare = hw.array.spare_cols // 2
+    own_total = sum(u.width for u in units)
+    # Columns: every unit's own pairs, then the spare pairs (shared by the array's units).
+    big = np.inf
+    cost = np.full((own_total, own_total + spare), big)
+    first = 0
+    for u in units:
+        lines = word_line[u.row:u.row + u.diff.shape[0]]
+        candidates = _candidate_pairs(u, hw)
+        sp, sn = _stuck_pairs(stuck, u, lines, candidates)
+        c = column_cost(u.diff, sp, sn, g_min, g_max)  # [width, candidates]
+        cost[first:first + u.width, first:first + u.width] = c[:, :u.width]
+        cost[first:first + u.width, own_total:own_total + candidates.size - u.width] = c[:, u.width:]
+        first += u.width
+    finite = np.where(np.isfinite(cost), cost, 1e30)  # linear_sum_assignment refuses inf; no real cost comes near
+    index, first = [], 0
+    for u, q in zip(units, current):
+        index.append(np.where(q < u.width, first + q, own_total + q - (hw.array.cols - u.col) // 2))
+        first += u.width
+    chosen = assign(finite, np.concatenate(index) if index else np.zeros(0, np.int64))
+    out, first = [], 0
+    for u in units:
+        picked = chosen[first:first + u.width]
+        out.append(np.where(picked < own_total, picked - first, (hw.array.cols - u.col) // 2 + picked - own_total))
+        first += u.width
+    return out
 
 
-def _map_ramp(op: Operation, m: ChipMeasurement, hw: Hardware) -> str:
+def row_cost(units: list[LineUnit], stuck: np.ndarray, pairs: list[np.ndarray], lines: int, hw: Hardware) -> np.ndarray:
+    """cost[l, p]: squared pair error (uS^2) of logical word line l on physical word line p, summed over every
+    weight column of every unit on the array (each at its pair), i.e. over all the tiles that share the word line."""
+    g_min, g_max = hw.device.g_min_us, hw.device.g_max_us
+    physical = stuck.shape[0]
+    cost = np.zeros((lines, physical))
+    every = np.arange(physical)
+    for u, q in zip(units, pairs):
+        sp, sn = _stuck_pairs(stuck, u, every, q)  # [physical, width]
+        d = u.diff[:, None, :]
+        err = (realized_difference(d, sp[None], sn[None], g_min, g_max) - d) ** 2
+        cost[u.row:u.row + u.diff.shape[0]] += err.sum(axis=2)
+    return cost
+
+
+def map_array(units: list[LineUnit], stuck: np.ndarray, hw: Hardware, rounds: int = 4) -> ArrayMapping:
+    """Word lines and bit-line pairs of one array's units minimizing the summed squared pair error.
+
+    The word lines are common to every tile of the array (one DAC drives each),
+    so the row assignment is one problem over the array's logical word lines and
+    all its physical ones (spares included), its cost summed over every tile;
+    the columns are one problem over every tile's columns and its own pairs plus
+    the array's spare pairs. Each is solved exactly given the other, alternately
+    (block coordinate descent: the cost never increases), until neither moves.
+    """
+    lines = max(u.row + u.diff.shape[0] for u in units)
+    word_line = np.arange(lines)
+    pairs = [np.arange(u.width) for u in units]
+    for _ in range(rounds):
+        new_pairs = _column_step(units, stuck, word_line, hw, pairs)
+        new_lines = assign(row_cost(units, stuck, new_pairs, lines, hw), word_line)
+        moved = not np.array_equal(new_lines, word_line) or any(not np.array_equal(a, b) for a, b in zip(new_pairs, pairs))
+        word_line, pairs = new_lines, new_pairs
+        if not moved:
+            break
+    total = float(row_cost(units, stuck, pairs, lines, hw)[np.arange(lines), word_line].sum())
+    return ArrayMapping(word_line, pairs, total)
+
+
+def _units(tiles: list[Operation]) -> list[LineUnit]:
+    """The array's tiles grouped by the devices they occupy (tiles sharing weights are programmed once)."""
+    groups: dict[tuple[int, int, int, int], LineUnit] = {}
+    for op in tiles:
+        r, c = int(op.attributes["array_row"]), int(op.attributes["array_col"])  # type: ignore[arg-type]
+        g_pos, g_neg = (op.attributes[n].array.astype(np.float64) for n in ("g_pos", "g_neg"))  # type: ignore[union-attr]
+        key = (r, c, *g_pos.shape)
+        if key in groups:
+            groups[key].tiles.append(op)
+        else:
+            groups[key] = LineUnit([op], g_pos - g_neg, r, c)
+    return list(groups.values())
+
+
+def _map_tiles(tiles: list[Operation], stuck: np.ndarray, hw: Hardware) -> tuple[int, int, int, int]:
+    """Move one array's tiles onto the lines that suit them, then retarget partners.
+
+    Returns (pairs retargeted, word lines moved, word lines onto spares, columns onto spare pairs)."""
+    g_min, g_max = hw.device.g_min_us, hw.device.g_max_us
+    units = _units(tiles)
+    mapping = map_array(units, stuck, hw)
+    compensated = 0
+    for u, q in zip(units, mapping.pairs):
+        lines = mapping.word_line[u.row:u.row + u.diff.shape[0]]
+        sp, sn = _stuck_pairs(stuck, u, lines, q)
+        for op in u.tiles:
+            if not np.array_equal(q, np.arange(u.width)):
+                op.attributes["column_pairs"] = tuple(int(v) for v in q)
+            if not np.array_equal(lines, u.row + np.arange(lines.size)):
+                op.attributes["word_lines"] = tuple(int(v) for v in lines)
+            g_pos, g_neg = (op.attributes[n].array for n in ("g_pos", "g_neg"))  # type: ignore[union-attr]
+            new_pos, new_neg = compensate_pair(g_pos, g_neg, sp, sn, g_min, g_max)
+            key = str(op.attributes.get("block", "tile"))
+            op.attributes["g_pos"] = Tensor.adopt(new_pos, key=f"{key}.defects.g_pos")
+            op.attributes["g_neg"] = Tensor.adopt(new_neg, key=f"{key}.defects.g_neg")
+        compensated += int(((sp != 0) ^ (sn != 0)).sum())
+    lines = mapping.word_line
+    spare_pairs = sum(int((q >= u.width).sum()) for u, q in zip(units, mapping.pairs))
+    return (compensated, int((lines != np.arange(lines.size)).sum()), int((lines >= hw.array.rows).sum()), spare_pairs)
+
+
+def _map_ramp(op: Operation, m: ChipMeasurement, hw: Hardware, taken: set[int]) -> str:
+    """Lay a ramp out again on its measured column, or on a free spare ramp column of its array if that column
+    leaves a smaller INL; ``taken`` holds the bit lines of the array's ramps (updated on a move)."""
     k, c = int(op.attributes["array"]), int(op.attributes["array_col"])  # type: ignore[arg-type]
     if k not in m.stuck or op.attributes.get("quantization") == "none" or "device_levels" not in op.attributes:
         return ""  # ideal devices, or none recorded: nothing to lay out again
     ramp = ramp_from_op(op, hw)
-    repair = repair_ramp(ramp, m.g_us[k][:, c], m.stuck[k][:, c], hw)
+    a = hw.array
+    own = repair_ramp(ramp, m.g_us[k][:, c], m.stuck[k][:, c], hw)
+    repair, line = own, c
+    if own.kept_stuck:
+        # The column had no room to skip its stuck rows: a free spare ramp column does better if its own stuck
+        # devices (measured by the march test) can all be skipped. Its devices were unformed, so its prediction
+        # has no residuals to use; it is taken only for a strictly smaller predicted INL.
+        spares = [b for b in range(a.cols + a.spare_cols, a.physical_cols) if b not in taken]
+        for b in spares:
+            candidate = repair_ramp(ramp, m.g_us[k][:, b], m.stuck[k][:, b], hw)
+            if not candidate.kept_stuck and candidate.inl_after < repair.inl_after:
+                repair, line = candidate, b
+    if line != c:
+        taken.discard(c)
+        taken.add(line)
+        op.attributes["array_col"] = line
     step_devices = tuple(len(levels) for levels in repair.step_levels)
     op.attributes["step_devices"] = step_devices
     op.attributes["device_levels"] = tuple(lv for levels in repair.step_levels for lv in levels)
-    op.attributes["steps_us"] = Tensor(repair.predicted_steps_us, key=f"ramp{k}.{c}.defects.steps_us")
+    op.attributes["steps_us"] = Tensor(repair.predicted_steps_us, key=f"ramp{k}.{line}.defects.steps_us")
     op.attributes["offset_levels"] = repair.calibration_levels
     op.attributes["calibration_devices"] = len(repair.calibration_levels)
     op.attributes["rows"] = sum(step_devices) + len(repair.calibration_levels)
     op.attributes["inl_lsb"] = repair.inl_after
-    return (f"  ramp at array {k} bit line {c}: |INL| {repair.inl_before:.3f} LSB measured -> {repair.inl_after:.3f} "
-            f"LSB re-synthesized ({repair.skipped_rows} stuck rows skipped)")
+    moved = f", moved to spare bit line {line}" if line != c else ""
+    return (f"  ramp at array {k} bit line {c}: |INL| {own.inl_before:.3f} LSB measured -> {repair.inl_after:.3f} "
+            f"LSB re-synthesized ({repair.skipped_rows} stuck rows skipped{moved})")

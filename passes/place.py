@@ -15,6 +15,11 @@ fit an array join an array of another activation (one more ramp column)
 rather than take an array each. Tiles that share-weights found to hold the
 same weights are placed once: their reads use the same devices.
 
+Only the ``rows`` x ``cols`` lines of an array are placed on: its spare lines
+(``spare_rows``, ``spare_cols``, ``spare_ramp_cols`` of the hardware) stay free
+for a defect-aware mapping (map-defects), so a plain compile does not depend on
+them.
+
 With ``arrays=0`` the chip is sized to the model. A fixed count is a
 constraint: a model that needs more arrays is refused with the count it
 would need, and a chip too tight to keep activations apart and leave

@@ -39,6 +39,9 @@ def test_override_changes_only_named_keys(tmp_path: Path) -> None:
         ("[arrays]\nrows = 16\n", "unknown section [arrays]"),
         ("[array]\nrows = 'many'\n", "rows must be int"),
         ("[nonideality]\nstuck_on_rate = 1.5\n", "stuck_on_rate must lie in [0, 1]"),
+        ("[array]\nspare_cols = 3\n", "spare_cols counts bit lines of whole G"),
+        ("[array]\nspare_rows = -1\n", "spare_rows, spare_cols and spare_ramp_cols must be counts >= 0"),
+        ("[array]\nspare_ramp_cols = 1.5\n", "spare_ramp_cols must be int"),
         ("[array\n", "invalid TOML"),
     ],
 )
@@ -76,3 +79,13 @@ def test_cli_compile_print_ir_after_all(cimc_cli, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     headers = [line for line in result.stderr.splitlines() if "IR Dump After" in line]
     assert len(headers) == len(parse_pipeline(default_pipeline())) and "cim.nl_adc" in result.stderr
+
+
+def test_an_image_manifest_without_spare_keys_has_no_spare_lines() -> None:
+    """Images compiled before the spare lines existed load as hardware without them (their arrays are rows x cols)."""
+    data = load_hardware().to_dict()
+    for key in ("spare_rows", "spare_cols", "spare_ramp_cols"):
+        del data["array"][key]
+    hw = hardware_from_dict(data)
+    assert (hw.array.physical_rows, hw.array.physical_cols) == (hw.array.rows, hw.array.cols)
+    assert load_hardware().array.physical_rows == 136 and load_hardware().array.physical_cols == 69

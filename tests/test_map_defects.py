@@ -57,12 +57,13 @@ def gemm_chip(tmp_path_factory):  # noqa: ANN201
     return hw, model, x, plain
 
 
-def _weight_region(image) -> tuple[slice, np.ndarray]:  # noqa: ANN001
-    """Word lines and the G+ bit line of each weight column of the one weight region (its column_pairs honoured)."""
+def _weight_region(image) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """The word line of each row and the G+ bit line of each weight column of the one weight region (its row_lines
+    and column_pairs honoured)."""
     region = [r for r in image.manifest["arrays"][0]["regions"] if r["kind"] == "weights"][0]
     (r0, r1), (c0, c1) = region["word_lines"], region["bit_lines"]
     pairs = np.asarray(region.get("column_pairs", range((c1 - c0) // 2)))
-    return slice(r0, r1), c0 + 2 * pairs
+    return np.asarray(region.get("row_lines", range(r0, r1))), c0 + 2 * pairs
 
 
 def _pair_difference(image, devices: np.ndarray) -> np.ndarray:  # noqa: ANN001
@@ -145,7 +146,7 @@ def test_ramp_resynthesis_reduces_the_inl_of_a_chip_with_stuck_ramp_devices(tmp_
     for seed in range(30):
         m = measure(plain.image, "sha", seed)
         ramp_devices = plain.image.device_levels(ramp["array"])[:, ramp["bit_line"]] >= 0
-        if not m.stuck[ramp["array"]][ramp_devices, ramp["bit_line"]].any():
+        if not m.stuck[ramp["array"]][:ramp_devices.size][ramp_devices, ramp["bit_line"]].any():
             continue
         aware = cimc.compile(onnx_path, hw=hw, calib=calib, defects=m)
         (repaired,) = aware.image.manifest["ramps"]
@@ -158,13 +159,44 @@ def test_ramp_resynthesis_reduces_the_inl_of_a_chip_with_stuck_ramp_devices(tmp_
     assert chips >= 5 and improved >= 6, f"{chips} chips with stuck ramp devices, {improved} INL reductions > 0.1 LSB"
 
 
+def test_a_ramp_without_room_to_skip_its_stuck_rows_moves_to_the_spare_ramp_column(tmp_path: Path) -> None:
+    """Arrays exactly as tall as a 5-bit ramp and no spare word lines: a stuck device in the ramp's rows cannot be
+    skipped, so where the spare ramp column's rows are healthy the ramp moves there, and its INL on the chip is then
+    no higher than the plain image's."""
+    hw = hardware(nonideality={**EXACT_CHIP, "stuck_on_rate": 0.01, "stuck_off_rate": 0.01},
+                  array={"rows": 36, "spare_rows": 0})
+    model, _, _ = rnn_step_model("Sigmoid", None, None, None)
+    x = np.random.default_rng(5).uniform(-1, 1, size=(1, 16, INPUTS)).astype(np.float32)
+    onnx.save(model, tmp_path / "rnn.onnx")
+    (tmp_path / "calib.npz").write_bytes(npz_bytes({"X": x}))
+    plain = cimc.compile(tmp_path / "rnn.onnx", hw=hw, calib=tmp_path / "calib.npz")
+    (ramp,) = plain.image.manifest["ramps"]
+    spare = hw.array.cols + hw.array.spare_cols
+    moved = 0
+    for seed in range(30):
+        m = measure(plain.image, "sha", seed)
+        column, spare_column = m.stuck[ramp["array"]][:36, ramp["bit_line"]], m.stuck[ramp["array"]][:36, spare]
+        if not column.any() or spare_column.any():
+            continue
+        aware = cimc.compile(tmp_path / "rnn.onnx", hw=hw, calib=tmp_path / "calib.npz", defects=m)
+        (repaired,) = aware.image.manifest["ramps"]
+        if repaired["bit_line"] != spare:
+            continue  # the column's own stuck devices predicted a smaller INL than the spare
+        moved += 1
+        before = _ramp_inl_lsb(Chip.program(plain.image, True, seed), ramp, True)
+        after = _ramp_inl_lsb(Chip.program(aware.image, True, seed), repaired, True)
+        assert after <= before + 1e-9, f"chip {seed}: INL {before:.3f} -> {after:.3f} LSB"
+        assert aware.image.device_levels(ramp["array"]).shape[1] == hw.array.physical_cols
+    assert moved >= 2
+
+
 @pytest.mark.parametrize("width", [2, 3, 4, 5, 6])
 def test_the_column_assignment_is_the_brute_force_optimum(width: int) -> None:
     """On random small tiles with many stuck devices, the assignment's total cost equals the minimum over all
     width! placements, and the cost it minimizes is the realized pair error (checked against compensate_pair)."""
     from itertools import permutations
 
-    from cimc.passes.map_defects import assign_columns, column_cost, realized_difference
+    from cimc.passes.map_defects import assign, column_cost, realized_difference
 
     g_min, g_max = 2.0, 100.0
     rng = np.random.default_rng(width)
@@ -174,7 +206,7 @@ def test_the_column_assignment_is_the_brute_force_optimum(width: int) -> None:
         g_pos, g_neg = g_min + np.maximum(w, 0), g_min + np.maximum(-w, 0)
         stuck = rng.choice(np.array([-1, 0, 1], np.int8), size=(rows, 2 * width), p=[0.15, 0.7, 0.15])
         cost = column_cost(g_pos - g_neg, stuck[:, 0::2], stuck[:, 1::2], g_min, g_max)
-        pairs = assign_columns(cost)
+        pairs = assign(cost, np.arange(width))
         best = min(sum(cost[j, q] for j, q in enumerate(p)) for p in permutations(range(width)))
         assert sorted(pairs) == list(range(width))
         assert cost[np.arange(width), pairs].sum() == pytest.approx(best, rel=1e-12, abs=1e-9)
@@ -188,9 +220,9 @@ def test_the_column_assignment_is_the_brute_force_optimum(width: int) -> None:
 
 
 def test_a_healthy_tile_keeps_its_layout() -> None:
-    from cimc.passes.map_defects import assign_columns
+    from cimc.passes.map_defects import assign
 
-    assert assign_columns(np.zeros((5, 5))).tolist() == list(range(5))
+    assert assign(np.zeros((5, 7)), np.arange(5)).tolist() == list(range(5))
 
 
 def test_the_defect_aware_image_encodes_the_models_weights(gemm_chip, tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ def test_one_seed_gives_the_same_defects_under_two_images(two_images) -> None:  
     hw, (a, b) = two_images
     for seed in (0, 5):
         chip_a, chip_b = Chip.program(a, True, seed), Chip.program(b, True, seed)
-        truth = stuck_positions(hw, seed, 0)
+        truth = stuck_positions(hw, seed, 0)[:hw.array.rows, :hw.array.cols]  # the images leave the spare lines unused
         both = (a.device_levels(0) >= 0) & (b.device_levels(0) >= 0)
         assert both.sum() > 1000
         assert np.array_equal(chip_a.stuck[0][both], chip_b.stuck[0][both])
@@ -96,13 +96,16 @@ def test_programming_noise_is_drawn_per_programming(two_images) -> None:  # noqa
 
 def test_the_tester_finds_every_stuck_device_and_no_healthy_one(two_images) -> None:  # noqa: ANN001
     """The middle-level test pattern makes every stuck device fail verify at its rail, so the inferred mask is the
-    chip's true one at every position of the arrays the image uses; the image's unformed devices read 0."""
+    chip's true one at every position of the arrays the image uses, spare lines included; the image's unformed
+    devices read 0."""
     hw, (a, _) = two_images
     for seed in range(3):
         m = measure(a, "sha", seed)
         assert np.array_equal(m.stuck[0], stuck_positions(hw, seed, 0))
         assert (m.stuck[0] != 0).sum() > 300
-        assert np.all(m.g_us[0][a.device_levels(0) < 0] == 0)
+        rows, cols = a.device_levels(0).shape
+        assert np.all(m.g_us[0][:rows, :cols][a.device_levels(0) < 0] == 0)
+        assert np.all(m.g_us[0][rows:] == 0) and np.all(m.g_us[0][:, cols:] == 0)
 
 
 def test_the_image_readback_alone_sees_the_stuck_devices_that_failed_verify(two_images) -> None:  # noqa: ANN001
@@ -134,7 +137,7 @@ def test_cimc_chip_writes_the_documented_measurement(two_images, tmp_path: Path)
     with np.load(out1) as data:
         assert sorted(data.files) == ["array0.g_us", "array0.stuck", "arrays", "hardware_sha256", "image_sha256", "seed"]
         assert data["array0.g_us"].dtype == np.float64 and data["array0.stuck"].dtype == np.int8
-        assert data["array0.g_us"].shape == (a.hardware.array.rows, a.hardware.array.cols)
+        assert data["array0.g_us"].shape == (a.hardware.array.physical_rows, a.hardware.array.physical_cols)
     m = load_measurement(out1)
     assert m.seed == 4 and m.hardware_sha256 == a.manifest["provenance"]["hardware_sha256"]
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cimc.diagnostics import CimcError
-from cimc.image import Image
+from cimc.image import Image, tile_devices
 from cimc.ir import Block as IrBlock
 from cimc.ir import Operation, Value
 
@@ -209,8 +209,8 @@ class _Reader:
             return "none"
         return self._names.setdefault(id(value), f"v{len(self._names)}")
 
-    def conductance(self, k: int, rows: slice, cols: slice) -> float:
-        levels = self.image.device_levels(k)[rows, cols].astype(np.int64)
+    def conductance(self, k: int, rows: np.ndarray, cols: np.ndarray) -> float:
+        levels = self.image.device_levels(k)[np.ix_(rows, cols)].astype(np.int64)
         formed = levels >= 0
         # Integer sums, then one multiply each: the same total on every CPU, whatever numpy's summation order.
         return int(formed.sum()) * self.g_min + int(levels[formed].sum()) * self.delta_g
@@ -239,10 +239,10 @@ class _Reader:
             k = int(op.attributes["array"])  # type: ignore[arg-type]
             r0, r1 = op.attributes["rows"]  # type: ignore[misc]
             c0, c1 = op.attributes["cols"]  # type: ignore[misc]
-            row0, col0 = int(op.attributes["array_row"]), int(op.attributes["array_col"])  # type: ignore[arg-type]
             word_lines, columns = int(r1 - r0), int(c1 - c0)
             bias = int(op.attributes.get("bias_rows", 0))  # type: ignore[arg-type]
-            g = self.conductance(k, slice(row0, row0 + word_lines), slice(col0, col0 + 2 * columns))
+            _, lines, pos, neg = tile_devices(op)  # the lines map-defects moved rows and columns onto, if it did
+            g = self.conductance(k, lines, np.concatenate([pos, neg]))
             identity = _is_identity(op)
             return Read(layer, k, word_lines, columns, g, 0 if identity else (word_lines - bias) * columns, identity,
                         _vectors(op.results[0], self.seq_len, self.batch), tuple(self.name(v) for v in op.operands))

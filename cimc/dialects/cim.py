@@ -10,6 +10,8 @@ The results are the final carried values followed by the stacked scans.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from cimc.attributes import Tensor
@@ -198,6 +200,23 @@ CROSSBAR_MVM = define(
 )
 
 
+def check_tile_lines(attrs: Mapping[str, object], rows: int, cols: int, physical: tuple[int, int] | None) -> str | None:
+    """Why a tile's ``word_lines`` / ``column_pairs`` are unusable (None if fine): one distinct line per row and
+    one distinct pair per column, inside the ``physical`` array (word lines, bit lines) when it is known."""
+    lines, pairs = attrs.get("word_lines"), attrs.get("column_pairs")
+    if lines is not None and (len(lines) != rows or len(set(lines)) != rows or min(lines, default=0) < 0):
+        return f"word_lines must be {rows} distinct word lines >= 0"
+    if pairs is not None and (len(pairs) != cols or len(set(pairs)) != cols or min(pairs, default=0) < 0):
+        return f"column_pairs must be {cols} distinct bit-line pairs >= 0"
+    if physical is not None and "array_row" in attrs:
+        r, c = int(attrs["array_row"]), int(attrs["array_col"])
+        top = max(lines) if lines is not None else r + rows - 1
+        right = c + 2 * (max(pairs) if pairs is not None else cols - 1) + 1
+        if rows and cols and (top >= physical[0] or right >= physical[1]):
+            return f"its devices reach word line {top} and bit line {right} of a {physical[0]} x {physical[1]} array"
+    return None
+
+
 def _verify_tile(op: Operation) -> None:
     r0, r1 = op.attributes["rows"]  # type: ignore[misc]
     c0, c1 = op.attributes["cols"]  # type: ignore[misc]
@@ -211,9 +230,9 @@ def _verify_tile(op: Operation) -> None:
         raise VerifyError(op, f"'{op.name}' covers rows [{r0}, {r1}) and cols [{c0}, {c1}) but holds {rows} x {cols} devices")
     if r1 > segment_rows(op):
         raise VerifyError(op, f"'{op.name}' reads rows up to {r1} of an input of {segment_rows(op)} rows")
-    pairs = op.attributes.get("column_pairs")
-    if pairs is not None and sorted(pairs) != list(range(cols)):  # type: ignore[arg-type]
-        raise VerifyError(op, f"'{op.name}' column_pairs must be a permutation of 0..{cols - 1}")
+    problem = check_tile_lines(op.attributes, rows, cols, None)  # type: ignore[arg-type]
+    if problem:
+        raise VerifyError(op, f"'{op.name}' {problem}")
     if op.results[0].type.shape[-1:] != (cols,):
         raise VerifyError(op, f"type mismatch: '{op.name}' has {cols} columns but its result is {op.results[0].type}")
     _verify_row_scale(op, rows)
@@ -226,11 +245,13 @@ TILE_MVM = define(
     "cim.tile_mvm",
     "The part of an MVM that one array computes: rows [r0, r1) x cols [c0, c1) of a block; yields a partial sum "
     "(row_scale: the tile's rows' DAC scale fractions, as in cim.crossbar_mvm; column_pairs: the bit-line pair of "
-    "each column, a permutation set by map-defects, identity when absent).",
+    "each column and word_lines: the word line of each row, both set by map-defects, the tile's own lines in order "
+    "when absent).",
     operands="inputs*",
     results="partial",
     attributes=attrs(**{**_CONDUCTANCE_ATTRS, "g_pos": "tensor", "g_neg": "tensor"}, rows="ints!", cols="ints!",
-                     array="int", array_row="int", array_col="int", share="str", column_pairs="ints"),
+                     array="int", array_row="int", array_col="int", share="str", column_pairs="ints",
+                     word_lines="ints"),
     verify=_verify_tile,
 )
 
