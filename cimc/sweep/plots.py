@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from cimc.plots import _new_figure, _save
+from cimc.plots import new_figure, save_png
 from cimc.sweep.grid import HardwarePoint
 from cimc.sweep.results import SweepResult, metric_value
 
@@ -31,7 +31,7 @@ def _distribution(result: SweepResult, path: Path, axis: str, x_of: Callable[[Ha
     scale = 1.0 if key.endswith("relative_error") else 100.0
     xs = sorted({x_of(p) for p in result.points})  # type: ignore[type-var]
     series = sorted({_series_label(p, axis) for p in result.points})
-    figure = _new_figure()
+    figure = new_figure()
     axes = figure.add_subplot()
     width = 0.8 / len(series)
     for j, name in enumerate(series):
@@ -53,7 +53,7 @@ def _distribution(result: SweepResult, path: Path, axis: str, x_of: Callable[[Ha
     axes.set_title(f"{label} over {len(result.describe['seeds'])} chips per point")  # type: ignore[arg-type]
     axes.grid(True, alpha=0.3)
     axes.legend(loc="best", fontsize="small")
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_sweep(result: SweepResult, folder: Path) -> list[Path]:
