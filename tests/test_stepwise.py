@@ -125,7 +125,7 @@ def test_verify_labels_reports_accuracy_and_bits_against_the_labels(cimc_cli, tm
     from cimc.npz import npz_bytes
 
     data = np.load(EXAMPLES / "kws" / "eval_set.npz")
-    x, y = data["x"][:, :40], data["y"][:40]
+    x, y = data["features"][:, :40], data["y"][:40]
     (tmp_path / "labelled.npz").write_bytes(npz_bytes({"features": x, "y": y}))
     assert cimc_cli("compile", str(KWS), "--calib", str(EXAMPLES / "kws" / "calib.npz"), "-o", "kws.cimg",
                     cwd=tmp_path).returncode == 0
@@ -142,3 +142,5 @@ def test_verify_labels_reports_accuracy_and_bits_against_the_labels(cimc_cli, tm
     assert "labels (simulator): output 'logits' against 40 labels" in done.stdout
     bad = cimc_cli("verify", str(KWS), "kws.cimg", "--inputs", "labelled.npz", "--labels", "z", cwd=tmp_path)
     assert bad.returncode == 2 and "no array 'z' to take labels from" in bad.stderr
+    api = cimc.verify(KWS, tmp_path / "kws.cimg", {"features": x}, fidelity="ideal", labels=y)
+    assert api.labels == report  # the Python API scores as the CLI does
