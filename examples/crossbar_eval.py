@@ -8,11 +8,14 @@ content hash), the chips fanned out over a Dask LocalCluster.
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 import tempfile
+import time
 import tomllib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +136,15 @@ def g_window_used(model: cimc.CompiledModel) -> dict[str, float]:
             for j, g in zip(range(*op.attributes["cols"]), window.max(0)):
                 columns[j] = max(columns.get(j, 0.0), float(g))
     return {b: round(float(np.median(list(v.values()))) / (d.g_max_us - d.g_min_us), 3) for b, v in sorted(used.items())}
+
+
+def write_results(results: dict, out: Path, plot: Callable[[dict, Path], None], png: str, tables: str,
+                  t_start: float, timings: Mapping[str, float]) -> None:
+    """Write ``results.json`` (sorted keys, deterministic) and the plot into ``out``, print the tables, and the run
+    time with its parts on stderr."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    plot(results, out / png)
+    print(tables)
+    total = time.perf_counter() - t_start
+    print(f"\nrun time {total:.0f} s ({', '.join(f'{k} {v:.1f} s' for k, v in timings.items())})", file=sys.stderr)

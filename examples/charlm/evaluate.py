@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import tempfile
 import time
@@ -50,7 +49,7 @@ from cimc.sweep.cluster import open_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import crossbar_eval  # noqa: E402  (shared by both examples)
-from crossbar_eval import chip_summary, chip_sweep, fusion_stats, hardware_toml  # noqa: E402
+from crossbar_eval import chip_summary, chip_sweep, fusion_stats, hardware_toml, write_results  # noqa: E402
 from float_eval import HERE, bits_per_char, load_eval_set, onnx_logits
 
 MODEL = HERE / "charlm.onnx"
@@ -230,13 +229,8 @@ def main() -> None:
             results["stuck_fault_attribution_5bit"] = {"identity=auto": a}
             timings["stuck attribution"] = time.perf_counter() - t0
 
-    out = args.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    plot(results, out / "bpc.png", len(seeds))
-    print(tables(results, len(seeds)))
-    total = time.perf_counter() - t_start
-    print(f"\nrun time {total:.0f} s ({', '.join(f'{k} {v:.1f} s' for k, v in timings.items())})", file=sys.stderr)
+    write_results(results, args.out_dir, lambda r, path: plot(r, path, len(seeds)), "bpc.png",
+                  tables(results, len(seeds)), t_start, timings)
 
 
 def cell(e: dict) -> str:

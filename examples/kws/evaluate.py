@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import tempfile
 import time
@@ -50,7 +49,7 @@ from cimc.sweep.cluster import open_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import crossbar_eval  # noqa: E402  (shared by both examples)
-from crossbar_eval import chip_summary, chip_sweep, fusion_stats, hardware_toml  # noqa: E402
+from crossbar_eval import chip_summary, chip_sweep, fusion_stats, hardware_toml, write_results  # noqa: E402
 from float_eval import HERE, load_eval_set, onnx_logits
 
 MODEL = HERE / "kws_lstm.onnx"
@@ -167,13 +166,8 @@ def main() -> None:
     timings: dict[str, float] = {}
     with open_client(args.workers) as client:
         run_all(client, args, results, timings, x, y, held_out, calib_x, float_logits, seeds)
-    out = args.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    plot(results, out / "accuracy.png", len(seeds))
-    print(tables(results, len(seeds)))
-    total = time.perf_counter() - t_start
-    print(f"\nrun time {total:.0f} s ({', '.join(f'{k} {v:.1f} s' for k, v in timings.items())})", file=sys.stderr)
+    write_results(results, args.out_dir, lambda r, path: plot(r, path, len(seeds)), "accuracy.png",
+                  tables(results, len(seeds)), t_start, timings)
 
 
 def run_all(client: object, args: argparse.Namespace, results: dict, timings: dict[str, float], x: np.ndarray,
