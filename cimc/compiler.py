@@ -103,9 +103,22 @@ def image_provenance(model: str | Path | None, hw: Hardware, pipeline: str | Non
     digest = name = None
     if model is not None:
         path = Path(model)
-        name, digest = path.name, hashlib.sha256(path.read_bytes()).hexdigest()
+        name, digest = path.name, file_sha256(path)
     return {"model": {"name": name, "sha256": digest}, "cimc_version": __version__,
             "pipeline": None if pipeline is None else _without_folders(pipeline), "hardware_sha256": hardware_sha256(hw)}
+
+
+_HASH_CHUNK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read 1 MB at a time: a model file is weights-sized, and holding it whole for its
+    digest would add its size to the compile's peak memory."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _without_folders(pipeline: str) -> str:
