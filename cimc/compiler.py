@@ -129,15 +129,18 @@ def _without_folders(pipeline: str) -> str:
     return re.sub(r'calib="([^"]*)"', names, pipeline)
 
 
-def build_image(module: Module, hw: Hardware, provenance: dict[str, Any] | None = None, reference: bool = True) -> Image:
-    """The programming image of a scheduled module (the module is not changed); see cimc.passes.emit_image.
+def build_image(module: Module, hw: Hardware, provenance: dict[str, Any] | None = None, reference: bool = True,
+                release: bool = False) -> Image:
+    """The programming image of a scheduled module; see cimc.passes.emit_image.
 
+    The module is not changed, unless ``release``: then its tiles' conductances are deleted as they are laid out
+    (for a caller done with them; the peak memory is then the module's or the image's, not their sum).
     ``provenance`` defaults to what is known without the model file: cimc's version and the hardware. The cycle
     collector is paused meanwhile (the lowering creates tens of thousands of dicts and lists and keeps them all).
     """
     with collector_paused():
         return emit_image(module, hw, provenance if provenance is not None else image_provenance(None, hw, None),
-                          reference)
+                          reference, release)
 
 
 def compile_to_ir(model: str | Path, hw: Hardware, options: CompileOptions | None = None) -> Module:

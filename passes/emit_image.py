@@ -1,6 +1,7 @@
 """emit-image: the final lowering, from a scheduled module to the content of a programming image.
 
-It reads the module and writes nothing into it: each tile's conductances
+It reads the module and writes nothing into it (unless asked to release each
+tile's conductances once laid out, see :func:`emit_image`): each tile's conductances
 become device levels on its array (G+ on bit line c + 2j, G- on c + 2j + 1),
 each ``cim.ramp`` its column of step and calibration devices and one manifest
 entry, each programmed tile its reference weights, and the ops become the step
@@ -116,11 +117,16 @@ def _arrays_used(module: Module) -> list[int]:
                    if op.name in ("cim.tile_mvm", "cim.ramp") and "array" in op.attributes})
 
 
-def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], reference: bool = True) -> Image:
+def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], reference: bool = True,
+               release: bool = False) -> Image:
     """Lay every placed tile and ramp of a scheduled module out on its physical arrays, and write its step program.
 
     ``reference=False`` leaves out the unquantized weights (a smaller image that
-    runs at ideal and noisy fidelity only).
+    runs at ideal and noisy fidelity only). ``release=True`` deletes each tile's
+    ``g_pos`` and ``g_neg`` from the module once its levels and reference weights
+    are made, for a caller that is done with the module's conductances: the module
+    (twice the weight bytes in float32) and the image (levels and reference, 1.6
+    times) are then never held whole at once. The module is left unverifiable.
     """
     a = hw.array
     layout = _Layout(hw, _arrays_used(module))
@@ -188,6 +194,8 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
                 weights.setdefault(key, exact)
             extra[id(op)] = {"image.tile": tile_id, **({"image.weights": key} if reference else {})}
             tile_id += 1
+            if release:
+                del op.attributes["g_pos"], op.attributes["g_neg"]
         elif op.name == "cim.ramp":
             ramp = _ramp_entry(op, hw, len(ramps))
             k, c, column_lv = ramp.pop("array_index"), ramp["bit_line"], ramp.pop("column_levels")
