@@ -180,9 +180,9 @@ def _chunks(groups: list[Group], bitlines: int, ramp_cols: bool, run_on: bool) -
 def _conductance_tiles(op: Operation, chunks: list[tuple[int, int]], rows: int) -> dict[tuple[int, int], dict[str, Tensor]]:
     """Copies of the MVM's G+ and G- cut into tiles, by (first row, first column) and then name.
 
-    G+ is cut whole and deleted from the op before G- is cut: the op's own
-    arrays (twice the weight bytes over all MVMs) and their tiles' copies are
-    then never both held whole for both conductances.
+    G+ is cut whole and deleted from the op before G- is cut, so that it is freed
+    first: of G+, G- and their tiles' copies, at most three are held at once,
+    not all four (the MVM's copies of one conductance less at the pass's peak).
     """
     block = str(op.attributes.get("block", "mvm"))
     total_rows = op.attributes["g_pos"].type.shape[0]  # type: ignore[union-attr]
