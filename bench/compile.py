@@ -60,15 +60,15 @@ np.savez(sys.argv[2], **{init.name: numpy_helper.to_array(init) for init in mode
 
 
 _PHASES = """
-import resource, sys
+import sys
 from cimc.compiler import CompileOptions, build_image, compile_to_ir, image_provenance, pipeline_of
 from cimc.hardware import load_hardware
 from cimc.timing import Timing
 
-def mb():
-    with open("/proc/self/statm") as f:
-        rss = int(f.read().split()[1]) * resource.getpagesize() / 2**20
-    return rss, max(rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # the kernel updates the peak lazily
+def mb():  # VmHWM, not ru_maxrss: a child inherits its parent's ru_maxrss (this bench's, holding the model)
+    with open("/proc/self/status") as f:
+        kb = {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in f) if k in ("VmRSS", "VmHWM")}
+    return kb["VmRSS"] / 1024, kb["VmHWM"] / 1024
 
 class Resident(Timing):
     def add(self, name, seconds):
