@@ -1,6 +1,6 @@
 """cimc compile time and memory against the I/O floor, for 2-layer LSTMs of growing hidden size.
 
-    python bench/compile.py [--sizes 128 256 512 1024 2048] [--repeat 3] [--timing]
+    python bench/compile.py [--sizes 128 256 512 1024 2048] [--repeat 3] [--timing] [--memory]
 
 Each model is a 2-layer LSTM with input = hidden (16 H^2 + 16 H weights, float32),
 built with onnx.helper from seeded random weights. For each size, in fresh
@@ -18,7 +18,10 @@ log(compile time) against log(weights): k = 1 is linear in the weights. With
 --timing, one more compile of the largest size prints ``cimc compile --timing``'s
 per-phase table, so that the same run says where the remaining time goes. CPU time
 (user + system) is printed beside wall time, with its own ratio: on a shared
-machine it is the steadier of the two.
+machine it is the steadier of the two. With --memory, one more compile of the
+largest size, in a fresh process that runs the phases as ``cimc compile`` does
+(import, passes, ``build_image(release=True)``, save), prints the resident set
+after each phase and the peak so far, so that the same run says where the peak is.
 Peak memory is ``ru_maxrss`` of the child process (``RUSAGE_CHILDREN`` read by a
 small wrapper that runs nothing else), so it is the compile's own peak.
 """
@@ -53,6 +56,36 @@ import numpy as np, onnx
 from onnx import numpy_helper
 model = onnx.load(sys.argv[1])
 np.savez(sys.argv[2], **{init.name: numpy_helper.to_array(init) for init in model.graph.initializer})
+"""
+
+
+_PHASES = """
+import sys
+from cimc.compiler import CompileOptions, build_image, compile_to_ir, image_provenance, pipeline_of
+from cimc.hardware import load_hardware
+from cimc.timing import Timing
+
+def mb():  # VmHWM, not ru_maxrss: a child inherits its parent's ru_maxrss (this bench's, holding the model)
+    with open("/proc/self/status") as f:
+        kb = {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in f) if k in ("VmRSS", "VmHWM")}
+    return kb["VmRSS"] / 1024, kb["VmHWM"] / 1024
+
+class Resident(Timing):
+    def add(self, name, seconds):
+        super().add(name, seconds)
+        if name != "(verify)":
+            print("  %-18s %8.0f %8.0f" % ((name,) + mb()), flush=True)
+
+model, hw_path, out = sys.argv[1:4]
+hw, timing = load_hardware(hw_path), Resident()
+print("  %-18s %8s %8s" % ("phase", "RSS MB", "peak MB"))
+print("  %-18s %8.0f %8.0f" % (("(start)",) + mb()))
+options = CompileOptions(timing=timing)
+module = compile_to_ir(model, hw, options)
+with timing.phase("build image"):
+    image = build_image(module, hw, image_provenance(model, hw, pipeline_of(options)), release=True)
+with timing.phase("write image"):
+    image.save(out)
 """
 
 
@@ -97,6 +130,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512, 1024, 2048])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--timing", action="store_true", help="print the per-phase table of one compile of the largest size")
+    parser.add_argument("--memory", action="store_true", help="print the resident set after each phase of one compile "
+                        "of the largest size")
     args = parser.parse_args()
     cimc = cimc_script()
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,6 +167,10 @@ def main() -> None:
                                      capture_output=True, text=True, check=True)
                 table = out.stderr[out.stderr.index("==="):] if "===" in out.stderr else out.stderr
                 print(f"cimc compile --timing, hidden {hidden}:\n{table}", end="")
+            if args.memory and hidden == args.sizes[-1]:
+                out = subprocess.run([sys.executable, "-c", _PHASES, str(model), str(hw), str(image)],
+                                     capture_output=True, text=True, check=True)
+                print(f"resident memory by phase, hidden {hidden} ({weight_mb:.1f} MB of weights):\n{out.stdout}", end="")
             for path in (model, image, floor_out):
                 path.unlink()
     if len(rows) > 1:

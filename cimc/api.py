@@ -89,7 +89,8 @@ def compile(model: str | Path, hw: str | Path | Hardware | None = None,  # noqa:
     warning = range_warning(module)
     if warning:
         warnings.warn(warning.removeprefix("warning: "), RangeAssumptionWarning, stacklevel=2)
-    return CompiledModel(build_image(module, hardware, image_provenance(model, hardware, pipeline_of(options)), reference))
+    return CompiledModel(build_image(module, hardware, image_provenance(model, hardware, pipeline_of(options)), reference,
+                                     release=True))  # the module is dropped here
 
 
 

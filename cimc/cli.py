@@ -251,7 +251,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
                             f"have nothing to program and would run in float: {args.output} not written (use the "
                             "default pipeline, or -o OUT.cir for the IR)")
         with timing.phase("build image"):
-            image = build_image(module, hw, image_provenance(args.model, hw, pipeline_of(options)), not args.no_reference)
+            # release: what follows reads no conductances of the module (its summaries), so module and image are not both held
+            image = build_image(module, hw, image_provenance(args.model, hw, pipeline_of(options)), not args.no_reference,
+                                release=True)
         with timing.phase("write image"):
             image.save(args.output)
     sys.stdout.write(mapping_summary(module, hw))

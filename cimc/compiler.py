@@ -103,9 +103,22 @@ def image_provenance(model: str | Path | None, hw: Hardware, pipeline: str | Non
     digest = name = None
     if model is not None:
         path = Path(model)
-        name, digest = path.name, hashlib.sha256(path.read_bytes()).hexdigest()
+        name, digest = path.name, file_sha256(path)
     return {"model": {"name": name, "sha256": digest}, "cimc_version": __version__,
             "pipeline": None if pipeline is None else _without_folders(pipeline), "hardware_sha256": hardware_sha256(hw)}
+
+
+_HASH_CHUNK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read 1 MB at a time: a model file is weights-sized, and holding it whole for its
+    digest would add its size to the compile's peak memory."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _without_folders(pipeline: str) -> str:
@@ -116,15 +129,18 @@ def _without_folders(pipeline: str) -> str:
     return re.sub(r'calib="([^"]*)"', names, pipeline)
 
 
-def build_image(module: Module, hw: Hardware, provenance: dict[str, Any] | None = None, reference: bool = True) -> Image:
-    """The programming image of a scheduled module (the module is not changed); see cimc.passes.emit_image.
+def build_image(module: Module, hw: Hardware, provenance: dict[str, Any] | None = None, reference: bool = True,
+                release: bool = False) -> Image:
+    """The programming image of a scheduled module; see cimc.passes.emit_image.
 
+    The module is not changed, unless ``release``: then its tiles' conductances are deleted as they are laid out
+    (for a caller done with them; the peak memory is then the module's or the image's, not their sum).
     ``provenance`` defaults to what is known without the model file: cimc's version and the hardware. The cycle
     collector is paused meanwhile (the lowering creates tens of thousands of dicts and lists and keeps them all).
     """
     with collector_paused():
         return emit_image(module, hw, provenance if provenance is not None else image_provenance(None, hw, None),
-                          reference)
+                          reference, release)
 
 
 def compile_to_ir(model: str | Path, hw: Hardware, options: CompileOptions | None = None) -> Module:

@@ -1,6 +1,7 @@
 """emit-image: the final lowering, from a scheduled module to the content of a programming image.
 
-It reads the module and writes nothing into it: each tile's conductances
+It reads the module and writes nothing into it (unless asked to release each
+tile's conductances once laid out, see :func:`emit_image`): each tile's conductances
 become device levels on its array (G+ on bit line c + 2j, G- on c + 2j + 1),
 each ``cim.ramp`` its column of step and calibration devices and one manifest
 entry, each programmed tile its reference weights, and the ops become the step
@@ -32,14 +33,16 @@ def _dims(shape: tuple) -> list[int | str | None]:
 
 
 class _Layout:
-    """The devices of every used array, in one (arrays, physical rows, physical cols) buffer filled tile by tile and
+    """The devices of every used array, each array's (physical rows, physical cols) levels filled tile by tile and
     ramp by ramp.
 
-    The arrays used are known before the first tile is laid out (the module is
-    placed), so the buffer is allocated once and each array of the image is a
-    view of it: the levels are written where the image keeps them, and saving
-    streams them to the file without gathering them again. The physical size
-    includes the spare lines (only map-defects puts anything on them).
+    The levels are written where the image keeps them, and saving streams them
+    to the file without gathering them again. Each array is allocated when the
+    first tile or ramp lands on it, not all in one buffer up front: with
+    ``release``, the conductances of the tiles already laid out have then been
+    freed, and the small allocations reuse their memory (one buffer would be new
+    memory on top of the whole module: 36 MB for a 2-layer LSTM-1024). The
+    physical size includes the spare lines (only map-defects puts anything on them).
     """
 
     def __init__(self, hw: Hardware, used: list[int]) -> None:
@@ -47,20 +50,25 @@ class _Layout:
         d = hw.device
         self.delta_g = (d.g_max_us - d.g_min_us) / (d.levels - 1)
         self.dtype = level_dtype(d.levels)
-        self.buffer = np.full((len(used), hw.array.physical_rows, hw.array.physical_cols), -1, self.dtype)
-        self.slot = {k: i for i, k in enumerate(used)}
+        self.used = used
+        self.arrays: dict[int, np.ndarray] = {}
         self.regions: dict[int, list[dict[str, Any]]] = {}
 
     def array(self, k: int) -> np.ndarray:
-        return self.buffer[self.slot[k]]
+        lv = self.arrays.get(k)
+        if lv is None:
+            a = self.hw.array
+            lv = self.arrays[k] = np.full((a.physical_rows, a.physical_cols), -1, self.dtype)
+        return lv
 
     def levels(self) -> dict[int, np.ndarray]:
-        """Each array's levels: its rows x cols when its spare lines hold nothing (a plain compile's image is what
-        it was before spares existed), its physical size when a spare line is used (docs/image-format.md)."""
+        """Each used array's levels, in index order: its rows x cols when its spare lines hold nothing (a plain
+        compile's image is what it was before spares existed), its physical size when a spare line is used
+        (docs/image-format.md)."""
         a = self.hw.array
         out = {}
-        for k, i in self.slot.items():
-            lv = self.buffer[i]
+        for k in self.used:
+            lv = self.array(k)
             spares_idle = (lv[a.rows:] == -1).all() and (lv[:a.rows, a.cols:] == -1).all()
             out[k] = lv[:a.rows, :a.cols] if spares_idle else lv
         return out
@@ -86,9 +94,8 @@ class _Layout:
         out[:, 0::2], out[:, 1::2] = x[:, :, 0], x[:, :, 1]
 
     def devices_used(self) -> list[int]:
-        """Formed devices per array, 256 arrays at a time (a mask of the whole buffer would be as large as it)."""
-        return [int(n) for i in range(0, len(self.buffer), 256)
-                for n in np.count_nonzero(self.buffer[i:i + 256] >= 0, axis=(1, 2))]
+        """Formed devices of each used array, in index order."""
+        return [int(np.count_nonzero(self.array(k) >= 0)) for k in self.used]
 
     def free(self, k: int, rows: slice, cols: slice | int, what: str) -> np.ndarray:
         """The devices of a new region (a view), checked unused."""
@@ -116,11 +123,16 @@ def _arrays_used(module: Module) -> list[int]:
                    if op.name in ("cim.tile_mvm", "cim.ramp") and "array" in op.attributes})
 
 
-def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], reference: bool = True) -> Image:
+def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], reference: bool = True,
+               release: bool = False) -> Image:
     """Lay every placed tile and ramp of a scheduled module out on its physical arrays, and write its step program.
 
     ``reference=False`` leaves out the unquantized weights (a smaller image that
-    runs at ideal and noisy fidelity only).
+    runs at ideal and noisy fidelity only). ``release=True`` deletes each tile's
+    ``g_pos`` and ``g_neg`` from the module once its levels and reference weights
+    are made, for a caller that is done with the module's conductances: the module
+    (twice the weight bytes in float32) and the image (levels and reference, 1.6
+    times) are then never held whole at once. The module is left unverifiable.
     """
     a = hw.array
     layout = _Layout(hw, _arrays_used(module))
@@ -188,6 +200,8 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
                 weights.setdefault(key, exact)
             extra[id(op)] = {"image.tile": tile_id, **({"image.weights": key} if reference else {})}
             tile_id += 1
+            if release:
+                del op.attributes["g_pos"], op.attributes["g_neg"]
         elif op.name == "cim.ramp":
             ramp = _ramp_entry(op, hw, len(ramps))
             k, c, column_lv = ramp.pop("array_index"), ramp["bit_line"], ramp.pop("column_levels")
@@ -201,7 +215,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
     program = module_to_program(module, extra)
     hardware = hw.to_dict()
     if hw.array.limit is None:  # a chip sized to the model: record the count actually used
-        hardware["array"]["count"] = max(1, 1 + max(layout.slot, default=-1))  # a chip has at least one array
+        hardware["array"]["count"] = max(1, 1 + max(layout.used, default=-1))  # a chip has at least one array
     used, levels = layout.devices_used(), layout.levels()
     manifest = {
         "format": FORMAT, "version": VERSION, "op_set": OP_SET, "provenance": provenance, "hardware": hardware,
@@ -214,7 +228,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
         },
         "arrays": [{"index": k, "rows": levels[k].shape[0], "cols": levels[k].shape[1], "level_dtype": layout.dtype.name,
                     "regions": layout.regions.get(k, []), "devices_used": int(used[i])}
-                   for k, i in layout.slot.items()],
+                   for i, k in enumerate(layout.used)],
         "ramps": ramps,
     }
     if reference:

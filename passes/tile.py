@@ -177,10 +177,29 @@ def _chunks(groups: list[Group], bitlines: int, ramp_cols: bool, run_on: bool) -
     return chunks
 
 
+def _conductance_tiles(op: Operation, chunks: list[tuple[int, int]], rows: int) -> dict[tuple[int, int], dict[str, Tensor]]:
+    """Copies of the MVM's G+ and G- cut into tiles, by (first row, first column) and then name.
+
+    G+ is cut whole and deleted from the op before G- is cut, so that it is freed
+    first: of G+, G- and their tiles' copies, at most three are held at once,
+    not all four (the MVM's copies of one conductance less at the pass's peak).
+    """
+    block = str(op.attributes.get("block", "mvm"))
+    total_rows = op.attributes["g_pos"].type.shape[0]  # type: ignore[union-attr]
+    tiles: dict[tuple[int, int], dict[str, Tensor]] = {}
+    for name in ("g_pos", "g_neg"):
+        g = op.attributes.pop(name).array  # type: ignore[union-attr]
+        for c0, c1 in chunks:
+            for r0 in range(0, total_rows, rows):
+                tiles.setdefault((r0, c0), {})[name] = Tensor(g[r0:r0 + rows, c0:c1], key=f"{block}.r{r0}c{c0}.{name}")
+        del g
+    return tiles
+
+
 def tile_mvm(op: Operation, rows: int, bitlines: int, ramp_cols: bool, analog: bool, adc_bits: int) -> None:
     attrs = op.attributes
-    g_pos, g_neg, scale = (attrs[k].array for k in ("g_pos", "g_neg", "g_scale"))  # type: ignore[union-attr]
-    total_rows, cols = g_pos.shape
+    scale = attrs["g_scale"].array  # type: ignore[union-attr]
+    total_rows, cols = attrs["g_pos"].type.shape  # type: ignore[union-attr]
     block = str(attrs.get("block", "mvm"))
     result = op.results[0]
     b = Builder(op.parent, op, op.location)  # type: ignore[arg-type]
@@ -190,7 +209,9 @@ def tile_mvm(op: Operation, rows: int, bitlines: int, ramp_cols: bool, analog: b
     # of a row band or column chunk, each under its own key.
     row_scales = {r0: Tensor(attrs["row_scale"].array[r0:r0 + rows]) for r0 in range(0, total_rows, rows)} \
         if "row_scale" in attrs else {}  # type: ignore[union-attr]
-    for c0, c1 in column_chunks(column_groups(result), bitlines, ramp_cols):
+    chunks = column_chunks(column_groups(result), bitlines, ramp_cols)
+    conductances = _conductance_tiles(op, chunks, rows)
+    for c0, c1 in chunks:
         part_type = TensorType(result.type.dtype, (*lead, c1 - c0))
         columns = {"g_scale": Tensor(scale[c0:c1]),
                    **{k: Tensor(attrs[k].array[c0:c1]) for k in ("z_lo", "z_hi") if k in attrs}}  # type: ignore[union-attr]
@@ -199,8 +220,7 @@ def tile_mvm(op: Operation, rows: int, bitlines: int, ramp_cols: bool, analog: b
             r1 = min(r0 + rows, total_rows)
             key = f"{block}.r{r0}c{c0}"
             tile_attrs = {
-                "g_pos": Tensor(g_pos[r0:r1, c0:c1], key=f"{key}.g_pos"),
-                "g_neg": Tensor(g_neg[r0:r1, c0:c1], key=f"{key}.g_neg"),
+                **conductances.pop((r0, c0)),
                 "g_scale": columns["g_scale"].renamed(f"{key}.g_scale"),
                 "bias_rows": attrs.get("bias_rows", 0), "block": block,
                 "rows": (r0, r1), "cols": (c0, c1)}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,19 @@ def test_passes_lists_options_and_defaults(cimc_cli, tmp_path: Path) -> None:
     assert result.returncode == 0
     assert "canonicalize:" in result.stdout and "max_iterations: int = 10" in result.stdout
     assert {"cse:", "dce:"} <= {line.split()[0] for line in result.stdout.splitlines() if not line.startswith(" ")}
+
+
+def test_the_parser_imports_no_onnxruntime_or_scipy(tmp_path: Path) -> None:
+    """Every command builds the whole parser (the sweep's arguments included): onnxruntime and scipy, which only
+    verify, sweep and map-defects use, would add 110 MB to every compile's peak memory (bench/README.md)."""
+    code = ("import sys, cimc.cli, cimc.sweep; cimc.cli.build_parser(); "
+            "print(sorted(m for m in ('onnxruntime', 'scipy') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert result.stdout.strip() == "[]"
+    lazy = subprocess.run([sys.executable, "-c", "from cimc.sweep import sweep, HardwarePoint, SweepResult; "
+                           "import cimc.sweep; print(callable(sweep), hasattr(cimc.sweep, 'nothing'))"],
+                          capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert lazy.stdout.strip() == "True False"
 
 
 def test_usage_error_is_one_line_with_status_2(cimc_cli) -> None:

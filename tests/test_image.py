@@ -199,3 +199,15 @@ def test_compile_options_are_deterministic_across_runs(tmp_path: Path) -> None:
     first = build_image(compile_to_ir(KWS, hw, CompileOptions(calib=str(EXAMPLES / "kws" / "calib.npz"))), hw).to_bytes()
     second = build_image(compile_to_ir(KWS, hw, CompileOptions(calib=str(EXAMPLES / "kws" / "calib.npz"))), hw).to_bytes()
     assert first == second
+
+
+def test_release_gives_the_same_image_and_deletes_the_conductances() -> None:
+    """build_image(release=True), as cimc compile calls it, writes the same bytes and leaves no tile its G+ / G-."""
+    hw = load_hardware()
+    options = CompileOptions(calib=str(EXAMPLES / "kws" / "calib.npz"))
+    kept, released = compile_to_ir(KWS, hw, options), compile_to_ir(KWS, hw, options)
+    image = build_image(released, hw, release=True)
+    assert image.to_bytes() == build_image(kept, hw).to_bytes()
+    for module, held in ((kept, True), (released, False)):
+        tiles = [op for op in module.walk() if op.name == "cim.tile_mvm"]
+        assert tiles and all(("g_pos" in op.attributes, "g_neg" in op.attributes) == (held, held) for op in tiles)
