@@ -24,6 +24,7 @@ from cimc.hardware import Hardware, hardware_from_dict
 from cimc.image import Image
 from cimc.importer import DimSpec, import_onnx
 from cimc.ir import Module
+from cimc.npz import file_sha256
 from cimc.pass_manager import PassContext, PassManager, format_pipeline, parse_pipeline
 from cimc.passes.emit_image import emit_image
 from cimc.passes.ranges import Ranges
@@ -108,17 +109,6 @@ def image_provenance(model: str | Path | None, hw: Hardware, pipeline: str | Non
             "pipeline": None if pipeline is None else _without_folders(pipeline), "hardware_sha256": hardware_sha256(hw)}
 
 
-_HASH_CHUNK = 1 << 20
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, read 1 MB at a time: a model file is weights-sized, and holding it whole for its
-    digest would add its size to the compile's peak memory."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _without_folders(pipeline: str) -> str:

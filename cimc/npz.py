@@ -16,6 +16,7 @@ and pickled objects.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
@@ -163,3 +164,16 @@ def load_npz(path: str | os.PathLike[str], what: str = "") -> dict[str, np.ndarr
             raise CimcError(f"cannot read {label}: entry '{name}' is not an .npy array")
         arrays[name[:-len(".npy")]] = npy_from_bytes(data, f"entry '{name}' of {label}")
     return arrays
+
+
+_HASH_CHUNK = 1 << 20
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes, read 1 MB at a time: a model file is weights-sized, and holding it whole for its
+    digest would add its size to the compile's peak memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from cimc.hardware import Hardware, load_hardware
-from cimc.sweep.cache import CompileSpec, ImageCache, default_cache_dir, file_sha256
+from cimc.npz import file_sha256
+from cimc.sweep.cache import CompileSpec, ImageCache, default_cache_dir
 from cimc.sweep.fanout import Progress, SweepPlan, run_sweep
 from cimc.sweep.grid import grid
 from cimc.sweep.results import SweepResult

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from cimc import __version__
 from cimc.diagnostics import CimcError
-from cimc.npz import write_atomic
+from cimc.npz import file_sha256, write_atomic
 
 
 def default_cache_dir() -> Path:
@@ -34,10 +34,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ["CIMC_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "cimc" / "images"
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)
