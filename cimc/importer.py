@@ -353,7 +353,7 @@ class _Importer:
         for i, name in enumerate(names):
             t = self.types.get(name) if name else None
             if t is None and op_type in _RECURRENT:
-                t = _recurrent_result_type(self.values[inputs[0]].type, attrs, i)  # type: ignore[index]
+                t = _recurrent_result_type(self.values[inputs[0]].type, attrs, i, loc)  # type: ignore[index]
             if t is None:
                 raise CimcError(f"{loc}: shape inference could not type output '{name}' of {op_type}")
             if i == 0 and self._is_stale(t):
@@ -593,9 +593,12 @@ def _broadcast_dims(source: tuple[Dim, ...], target: tuple[Dim, ...]) -> tuple[D
                  for x, y in zip(a, b))
 
 
-def _recurrent_result_type(x: TensorType, attrs: Mapping[str, AttrValue], index: int) -> TensorType:
+def _recurrent_result_type(x: TensorType, attrs: Mapping[str, AttrValue], index: int, loc: str) -> TensorType:
     directions = 2 if attrs.get("direction") == "bidirectional" else 1
-    hidden = int(attrs["hidden_size"])  # type: ignore[arg-type]
+    hidden = attrs.get("hidden_size")
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+        # onnxruntime refuses such a node as well: its RNN kernels require a positive hidden_size.
+        raise CimcError(f"{loc}: a recurrent node needs a positive integer attribute hidden_size, got {hidden!r}")
     batch_first = attrs.get("layout", 0) == 1
     seq, batch = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
     if index == 0:

@@ -149,6 +149,23 @@ def test_unsupported_attribute_value_is_refused() -> None:
         import_model(_model_with(node, opset=11))
 
 
+def test_recurrent_node_without_hidden_size_is_refused(cimc_cli, tmp_path: Path) -> None:
+    """An LSTM with no hidden_size (onnxruntime refuses it too) is one exit-2 line, not a KeyError (found by fuzzing)."""
+    rng = np.random.default_rng(0)
+    weights = [helper.make_tensor(name, TensorProto.FLOAT, shape, rng.normal(size=shape).astype(np.float32).ravel())
+               for name, shape in (("W", [1, 16, 3]), ("R", [1, 16, 4]))]
+    nodes = [helper.make_node("LSTM", ["X", "W", "R"], ["", "Y_h"], name="lstm"),
+             helper.make_node("Tanh", ["Y_h"], ["out"], name="head")]  # Y_h has no declared type: the importer derives it
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [5, 2, 3])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 4])], weights)
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
+    result = cimc_cli("import", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {path.name}:lstm: a recurrent node needs a positive integer attribute hidden_size, got None"]
+
+
 @pytest.mark.parametrize("content, message", [(b"not a model", "not an ONNX model"), (None, "no such file")])
 def test_unreadable_model(cimc_cli, tmp_path: Path, content: bytes | None, message: str) -> None:
     path = tmp_path / "m.onnx"
