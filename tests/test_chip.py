@@ -236,3 +236,18 @@ def test_identity_columns_leave_the_ramp_bit_lines_place_reserved() -> None:
     assert not state.fits_identity(1, "Relu")  # 60 + 2 + 3 ramps = 65
     assert state.fits_identity(1, "Tanh")  # 60 + 2 + 2 ramps = 64: the tanh ramp serves it too
     assert not state.fits_identity(2, "Tanh")
+
+
+def test_level_conductance_is_the_closed_form_bit_for_bit() -> None:
+    """Every level -1..levels-1 against G_min + level * (G_max - G_min) / (levels - 1), and 0 uS unformed."""
+    from cimc.backends.chip import level_conductance
+    from cimc.hardware import load_hardware
+
+    hw = load_hardware(None)
+    d = hw.device
+    level = np.arange(-1, d.levels, dtype=np.int8).reshape(1, -1).repeat(3, axis=0)
+    closed = np.where(level >= 0, d.g_min_us + level.astype(np.float64) * ((d.g_max_us - d.g_min_us) / (d.levels - 1)), 0.0)
+    got = level_conductance(hw, level)
+    assert got.dtype == np.float64 and got.shape == level.shape
+    assert got[:, 0].tolist() == [0.0] * 3 and got[0, -1] == d.g_max_us
+    assert np.array_equal(got.view(np.int64), closed.view(np.int64))
