@@ -96,13 +96,13 @@ def compile(model: str | Path, hw: str | Path | Hardware | None = None,  # noqa:
 
 def verify(model: str | Path, compiled: CompiledModel | str | Path, inputs: Mapping[str, np.ndarray] | None = None,
            samples: int = 8, fidelity: str = "exact", seed: int = 0, defects: ChipMeasurement | None = None,
-           labels: np.ndarray | None = None, labels_output: str | None = None) -> VerifyReport:
+           labels: np.ndarray | None = None, label_output: str | None = None) -> VerifyReport:
     """Compare ``compiled`` with onnxruntime on ``inputs`` (or ``samples`` random ones), as ``cimc verify``.
 
     ``defects``: chip ``seed``'s measurement, so that the noisy bound counts its stuck devices exactly
-    (``cimc verify --defects``); ``labels``: integer labels to score both runs with, on ``labels_output`` or the one
+    (``cimc verify --defects``); ``labels``: integer labels to score both runs with, on ``label_output`` or the one
     output shaped like them (``cimc verify --labels KEY[:OUTPUT]``).
     """
     image = compiled.image if isinstance(compiled, CompiledModel) else load_image(compiled)
     return verify_image(model, image, inputs, samples, SimulatorOptions(fidelity, seed), defects,
-                        None if labels is None else (np.asarray(labels), labels_output))
+                        None if labels is None else (np.asarray(labels), label_output))

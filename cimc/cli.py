@@ -54,6 +54,16 @@ def _integer(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def label_spec(text: str) -> tuple[str, str | None]:
+    """``--labels KEY[:OUTPUT]`` (verify, sweep) as (key, output or None); a malformed one is a usage error (exit 2)."""
+    from cimc.labels import parse_label_spec
+
+    try:
+        return parse_label_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _seconds(text: str) -> float:
     """An argparse type: a finite, non-negative time in seconds."""
     try:
@@ -339,7 +349,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from cimc.backends.simulator import SimulatorOptions
     from cimc.feeds import check_feeds
     from cimc.npz import write_atomic
-    from cimc.labels import parse_label_spec, split_labels
+    from cimc.labels import split_labels
     from cimc.verification import verify_image
 
     plan = PathPlan()
@@ -357,10 +367,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     labels = None
     raw = _load_inputs(args.inputs) if args.inputs else None
     if args.labels:
-        try:
-            key, output = parse_label_spec(args.labels)
-        except ValueError as e:
-            raise CimcError(f"--labels: {e}") from None
+        key, output = args.labels
         raw, values = split_labels(raw, key, args.inputs)
         labels = (values, output)
     inputs = check_feeds(image, raw, args.inputs) if raw is not None else None
@@ -503,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--samples", type=_integer(1), default=8, metavar="N",
                        help="random inputs: batch N (>= 1) inside the calibrated ranges")
     ver.add_argument("--json", metavar="REPORT.json", help="also write the report as JSON")
-    ver.add_argument("--labels", metavar="KEY[:OUTPUT]",
+    ver.add_argument("--labels", type=label_spec, metavar="KEY[:OUTPUT]",
                      help="score the outputs against the integer labels KEY of the inputs file (accuracy, bits per "
                           "label); OUTPUT names the output when several fit")
     ver.add_argument("--defects", metavar="MEASURED.npz",

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from cimc.cli import BITS_MAX, SEED_MAX
+from cimc.cli import BITS_MAX, SEED_MAX, label_spec
 from cimc.cli_io import PathPlan
 from cimc.diagnostics import CimcError
 from cimc.sweep.grid import DEFECT_AWARE_CHOICES
@@ -94,22 +94,13 @@ def _workers(text: str) -> int:
     return value
 
 
-def _labels(text: str) -> tuple[str, str | None]:
-    from cimc.labels import parse_label_spec
-
-    try:
-        return parse_label_spec(text)
-    except ValueError as e:
-        raise _fail(str(e)) from None
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from cimc.sweep.cache import default_cache_dir
 
     p.add_argument("model", metavar="MODEL.onnx")
     p.add_argument("--inputs", required=True, metavar="EVAL.npz",
                    help="inputs named like the ONNX graph inputs (and the labels' key, with --labels)")
-    p.add_argument("--labels", type=_labels, metavar="KEY[:OUTPUT]",
+    p.add_argument("--labels", type=label_spec, metavar="KEY[:OUTPUT]",
                    help="score OUTPUT (default: the one output shaped like the labels + classes) against the integer "
                         "labels stored under KEY in the inputs file: accuracy and bits per label per chip")
     p.add_argument("--calib", action="append", metavar="DATA.npz|DIR", help="calibration data, as for 'cimc compile'")
