@@ -151,8 +151,9 @@ def test_grid_is_the_sorted_product_and_keeps_the_base_values_of_axes_left_out()
     (["--stuck-rate", "0.6/0.6"], "ON + OFF <= 1"),
     (["--program-noise-us", "-1"], ">= 0 uS"),
     (["--labels", "nolabels"], "no array 'nolabels'"),
+    ([], "unknown ['y'] (labels are named with --labels KEY)"),  # the labels left among the model's inputs
     (["--bits", "9"], "cannot hold one 9-bit ramp column"),  # a 9-bit ramp (516 rows) does not fit the default 128-row arrays
-    (["--scheduler", "tcp://127.0.0.1:9"], "cannot reach the Dask scheduler at tcp://127.0.0.1:9"),
+    (["--labels", "y", "--scheduler", "tcp://127.0.0.1:9"], "cannot reach the Dask scheduler at tcp://127.0.0.1:9"),
 ])
 def test_careless_commands_exit_2_with_one_line(tmp_path, eval_npz, capsys, monkeypatch, args, message):
     monkeypatch.setattr(sweep_cluster, "CONNECT_TIMEOUT_S", 1)

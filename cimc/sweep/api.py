@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import numpy as np
 from cimc.hardware import Hardware, load_hardware
 from cimc.npz import file_sha256
 from cimc.sweep.cache import CompileSpec, ImageCache, default_cache_dir
-from cimc.sweep.fanout import Progress, SweepPlan, run_sweep
+from cimc.sweep.fanout import Progress, SweepPlan, reference_outputs, run_sweep
 from cimc.sweep.grid import grid
 from cimc.sweep.results import SweepResult
 
@@ -44,11 +44,14 @@ def sweep(model: str | Path, feeds: Mapping[str, np.ndarray], *, labels: np.ndar
           defect_aware: str = "off", seeds: Iterable[int] = range(10), client: object | None = None,
           workers: int | None = None, scheduler: str | None = None, cache: str | Path | None = None,
           progress: Progress | None = None, inputs_name: str | None = None,
-          label_key: str | None = None) -> tuple[SweepResult, dict[str, int]]:
+          label_key: str | None = None, on_client: Callable[[object], None] | None = None,
+          ) -> tuple[SweepResult, dict[str, int]]:
     """Compile ``model`` per hardware point and run every seed as a chip; returns the result and counts
     {compiled, cached, chip_runs}. ``calib`` are .npz files (as ``cimc compile --calib``); ``hw`` the base hardware
     the points override; an axis left None keeps the base's value. ``inputs_name`` and ``label_key`` (the file and
-    key the arrays came from) are only recorded in the result."""
+    key the arrays came from) are only recorded in the result. The model runs once in onnxruntime on ``feeds``
+    before any cluster starts (inputs that do not match it are refused first); ``on_client`` is then called with
+    the client, before the first task (the CLI prints the cluster and its dashboard)."""
     from cimc.sweep.cluster import open_client
 
     base = hw if isinstance(hw, Hardware) else load_hardware(hw)
@@ -60,7 +63,10 @@ def sweep(model: str | Path, feeds: Mapping[str, np.ndarray], *, labels: np.ndar
                 "labels": None if labels is None else {"key": label_key, "output": label_output},
                 "calib": [{"name": Path(c).name, "sha256": file_sha256(c)} for c in spec.calib],
                 "identity": identity, "pipeline": pipeline, "base_hardware": base.to_dict()}
-    plan = SweepPlan(spec, base, points, list(seeds), feeds, labels, label_output, describe)
+    plan = SweepPlan(spec, base, points, list(seeds), feeds, reference_outputs(model, feeds), labels, label_output,
+                     describe)
     store = ImageCache(cache if cache is not None else default_cache_dir())
     with contextlib.nullcontext(client) if client is not None else open_client(workers, scheduler) as live:
+        if on_client is not None:
+            on_client(live)
         return run_sweep(live, plan, store, progress)

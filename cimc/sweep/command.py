@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     from cimc.sweep.api import sweep
     from cimc.sweep.grid import grid
     from cimc.sweep.cache import default_cache_dir
-    from cimc.sweep.cluster import check_available, dashboard_link, open_client
+    from cimc.sweep.cluster import check_available, dashboard_link
 
     plan = PathPlan()
     plan.read("model", args.model)
@@ -202,15 +202,18 @@ def run(args: argparse.Namespace) -> int:
                    stuck_rates=args.stuck_rate, program_noise_us=args.program_noise_us,
                    defect_aware=args.defect_aware, seeds=args.seeds, cache=cache_dir,
                    inputs_name=Path(args.inputs).name, label_key=args.labels[0] if args.labels else None)
-    start = time.perf_counter()
-    with open_client(args.workers, args.scheduler) as client:
+
+    def announce(client: object) -> None:
         link = dashboard_link(client)
         n = len(client.scheduler_info()["workers"])  # type: ignore[attr-defined]
         where = f"the cluster at {args.scheduler}" if args.scheduler else \
             f"a LocalCluster of {n} worker process{'es' if n > 1 else ''}"
         print(f"sweep: {len(points)} hardware points x {len(args.seeds)} chips = {len(points) * len(args.seeds)} chip "
               f"runs on {where}" + (f"; dashboard {link}" if link else ""), file=sys.stderr, flush=True)
-        result, counts = sweep(args.model, feeds, client=client, progress=Progress(), **options)  # type: ignore[arg-type]
+
+    start = time.perf_counter()
+    result, counts = sweep(args.model, feeds, workers=args.workers, scheduler=args.scheduler, on_client=announce,
+                           progress=Progress(), **options)  # type: ignore[arg-type]
     for warning in result.describe["range_warnings"]:  # type: ignore[union-attr]
         print(f"warning: {warning}", file=sys.stderr)
     sys.stdout.write(result.table())

@@ -43,9 +43,18 @@ def reference_outputs(model: str | Path, feeds: Mapping[str, np.ndarray]) -> dic
 
     try:
         session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001  (onnxruntime raises its own types)
+        raise CimcError(f"onnxruntime cannot load {model}: {str(e).splitlines()[0]}") from None
+    wanted = [i.name for i in session.get_inputs()]
+    missing, unknown = [n for n in wanted if n not in feeds], sorted(set(feeds) - set(wanted))
+    if missing or unknown:
+        raise CimcError(f"the inputs do not match {Path(model).name}: its inputs are {wanted}"
+                        + (f"; missing {missing}" if missing else "")
+                        + (f"; unknown {unknown} (labels are named with --labels KEY)" if unknown else ""))
+    try:
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(None, dict(feeds))))
-    except Exception as e:  # noqa: BLE001  (onnxruntime raises its own types)
+    except Exception as e:  # noqa: BLE001
         raise CimcError(f"onnxruntime cannot run {model} on these inputs: {str(e).splitlines()[0]}") from None
 
 
@@ -58,6 +67,7 @@ class SweepPlan:
     points: Sequence[HardwarePoint]
     seeds: Sequence[int]
     feeds: Mapping[str, np.ndarray]
+    reference: Mapping[str, np.ndarray]  # onnxruntime's outputs on the feeds (``reference_outputs``)
     labels: np.ndarray | None = None
     label_output: str | None = None
     describe: Mapping[str, object] | None = None  # what the result records about the inputs (names, digests...)
@@ -81,12 +91,11 @@ def run_sweep(client: object, plan: SweepPlan, cache: ImageCache, progress: Prog
     from distributed import as_completed
 
     start = time.perf_counter()
-    reference = reference_outputs(plan.spec.model, plan.feeds)
     digest = plan.spec.digest()
     workers = max(1, len(client.scheduler_info()["workers"]))  # type: ignore[attr-defined]
     batch = max(1, math.ceil(plan.chip_runs / (BATCHES_PER_WORKER * workers)))
     inputs, feeds, ref, labels = (client.scatter(v, broadcast=True)  # type: ignore[attr-defined]
-                                  for v in (plan.inputs(), dict(plan.feeds), reference, plan.labels))
+                                  for v in (plan.inputs(), dict(plan.feeds), dict(plan.reference), plan.labels))
     submit = client.submit  # type: ignore[attr-defined]
     task_kind: dict[object, tuple[str, object]] = {}  # future -> (kind, what it belongs to)
     images: dict[HardwarePoint, object] = {}
