@@ -100,8 +100,8 @@ def verify(model: str | Path, compiled: CompiledModel | str | Path, inputs: Mapp
     """Compare ``compiled`` with onnxruntime on ``inputs`` (or ``samples`` random ones), as ``cimc verify``.
 
     ``defects``: chip ``seed``'s measurement, so that the noisy bound counts its stuck devices exactly
-    (``cimc verify --defects``); ``labels``: integer labels to score both runs with, on ``label_output`` or the one
-    output shaped like them (``cimc verify --labels KEY[:OUTPUT]``).
+    (``cimc verify --defects``); ``labels``: class indices or 0/1 targets to score both runs with (``cimc.labels``), on
+    ``label_output`` or the one output they fit (``cimc verify --labels KEY[:OUTPUT]``).
     """
     image = compiled.image if isinstance(compiled, CompiledModel) else load_image(compiled)
     return verify_image(model, image, inputs, samples, SimulatorOptions(fidelity, seed), defects,

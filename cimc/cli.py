@@ -511,8 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="random inputs: batch N (>= 1) inside the calibrated ranges")
     ver.add_argument("--json", metavar="REPORT.json", help="also write the report as JSON")
     ver.add_argument("--labels", type=label_spec, metavar="KEY[:OUTPUT]",
-                     help="score the outputs against the integer labels KEY of the inputs file (accuracy, bits per "
-                          "label); OUTPUT names the output when several fit")
+                     help="score the outputs against the labels KEY of the inputs file, class indices or 0/1 targets "
+                          "(accuracy, bits per label); OUTPUT names the output when several fit")
     ver.add_argument("--defects", metavar="MEASURED.npz",
                      help="noisy: the measurement of the chip verified ('cimc chip' of the image the defect-aware one "
                           "was compiled from, same --seed): the bound then knows its stuck devices")

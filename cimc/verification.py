@@ -75,7 +75,11 @@ carried in the inputs file (``cimc.labels``: accuracy and bits per label).
 Discrete outputs (integer dtype, e.g. ArgMax) are compared by agreement: an
 element the bound certifies (its top value beats every other by more than
 their bounds) must agree. For classifier-like float outputs (rank >= 2,
-several classes on the last axis) the argmax agreement is reported too.
+several classes on the last axis) the argmax agreement is reported too; for an
+output a Sigmoid computes (independent per-element probabilities, as a
+multi-label or voice-activity model emits; ``cimc.labels.output_producers``)
+the argmax means nothing, and the decision agreement (both sides of
+probability 0.5 alike, elementwise) is reported instead.
 The printed tolerance lists, per output, the bound with each source alone
 and all together (relative RMS).
 """
@@ -104,7 +108,7 @@ from cimc.error_bound import ACTIVATION_ULPS, Sources, breakdown, output_bounds,
 from cimc.image import Image
 from cimc.defects import ChipMeasurement
 from cimc.importer import load_onnx
-from cimc.labels import label_metrics
+from cimc.labels import describe as describe_labels, label_metrics, output_producers
 from cimc.limits import check_allocation
 from cimc.ir import Operation
 from cimc.onnx_steps import operand_names, per_step_against_onnxruntime, recurrent_nodes
@@ -126,6 +130,14 @@ class OutputReport:
     bound_relative: float = 0.0  # relative RMS of the elementwise bound
     worst_ratio: float = 0.0  # max over elements of |err| / bound (<= 1 within the bound)
     certified: float | None = None  # discrete outputs: fraction of elements the bound certifies
+    decision_agreement: float | None = None  # Sigmoid outputs: fraction of elements on the same side of 0.5
+
+    @property
+    def agreement(self) -> str:
+        """The agreement column of the table: argmax (or discrete) agreement, else decision agreement ('>0.5')."""
+        if self.argmax_agreement is not None:
+            return f"{100 * self.argmax_agreement:.1f}%"
+        return "-" if self.decision_agreement is None else f"{100 * self.decision_agreement:.1f}%>.5"
 
 
 @dataclass
@@ -172,11 +184,10 @@ class VerifyReport:
                 continue
             if self.steps or self.onnx_steps or self.exact:
                 lines.append(title + ":")
-            lines.append(f"{'output':<20} {'max |err|':>11} {'RMS err':>11} {'rel err':>9} {'rel bound':>9} {'err/bound':>9} {'argmax':>8}  result")
+            lines.append(f"{'output':<20} {'max |err|':>11} {'RMS err':>11} {'rel err':>9} {'rel bound':>9} {'err/bound':>9} {'agree':>9}  result")
             for o in rows:
-                agree = "-" if o.argmax_agreement is None else f"{100 * o.argmax_agreement:.1f}%"
                 lines.append(f"{o.name:<20} {o.max_abs:>11.4g} {o.rms:>11.4g} {o.relative:>9.3%} {o.bound_relative:>9.3%} "
-                             f"{o.worst_ratio:>9.3g} {agree:>8}  {'ok' if o.passed else failed}")
+                             f"{o.worst_ratio:>9.3g} {o.agreement:>9}  {'ok' if o.passed else failed}")
         if self.layers:
             lines.append("per layer (tensors named as in the ONNX model, in program order):")
             lines.append(f"  {'tensor':<40} {'max |err|':>11} {'rel err':>9}")
@@ -186,8 +197,7 @@ class VerifyReport:
             lines += _saturation_table(self.saturation)
         if self.labels is not None:
             for who, m in self.labels.items():
-                lines.append(f"labels ({who}): output '{m['output']}' against {m['count']} labels: accuracy "
-                             f"{100 * float(m['accuracy']):.2f} %, {float(m['bits']):.4f} bits per label")
+                lines.append(f"labels ({who}): {describe_labels(m)}")
         return "\n".join(lines) + "\n"
 
 
@@ -197,11 +207,13 @@ def _relative_rms(values: np.ndarray, ref: np.ndarray) -> float:
     return rms / ref_rms if ref_rms > 0 else rms
 
 
-def compare_output(name: str, actual: np.ndarray, reference: np.ndarray, bound: np.ndarray, fidelity: str) -> OutputReport:
+def compare_output(name: str, actual: np.ndarray, reference: np.ndarray, bound: np.ndarray, fidelity: str,
+                   producer: str = "") -> OutputReport:
     """One output against its reference and its elementwise bound (see the module docstring for the pass rule).
 
     The rule is elementwise at every fidelity (noisy through the tail sigma of its bound); ``fidelity`` is kept
-    in the signature for callers.
+    in the signature for callers. ``producer`` is the ONNX op that computes the output
+    (``cimc.labels.output_producers``): a Sigmoid's output gets a decision agreement instead of an argmax one.
     """
     got, ref = actual.astype(np.float64), reference.astype(np.float64)
     err = np.abs(got - ref)
@@ -216,10 +228,14 @@ def compare_output(name: str, actual: np.ndarray, reference: np.ndarray, bound: 
         agreement = float((err == 0).mean()) if err.size else 1.0
         passed = bool((err[certified] == 0).all())
         return OutputReport(name, max_abs, rms, relative, agreement, passed, 0.0, worst, float(certified.mean()))
-    argmax = float((got.argmax(-1) == ref.argmax(-1)).mean()) if ref.ndim >= 2 and ref.shape[-1] > 1 else None
+    argmax = decision = None
+    if producer == "Sigmoid":
+        decision = float(((got > 0.5) == (ref > 0.5)).mean()) if ref.size else 1.0
+    elif ref.ndim >= 2 and ref.shape[-1] > 1:
+        argmax = float((got.argmax(-1) == ref.argmax(-1)).mean())
     bound_relative = _relative_rms(bound, ref)
     passed = bool((err <= bound).all())
-    return OutputReport(name, max_abs, rms, relative, argmax, passed, bound_relative, worst)
+    return OutputReport(name, max_abs, rms, relative, argmax, passed, bound_relative, worst, decision_agreement=decision)
 
 
 def derivation(fidelity: str, image: Image, sources: Sources, parts: list[tuple[str, dict[str, np.ndarray]]],
@@ -416,14 +432,16 @@ def verify_image(model_path: str | Path, image: Image, inputs: Mapping[str, np.n
     layer_names = [onnx_names[n] for n in named]
     print("running onnxruntime", file=sys.stderr)
     model = load_onnx(Path(model_path))
+    producers = output_producers(model)
     step_operands = [n for node in recurrent_nodes(model).values() for n in operand_names(node)]
     expected = _reference(Path(model_path), feeds, layer_names + step_operands)
     names = [o["name"] for o in image.manifest["model"]["outputs"]]
     print("bounding the error", file=sys.stderr)
     label_report = None
     if labels is not None:
-        scored = {"simulator": label_metrics(actual, labels[0], "--labels", labels[1]),
-                  "onnxruntime": label_metrics({n: expected[n] for n in names}, labels[0], "--labels", labels[1])}
+        scored = {"simulator": label_metrics(actual, labels[0], "--labels", labels[1], producers),
+                  "onnxruntime": label_metrics({n: expected[n] for n in names}, labels[0], "--labels", labels[1],
+                                               producers)}
         label_report = {who: m.to_dict() for who, m in scored.items()}
     steps: list[OutputReport] = []
     exact_rows: list[OutputReport] = []
@@ -438,8 +456,8 @@ def verify_image(model_path: str | Path, image: Image, inputs: Mapping[str, np.n
         enforced = bounds
     else:
         steps, exact_rows, sources, parts, enforced, bounds = _per_step(image, feeds, simulator, options, expected, names,
-                                                                       reference_out, reference, defects)
-    outputs = [compare_output(n, actual[n], expected[n], bounds[n], options.fidelity) for n in names]
+                                                                       reference_out, reference, producers, defects)
+    outputs = [compare_output(n, actual[n], expected[n], bounds[n], options.fidelity, producers.get(n, "")) for n in names]
     stuck = stuck_summary(simulator) if options.fidelity == "noisy" else None
     description = derivation(options.fidelity, image, sources, parts, enforced, expected, stuck)
     layers = []
@@ -473,7 +491,8 @@ def check_measurement(image: Image, m: ChipMeasurement, options: SimulatorOption
 
 def _per_step(image: Image, feeds: Mapping[str, np.ndarray], simulator: Simulator, options: SimulatorOptions,
               expected: Mapping[str, np.ndarray], names: list[str], reference_out: Mapping[str, np.ndarray],
-              reference: Trajectory, defects: ChipMeasurement | None = None) -> tuple[list[OutputReport], list[OutputReport], Sources,
+              reference: Trajectory, producers: Mapping[str, str],
+              defects: ChipMeasurement | None = None) -> tuple[list[OutputReport], list[OutputReport], Sources,
                                                                             list[tuple[str, dict[str, np.ndarray]]],
                                                                             dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Teacher-forced checks of a quantized fidelity (see ``cimc.stepwise``) and the exact reference against onnxruntime.
@@ -482,7 +501,8 @@ def _per_step(image: Image, feeds: Mapping[str, np.ndarray], simulator: Simulato
     bound of the outputs, the free-running compounding bound of the outputs).
     """
     _, exact_bounds = output_bounds(image, feeds, Sources.for_fidelity("exact", image))
-    exact_rows = [compare_output(n, reference_out[n], expected[n], exact_bounds[n], "exact") for n in names]
+    exact_rows = [compare_output(n, reference_out[n], expected[n], exact_bounds[n], "exact", producers.get(n, ""))
+                  for n in names]
     sigmas = 3.0
     if options.fidelity == "noisy":
         counting = dataclasses.replace(Sources.for_fidelity("noisy", image, 3.0, options.drift_time_s), faults=None)
@@ -490,8 +510,8 @@ def _per_step(image: Image, feeds: Mapping[str, np.ndarray], simulator: Simulato
     sources = Sources.for_fidelity(options.fidelity, image, sigmas, options.drift_time_s, defects)
     forced_out, forced = run_trajectory(simulator, feeds, reference)
     bounds = step_bounds(image, feeds, sources)
-    rows = [compare_output(f"{n} (per step)", forced_out[n], reference_out[n], bounds.outputs[n], options.fidelity)
-            for n in names]
+    rows = [compare_output(f"{n} (per step)", forced_out[n], reference_out[n], bounds.outputs[n], options.fidelity,
+                           producers.get(n, "")) for n in names]
     grouped: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     for run, loop_bounds in zip(forced.runs, bounds.loops):
         for got, want, b in zip(run.steps, reference.runs[run.index].steps, loop_bounds):

@@ -18,12 +18,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from cimc.hardware import Hardware, load_hardware
+from cimc.labels import output_producers
 from cimc.npz import file_sha256
 from cimc.sweep.cache import CompileSpec, ImageCache, default_cache_dir
 from cimc.sweep.fanout import Progress, SweepPlan, reference_outputs, run_sweep
 from cimc.sweep.grid import grid
+from cimc.sweep.metrics import Scoring
 from cimc.sweep.results import SweepResult
 
 
@@ -63,8 +66,8 @@ def sweep(model: str | Path, feeds: Mapping[str, np.ndarray], *, labels: np.ndar
                 "labels": None if labels is None else {"key": label_key, "output": label_output},
                 "calib": [{"name": Path(c).name, "sha256": file_sha256(c)} for c in spec.calib],
                 "identity": identity, "pipeline": pipeline, "base_hardware": base.to_dict()}
-    plan = SweepPlan(spec, base, points, list(seeds), feeds, reference_outputs(model, feeds), labels, label_output,
-                     describe)
+    scoring = Scoring(output_producers(onnx.load(str(model), load_external_data=False)), labels, label_output)
+    plan = SweepPlan(spec, base, points, list(seeds), feeds, reference_outputs(model, feeds), scoring, describe)
     store = ImageCache(cache if cache is not None else default_cache_dir())
     with contextlib.nullcontext(client) if client is not None else open_client(workers, scheduler) as live:
         if on_client is not None:

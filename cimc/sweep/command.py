@@ -101,8 +101,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inputs", required=True, metavar="EVAL.npz",
                    help="inputs named like the ONNX graph inputs (and the labels' key, with --labels)")
     p.add_argument("--labels", type=label_spec, metavar="KEY[:OUTPUT]",
-                   help="score OUTPUT (default: the one output shaped like the labels + classes) against the integer "
-                        "labels stored under KEY in the inputs file: accuracy and bits per label per chip")
+                   help="score OUTPUT (default: the one output the labels fit) against the labels stored under KEY in the "
+                        "inputs file, class indices or 0/1 targets: accuracy and bits per label per chip")
     p.add_argument("--calib", action="append", metavar="DATA.npz|DIR", help="calibration data, as for 'cimc compile'")
     p.add_argument("--hw", metavar="HW.toml", help="base hardware description the points override (default: cimc's)")
     p.add_argument("--identity", choices=("auto", "column", "digital"), default="auto", help="as for 'cimc compile'")

@@ -28,6 +28,7 @@ from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware
 from cimc.sweep.cache import CompileSpec, ImageCache, image_key
 from cimc.sweep.grid import HardwarePoint
+from cimc.sweep.metrics import Scoring
 from cimc.sweep.results import SweepResult
 from cimc.sweep.tasks import CompileInputs, compile_image, image_of, run_chips, run_defect_aware
 
@@ -68,8 +69,7 @@ class SweepPlan:
     seeds: Sequence[int]
     feeds: Mapping[str, np.ndarray]
     reference: Mapping[str, np.ndarray]  # onnxruntime's outputs on the feeds (``reference_outputs``)
-    labels: np.ndarray | None = None
-    label_output: str | None = None
+    scoring: Scoring = Scoring()  # the outputs' producers, and the labels if any
     describe: Mapping[str, object] | None = None  # what the result records about the inputs (names, digests...)
 
     @property
@@ -94,8 +94,8 @@ def run_sweep(client: object, plan: SweepPlan, cache: ImageCache, progress: Prog
     digest = plan.spec.digest()
     workers = max(1, len(client.scheduler_info()["workers"]))  # type: ignore[attr-defined]
     batch = max(1, math.ceil(plan.chip_runs / (BATCHES_PER_WORKER * workers)))
-    inputs, feeds, ref, labels = (client.scatter(v, broadcast=True)  # type: ignore[attr-defined]
-                                  for v in (plan.inputs(), dict(plan.feeds), dict(plan.reference), plan.labels))
+    inputs, feeds, ref, scoring = (client.scatter(v, broadcast=True)  # type: ignore[attr-defined]
+                                   for v in (plan.inputs(), dict(plan.feeds), dict(plan.reference), plan.scoring))
     submit = client.submit  # type: ignore[attr-defined]
     task_kind: dict[object, tuple[str, object]] = {}  # future -> (kind, what it belongs to)
     images: dict[HardwarePoint, object] = {}
@@ -112,13 +112,13 @@ def run_sweep(client: object, plan: SweepPlan, cache: ImageCache, progress: Prog
             compiled = submit(compile_image, inputs, point.hardware(plan.base), pure=False)
             task_kind[compiled] = ("compiled", point)
             images[point] = submit(image_of, compiled, pure=False)
-        ideal = submit(run_chips, images[point], feeds, ref, [0], "ideal", labels, plan.label_output, pure=False)
+        ideal = submit(run_chips, images[point], feeds, ref, [0], "ideal", scoring, pure=False)
         task_kind[ideal] = ("ideal", point)
     for point in plan.points:
         hardware = point.hardware(plan.base)
         if not point.defect_aware:
             for seeds in batches(plan.seeds, batch):
-                f = submit(run_chips, images[point.plain], feeds, ref, seeds, "noisy", labels, plan.label_output, pure=False)
+                f = submit(run_chips, images[point.plain], feeds, ref, seeds, "noisy", scoring, pure=False)
                 task_kind[f] = ("rows", point)
             continue
         for seed in plan.seeds:
@@ -126,8 +126,8 @@ def run_sweep(client: object, plan: SweepPlan, cache: ImageCache, progress: Prog
             data = cache.get(key)
             counts["cached" if data is not None else "compiled"] += 1
             cached = None if data is None else client.scatter(data)  # type: ignore[attr-defined]  (not in the graph)
-            f = submit(run_defect_aware, images[point.plain], inputs, hardware, seed, feeds, ref, cached, labels,
-                       plan.label_output, pure=False)
+            f = submit(run_defect_aware, images[point.plain], inputs, hardware, seed, feeds, ref, cached, scoring,
+                       pure=False)
             task_kind[f] = ("aware", (point, key))
 
     rows: list[dict[str, object]] = []

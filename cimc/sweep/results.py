@@ -6,7 +6,7 @@ number of workers and the order in which tasks finished (no timings in the files
 
 The summary of a metric over a point's chips is its mean, sample standard deviation
 (ddof = 1; 0 for a single chip), 5th percentile and worst chip. "5th percentile" is
-counted from the bad end: the 5th percentile of accuracy and of argmax agreement (95 % of
+counted from the bad end: the 5th percentile of accuracy and of an agreement (95 % of
 chips do at least as well), the 95th of an error or of the bits per label (95 % of chips
 do no worse); numpy's linear interpolation between order statistics.
 """
@@ -27,7 +27,8 @@ from cimc.sweep.grid import HardwarePoint
 FORMAT = "cimc-sweep"
 VERSION = 1
 # Per-output metrics (cimc.sweep.metrics) and whether a larger value is better.
-OUTPUT_METRICS = {"relative_error": False, "max_abs_error": False, "argmax_agreement": True}
+OUTPUT_METRICS = {"relative_error": False, "max_abs_error": False, "argmax_agreement": True,
+                  "decision_agreement": True}
 LABEL_METRICS = {"accuracy": True, "bits_per_label": False}
 
 
@@ -124,12 +125,13 @@ class SweepResult:
 
     def primary_metric(self) -> tuple[str, str]:
         """(key, label) of the metric tables and plots lead with: accuracy with labels, else the first output's
-        argmax agreement where it has one, else its relative error."""
+        argmax (or, for a Sigmoid's output, decision) agreement where it has one, else its relative error."""
         if self.labelled:
             return "accuracy", "accuracy"
         name = self.output_names()[0]
-        if self.rows[0]["outputs"][name]["argmax_agreement"] is not None:  # type: ignore[index]
-            return f"{name}.argmax_agreement", f"{name} argmax agreement"
+        for metric in ("argmax_agreement", "decision_agreement"):
+            if self.rows[0]["outputs"][name].get(metric) is not None:  # type: ignore[index,union-attr]
+                return f"{name}.{metric}", f"{name} {metric.replace('_', ' ')}"
         return f"{name}.relative_error", f"{name} relative error"
 
     def values(self, point: HardwarePoint, key: str) -> list[float]:

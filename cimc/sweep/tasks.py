@@ -28,7 +28,7 @@ import numpy as np
 
 from cimc.hardware import Hardware
 from cimc.image import Image, load_image
-from cimc.sweep.metrics import chip_metrics
+from cimc.sweep.metrics import Scoring, chip_metrics
 
 LOADED_IMAGES = 8  # images a worker process keeps loaded (a sweep's tasks arrive grouped by image)
 
@@ -111,8 +111,7 @@ def image_of(compiled: Mapping[str, object]) -> bytes:
 
 
 def run_chips(image_data: bytes, feeds: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
-              seeds: Sequence[int], fidelity: str = "noisy", labels: np.ndarray | None = None,
-              label_output: str | None = None) -> list[dict[str, object]]:
+              seeds: Sequence[int], fidelity: str = "noisy", scoring: Scoring = Scoring()) -> list[dict[str, object]]:
     """Program chip ``seed`` with the image and run ``feeds``, for every seed: one row of metrics each."""
     from cimc.backends.simulator import Simulator, SimulatorOptions
 
@@ -121,14 +120,13 @@ def run_chips(image_data: bytes, feeds: Mapping[str, np.ndarray], reference: Map
     for seed in seeds:
         outputs = Simulator(image, SimulatorOptions(fidelity, seed)).run(feeds)
         rows.append({"seed": seed, "image_sha256": sha,
-                     **chip_metrics(outputs, reference, fidelity, labels, label_output)})
+                     **chip_metrics(outputs, reference, fidelity, scoring)})
     return rows
 
 
 def run_defect_aware(plain_data: bytes, inputs: CompileInputs, hardware: Hardware, seed: int,
                      feeds: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
-                     cached: bytes | None = None, labels: np.ndarray | None = None,
-                     label_output: str | None = None) -> dict[str, object]:
+                     cached: bytes | None = None, scoring: Scoring = Scoring()) -> dict[str, object]:
     """Chip ``seed`` as a defect-aware flow treats it: the tester measures it with the plain image
     (``cimc chip``), the model is compiled around that measurement (``cimc compile --defects``) unless the
     client had that image cached, and the defect-aware image runs on the same chip.
@@ -141,5 +139,5 @@ def run_defect_aware(plain_data: bytes, inputs: CompileInputs, hardware: Hardwar
     if image_data is None:
         plain, plain_sha = loaded_image(plain_data)
         image_data = compile_image(inputs, hardware, measure(plain, plain_sha, seed))["image"]  # type: ignore[assignment]
-    (row,) = run_chips(image_data, feeds, reference, [seed], "noisy", labels, label_output)  # type: ignore[arg-type]
+    (row,) = run_chips(image_data, feeds, reference, [seed], "noisy", scoring)  # type: ignore[arg-type]
     return {"row": row, "image": None if cached is not None else image_data}
