@@ -32,7 +32,7 @@ from cimc.pass_manager import ModulePass, from_hardware, register_pass
 RANGE_ATTRS = ("input_scale", "row_scale", "z_lo", "z_hi")
 
 
-_BLOCK_ELEMENTS = 1 << 20  # float64 temporaries of at most this many elements (8 MiB) while mapping
+_BLOCK_ELEMENTS = 1 << 15  # float64 temporaries of this many elements (256 KiB: they stay in cache) while mapping
 
 
 def conductance_dtype(weights: np.ndarray) -> np.dtype:
@@ -55,16 +55,22 @@ def conductance_pair(weights: np.ndarray, g_min: float, g_max: float, granularit
     """
     rows, cols = weights.shape
     block = max(1, _BLOCK_ELEMENTS // max(1, cols))
+    factors = None if row_scale is None else row_scale.astype(np.float64, copy=False)[:, None]
+    buffer = np.empty((block, cols))  # float64: a block's w r, then t = w r s, then -t (cache-sized, reused)
 
-    def stored(r0: int) -> np.ndarray:
-        w = weights[r0:r0 + block]
-        if row_scale is None:
-            return w.astype(np.float64)
-        return w * row_scale[r0:r0 + block, None].astype(np.float64, copy=False)  # w widened exactly by the product
+    def stored(r0: int, r1: int) -> np.ndarray:
+        """w r of rows r0:r1 in float64 (w widened exactly by the product), in the reused buffer."""
+        out = buffer[:r1 - r0]
+        if factors is None:
+            out[...] = weights[r0:r1]
+        else:
+            np.multiply(weights[r0:r1], factors[r0:r1], out=out)
+        return out
 
     peak = np.zeros(cols)  # max |w r| per column, without |w|
     for r0 in range(0, rows, block):
-        w = weights[r0:r0 + block] if row_scale is None else stored(r0)  # max and min are exact in any float type
+        r1 = min(rows, r0 + block)
+        w = weights[r0:r1] if factors is None else stored(r0, r1)  # max and min are exact in any float type
         np.maximum(peak, np.maximum(w.max(axis=0, initial=0.0), -w.min(axis=0, initial=0.0)), out=peak)
     if granularity != "column":
         peak = np.full(cols, peak.max(initial=0.0))
@@ -72,16 +78,23 @@ def conductance_pair(weights: np.ndarray, g_min: float, g_max: float, granularit
     scale = np.where(peak > 0, span / np.where(peak > 0, peak, 1.0), span)
     dtype = conductance_dtype(weights)
     g_pos, g_neg = np.empty((rows, cols), dtype), np.empty((rows, cols), dtype)
+    part = np.empty((block, cols))
     for r0 in range(0, rows, block):
         # g+ = min(g_min + max(w, 0) s, g_max) and g- = min(g_min + max(-w, 0) s, g_max), from t = w s (s > 0):
         # max(w, 0) s = max(t, 0) and max(-w, 0) s = max(-t, 0), exactly (NaN's sign included).
-        t = stored(r0)
+        r1 = min(rows, r0 + block)
+        t = stored(r0, r1)
         np.multiply(t, scale, out=t)
-        for out, g in ((g_pos, np.maximum(t, 0.0)), (g_neg, np.maximum(np.negative(t, out=t), 0.0, out=t))):
-            np.add(g, g_min, out=g)
-            np.minimum(g, g_max, out=g)
-            out[r0:r0 + block] = g
+        _clamped_shift(t, g_min, g_max, part[:r1 - r0], g_pos[r0:r1])
+        _clamped_shift(np.negative(t, out=t), g_min, g_max, part[:r1 - r0], g_neg[r0:r1])
     return g_pos, g_neg, scale
+
+
+def _clamped_shift(t: np.ndarray, g_min: float, g_max: float, scratch: np.ndarray, out: np.ndarray) -> None:
+    """``out = min(g_min + max(t, 0), g_max)``, every step in float64 (in ``scratch``), rounded once into ``out``'s type."""
+    np.maximum(t, 0.0, out=scratch)
+    np.add(scratch, g_min, out=scratch)
+    np.minimum(scratch, g_max, out=out, casting="same_kind")
 
 
 def map_matvec(op: Operation, g_min: float, g_max: float, granularity: str) -> None:

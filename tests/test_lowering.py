@@ -138,6 +138,33 @@ def test_hand_written_conductance_pair_closed_form() -> None:
     np.testing.assert_allclose(block_scale, [49.0, 49.0, 49.0])
 
 
+def test_conductance_pair_blocks_give_the_whole_array_formula_bit_for_bit() -> None:
+    """conductance_pair works a cache-sized block of rows at a time with scratch buffers; the bits must be those of
+    the module docstring's formula evaluated on the whole array in float64 and rounded once (signed zeros, NaN's
+    sign and float64 weights included), for rows that are not a multiple of the block."""
+    from cimc.passes import map_conductance
+    from cimc.passes.map_conductance import conductance_pair
+
+    rng = np.random.default_rng(3)
+    rows = 3 * (map_conductance._BLOCK_ELEMENTS // 40) + 7
+    w32 = rng.uniform(-0.3, 0.3, (rows, 40)).astype(np.float32)
+    w32[0, :3] = [0.0, -0.0, np.nan]
+    w32[5, 4] = -np.nan
+    r = 2.0 ** -rng.integers(0, 4, rows)
+    for w in (w32, w32.astype(np.float64)):
+        for granularity in ("column", "block"):
+            for row_scale in (None, r):
+                t = w.astype(np.float64) * (1.0 if row_scale is None else row_scale[:, None])
+                peak = np.maximum(t.max(axis=0, initial=0.0), -t.min(axis=0, initial=0.0))  # NaN in a NaN column
+                peak = np.full(40, peak.max()) if granularity == "block" else peak
+                scale = np.where(peak > 0, 97.5 / peak, 97.5)
+                g_pos = np.minimum(2.5 + np.maximum(t * scale, 0.0), 100.0).astype(w.dtype)
+                g_neg = np.minimum(2.5 + np.maximum(-(t * scale), 0.0), 100.0).astype(w.dtype)
+                got = conductance_pair(w, 2.5, 100.0, granularity, row_scale)
+                for expected, actual in zip((g_pos, g_neg, scale), got):
+                    assert actual.dtype == expected.dtype and actual.tobytes() == expected.tobytes()
+
+
 def test_column_chunks_prefer_consumer_boundaries() -> None:
     from cimc.passes.tile import column_chunks
 
