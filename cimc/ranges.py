@@ -422,8 +422,9 @@ class IntervalAnalysis:
         can hold a span's largest hi only if its upper bracket reaches the largest lower bracket; only those
         columns (and those for the smallest lo) are summed exactly (``fixed_order.resumable_vecmat_columns``).
         Every other column gets its lower (for hi) or upper (for lo) bracket: strictly inside the span's extreme,
-        so hulls over the spans are exact. Once the LSTM state h has settled this costs O(columns) per step;
-        while it still moves (about 20 steps), a few columns instead of a pass over the weights.
+        so hulls over the spans are exact. While an LSTM's h still moves (about 20 steps at hidden 1024; after that
+        the inputs repeat and ``matvec`` reuses the last result), a step sums a few columns instead of passing over
+        the weights; the full product is taken once, at the end of ``run``, from the last inputs.
         """
         spans = self._hull_spans(op)
         if spans is None or not (np.isfinite(lo).all() and np.isfinite(hi).all()):
@@ -440,12 +441,14 @@ class IntervalAnalysis:
         center, center_record = fixed_order.resumable_vecmat(mid, weights, records[0])
         self._partial_sums[id(op)] = (center_record, records[1])  # the spread's record stays that of its last full sum
         bounds = np.cumsum([0, *widths])
-        rad_lo = np.array([rad[a:b].min(initial=INF) for a, b in zip(bounds[:-1], bounds[1:])])
-        rad_hi = np.array([rad[a:b].max(initial=0.0) for a, b in zip(bounds[:-1], bounds[1:])])
+        rad_lo = np.array([rad[a:b].min() if b > a else 0.0 for a, b in zip(bounds[:-1], bounds[1:])])
+        rad_hi = np.array([rad[a:b].max() if b > a else 0.0 for a, b in zip(bounds[:-1], bounds[1:])])
         eps = 4 * (weights.shape[0] + len(widths) + 2) * 2.0 ** -53
         tiny = 4 * (weights.shape[0] + len(widths) + 2) * np.finfo(np.float64).smallest_subnormal
         spread_lo = np.maximum((rad_lo @ magnitudes) * (1 - eps) - tiny, 0.0)
         spread_hi = (rad_hi @ magnitudes) * (1 + eps) + tiny
+        if not (np.isfinite(center).all() and np.isfinite(spread_hi).all()):
+            return None
         hi_low, hi_high = center + spread_lo, center + spread_hi
         lo_low, lo_high = center - spread_hi, center - spread_lo
         chosen = np.zeros(len(center), bool)
