@@ -19,6 +19,7 @@ two, so w_i r_i is exact.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,8 +42,12 @@ def conductance_dtype(weights: np.ndarray) -> np.dtype:
 
 
 def conductance_pair(weights: np.ndarray, g_min: float, g_max: float, granularity: str,
-                     row_scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     row_scale: np.ndarray | None = None,
+                     g_pos_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(g_pos, g_neg, g_scale) in uS for a [rows, cols] weight matrix times ``row_scale`` per row; see the module docstring.
+
+    ``g_pos_out`` (of the shape and :func:`conductance_dtype`) receives G+; it may be ``weights`` itself, whose
+    every block of rows is read before G+ is written over it.
 
     Every conductance is computed in float64 and rounded once to :func:`conductance_dtype`, a block of
     rows at a time (no weights-sized float64 temporaries). Why float32 suffices for float32 weights:
@@ -77,7 +82,8 @@ def conductance_pair(weights: np.ndarray, g_min: float, g_max: float, granularit
     span = g_max - g_min
     scale = np.where(peak > 0, span / np.where(peak > 0, peak, 1.0), span)
     dtype = conductance_dtype(weights)
-    g_pos, g_neg = np.empty((rows, cols), dtype), np.empty((rows, cols), dtype)
+    g_pos = np.empty((rows, cols), dtype) if g_pos_out is None else g_pos_out
+    g_neg = np.empty((rows, cols), dtype)
     part = np.empty((block, cols))
     for r0 in range(0, rows, block):
         # g+ = min(g_min + max(w, 0) s, g_max) and g- = min(g_min + max(-w, 0) s, g_max), from t = w s (s > 0):
@@ -97,12 +103,37 @@ def _clamped_shift(t: np.ndarray, g_min: float, g_max: float, scratch: np.ndarra
     np.minimum(scratch, g_max, out=out, casting="same_kind")
 
 
+# CPython before 3.14 counts every reference in sys.getrefcount (3.14 may borrow the ones on its stack).
+_EXACT_REFCOUNTS = sys.implementation.name == "cpython" and sys.version_info < (3, 14)
+
+
+def _private_weights(op: Operation) -> np.ndarray | None:
+    """``op``'s weights array if nothing else holds it nor its Tensor, so G+ may be written over it; else None.
+
+    Then the MVM's weights, G+ and G- are never alive at once (the pass's memory peak falls by one MVM's weight
+    bytes) and G+ needs no fresh pages. The op's attributes hold the Tensor and the Tensor the array; the local
+    name and getrefcount's argument add one each.
+    """
+    tensor = op.attributes["weights"]
+    if not (_EXACT_REFCOUNTS and isinstance(tensor, Tensor) and sys.getrefcount(tensor) == 3):
+        return None
+    array = tensor.array
+    if sys.getrefcount(array) != 3 or not array.flags.owndata or not array.flags.c_contiguous \
+            or array.dtype != conductance_dtype(array):
+        return None
+    return array
+
+
 def map_matvec(op: Operation, g_min: float, g_max: float, granularity: str) -> None:
-    weights = op.attributes["weights"]
-    assert isinstance(weights, Tensor)
+    private = _private_weights(op)
+    if private is not None:
+        del op.attributes["weights"]  # from here on the op does not hold what is overwritten with G+
+        private.setflags(write=True)
+    weights = private if private is not None else op.attributes["weights"].array  # type: ignore[union-attr]
     row_scale = op.attributes.get("row_scale")
-    g_pos, g_neg, scale = conductance_pair(weights.array, g_min, g_max, granularity,
-                                           row_scale.array if isinstance(row_scale, Tensor) else None)
+    g_pos, g_neg, scale = conductance_pair(weights, g_min, g_max, granularity,
+                                           row_scale.array if isinstance(row_scale, Tensor) else None, private)
+    del weights, private
     block = str(op.attributes.get("block", "mvm"))
     attrs = {
         "g_pos": Tensor.adopt(g_pos, key=f"{block}.g_pos"),

@@ -165,6 +165,36 @@ def test_conductance_pair_blocks_give_the_whole_array_formula_bit_for_bit() -> N
                     assert actual.dtype == expected.dtype and actual.tobytes() == expected.tobytes()
 
 
+def _map_conductance(held: bool) -> tuple[bool, bool, bytes]:
+    """map-conductance of a small LSTM's MVM, the test holding its weights or not: (G+ took the weights' buffer,
+    the held weights are unchanged, G+ and G- bytes)."""
+    from range_models import recurrent_model
+
+    module = import_model(recurrent_model("LSTM", 6, 16, 2, 0.3), "cell.onnx")
+    PassManager(parse_pipeline("decompose-rnn,form-mvm,canonicalize,cse,ranges")).run(module)
+    [mvm] = [op for op in module.walk() if op.name == "cim.matvec"]
+    kept = [mvm.attributes["weights"].array] if held else []
+    before = mvm.attributes["weights"].array.tobytes()
+    address = mvm.attributes["weights"].array.__array_interface__["data"][0]
+    del mvm
+    PassManager(parse_pipeline("map-conductance")).run(module)
+    [mapped] = [op for op in module.walk() if op.name == "cim.crossbar_mvm"]
+    g_pos, g_neg = mapped.attributes["g_pos"].array, mapped.attributes["g_neg"].array
+    return (g_pos.__array_interface__["data"][0] == address, all(k.tobytes() == before for k in kept),
+            g_pos.tobytes() + g_neg.tobytes())
+
+
+def test_map_conductance_writes_g_pos_over_private_weights_only() -> None:
+    """G+ reuses the weights' buffer when nothing but the MVM holds them (the pass's memory peak falls by one MVM's
+    weight bytes); weights anyone else still holds are left as they are. Both give the same conductances."""
+    from cimc.passes.map_conductance import _EXACT_REFCOUNTS
+
+    private_reused, _, private = _map_conductance(held=False)
+    held_reused, held_unchanged, held = _map_conductance(held=True)
+    assert private_reused == _EXACT_REFCOUNTS and not held_reused and held_unchanged
+    assert private == held
+
+
 def test_column_chunks_prefer_consumer_boundaries() -> None:
     from cimc.passes.tile import column_chunks
 
