@@ -133,7 +133,6 @@ def map_matvec(op: Operation, g_min: float, g_max: float, granularity: str) -> N
     row_scale = op.attributes.get("row_scale")
     g_pos, g_neg, scale = conductance_pair(weights, g_min, g_max, granularity,
                                            row_scale.array if isinstance(row_scale, Tensor) else None, private)
-    del weights, private
     block = str(op.attributes.get("block", "mvm"))
     attrs = {
         "g_pos": Tensor.adopt(g_pos, key=f"{block}.g_pos"),
