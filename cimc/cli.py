@@ -24,7 +24,6 @@ from cimc import __version__
 from cimc.cli_io import PathPlan, PipeTolerant
 from cimc.diagnostics import CimcError
 from cimc.ir import Module
-from cimc.irfile import read_ir, write_ir
 from cimc.pass_manager import PassContext, PassManager, parse_pipeline, registered_passes
 from cimc.printer import print_module
 from cimc.ranges import CALIB_SEPARATOR, parse_input_range, range_warning
@@ -111,6 +110,8 @@ def _cmd_opt(args: argparse.Namespace) -> int:
     _check_printed_passes(args.pipeline, args.print_ir_after)
     context = PassContext(load_hardware(args.hw)) if args.hw else None
     timing = Timing(progress=terminal_stream())
+    from cimc.irfile import read_ir, write_ir  # here, not at the top: the textual-IR parser (lark) is for .cir files
+
     with timing.phase("parse"):
         module = read_ir(args.file)
     dump = _dumper(Path(args.dump_ir)) if args.dump_ir else None
@@ -134,6 +135,8 @@ def _dumper(folder: Path):  # noqa: ANN202
     counter = iter(range(1, 10_000))
 
     def dump(pass_name: str, module: Module) -> None:
+        from cimc.irfile import write_ir
+
         write_ir(module, folder / f"{next(counter):02d}-{pass_name}.cir")
 
     return dump
@@ -169,6 +172,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
         _plan_ir_output(plan, args.output)
     module = import_onnx(args.model, dict(args.input_shape or ()))
     if args.output:
+        from cimc.irfile import write_ir
+
         write_ir(module, args.output)
         print(f"wrote {args.output}")
         return 0
@@ -251,6 +256,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     module = compile_to_ir(args.model, hw, options)
     image = None
     if writes_ir:
+        from cimc.irfile import write_ir
+
         with timing.phase("write IR"):
             write_ir(module, args.output)
     elif args.output:

@@ -93,6 +93,20 @@ def _sequential_rows(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return out
 
 
+def _depth(n: int) -> int:
+    """Rows of K per reduction of :func:`resumable_vecmat` over N columns (its records hold one running sum per depth)."""
+    return max(1, _CHUNK_ELEMENTS // max(1, n))
+
+
+def _resumed_sums(x: np.ndarray, previous: tuple[np.ndarray, list[np.ndarray]] | None, depth: int) -> list[np.ndarray]:
+    """The running sums of ``previous`` that ``x`` can resume from: those before the first row where ``x`` differs."""
+    if previous is None or previous[0].shape != x.shape:
+        return []
+    changed = np.flatnonzero(previous[0].view(np.int64) != x.view(np.int64))  # bitwise: -0.0 differs from 0.0
+    same = int(changed[0]) if changed.size else x.shape[0]
+    return previous[1][:same // depth]
+
+
 def resumable_vecmat(x: np.ndarray, weights: np.ndarray, previous: tuple[np.ndarray, list[np.ndarray]] | None = None,
                      absolute: bool = False) -> tuple[np.ndarray, tuple[np.ndarray, list[np.ndarray]]]:
     """``x @ weights`` for float64 ``x`` [K] and float ``weights`` [K, N] (float32 ones widened exactly), summed as :func:`matmul` sums it, and a record to resume from.
@@ -107,13 +121,9 @@ def resumable_vecmat(x: np.ndarray, weights: np.ndarray, previous: tuple[np.ndar
     """
     k, n = weights.shape
     wide = np.result_type(x.dtype, weights.dtype)  # float32 weights are widened exactly, chunk by chunk, not copied
-    depth = max(1, _CHUNK_ELEMENTS // max(1, n))
-    start, sums = 0, []
-    if previous is not None and previous[0].shape == x.shape:
-        changed = np.flatnonzero(previous[0].view(np.int64) != x.view(np.int64))  # bitwise: -0.0 differs from 0.0
-        same = int(changed[0]) if changed.size else k
-        sums = previous[1][:same // depth]
-        start = len(sums) * depth
+    depth = _depth(n)
+    sums = _resumed_sums(x, previous, depth)
+    start = len(sums) * depth
     acc = sums[-1] if sums else None
     buffer = np.empty((depth + 1, n), wide)
     magnitudes = np.empty((depth, n), weights.dtype) if absolute else None
@@ -125,3 +135,28 @@ def resumable_vecmat(x: np.ndarray, weights: np.ndarray, previous: tuple[np.ndar
             sums.append(acc)
     out = acc if acc is not None else np.zeros(n, wide)
     return out, (x.copy(), sums)
+
+
+def resumable_vecmat_columns(x: np.ndarray, weights: np.ndarray, columns: np.ndarray,
+                             previous: tuple[np.ndarray, list[np.ndarray]] | None = None,
+                             absolute: bool = False) -> np.ndarray:
+    """``resumable_vecmat(x, weights, previous, absolute)[0][columns]``, bit for bit, at the cost of those columns.
+
+    Each output element of :func:`resumable_vecmat` is its own sequential sum (the running sum, then the terms of
+    rows k0, k0 + 1, ...), so a subset of the columns is the same sums over a narrower matrix; ``np.add.accumulate``
+    adds them in that order by definition, for any number of columns. ``previous`` is only read: the record of the
+    last full product stays the one to resume from.
+    """
+    k, n = weights.shape
+    depth = _depth(n)
+    sums = _resumed_sums(x, previous, depth)
+    start = len(sums) * depth
+    part = weights[start:, columns]
+    if absolute:
+        part = np.abs(part)
+    terms = x[start:, None] * part
+    if sums:
+        terms = np.concatenate([sums[-1][None, columns], terms])
+    if not terms.shape[0]:
+        return np.zeros(len(columns), np.result_type(x.dtype, weights.dtype))
+    return np.add.accumulate(terms, axis=0)[-1]

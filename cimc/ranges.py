@@ -125,6 +125,25 @@ def function_range(fn, interval: Interval) -> Interval:  # noqa: ANN001
     return Interval.of(out_lo, out_hi)
 
 
+def _last_axis_span(op: Operation, n: int) -> tuple[int, int] | None:
+    """[start, stop) of the last axis (length ``n``) that the Slice ``op`` takes, if it slices only that axis by constants."""
+    starts, ends = constant_array(op.operands[1]), constant_array(op.operands[2])
+    axes = constant_array(op.operands[3]) if len(op.operands) > 3 and op.operands[3] is not None else None
+    rank = op.operands[0].type.rank  # type: ignore[union-attr]
+    if starts is None or ends is None or starts.size != 1 or (axes is not None and int(axes[0]) % rank != rank - 1):
+        return None
+    start, stop = slice(int(starts[0]), int(ends[0])).indices(n)[:2]
+    return start, stop
+
+
+def _column_magnitudes(weights: np.ndarray) -> np.ndarray:
+    """Column sums of |w| in float64 (|w| exact in the weights' own type), a bounded block of rows at a time."""
+    total = np.zeros(weights.shape[1])
+    for r0 in range(0, weights.shape[0], 256):
+        total += np.abs(weights[r0:r0 + 256]).sum(axis=0, dtype=np.float64)
+    return total
+
+
 def _defining(value: Value | None, name: str) -> Operation | None:
     """The op named ``name`` that defines ``value``, if it is one."""
     return value.op if isinstance(value, OpResult) and value.op.name == name else None
@@ -183,12 +202,23 @@ class IntervalAnalysis:
         self._last_matvec: dict[int, tuple[np.ndarray, np.ndarray, Interval]] = {}
         self._last_activation: dict[int, tuple[tuple[float, ...], Interval]] = {}  # per activation: its last hull and range
         self._partial_sums: dict[int, tuple] = {}  # per MVM: fixed_order.resumable_vecmat records of its two products
+        # Inside loops, an MVM whose result only reaches activations (through last-axis slices) needs, per slice, only
+        # the largest hi and the smallest lo: activation() takes the hull. See _matvec_hulls; ``_hull_reads`` holds
+        # each MVM's slices (None: some reader needs every column), ``_inner`` the MVMs whose current result is exact
+        # only where a hull can come from, with their inputs, made exact by run() at the end.
+        self._hull_reads: dict[int, list[tuple[int, int]] | None] = {}
+        self._segment_magnitudes: dict[int, np.ndarray] = {}  # per MVM: each input segment's column sums of |w|
+        self._inner: dict[int, tuple[Operation, np.ndarray, np.ndarray]] = {}
+        self._loops = 0  # loops being iterated
 
     def run(self) -> None:
         for name, arg in zip(input_names(self.module), self.module.inputs):
             b = self.input_bound if arg.type.is_float else INF
             self.values[id(arg)] = Interval.of(*self.input_bounds.get(name, (-b, b)))
         self.block(self.module.body)
+        for op, lo, hi in self._inner.values():
+            self.values[id(op.results[0])] = self._matvec_bound(op, lo, hi)
+        self._inner.clear()
 
     def get(self, value: Value | None) -> Interval:
         return self.values.get(id(value), Interval.unknown()) if value is not None else Interval.unknown()
@@ -333,14 +363,10 @@ class IntervalAnalysis:
     def slice(self, op: Operation, data: Interval) -> Interval:
         if data.lo.ndim != 1:
             return data
-        starts, ends = constant_array(op.operands[1]), constant_array(op.operands[2])
-        axes = constant_array(op.operands[3]) if len(op.operands) > 3 and op.operands[3] is not None else None
-        rank = op.operands[0].type.rank  # type: ignore[union-attr]
-        if starts is None or ends is None or starts.size != 1 or (axes is not None and int(axes[0]) % rank != rank - 1):
+        span = _last_axis_span(op, data.lo.shape[0])
+        if span is None:
             return data.collapse()
-        n = data.lo.shape[0]
-        sl = slice(*slice(int(starts[0]), int(ends[0])).indices(n)[:2])
-        return Interval(data.lo[sl], data.hi[sl])
+        return Interval(data.lo[span[0]:span[1]], data.hi[span[0]:span[1]])
 
     def matvec(self, op: Operation, args: list[Interval]) -> Interval:
         rows = [a.width_for(int(v.type.shape[-1])) for a, v in zip(args, op.operands)]  # type: ignore[arg-type]
@@ -352,9 +378,90 @@ class IntervalAnalysis:
         last = self._last_matvec.get(id(op))
         if last is not None and np.array_equal(last[0], lo) and np.array_equal(last[1], hi):
             return last[2]
-        result = self._matvec_bound(op, lo, hi)
+        result = self._matvec_hulls(op, lo, hi, [len(r.lo) for r in rows]) if self._loops else None
+        if result is None:
+            result = self._matvec_bound(op, lo, hi)
+            self._inner.pop(id(op), None)
+        else:
+            self._inner[id(op)] = (op, lo, hi)
         self._last_matvec[id(op)] = (lo, hi, result)
         return result
+
+    def _hull_spans(self, op: Operation) -> list[tuple[int, int]] | None:
+        """The column spans through which ``op``'s result is read, if every reader is an activation (directly or
+        through a last-axis Slice read only by activations); None if a reader needs every column."""
+        if id(op) not in self._hull_reads:
+            n = op.results[0].type.shape[-1]
+            spans: list[tuple[int, int]] | None = [] if isinstance(n, int) and n >= 2 else None
+            for use in op.results[0].uses:
+                if spans is None:
+                    break
+                if use.op.name == "cim.activation":
+                    spans.append((0, n))  # type: ignore[arg-type]
+                    continue
+                span = _last_axis_span(use.op, n) if use.op.name == "onnx.Slice" and use.index == 0 else None  # type: ignore[arg-type]
+                readers = use.op.results[0].uses if span is not None else []
+                if span is None or not readers or any(r.op.name != "cim.activation" for r in readers):
+                    spans = None
+                elif span[0] < span[1]:
+                    spans.append(span)
+            self._hull_reads[id(op)] = spans or None
+        return self._hull_reads[id(op)]
+
+    def _matvec_hulls(self, op: Operation, lo: np.ndarray, hi: np.ndarray, widths: list[int]) -> Interval | None:
+        """The MVM's bound, exact (bit for bit ``_matvec_bound``'s) where each hull read through ``_hull_spans`` can
+        come from, and inside the exact bound elsewhere; None where that does not pay (or does not apply).
+
+        The center c = mid @ w is computed exactly (it resumes from its record: in a loop whose state interval is
+        symmetric it does not change). The spread s = rad @ |w| is bracketed without a product over the weights:
+        with rad_k within [a_j, b_j] on input segment j and S_j the column sums of |w| over it,
+        sum_j a_j S_j <= s <= sum_j b_j S_j in real arithmetic, and the fixed-order float64 sum (and these float64
+        brackets) differ from that by at most gamma_(K+1) = (K+1) u / (1 - (K+1) u) of the sum (u = 2^-53: K + 1
+        roundings of non-negative terms), so ``eps`` = 4 (K + segments + 2) u covers both with room. Rounding is
+        monotone, so hi = c + s lies within [c + s_lo, c + s_hi] and lo = c - s within [c - s_hi, c - s_lo]. A column
+        can hold a span's largest hi only if its upper bracket reaches the largest lower bracket; only those
+        columns (and those for the smallest lo) are summed exactly (``fixed_order.resumable_vecmat_columns``).
+        Every other column gets its lower (for hi) or upper (for lo) bracket: strictly inside the span's extreme,
+        so hulls over the spans are exact. While an LSTM's h still moves (about 20 steps at hidden 1024; after that
+        the inputs repeat and ``matvec`` reuses the last result), a step sums a few columns instead of passing over
+        the weights; the full product is taken once, at the end of ``run``, from the last inputs.
+        """
+        spans = self._hull_spans(op)
+        if spans is None or not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+            return None
+        weights = op.attributes["weights"].array  # type: ignore[union-attr]
+        magnitudes = self._segment_magnitudes.get(id(op))
+        if magnitudes is None:
+            magnitudes = np.stack([_column_magnitudes(weights[a:a + w]) for a, w in zip(np.cumsum([0, *widths[:-1]]), widths)])
+            self._segment_magnitudes[id(op)] = magnitudes
+        if not np.isfinite(magnitudes).all():
+            return None
+        mid, rad = (lo + hi) / 2, (hi - lo) / 2
+        records = self._partial_sums.get(id(op), (None, None))
+        center, center_record = fixed_order.resumable_vecmat(mid, weights, records[0])
+        self._partial_sums[id(op)] = (center_record, records[1])  # the spread's record stays that of its last full sum
+        bounds = np.cumsum([0, *widths])
+        rad_lo = np.array([rad[a:b].min() if b > a else 0.0 for a, b in zip(bounds[:-1], bounds[1:])])
+        rad_hi = np.array([rad[a:b].max() if b > a else 0.0 for a, b in zip(bounds[:-1], bounds[1:])])
+        eps = 4 * (weights.shape[0] + len(widths) + 2) * 2.0 ** -53
+        tiny = 4 * (weights.shape[0] + len(widths) + 2) * np.finfo(np.float64).smallest_subnormal
+        spread_lo = np.maximum((rad_lo @ magnitudes) * (1 - eps) - tiny, 0.0)
+        spread_hi = (rad_hi @ magnitudes) * (1 + eps) + tiny
+        if not (np.isfinite(center).all() and np.isfinite(spread_hi).all()):
+            return None
+        hi_low, hi_high = center + spread_lo, center + spread_hi
+        lo_low, lo_high = center - spread_hi, center - spread_lo
+        chosen = np.zeros(len(center), bool)
+        for a, b in spans:
+            chosen[a:b] |= hi_high[a:b] >= hi_low[a:b].max()
+            chosen[a:b] |= lo_low[a:b] <= lo_high[a:b].min()
+        columns = np.flatnonzero(chosen)
+        if 4 * len(columns) > len(center):
+            return None
+        spread = fixed_order.resumable_vecmat_columns(rad, weights, columns, records[1], absolute=True)
+        hi_low[columns] = center[columns] + spread
+        lo_high[columns] = center[columns] - spread
+        return Interval(lo_high, hi_low)
 
     def _matvec_bound(self, op: Operation, lo: np.ndarray, hi: np.ndarray) -> Interval:
         # The weights stay in their own (float32) type: every product below has a float64 operand, so numpy
@@ -376,6 +483,14 @@ class IntervalAnalysis:
         return Interval(center - spread, center + spread)
 
     def loop(self, op: Operation, args: list[Interval]) -> list[Interval]:
+        """See :meth:`_iterate`; while it runs, MVMs may be bounded only where their hulls are read (``_matvec_hulls``)."""
+        self._loops += 1
+        try:
+            return self._iterate(op, args)
+        finally:
+            self._loops -= 1
+
+    def _iterate(self, op: Operation, args: list[Interval]) -> list[Interval]:
         """The carried state's bound: an invariant valid for any length, else the Kleene bound after ``max_steps`` steps.
 
         Kleene iteration (the union of the states after 1, 2, ... steps) stops

@@ -19,6 +19,7 @@ two, so w_i r_i is exact.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +33,7 @@ from cimc.pass_manager import ModulePass, from_hardware, register_pass
 RANGE_ATTRS = ("input_scale", "row_scale", "z_lo", "z_hi")
 
 
-_BLOCK_ELEMENTS = 1 << 20  # float64 temporaries of at most this many elements (8 MiB) while mapping
+_BLOCK_ELEMENTS = 1 << 15  # float64 temporaries of this many elements (256 KiB: they stay in cache) while mapping
 
 
 def conductance_dtype(weights: np.ndarray) -> np.dtype:
@@ -41,8 +42,12 @@ def conductance_dtype(weights: np.ndarray) -> np.dtype:
 
 
 def conductance_pair(weights: np.ndarray, g_min: float, g_max: float, granularity: str,
-                     row_scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     row_scale: np.ndarray | None = None,
+                     g_pos_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(g_pos, g_neg, g_scale) in uS for a [rows, cols] weight matrix times ``row_scale`` per row; see the module docstring.
+
+    ``g_pos_out`` (of the shape and :func:`conductance_dtype`) receives G+; it may be ``weights`` itself, whose
+    every block of rows is read before G+ is written over it.
 
     Every conductance is computed in float64 and rounded once to :func:`conductance_dtype`, a block of
     rows at a time (no weights-sized float64 temporaries). Why float32 suffices for float32 weights:
@@ -55,41 +60,79 @@ def conductance_pair(weights: np.ndarray, g_min: float, g_max: float, granularit
     """
     rows, cols = weights.shape
     block = max(1, _BLOCK_ELEMENTS // max(1, cols))
+    factors = None if row_scale is None else row_scale.astype(np.float64, copy=False)[:, None]
+    buffer = np.empty((block, cols))  # float64: a block's w r, then t = w r s, then -t (cache-sized, reused)
 
-    def stored(r0: int) -> np.ndarray:
-        w = weights[r0:r0 + block]
-        if row_scale is None:
-            return w.astype(np.float64)
-        return w * row_scale[r0:r0 + block, None].astype(np.float64, copy=False)  # w widened exactly by the product
+    def stored(r0: int, r1: int) -> np.ndarray:
+        """w r of rows r0:r1 in float64 (w widened exactly by the product), in the reused buffer."""
+        out = buffer[:r1 - r0]
+        if factors is None:
+            out[...] = weights[r0:r1]
+        else:
+            np.multiply(weights[r0:r1], factors[r0:r1], out=out)
+        return out
 
     peak = np.zeros(cols)  # max |w r| per column, without |w|
     for r0 in range(0, rows, block):
-        w = weights[r0:r0 + block] if row_scale is None else stored(r0)  # max and min are exact in any float type
+        r1 = min(rows, r0 + block)
+        w = weights[r0:r1] if factors is None else stored(r0, r1)  # max and min are exact in any float type
         np.maximum(peak, np.maximum(w.max(axis=0, initial=0.0), -w.min(axis=0, initial=0.0)), out=peak)
     if granularity != "column":
         peak = np.full(cols, peak.max(initial=0.0))
     span = g_max - g_min
     scale = np.where(peak > 0, span / np.where(peak > 0, peak, 1.0), span)
     dtype = conductance_dtype(weights)
-    g_pos, g_neg = np.empty((rows, cols), dtype), np.empty((rows, cols), dtype)
+    g_pos = np.empty((rows, cols), dtype) if g_pos_out is None else g_pos_out
+    g_neg = np.empty((rows, cols), dtype)
+    part = np.empty((block, cols))
     for r0 in range(0, rows, block):
         # g+ = min(g_min + max(w, 0) s, g_max) and g- = min(g_min + max(-w, 0) s, g_max), from t = w s (s > 0):
         # max(w, 0) s = max(t, 0) and max(-w, 0) s = max(-t, 0), exactly (NaN's sign included).
-        t = stored(r0)
+        r1 = min(rows, r0 + block)
+        t = stored(r0, r1)
         np.multiply(t, scale, out=t)
-        for out, g in ((g_pos, np.maximum(t, 0.0)), (g_neg, np.maximum(np.negative(t, out=t), 0.0, out=t))):
-            np.add(g, g_min, out=g)
-            np.minimum(g, g_max, out=g)
-            out[r0:r0 + block] = g
+        _clamped_shift(t, g_min, g_max, part[:r1 - r0], g_pos[r0:r1])
+        _clamped_shift(np.negative(t, out=t), g_min, g_max, part[:r1 - r0], g_neg[r0:r1])
     return g_pos, g_neg, scale
 
 
+def _clamped_shift(t: np.ndarray, g_min: float, g_max: float, scratch: np.ndarray, out: np.ndarray) -> None:
+    """``out = min(g_min + max(t, 0), g_max)``, every step in float64 (in ``scratch``), rounded once into ``out``'s type."""
+    np.maximum(t, 0.0, out=scratch)
+    np.add(scratch, g_min, out=scratch)
+    np.minimum(scratch, g_max, out=out, casting="same_kind")
+
+
+# CPython before 3.14 counts every reference in sys.getrefcount (3.14 may borrow the ones on its stack).
+_EXACT_REFCOUNTS = sys.implementation.name == "cpython" and sys.version_info < (3, 14)
+
+
+def _private_weights(op: Operation) -> np.ndarray | None:
+    """``op``'s weights array if nothing else holds it nor its Tensor, so G+ may be written over it; else None.
+
+    Then the MVM's weights, G+ and G- are never alive at once (the pass's memory peak falls by one MVM's weight
+    bytes) and G+ needs no fresh pages. The op's attributes hold the Tensor and the Tensor the array; the local
+    name and getrefcount's argument add one each.
+    """
+    tensor = op.attributes["weights"]
+    if not (_EXACT_REFCOUNTS and isinstance(tensor, Tensor) and sys.getrefcount(tensor) == 3):
+        return None
+    array = tensor.array
+    if sys.getrefcount(array) != 3 or not array.flags.owndata or not array.flags.c_contiguous \
+            or array.dtype != conductance_dtype(array):
+        return None
+    return array
+
+
 def map_matvec(op: Operation, g_min: float, g_max: float, granularity: str) -> None:
-    weights = op.attributes["weights"]
-    assert isinstance(weights, Tensor)
+    private = _private_weights(op)
+    if private is not None:
+        del op.attributes["weights"]  # from here on the op does not hold what is overwritten with G+
+        private.setflags(write=True)
+    weights = private if private is not None else op.attributes["weights"].array  # type: ignore[union-attr]
     row_scale = op.attributes.get("row_scale")
-    g_pos, g_neg, scale = conductance_pair(weights.array, g_min, g_max, granularity,
-                                           row_scale.array if isinstance(row_scale, Tensor) else None)
+    g_pos, g_neg, scale = conductance_pair(weights, g_min, g_max, granularity,
+                                           row_scale.array if isinstance(row_scale, Tensor) else None, private)
     block = str(op.attributes.get("block", "mvm"))
     attrs = {
         "g_pos": Tensor.adopt(g_pos, key=f"{block}.g_pos"),

@@ -64,3 +64,23 @@ def test_resumable_vecmat_is_the_full_product_bit_for_bit(dtype: type, monkeypat
         fresh, _ = fixed_order.resumable_vecmat(x1, w, absolute=absolute)
         assert resumed.dtype == np.float64
         assert resumed.tobytes() == fresh.tobytes() == full.tobytes()
+
+
+@pytest.mark.parametrize("columns", [2, 3, 5, 16])
+def test_resumable_vecmat_columns_are_the_full_products_columns_bit_for_bit(columns: int,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A subset of the columns, fresh or resumed from a full product's record, plain or over |w|: the bits of those
+    columns of ``resumable_vecmat`` (which the interval analysis then reads in place of the full product)."""
+    monkeypatch.setattr(fixed_order, "_CHUNK_ELEMENTS", 6 * columns)  # several chunks of K
+    rng = np.random.default_rng(columns)
+    w = rng.standard_normal((41, columns)).astype(np.float32)
+    x0 = rng.standard_normal(41)
+    x1 = x0.copy()
+    x1[19:] = rng.standard_normal(22)
+    for absolute in (False, True):
+        _, record = fixed_order.resumable_vecmat(x0, w, absolute=absolute)
+        full, _ = fixed_order.resumable_vecmat(x1, w, record, absolute=absolute)
+        for subset in (np.arange(columns), np.array([columns - 1]), rng.permutation(columns)[:max(1, columns // 2)]):
+            for previous in (None, record):
+                part = fixed_order.resumable_vecmat_columns(x1, w, subset, previous, absolute=absolute)
+                assert part.tobytes() == full[subset].tobytes()

@@ -138,6 +138,63 @@ def test_hand_written_conductance_pair_closed_form() -> None:
     np.testing.assert_allclose(block_scale, [49.0, 49.0, 49.0])
 
 
+def test_conductance_pair_blocks_give_the_whole_array_formula_bit_for_bit() -> None:
+    """conductance_pair works a cache-sized block of rows at a time with scratch buffers; the bits must be those of
+    the module docstring's formula evaluated on the whole array in float64 and rounded once (signed zeros, NaN's
+    sign and float64 weights included), for rows that are not a multiple of the block."""
+    from cimc.passes import map_conductance
+    from cimc.passes.map_conductance import conductance_pair
+
+    rng = np.random.default_rng(3)
+    rows = 3 * (map_conductance._BLOCK_ELEMENTS // 40) + 7
+    w32 = rng.uniform(-0.3, 0.3, (rows, 40)).astype(np.float32)
+    w32[0, :3] = [0.0, -0.0, np.nan]
+    w32[5, 4] = -np.nan
+    r = 2.0 ** -rng.integers(0, 4, rows)
+    for w in (w32, w32.astype(np.float64)):
+        for granularity in ("column", "block"):
+            for row_scale in (None, r):
+                t = w.astype(np.float64) * (1.0 if row_scale is None else row_scale[:, None])
+                peak = np.maximum(t.max(axis=0, initial=0.0), -t.min(axis=0, initial=0.0))  # NaN in a NaN column
+                peak = np.full(40, peak.max()) if granularity == "block" else peak
+                scale = np.where(peak > 0, 97.5 / peak, 97.5)
+                g_pos = np.minimum(2.5 + np.maximum(t * scale, 0.0), 100.0).astype(w.dtype)
+                g_neg = np.minimum(2.5 + np.maximum(-(t * scale), 0.0), 100.0).astype(w.dtype)
+                got = conductance_pair(w, 2.5, 100.0, granularity, row_scale)
+                for expected, actual in zip((g_pos, g_neg, scale), got):
+                    assert actual.dtype == expected.dtype and actual.tobytes() == expected.tobytes()
+
+
+def _map_conductance(held: bool) -> tuple[bool, bool, bytes]:
+    """map-conductance of a small LSTM's MVM, the test holding its weights or not: (G+ took the weights' buffer,
+    the held weights are unchanged, G+ and G- bytes)."""
+    from range_models import recurrent_model
+
+    module = import_model(recurrent_model("LSTM", 6, 16, 2, 0.3), "cell.onnx")
+    PassManager(parse_pipeline("decompose-rnn,form-mvm,canonicalize,cse,ranges")).run(module)
+    [mvm] = [op for op in module.walk() if op.name == "cim.matvec"]
+    kept = [mvm.attributes["weights"].array] if held else []
+    before = mvm.attributes["weights"].array.tobytes()
+    address = mvm.attributes["weights"].array.__array_interface__["data"][0]
+    del mvm
+    PassManager(parse_pipeline("map-conductance")).run(module)
+    [mapped] = [op for op in module.walk() if op.name == "cim.crossbar_mvm"]
+    g_pos, g_neg = mapped.attributes["g_pos"].array, mapped.attributes["g_neg"].array
+    return (g_pos.__array_interface__["data"][0] == address, all(k.tobytes() == before for k in kept),
+            g_pos.tobytes() + g_neg.tobytes())
+
+
+def test_map_conductance_writes_g_pos_over_private_weights_only() -> None:
+    """G+ reuses the weights' buffer when nothing but the MVM holds them (the pass's memory peak falls by one MVM's
+    weight bytes); weights anyone else still holds are left as they are. Both give the same conductances."""
+    from cimc.passes.map_conductance import _EXACT_REFCOUNTS
+
+    private_reused, _, private = _map_conductance(held=False)
+    held_reused, held_unchanged, held = _map_conductance(held=True)
+    assert private_reused == _EXACT_REFCOUNTS and not held_reused and held_unchanged
+    assert private == held
+
+
 def test_column_chunks_prefer_consumer_boundaries() -> None:
     from cimc.passes.tile import column_chunks
 

@@ -14,7 +14,9 @@ any growth the old rule allowed (about 1 per step).
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from cimc.importer import import_model
 from cimc.ir import Module
@@ -196,3 +198,56 @@ def test_analytic_bounds_hold_on_the_whole_corpus() -> None:
             raise AssertionError(f"{case.name}: {e}") from None
         checked += 1
     assert checked >= 140
+
+
+def _relu_rnn(hidden: int, seed: int) -> onnx.ModelProto:
+    """One ONNX RNN node with Relu and positive recurrent weights (row sums about 0.85): its state's bound grows on
+    every step, by a factor of about 0.85 less each time, so it is still moving after 60 steps (at about 160; the
+    relative change left, about 0.85^60 = 6e-5, is above the convergence test's tolerance)."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.uniform(0.0, 0.3, (1, hidden, 4)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.uniform(0.0, 1.7 / hidden, (1, hidden, hidden)).astype(np.float32), "R"),
+             numpy_helper.from_array(rng.uniform(-0.1, 0.1, (1, 2 * hidden)).astype(np.float32), "B")]
+    node = helper.make_node("RNN", ["X", "W", "R", "B"], ["Y", "Y_h"], hidden_size=hidden, activations=["Relu"], name="cell")
+    graph = helper.make_graph([node], "cell", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["seq", "batch", 4])],
+                              [helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [1, "batch", hidden])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+
+
+def _every_bound(module: Module, analysis: IntervalAnalysis) -> list[bytes]:
+    """The bits of every bound the ranges pass reads: MVM results and input segments, activation inputs, loop results."""
+    out = []
+    for op in module.walk():
+        if op.name == "cim.matvec":
+            out += [b.lo.tobytes() + b.hi.tobytes() for b in [analysis.get(op.results[0]), *analysis.mvm_inputs[id(op)]]]
+        elif op.name == "cim.activation":
+            hull = analysis.get(op.operands[0]).collapse()
+            out.append(hull.lo.tobytes() + hull.hi.tobytes())
+        elif op.name == "cim.loop":
+            out += [b.lo.tobytes() + b.hi.tobytes() for b in map(analysis.get, op.results)]
+    return out
+
+
+@pytest.mark.parametrize("name", ["lstm-h-settles", "relu-rnn-h-grows"])
+def test_hull_only_mvm_bounds_give_the_full_products_bits(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside loops, an MVM read only by activations is summed exactly only at the columns a hull can come from
+    (IntervalAnalysis._matvec_hulls); every bound the ranges pass reads must have the bits of the full products,
+    both where h settles after some steps (an LSTM: o tanh(c) within [-1, 1]) and where it never does (a Relu RNN
+    with positive weights, whose bound still grows at the step cap)."""
+    model = recurrent_model("LSTM", 8, 48, 4, 1 / np.sqrt(48)) if name.startswith("lstm") else _relu_rnn(40, 6)
+    module = lowered(model)
+    used = []
+    hulls = IntervalAnalysis._matvec_hulls
+
+    def counted(self, *args):  # noqa: ANN001, ANN002, ANN202
+        result = hulls(self, *args)
+        used.append(result is not None)
+        return result
+
+    monkeypatch.setattr(IntervalAnalysis, "_matvec_hulls", counted)
+    fast, fast_report = analytic_ranges(module, 1.0, 60)
+    monkeypatch.setattr(IntervalAnalysis, "_matvec_hulls", lambda self, *args: None)
+    full, full_report = analytic_ranges(module, 1.0, 60)
+    assert sum(used) >= (15 if name.startswith("lstm") else 40), used  # partial products on the steps whose h moved
+    assert fast_report == full_report and fast_report.unconverged_loops == 1  # the LSTM's c, the RNN's h
+    assert _every_bound(module, fast) == _every_bound(module, full)
