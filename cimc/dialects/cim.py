@@ -135,7 +135,7 @@ def _verify_mvm_io(op: Operation, rows: int, cols: int) -> None:
 
 def _tensor(op: Operation, name: str, rank: int) -> Tensor:
     value = op.attributes[name]
-    if not isinstance(value, Tensor) or value.array.ndim != rank or value.array.dtype.kind != "f":
+    if type(value) is not Tensor or value.array.ndim != rank or value.array.dtype.kind != "f":
         raise VerifyError(op, f"attribute '{name}' of '{op.name}' must be a float tensor of rank {rank}")
     return value
 
@@ -170,7 +170,7 @@ MATVEC = define(
 
 
 def _verify_conductances(op: Operation) -> tuple[int, int]:
-    pos, neg, scales = (_tensor(op, name, rank) for name, rank in (("g_pos", 2), ("g_neg", 2), ("g_scale", 1)))
+    pos, neg, scales = _tensor(op, "g_pos", 2), _tensor(op, "g_neg", 2), _tensor(op, "g_scale", 1)
     g_pos, g_neg, scale = pos.array, neg.array, scales.array
     if g_pos.shape != g_neg.shape or scale.shape != g_pos.shape[1:]:
         raise VerifyError(op, f"'{op.name}' conductance shapes disagree: g_pos {g_pos.shape}, g_neg {g_neg.shape}, g_scale {scale.shape}")
