@@ -44,16 +44,19 @@ class Tensor:
         own): the array becomes read-only, and the caller must hold no other
         writable view of it. A C-contiguous view of an immutable ``bytes``
         object (onnx's ``to_array`` of an initializer's raw data, a private copy
-        of it) is taken as it is: no one can write to it. Anything else is
-        copied as by ``Tensor()``.
+        of it) is taken as it is: no one can write to it; so is a C-contiguous
+        view of a read-only array that owns its data (a tensor's own, or one a
+        pass made and set read-only to hand out pieces of it, as ``tile`` does
+        with the row bands of a column chunk). Anything else is copied as by
+        ``Tensor()``.
         """
         if type(array) is not np.ndarray or not array.flags.c_contiguous:
             return cls(array, key)
         if not array.flags.owndata:
-            base = array.base
-            while isinstance(base, np.ndarray):
-                base = base.base
-            if type(base) is not bytes:
+            owner = array
+            while isinstance(owner.base, np.ndarray):
+                owner = owner.base
+            if type(owner.base) is not bytes and (owner.base is not None or owner.flags.writeable):
                 return cls(array, key)
         array.setflags(write=False)
         tensor = cls.__new__(cls)

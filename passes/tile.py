@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import accumulate
 
+import numpy as np
+
 from cimc.attributes import Tensor
 from cimc.builder import Builder
 from cimc.diagnostics import CimcError
@@ -178,7 +180,10 @@ def _chunks(groups: list[Group], bitlines: int, ramp_cols: bool, run_on: bool) -
 
 
 def _conductance_tiles(op: Operation, chunks: list[tuple[int, int]], rows: int) -> dict[tuple[int, int], dict[str, Tensor]]:
-    """Copies of the MVM's G+ and G- cut into tiles, by (first row, first column) and then name.
+    """The MVM's G+ and G- cut into tiles, by (first row, first column) and then name.
+
+    Each column chunk is copied once into a C-contiguous, read-only array whose row bands are the tiles' tensors,
+    without a copy each (one copy per chunk instead of one per tile; none when one chunk covers every column).
 
     G+ is cut whole and deleted from the op before G- is cut, so that it is freed
     first: of G+, G- and their tiles' copies, at most three are held at once,
@@ -190,8 +195,11 @@ def _conductance_tiles(op: Operation, chunks: list[tuple[int, int]], rows: int) 
     for name in ("g_pos", "g_neg"):
         g = op.attributes.pop(name).array  # type: ignore[union-attr]
         for c0, c1 in chunks:
+            chunk = np.ascontiguousarray(g[:, c0:c1])
+            chunk.setflags(write=False)
             for r0 in range(0, total_rows, rows):
-                tiles.setdefault((r0, c0), {})[name] = Tensor(g[r0:r0 + rows, c0:c1], key=f"{block}.r{r0}c{c0}.{name}")
+                tiles.setdefault((r0, c0), {})[name] = Tensor.adopt(chunk[r0:r0 + rows], key=f"{block}.r{r0}c{c0}.{name}")
+            del chunk
         del g
     return tiles
 
