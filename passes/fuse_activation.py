@@ -186,31 +186,34 @@ def _rescale(tile: Operation, spans: list[tuple[tuple[int, int], float]], g_min:
 
     All spans of a tile in order, on one copy of its conductances (one copy per tile, not per span; none when one
     span covers the tile). The masks for unformed devices are applied only if the tile has one (its tensors' cached
-    minima, which the verifier has computed, say so): without one they select nothing.
+    minima, which the verifier has computed, say so): without one they select nothing. Each device is
+    (G - G_min) * factor + G_min in float64, rounded once to the tile's type: the ufuncs widen the stored values
+    (exactly) and round the result on output, so no widened copy of the tile is made.
     """
     a = tile.attributes
     pos_t, neg_t = a["g_pos"], a["g_neg"]
     scale = a["g_scale"].array.copy()  # type: ignore[union-attr]
     unformed = not (pos_t.minimum() > 0 and neg_t.minimum() > 0)  # type: ignore[union-attr]  (a NaN minimum too)
     whole = len(spans) == 1 and spans[0][0] == (0, scale.size)
-    g_pos, g_neg = (t.array if whole else t.array.copy() for t in (pos_t, neg_t))  # type: ignore[union-attr]
-    dtype = g_pos.dtype
+    g_pos, g_neg = (np.empty_like(t.array) if whole else t.array.copy() for t in (pos_t, neg_t))  # type: ignore[union-attr]
+    input_scale = float(a.get("input_scale", 1.0))  # type: ignore[arg-type]
     for cols, target in spans:
         sl = slice(*cols)
-        factor = target * float(a.get("input_scale", 1.0)) / scale[sl]  # type: ignore[arg-type]
-        pos, neg = g_pos[:, sl].astype(np.float64), g_neg[:, sl].astype(np.float64)
+        factor = target * input_scale / scale[sl]
+        # The span as it stands (earlier spans rescaled), read before either side is written: each is the other's mask.
+        pos, neg = (pos_t.array, neg_t.array) if whole else (g_pos[:, sl].copy(), g_neg[:, sl].copy())  # type: ignore[union-attr]
+        scaled = np.empty(pos.shape)
         # A pair's deviations from G_min shrink; a device left unformed (0 uS) stays so, and its partner scales whole.
-        rescaled = []
-        for own, partner in ((pos, neg), (neg, pos)):
-            scaled = (own - g_min) * factor + g_min
+        for own, partner, out in ((pos, neg, g_pos[:, sl]), (neg, pos, g_neg[:, sl])):
+            np.subtract(own, g_min, out=scaled, dtype=np.float64)
+            np.multiply(scaled, factor, out=scaled)
             if unformed:
-                np.multiply(own, factor, out=scaled, where=partner == 0)
+                np.add(scaled, g_min, out=scaled)
+                np.multiply(own, factor, out=scaled, where=partner == 0, dtype=np.float64)
                 scaled[own == 0] = 0.0
-            rescaled.append(scaled)
-        if whole:
-            g_pos, g_neg = (r.astype(dtype) for r in rescaled)
-        else:
-            g_pos[:, sl], g_neg[:, sl] = rescaled
+                out[...] = scaled
+            else:
+                np.add(scaled, g_min, out=out)
         scale[sl] = scale[sl] * factor
     for key, array in (("g_pos", g_pos), ("g_neg", g_neg), ("g_scale", scale)):
         a[key] = Tensor.adopt(array, key=a[key].key)  # type: ignore[union-attr]
