@@ -44,23 +44,31 @@ class Tensor:
         own): the array becomes read-only, and the caller must hold no other
         writable view of it. A C-contiguous view of an immutable ``bytes``
         object (onnx's ``to_array`` of an initializer's raw data, a private copy
-        of it) is taken as it is: no one can write to it; so is a C-contiguous
-        view of a read-only array that owns its data (a tensor's own, or one a
-        pass made and set read-only to hand out pieces of it, as ``tile`` does
-        with the row bands of a column chunk). Anything else is copied as by
-        ``Tensor()``.
+        of it) is taken as it is: no one can write to it. Anything else is
+        copied as by ``Tensor()``.
         """
         if type(array) is not np.ndarray or not array.flags.c_contiguous:
             return cls(array, key)
         if not array.flags.owndata:
-            owner = array
-            while isinstance(owner.base, np.ndarray):
-                owner = owner.base
-            if type(owner.base) is not bytes and (owner.base is not None or owner.flags.writeable):
+            base = array.base
+            while isinstance(base, np.ndarray):
+                base = base.base
+            if type(base) is not bytes:
                 return cls(array, key)
         array.setflags(write=False)
         tensor = cls.__new__(cls)
         tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max = array, key, None, None, None
+        return tensor
+
+    def window(self, index: tuple[slice, ...], key: str | None = None) -> Tensor:
+        """The tensor of a basic slice of this one, over the same (read-only) array: no copy.
+
+        For the pieces a pass cuts a weights-sized tensor into (``tile``'s tiles of an MVM's conductances): a
+        copy of each would be a memory pass over all weights and a peak of its own. Unlike other tensors' arrays, a
+        window's is not C-contiguous in general (the digest hashes its elements in C order all the same).
+        """
+        tensor = Tensor.__new__(Tensor)
+        tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max = self.array[index], key, None, None, None
         return tensor
 
     def renamed(self, key: str | None) -> Tensor:
@@ -79,7 +87,7 @@ class Tensor:
             h = hashlib.blake2b(digest_size=16)
             h.update(str(self.array.dtype).encode())
             h.update(repr(self.array.shape).encode())
-            h.update(self.array)  # C-contiguous: the buffer hashes as its bytes, without tobytes()' copy
+            h.update(np.ascontiguousarray(self.array))  # the buffer's bytes, copied only for a window
             self._digest = h.digest()
         return self._digest
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import accumulate
 
-import numpy as np
-
 from cimc.attributes import Tensor
 from cimc.builder import Builder
 from cimc.diagnostics import CimcError
@@ -189,27 +187,17 @@ def _chunks(groups: list[Group], bitlines: int, ramp_cols: bool, run_on: bool) -
 
 
 def _conductance_tiles(op: Operation, chunks: list[tuple[int, int]], rows: int) -> dict[tuple[int, int], dict[str, Tensor]]:
-    """The MVM's G+ and G- cut into tiles, by (first row, first column) and then name.
-
-    Each column chunk is copied once into a C-contiguous, read-only array whose row bands are the tiles' tensors,
-    without a copy each (one copy per chunk instead of one per tile; none when one chunk covers every column).
-
-    G+ is cut whole and deleted from the op before G- is cut, so that it is freed
-    first: of G+, G- and their tiles' copies, at most three are held at once,
-    not all four (the MVM's copies of one conductance less at the pass's peak).
-    """
+    """The MVM's G+ and G- cut into tiles, by (first row, first column) and then name: windows of its tensors, no
+    copies (the tensors leave the op; their tiles hold them, until a later pass replaces the tiles' conductances)."""
     block = str(op.attributes.get("block", "mvm"))
     total_rows = op.attributes["g_pos"].type.shape[0]  # type: ignore[union-attr]
     tiles: dict[tuple[int, int], dict[str, Tensor]] = {}
     for name in ("g_pos", "g_neg"):
-        g = op.attributes.pop(name).array  # type: ignore[union-attr]
+        g = op.attributes.pop(name)
         for c0, c1 in chunks:
-            chunk = np.ascontiguousarray(g[:, c0:c1])
-            chunk.setflags(write=False)
             for r0 in range(0, total_rows, rows):
-                tiles.setdefault((r0, c0), {})[name] = Tensor.adopt(chunk[r0:r0 + rows], key=f"{block}.r{r0}c{c0}.{name}")
-            del chunk
-        del g
+                tiles.setdefault((r0, c0), {})[name] = g.window((slice(r0, r0 + rows), slice(c0, c1)),  # type: ignore[union-attr]
+                                                               key=f"{block}.r{r0}c{c0}.{name}")
     return tiles
 
 
