@@ -24,7 +24,7 @@ class Tensor:
     contents compare equal whatever their keys.
     """
 
-    __slots__ = ("array", "key", "_digest", "_min", "_max")
+    __slots__ = ("array", "key", "_digest", "_min", "_max", "_floor")
 
     def __init__(self, array: np.ndarray, key: str | None = None) -> None:
         arr = np.array(array, copy=True, order="C")
@@ -34,6 +34,7 @@ class Tensor:
         self._digest: bytes | None = None
         self._min: float | None = None
         self._max: float | None = None
+        self._floor: float | None = None  # a lower bound of the elements known without a pass over them
 
     @classmethod
     def adopt(cls, array: np.ndarray, key: str | None = None) -> Tensor:
@@ -57,7 +58,7 @@ class Tensor:
                 return cls(array, key)
         array.setflags(write=False)
         tensor = cls.__new__(cls)
-        tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max = array, key, None, None, None
+        tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max, tensor._floor = array, key, None, None, None, None
         return tensor
 
     def window(self, index: tuple[slice, ...], key: str | None = None) -> Tensor:
@@ -65,16 +66,21 @@ class Tensor:
 
         For the pieces a pass cuts a weights-sized tensor into (``tile``'s tiles of an MVM's conductances): a
         copy of each would be a memory pass over all weights and a peak of its own. Unlike other tensors' arrays, a
-        window's is not C-contiguous in general (the digest hashes its elements in C order all the same).
+        window's is not C-contiguous in general (the digest hashes its elements in C order all the same). This
+        tensor's minimum, if known (and not NaN, so that the window has no NaN either), bounds the window's from
+        below: see :meth:`any_below` and :meth:`all_above`.
         """
         tensor = Tensor.__new__(Tensor)
-        tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max = self.array[index], key, None, None, None
+        floor = self._min if self._min is not None and not math.isnan(self._min) else self._floor
+        tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max, tensor._floor = \
+            self.array[index], key, None, None, None, floor
         return tensor
 
     def renamed(self, key: str | None) -> Tensor:
         """This tensor under another ``key``, over the same (read-only) array: no copy, the digest shared."""
         tensor = Tensor.__new__(Tensor)
-        tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max = self.array, key, self._digest, self._min, self._max
+        tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max, tensor._floor = \
+            self.array, key, self._digest, self._min, self._max, self._floor
         return tensor
 
     @property
@@ -104,6 +110,20 @@ class Tensor:
         if self._min is None:
             self._min = float(self.array.min()) if self.array.size else np.inf
         return self._min
+
+    def any_below(self, bound: float) -> bool:
+        """``minimum() < bound`` (so NaN elements are not below anything), without a pass over the elements when
+        the known lower bound (a window's) already says no."""
+        if self._floor is not None and self._floor >= bound:
+            return False
+        return self.minimum() < bound
+
+    def all_above(self, bound: float) -> bool:
+        """``minimum() > bound`` (False if any element is NaN), without a pass over the elements when the known
+        lower bound (a window's) already says yes."""
+        if self._floor is not None and self._floor > bound:
+            return True
+        return self.minimum() > bound
 
     def maximum(self) -> float:
         """The largest element (see :meth:`extrema`)."""

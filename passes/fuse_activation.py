@@ -185,14 +185,14 @@ def _rescale(tile: Operation, spans: list[tuple[tuple[int, int], float]], g_min:
     """Scale each span's conductance deviations so that g_scale / input_scale equals its target; weights do not change.
 
     All spans of a tile in order, on one copy of its conductances (one copy per tile, not per span; none when one
-    span covers the tile). The masks for unformed devices are applied only if the tile has one (its tensors' cached
-    minima, which the verifier has computed, say so): without one they select nothing. Each device is
+    span covers the tile). The masks for unformed devices are applied only if the tile has one (its tensors' known
+    minima or lower bounds say so, see Tensor.all_above): without one they select nothing. Each device is
     (G - G_min) * factor + G_min in float64 (one buffer per tile), rounded once to the tile's type.
     """
     a = tile.attributes
     pos_t, neg_t = a["g_pos"], a["g_neg"]
     scale = a["g_scale"].array.copy()  # type: ignore[union-attr]
-    unformed = not (pos_t.minimum() > 0 and neg_t.minimum() > 0)  # type: ignore[union-attr]  (a NaN minimum too)
+    unformed = not (pos_t.all_above(0) and neg_t.all_above(0))  # type: ignore[union-attr]  (a NaN minimum too)
     whole = len(spans) == 1 and spans[0][0] == (0, scale.size)
     g_pos, g_neg = (np.empty_like(t.array) if whole else t.array.copy() for t in (pos_t, neg_t))  # type: ignore[union-attr]
     input_scale = float(a.get("input_scale", 1.0))  # type: ignore[arg-type]
