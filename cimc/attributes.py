@@ -162,8 +162,13 @@ def normalize_attr(value: object) -> AttrValue:
     if isinstance(value, np.ndarray):
         return Tensor(value)
     if isinstance(value, (list, tuple)):
+        if all(type(v) in _PLAIN for v in value):
+            return tuple(value)  # the common case, a list of plain scalars (a ramp's device levels): nothing to convert
         return tuple(normalize_attr(v) for v in value)
     raise TypeError(f"unsupported attribute value {value!r} of type {type(value).__name__}")
+
+
+_PLAIN = (int, float, str)  # types normalize_attr keeps as they are (bool, a subclass of int, is converted)
 
 
 def attr_kind(value: AttrValue) -> str:
