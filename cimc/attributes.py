@@ -24,7 +24,7 @@ class Tensor:
     contents compare equal whatever their keys.
     """
 
-    __slots__ = ("array", "key", "_digest", "_min", "_max", "_floor")
+    __slots__ = ("array", "key", "_digest", "_min", "_max", "_floor", "origin")
 
     def __init__(self, array: np.ndarray, key: str | None = None) -> None:
         arr = np.array(array, copy=True, order="C")
@@ -35,6 +35,7 @@ class Tensor:
         self._min: float | None = None
         self._max: float | None = None
         self._floor: float | None = None  # a lower bound of the elements known without a pass over them
+        self.origin: tuple[Tensor, tuple[slice, ...]] | None = None  # a window's tensor and index (see window)
 
     @classmethod
     def adopt(cls, array: np.ndarray, key: str | None = None) -> Tensor:
@@ -59,6 +60,7 @@ class Tensor:
         array.setflags(write=False)
         tensor = cls.__new__(cls)
         tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max, tensor._floor = array, key, None, None, None, None
+        tensor.origin = None
         return tensor
 
     def window(self, index: tuple[slice, ...], key: str | None = None) -> Tensor:
@@ -68,12 +70,14 @@ class Tensor:
         copy of each would be a memory pass over all weights and a peak of its own. Unlike other tensors' arrays, a
         window's is not C-contiguous in general (the digest hashes its elements in C order all the same). This
         tensor's minimum, if known (and not NaN, so that the window has no NaN either), bounds the window's from
-        below: see :meth:`any_below` and :meth:`all_above`.
+        below: see :meth:`any_below` and :meth:`all_above`. ``origin`` says where it was cut from, so that a pass
+        can treat the windows of one tensor together (fuse-activation rescales a column chunk's tiles at once).
         """
         tensor = Tensor.__new__(Tensor)
         floor = self._min if self._min is not None and not math.isnan(self._min) else self._floor
         tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max, tensor._floor = \
             self.array[index], key, None, None, None, floor
+        tensor.origin = (self, index)
         return tensor
 
     def renamed(self, key: str | None) -> Tensor:
@@ -81,6 +85,7 @@ class Tensor:
         tensor = Tensor.__new__(Tensor)
         tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max, tensor._floor = \
             self.array, key, self._digest, self._min, self._max, self._floor
+        tensor.origin = self.origin
         return tensor
 
     @property
