@@ -234,29 +234,31 @@ def _rescale_tiles(rescales: list[tuple[Operation, list[tuple[tuple[int, int], f
         rows, cols = origins[0][1]  # type: ignore[index]
         factor = spans[0][1] * float(a.get("input_scale", 1.0)) / scale  # type: ignore[arg-type]
         chunks[(id(origins[0][0]), id(origins[1][0]), cols.start, cols.stop)].append((tile, rows.start, factor, spans))  # type: ignore[index]
+    # One float64 buffer for every chunk: a fresh temporary of this size would be mapped (and faulted in) anew each time.
+    buffer = np.empty(max((sum(m[0].attributes["g_pos"].array.size for m in members)  # type: ignore[union-attr]
+                           for members in chunks.values()), default=0))
     for members in chunks.values():
         members.sort(key=lambda m: m[1])
         heights = [m[0].attributes["g_pos"].array.shape[0] for m in members]  # type: ignore[union-attr]
+        offsets = [0, *accumulate(heights)]
         first = members[0][1]
-        if [m[1] for m in members] != [first + h for h in [0, *accumulate(heights[:-1])]]:
+        if [m[1] for m in members] != [first + o for o in offsets[:-1]]:
             for tile, _, _, spans in members:  # not one run of rows: one at a time
                 _rescale(tile, spans, g_min)
             continue
-        factors = np.repeat(np.stack([m[2] for m in members]), heights, axis=0)
         lead = members[0][0].attributes
-        rows = slice(first, first + sum(heights))
         for name in ("g_pos", "g_neg"):
             parent, (_, cols) = lead[name].origin  # type: ignore[union-attr,misc]
-            scaled = parent.array[rows, cols].astype(np.float64)
+            source = parent.array[first:first + offsets[-1], cols]
+            scaled = buffer[:source.size].reshape(source.shape)
+            scaled[...] = source
             scaled -= g_min
-            scaled *= factors
+            for (_, _, factor, _), lo, hi in zip(members, offsets, offsets[1:]):
+                scaled[lo:hi] *= factor
             scaled += g_min
-            chunk = Tensor.adopt(scaled.astype(parent.array.dtype))
-            offset = 0
-            for (tile, *_), height in zip(members, heights):
-                tile.attributes[name] = chunk.window((slice(offset, offset + height), slice(None)),
-                                                     key=tile.attributes[name].key)  # type: ignore[union-attr]
-                offset += height
+            chunk = Tensor.adopt(scaled.astype(source.dtype))
+            for (tile, *_), lo, hi in zip(members, offsets, offsets[1:]):
+                tile.attributes[name] = chunk.window((slice(lo, hi), slice(None)), key=tile.attributes[name].key)  # type: ignore[union-attr]
         for tile, _, factor, _ in members:
             scale = tile.attributes["g_scale"]
             tile.attributes["g_scale"] = Tensor.adopt(scale.array * factor, key=scale.key)  # type: ignore[union-attr]
