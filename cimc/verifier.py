@@ -134,10 +134,18 @@ def _verify_op(op: Operation, opdef: OpDef) -> None:
     for name in rules.required:
         if name not in attributes:
             raise VerifyError(op, f"'{op.name}' requires attribute '{name}'")
-    specs, exact = opdef.attributes, rules.exact
+    specs, exact, elements = opdef.attributes, rules.exact, rules.elements
     for name, value in attributes.items():
-        if exact.get(name) is type(value):
+        kind = type(value)
+        if exact.get(name) is kind:
             continue  # a scalar or tensor of exactly the declared kind, where any value of it is allowed
+        if kind is tuple and name in elements:  # likewise a list of exactly the declared element type
+            element = elements[name]
+            for item in value:  # type: ignore[union-attr]
+                if type(item) is not element:
+                    break
+            else:
+                continue
         spec = specs.get(name)
         if spec is None:
             if is_annotation(name):
@@ -154,16 +162,18 @@ def _verify_op(op: Operation, opdef: OpDef) -> None:
 
 
 _SCALAR_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "tensor": Tensor}
+_ELEMENT_TYPES: dict[str, type] = {"ints": int, "floats": float, "strs": str}
 
 
 @dataclass(frozen=True)
 class _Rules:
     """What the generic rules need of an op kind, found once per kind: the attributes it requires, the exact Python
-    type that passes an attribute's check whatever its value (declared scalar kinds without choices), and the
-    (required, variadic, optional) counts of its operand and result slots."""
+    type that passes an attribute's check whatever its value (declared scalar kinds without choices) and likewise
+    the element type of list kinds, and the (required, variadic, optional) counts of its operand and result slots."""
 
     required: tuple[str, ...]
     exact: dict[str, type]
+    elements: dict[str, type]
     operands: tuple[int, bool, int]
     results: tuple[int, bool, int]
 
@@ -179,6 +189,7 @@ def _rules(opdef: OpDef) -> _Rules:
         entry = _RULES[id(opdef)] = (opdef, _Rules(
             tuple(n for n, spec in specs.items() if spec.required),
             {n: _SCALAR_TYPES[spec.kind] for n, spec in specs.items() if spec.kind in _SCALAR_TYPES and spec.choices is None},
+            {n: _ELEMENT_TYPES[spec.kind] for n, spec in specs.items() if spec.kind in _ELEMENT_TYPES and spec.choices is None},
             _arity(opdef.operands), _arity(opdef.results)))
     return entry[1]
 
