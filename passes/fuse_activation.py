@@ -234,9 +234,13 @@ def _rescale_tiles(rescales: list[tuple[Operation, list[tuple[tuple[int, int], f
         rows, cols = origins[0][1]  # type: ignore[index]
         factor = spans[0][1] * float(a.get("input_scale", 1.0)) / scale  # type: ignore[arg-type]
         chunks[(id(origins[0][0]), id(origins[1][0]), cols.start, cols.stop)].append((tile, rows.start, factor, spans))  # type: ignore[index]
-    # One float64 buffer for every chunk: a fresh temporary of this size would be mapped (and faulted in) anew each time.
+    # One float64 buffer for every chunk: a fresh temporary of this size would be mapped (and faulted in) anew each
+    # time. The results go to one array per MVM conductance, as large as it (its pages, huge ones where the kernel
+    # gives them, faulted in once; a part no rescaled tile covers is never written nor read), whose windows the tiles
+    # then hold.
     buffer = np.empty(max((sum(m[0].attributes["g_pos"].array.size for m in members)  # type: ignore[union-attr]
                            for members in chunks.values()), default=0))
+    results: dict[int, tuple[np.ndarray, list[tuple[Operation, str, tuple[slice, slice]]]]] = {}
     for members in chunks.values():
         members.sort(key=lambda m: m[1])
         heights = [m[0].attributes["g_pos"].array.shape[0] for m in members]  # type: ignore[union-attr]
@@ -256,12 +260,17 @@ def _rescale_tiles(rescales: list[tuple[Operation, list[tuple[tuple[int, int], f
             for (_, _, factor, _), lo, hi in zip(members, offsets, offsets[1:]):
                 scaled[lo:hi] *= factor
             scaled += g_min
-            chunk = Tensor.adopt(scaled.astype(source.dtype))
-            for (tile, *_), lo, hi in zip(members, offsets, offsets[1:]):
-                tile.attributes[name] = chunk.window((slice(lo, hi), slice(None)), key=tile.attributes[name].key)  # type: ignore[union-attr]
+            out, windows = results.setdefault(id(parent), (np.empty_like(parent.array), []))
+            out[first:first + offsets[-1], cols] = scaled
+            windows.extend((tile, name, (slice(first + lo, first + hi), cols))
+                           for (tile, *_), lo, hi in zip(members, offsets, offsets[1:]))
         for tile, _, factor, _ in members:
             scale = tile.attributes["g_scale"]
             tile.attributes["g_scale"] = Tensor.adopt(scale.array * factor, key=scale.key)  # type: ignore[union-attr]
+    for out, windows in results.values():
+        rescaled = Tensor.adopt(out)
+        for tile, name, index in windows:
+            tile.attributes[name] = rescaled.window(index, key=tile.attributes[name].key)  # type: ignore[union-attr]
 
 
 def _base_transfer(uses: list[_Use]) -> Transfer:
