@@ -234,25 +234,30 @@ def _rescale_tiles(rescales: list[tuple[Operation, list[tuple[tuple[int, int], f
         rows, cols = origins[0][1]  # type: ignore[index]
         factor = spans[0][1] * float(a.get("input_scale", 1.0)) / scale  # type: ignore[arg-type]
         chunks[(id(origins[0][0]), id(origins[1][0]), cols.start, cols.stop)].append((tile, rows.start, factor, spans))  # type: ignore[index]
-    # One float64 buffer for every chunk: a fresh temporary of this size would be mapped (and faulted in) anew each
-    # time. The results go to one array per MVM conductance, as large as it (its pages, huge ones where the kernel
-    # gives them, faulted in once; a part no rescaled tile covers is never written nor read), whose windows the tiles
-    # then hold.
-    buffer = np.empty(max((sum(m[0].attributes["g_pos"].array.size for m in members)  # type: ignore[union-attr]
-                           for members in chunks.values()), default=0))
-    results: dict[int, tuple[np.ndarray, list[tuple[Operation, str, tuple[slice, slice]]]]] = {}
+    runs = []  # (members, heights, row offsets) of each chunk whose tiles are one run of rows
     for members in chunks.values():
         members.sort(key=lambda m: m[1])
         heights = [m[0].attributes["g_pos"].array.shape[0] for m in members]  # type: ignore[union-attr]
         offsets = [0, *accumulate(heights)]
-        first = members[0][1]
-        if [m[1] for m in members] != [first + o for o in offsets[:-1]]:
-            for tile, _, _, spans in members:  # not one run of rows: one at a time
+        if [m[1] for m in members] == [members[0][1] + o for o in offsets[:-1]]:
+            runs.append((members, heights, offsets))
+        else:
+            for tile, _, _, spans in members:  # one at a time
                 _rescale(tile, spans, g_min)
-            continue
-        lead = members[0][0].attributes
+    # The results of all chunks of one MVM conductance go to one array, chunk after chunk (each C-contiguous): its
+    # pages, huge ones where the kernel gives them, are faulted in once, and its writes are sequential. One float64
+    # buffer serves every chunk: a fresh temporary of this size would be mapped (and faulted in) anew each time.
+    sizes: dict[int, int] = defaultdict(int)
+    for members, _, offsets in runs:
         for name in ("g_pos", "g_neg"):
-            parent, (_, cols) = lead[name].origin  # type: ignore[union-attr,misc]
+            parent, (_, cols) = members[0][0].attributes[name].origin  # type: ignore[union-attr,misc]
+            sizes[id(parent)] += offsets[-1] * len(range(*cols.indices(parent.array.shape[1])))
+    buffer = np.empty(max((offsets[-1] * m[0][2].size for m, _, offsets in runs), default=0))
+    results: dict[int, tuple[np.ndarray, list[tuple[Operation, str, int, int, int]]]] = {}
+    for members, heights, offsets in runs:
+        first = members[0][1]
+        for name in ("g_pos", "g_neg"):
+            parent, (_, cols) = members[0][0].attributes[name].origin  # type: ignore[union-attr,misc]
             source = parent.array[first:first + offsets[-1], cols]
             scaled = buffer[:source.size].reshape(source.shape)
             scaled[...] = source
@@ -260,17 +265,20 @@ def _rescale_tiles(rescales: list[tuple[Operation, list[tuple[tuple[int, int], f
             for (_, _, factor, _), lo, hi in zip(members, offsets, offsets[1:]):
                 scaled[lo:hi] *= factor
             scaled += g_min
-            out, windows = results.setdefault(id(parent), (np.empty_like(parent.array), []))
-            out[first:first + offsets[-1], cols] = scaled
-            windows.extend((tile, name, (slice(first + lo, first + hi), cols))
-                           for (tile, *_), lo, hi in zip(members, offsets, offsets[1:]))
+            out, pieces = results.setdefault(id(parent), (np.empty(sizes[id(parent)], parent.array.dtype), []))
+            start = pieces[-1][4] if pieces else 0  # where the previous chunk ended
+            width = source.shape[1]
+            out[start:start + source.size].reshape(source.shape)[...] = scaled
+            pieces.extend((tile, name, width, start + lo * width, start + hi * width)
+                          for (tile, *_), lo, hi in zip(members, offsets, offsets[1:]))
         for tile, _, factor, _ in members:
             scale = tile.attributes["g_scale"]
             tile.attributes["g_scale"] = Tensor.adopt(scale.array * factor, key=scale.key)  # type: ignore[union-attr]
-    for out, windows in results.values():
+    for out, pieces in results.values():
         rescaled = Tensor.adopt(out)
-        for tile, name, index in windows:
-            tile.attributes[name] = rescaled.window(index, key=tile.attributes[name].key)  # type: ignore[union-attr]
+        for tile, name, width, lo, hi in pieces:
+            tile.attributes[name] = rescaled.window((slice(lo, hi),), key=tile.attributes[name].key,  # type: ignore[union-attr]
+                                                    shape=((hi - lo) // width, width))
 
 
 def _base_transfer(uses: list[_Use]) -> Transfer:

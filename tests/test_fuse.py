@@ -201,5 +201,7 @@ def test_rescale_of_a_column_chunk_at_once_gives_each_tile_its_own_rescale() -> 
         for name in ("g_pos", "g_neg", "g_scale"):
             got, ref = t.attributes[name].array, want.attributes[name].array
             assert got.dtype == ref.dtype and got.tobytes() == ref.tobytes(), name
-    assert chunk[0].attributes["g_pos"].origin[0] is chunk[2].attributes["g_pos"].origin[0]  # one chunk's array
-    assert gap[0].attributes["g_pos"].origin is None  # rescaled alone
+    laid_out = chunk[0].attributes["g_pos"].array.base
+    assert laid_out is not None and all(t.attributes["g_pos"].array.base is laid_out for t in chunk)  # one array
+    assert all(t.attributes["g_pos"].array.flags.c_contiguous for t in chunk)  # its chunks one after another
+    assert gap[0].attributes["g_pos"].array.base is not laid_out  # rescaled alone
