@@ -63,7 +63,7 @@ class Tensor:
         tensor.origin = None
         return tensor
 
-    def window(self, index: tuple[slice, ...], key: str | None = None, shape: tuple[int, ...] | None = None) -> Tensor:
+    def window(self, index: tuple[slice, ...], key: str | None = None) -> Tensor:
         """The tensor of a basic slice of this one, over the same (read-only) array: no copy.
 
         For the pieces a pass cuts a weights-sized tensor into (``tile``'s tiles of an MVM's conductances): a
@@ -72,17 +72,21 @@ class Tensor:
         tensor's minimum, if known (and not NaN, so that the window has no NaN either), bounds the window's from
         below: see :meth:`any_below` and :meth:`all_above`. ``origin`` says where it was cut from, so that a pass
         can treat the windows of one tensor together (fuse-activation rescales a column chunk's tiles at once).
-        With ``shape``, the slice (of a contiguous run of elements) is viewed in that shape (and has no origin):
-        pieces laid out one after another in one array.
         """
         tensor = Tensor.__new__(Tensor)
         floor = self._min if self._min is not None and not math.isnan(self._min) else self._floor
-        array = self.array[index]
-        if shape is not None:
-            array = array.reshape(shape, copy=False)  # a view in the new shape, or an error: never a copy
         tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max, tensor._floor = \
-            array, key, None, None, None, floor
-        tensor.origin = (self, index) if shape is None else None
+            self.array[index], key, None, None, None, floor
+        tensor.origin = (self, index)
+        return tensor
+
+    def contiguous(self, key: str | None = None) -> Tensor:
+        """This tensor with a C-contiguous array of its own (a copy of a window's elements; itself if it has one),
+        its known bounds kept: ``tile`` copies each column chunk of an MVM once and cuts its row tiles from it."""
+        if self.array.flags.c_contiguous and self.origin is None:
+            return self
+        tensor = Tensor.adopt(np.array(self.array, order="C", copy=True), key)
+        tensor._min, tensor._max, tensor._floor = self._min, self._max, self._floor
         return tensor
 
     def renamed(self, key: str | None) -> Tensor:

@@ -234,6 +234,7 @@ def _rescale_tiles(rescales: list[tuple[Operation, list[tuple[tuple[int, int], f
         rows, cols = origins[0][1]  # type: ignore[index]
         factor = spans[0][1] * float(a.get("input_scale", 1.0)) / scale  # type: ignore[arg-type]
         chunks[(id(origins[0][0]), id(origins[1][0]), cols.start, cols.stop)].append((tile, rows.start, factor, spans))  # type: ignore[index]
+    pos_t = neg_t = origins = None  # type: ignore[assignment]  (no reference to a conductance outlives its tiles')
     runs = []  # (members, heights, row offsets) of each chunk whose tiles are one run of rows
     for members in chunks.values():
         members.sort(key=lambda m: m[1])
@@ -244,17 +245,11 @@ def _rescale_tiles(rescales: list[tuple[Operation, list[tuple[tuple[int, int], f
         else:
             for tile, _, _, spans in members:  # one at a time
                 _rescale(tile, spans, g_min)
-    # The results of all chunks of one MVM conductance go to one array, chunk after chunk (each C-contiguous): its
-    # pages, huge ones where the kernel gives them, are faulted in once, and its writes are sequential. One float64
-    # buffer serves every chunk: a fresh temporary of this size would be mapped (and faulted in) anew each time.
-    sizes: dict[int, int] = defaultdict(int)
-    for members, _, offsets in runs:
-        for name in ("g_pos", "g_neg"):
-            parent, (_, cols) = members[0][0].attributes[name].origin  # type: ignore[union-attr,misc]
-            sizes[id(parent)] += offsets[-1] * len(range(*cols.indices(parent.array.shape[1])))
+    # One float64 buffer serves every chunk: a fresh temporary of this size would be mapped (and faulted in) anew
+    # each time. Each chunk's results are one new array, handed out at once: the chunk it replaces is then let go,
+    # and its memory serves the next chunk.
     buffer = np.empty(max((offsets[-1] * m[0][2].size for m, _, offsets in runs), default=0))
-    results: dict[int, tuple[np.ndarray, list[tuple[Operation, str, int, int, int]]]] = {}
-    for members, heights, offsets in runs:
+    for members, _, offsets in runs:
         first = members[0][1]
         for name in ("g_pos", "g_neg"):
             parent, (_, cols) = members[0][0].attributes[name].origin  # type: ignore[union-attr,misc]
@@ -265,20 +260,13 @@ def _rescale_tiles(rescales: list[tuple[Operation, list[tuple[tuple[int, int], f
             for (_, _, factor, _), lo, hi in zip(members, offsets, offsets[1:]):
                 scaled[lo:hi] *= factor
             scaled += g_min
-            out, pieces = results.setdefault(id(parent), (np.empty(sizes[id(parent)], parent.array.dtype), []))
-            start = pieces[-1][4] if pieces else 0  # where the previous chunk ended
-            width = source.shape[1]
-            out[start:start + source.size].reshape(source.shape)[...] = scaled
-            pieces.extend((tile, name, width, start + lo * width, start + hi * width)
-                          for (tile, *_), lo, hi in zip(members, offsets, offsets[1:]))
+            rescaled = Tensor.adopt(scaled.astype(source.dtype))
+            parent = source = None  # type: ignore[assignment]
+            for (tile, *_), lo, hi in zip(members, offsets, offsets[1:]):
+                tile.attributes[name] = rescaled.window((slice(lo, hi), slice(None)), key=tile.attributes[name].key)  # type: ignore[union-attr]
         for tile, _, factor, _ in members:
             scale = tile.attributes["g_scale"]
             tile.attributes["g_scale"] = Tensor.adopt(scale.array * factor, key=scale.key)  # type: ignore[union-attr]
-    for out, pieces in results.values():
-        rescaled = Tensor.adopt(out)
-        for tile, name, width, lo, hi in pieces:
-            tile.attributes[name] = rescaled.window((slice(lo, hi),), key=tile.attributes[name].key,  # type: ignore[union-attr]
-                                                    shape=((hi - lo) // width, width))
 
 
 def _base_transfer(uses: list[_Use]) -> Transfer:

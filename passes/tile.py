@@ -187,17 +187,23 @@ def _chunks(groups: list[Group], bitlines: int, ramp_cols: bool, run_on: bool) -
 
 
 def _conductance_tiles(op: Operation, chunks: list[tuple[int, int]], rows: int) -> dict[tuple[int, int], dict[str, Tensor]]:
-    """The MVM's G+ and G- cut into tiles, by (first row, first column) and then name: windows of its tensors, no
-    copies (the tensors leave the op; their tiles hold them, until a later pass replaces the tiles' conductances)."""
+    """The MVM's G+ and G- cut into tiles, by (first row, first column) and then name.
+
+    Each column chunk is copied once (C-contiguous), and its row tiles are windows of the copy: one copy per chunk,
+    not per tile, and the later passes read each tile's devices in order. G+ is cut whole and deleted from the op
+    before G- is cut, so that it is freed first: of G+, G- and their chunks' copies, at most three are held at once.
+    """
     block = str(op.attributes.get("block", "mvm"))
     total_rows = op.attributes["g_pos"].type.shape[0]  # type: ignore[union-attr]
     tiles: dict[tuple[int, int], dict[str, Tensor]] = {}
     for name in ("g_pos", "g_neg"):
         g = op.attributes.pop(name)
         for c0, c1 in chunks:
+            chunk = g.window((slice(None), slice(c0, c1))).contiguous()  # type: ignore[union-attr]
             for r0 in range(0, total_rows, rows):
-                tiles.setdefault((r0, c0), {})[name] = g.window((slice(r0, r0 + rows), slice(c0, c1)),  # type: ignore[union-attr]
-                                                               key=f"{block}.r{r0}c{c0}.{name}")
+                tiles.setdefault((r0, c0), {})[name] = chunk.window((slice(r0, r0 + rows), slice(None)),
+                                                                   key=f"{block}.r{r0}c{c0}.{name}")
+        del g
     return tiles
 
 

@@ -203,5 +203,5 @@ def test_rescale_of_a_column_chunk_at_once_gives_each_tile_its_own_rescale() -> 
             assert got.dtype == ref.dtype and got.tobytes() == ref.tobytes(), name
     laid_out = chunk[0].attributes["g_pos"].array.base
     assert laid_out is not None and all(t.attributes["g_pos"].array.base is laid_out for t in chunk)  # one array
-    assert all(t.attributes["g_pos"].array.flags.c_contiguous for t in chunk)  # its chunks one after another
+    assert all(t.attributes["g_pos"].array.flags.c_contiguous for t in chunk)  # row bands of one chunk array
     assert gap[0].attributes["g_pos"].array.base is not laid_out  # rescaled alone

@@ -242,3 +242,15 @@ def test_window_is_a_view_whose_bounds_come_from_its_tensor() -> None:
     right = nan.window((slice(1, 2),))
     assert right.all_above(0.5) and right._min == 1.0  # a NaN minimum is no bound: computed
     assert not nan.window((slice(0, 1),)).all_above(-1.0) and not nan.window((slice(0, 1),)).any_below(1.0)
+
+
+def test_contiguous_copies_a_window_and_keeps_its_bounds() -> None:
+    """Tensor.contiguous (tile's one copy per column chunk): a C-contiguous array of its own, equal elements, the
+    window's lower bound kept; a tensor that owns a C-contiguous array is returned as it is."""
+    whole = Tensor(np.arange(12, dtype=np.float32).reshape(3, 4))
+    assert whole.contiguous() is whole
+    whole.minimum()
+    chunk = whole.window((slice(None), slice(1, 3))).contiguous()
+    assert chunk.array.flags.c_contiguous and chunk.array.flags.owndata and not chunk.array.flags.writeable
+    np.testing.assert_array_equal(chunk.array, whole.array[:, 1:3])
+    assert not chunk.any_below(0) and chunk._min is None and chunk.window((slice(0, 1), slice(None))).origin[0] is chunk
