@@ -202,10 +202,11 @@ class Place(ModulePass):
             raise CimcError(f"place arrays must be a count of arrays, or 0 for as many as the model needs; got {self.arrays}")
         tiles = [op for op in module.walk() if op.name == "cim.tile_mvm"]
         activation_keys = ActivationKeys()
+        empty = _Array(0, self.cols, self.ramp_cols)
         for tile in tiles:
             r0, r1 = tile.attributes["rows"]  # type: ignore[misc]
             c0, c1 = tile.attributes["cols"]  # type: ignore[misc]
-            if r1 - r0 > self.rows or not _Array(0, self.cols, self.ramp_cols).fits(c1 - c0, activation_keys(tile)):
+            if r1 - r0 > self.rows or not empty.fits(c1 - c0, activation_keys(tile)):
                 raise CimcError(f"a tile of block '{tile.attributes.get('block')}' is {r1 - r0} x {c1 - c0} but an array has "
                                 f"{self.rows} rows and {self.cols} bit lines: run 'tile' with the same array size first")
         units = placement_units(tiles, read_sets(module), activation_keys)
