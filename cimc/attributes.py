@@ -66,8 +66,8 @@ class Tensor:
     def window(self, index: tuple[slice, ...], key: str | None = None) -> Tensor:
         """The tensor of a basic slice of this one, over the same (read-only) array: no copy.
 
-        For the pieces a pass cuts a weights-sized tensor into (``tile``'s tiles of an MVM's conductances): a
-        copy of each would be a memory pass over all weights and a peak of its own. Unlike other tensors' arrays, a
+        For the pieces a pass cuts a weights-sized tensor into (``tile``'s row tiles of an MVM's column chunk,
+        fuse-activation's of a rescaled chunk): a copy of each would be a pass over the weights and a peak of its own. Unlike other tensors' arrays, a
         window's is not C-contiguous in general (the digest hashes its elements in C order all the same). This
         tensor's minimum, if known (and not NaN, so that the window has no NaN either), bounds the window's from
         below: see :meth:`any_below` and :meth:`all_above`. ``origin`` says where it was cut from, so that a pass

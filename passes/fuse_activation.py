@@ -219,9 +219,9 @@ def _rescale(tile: Operation, spans: list[tuple[tuple[int, int], float]], g_min:
 
 
 def _rescale_tiles(rescales: list[tuple[Operation, list[tuple[tuple[int, int], float]]]], g_min: float) -> None:
-    """``_rescale`` of every tile; the row tiles of one column chunk of an MVM (windows of its conductances, as
-    ``tile`` cut them), each rescaled whole and with every device formed, at once: one pass over the chunk with
-    each row's factors, the same float64 operations per device as ``_rescale``'s, hence the same bits."""
+    """``_rescale`` of every tile; the row tiles of one column chunk of an MVM (windows of the chunk's copy of its
+    conductances, as ``tile`` cuts them), each rescaled whole and with every device formed, at once: one pass over
+    the chunk with each row's factors, the same float64 operations per device as ``_rescale``'s, hence the same bits."""
     chunks: dict[tuple[int, int, int, int], list[tuple[Operation, int, np.ndarray, list]]] = defaultdict(list)
     for tile, spans in rescales:
         a = tile.attributes
@@ -235,21 +235,21 @@ def _rescale_tiles(rescales: list[tuple[Operation, list[tuple[tuple[int, int], f
         factor = spans[0][1] * float(a.get("input_scale", 1.0)) / scale  # type: ignore[arg-type]
         chunks[(id(origins[0][0]), id(origins[1][0]), cols.start, cols.stop)].append((tile, rows.start, factor, spans))  # type: ignore[index]
     pos_t = neg_t = origins = None  # type: ignore[assignment]  (no reference to a conductance outlives its tiles')
-    runs = []  # (members, heights, row offsets) of each chunk whose tiles are one run of rows
+    runs = []  # (members, row offsets) of each chunk whose tiles are one run of rows
     for members in chunks.values():
         members.sort(key=lambda m: m[1])
         heights = [m[0].attributes["g_pos"].array.shape[0] for m in members]  # type: ignore[union-attr]
         offsets = [0, *accumulate(heights)]
         if [m[1] for m in members] == [members[0][1] + o for o in offsets[:-1]]:
-            runs.append((members, heights, offsets))
+            runs.append((members, offsets))
         else:
             for tile, _, _, spans in members:  # one at a time
                 _rescale(tile, spans, g_min)
     # One float64 buffer serves every chunk: a fresh temporary of this size would be mapped (and faulted in) anew
     # each time. Each chunk's results are one new array, handed out at once: the chunk it replaces is then let go,
     # and its memory serves the next chunk.
-    buffer = np.empty(max((offsets[-1] * m[0][2].size for m, _, offsets in runs), default=0))
-    for members, _, offsets in runs:
+    buffer = np.empty(max((offsets[-1] * m[0][2].size for m, offsets in runs), default=0))
+    for members, offsets in runs:
         first = members[0][1]
         for name in ("g_pos", "g_neg"):
             parent, (_, cols) = members[0][0].attributes[name].origin  # type: ignore[union-attr,misc]
