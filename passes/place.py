@@ -46,9 +46,10 @@ Read = tuple[tuple[int, int], tuple]  # ((block, generation), what is read): equ
 def read_sets(module: Module) -> dict[int, set[Read]]:
     """Per tile: the concurrent steps it is read in, each with what is read (equal keys are served by one read).
 
-    A tile is read in its block's generation of the dependency graph, and, inside a loop, whenever that loop runs: the loop's own
-    generation in the enclosing block, where another loop of the same
-    generation would run on the array at the same time.
+    A tile is read in its block's generation of the dependency graph, and,
+    inside a loop, whenever that loop runs: the loop's own generation in the
+    enclosing block, where another loop of the same generation would run on
+    the array at the same time.
     """
     reads: dict[int, set[Read]] = {}
     counter = itertools.count()
