@@ -32,6 +32,8 @@ def read_key(op: Operation) -> tuple:
 
 def _captured(op: Operation) -> list[Value]:
     """Every value ``op`` reads, including those read by ops nested in its regions."""
+    if not op.regions:
+        return [v for v in op.operands if v is not None]
     values = []
     for inner in op.walk():
         values.extend(v for v in inner.operands if v is not None)
