@@ -24,7 +24,7 @@ class Tensor:
     contents compare equal whatever their keys.
     """
 
-    __slots__ = ("array", "key", "_digest", "_min", "_max")
+    __slots__ = ("array", "key", "_digest", "_min", "_max", "_floor", "origin")
 
     def __init__(self, array: np.ndarray, key: str | None = None) -> None:
         arr = np.array(array, copy=True, order="C")
@@ -34,6 +34,8 @@ class Tensor:
         self._digest: bytes | None = None
         self._min: float | None = None
         self._max: float | None = None
+        self._floor: float | None = None  # a lower bound of the elements known without a pass over them
+        self.origin: tuple[Tensor, tuple[slice, ...]] | None = None  # a window's tensor and index (see window)
 
     @classmethod
     def adopt(cls, array: np.ndarray, key: str | None = None) -> Tensor:
@@ -57,13 +59,42 @@ class Tensor:
                 return cls(array, key)
         array.setflags(write=False)
         tensor = cls.__new__(cls)
-        tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max = array, key, None, None, None
+        tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max, tensor._floor = array, key, None, None, None, None
+        tensor.origin = None
+        return tensor
+
+    def window(self, index: tuple[slice, ...], key: str | None = None) -> Tensor:
+        """The tensor of a basic slice of this one, over the same (read-only) array: no copy.
+
+        For the pieces a pass cuts a weights-sized tensor into (``tile``'s row tiles of an MVM's column chunk,
+        fuse-activation's of a rescaled chunk): a copy of each would be a pass over the weights and a peak of its own. Unlike other tensors' arrays, a
+        window's is not C-contiguous in general (the digest hashes its elements in C order all the same). This
+        tensor's minimum, if known (and not NaN, so that the window has no NaN either), bounds the window's from
+        below: see :meth:`any_below` and :meth:`all_above`. ``origin`` says where it was cut from, so that a pass
+        can treat the windows of one tensor together (fuse-activation rescales a column chunk's tiles at once).
+        """
+        tensor = Tensor.__new__(Tensor)
+        floor = self._min if self._min is not None and not math.isnan(self._min) else self._floor
+        tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max, tensor._floor = \
+            self.array[index], key, None, None, None, floor
+        tensor.origin = (self, index)
+        return tensor
+
+    def contiguous(self, key: str | None = None) -> Tensor:
+        """This tensor with a C-contiguous array of its own (a copy of a window's elements; itself if it has one),
+        its known bounds kept: ``tile`` copies each column chunk of an MVM once and cuts its row tiles from it."""
+        if self.array.flags.c_contiguous and self.origin is None:
+            return self
+        tensor = Tensor.adopt(np.array(self.array, order="C", copy=True), key)
+        tensor._min, tensor._max, tensor._floor = self._min, self._max, self._floor
         return tensor
 
     def renamed(self, key: str | None) -> Tensor:
         """This tensor under another ``key``, over the same (read-only) array: no copy, the digest shared."""
         tensor = Tensor.__new__(Tensor)
-        tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max = self.array, key, self._digest, self._min, self._max
+        tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max, tensor._floor = \
+            self.array, key, self._digest, self._min, self._max, self._floor
+        tensor.origin = self.origin
         return tensor
 
     @property
@@ -76,7 +107,7 @@ class Tensor:
             h = hashlib.blake2b(digest_size=16)
             h.update(str(self.array.dtype).encode())
             h.update(repr(self.array.shape).encode())
-            h.update(self.array)  # C-contiguous: the buffer hashes as its bytes, without tobytes()' copy
+            h.update(np.ascontiguousarray(self.array))  # the buffer's bytes, copied only for a window
             self._digest = h.digest()
         return self._digest
 
@@ -93,6 +124,20 @@ class Tensor:
         if self._min is None:
             self._min = float(self.array.min()) if self.array.size else np.inf
         return self._min
+
+    def any_below(self, bound: float) -> bool:
+        """``minimum() < bound`` (so NaN elements are not below anything), without a pass over the elements when
+        the known lower bound (a window's) already says no."""
+        if self._floor is not None and self._floor >= bound:
+            return False
+        return self.minimum() < bound
+
+    def all_above(self, bound: float) -> bool:
+        """``minimum() > bound`` (False if any element is NaN), without a pass over the elements when the known
+        lower bound (a window's) already says yes."""
+        if self._floor is not None and self._floor > bound:
+            return True
+        return self.minimum() > bound
 
     def maximum(self) -> float:
         """The largest element (see :meth:`extrema`)."""
@@ -131,8 +176,13 @@ def normalize_attr(value: object) -> AttrValue:
     if isinstance(value, np.ndarray):
         return Tensor(value)
     if isinstance(value, (list, tuple)):
+        if all(type(v) in _PLAIN for v in value):
+            return tuple(value)  # the common case, a list of plain scalars (a ramp's device levels): nothing to convert
         return tuple(normalize_attr(v) for v in value)
     raise TypeError(f"unsupported attribute value {value!r} of type {type(value).__name__}")
+
+
+_PLAIN = (int, float, str)  # types normalize_attr keeps as they are (bool, a subclass of int, is converted)
 
 
 def attr_kind(value: AttrValue) -> str:

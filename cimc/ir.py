@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
-from cimc.attributes import AttrValue, is_annotation, normalize_attr
+from cimc.attributes import AttrValue, Tensor, is_annotation, normalize_attr
 from cimc.types import TensorType
 
 
-@dataclass(frozen=True, slots=True)
-class Use:
-    """Operand ``index`` of ``op`` reads the value holding this use."""
+class Use(NamedTuple):
+    """Operand ``index`` of ``op`` reads the value holding this use.
+
+    A named tuple (immutable, compared and hashed by its fields, the op by identity): an IR of thousands of tiles
+    makes and checks tens of thousands of these per pass.
+    """
 
     op: Operation
     index: int
@@ -80,6 +83,7 @@ class BlockArgument(Value):
 
 
 _STAMPS = itertools.count(1)
+_NORMAL = (int, float, str, Tensor)  # attribute values normalize_attr returns unchanged (its checks, skipped)
 
 
 class Attributes(dict):
@@ -158,7 +162,8 @@ class Operation:
         self.operands: list[Value | None] = []
         names = list(result_names) if result_names is not None else [None] * len(result_types)
         self.results = [OpResult(t, self, i, n) for i, (t, n) in enumerate(zip(result_types, names, strict=True))]
-        self.attributes: dict[str, AttrValue] = Attributes({k: normalize_attr(v) for k, v in (attributes or {}).items()})
+        self.attributes: dict[str, AttrValue] = Attributes(
+            {k: v if type(v) in _NORMAL else normalize_attr(v) for k, v in (attributes or {}).items()})
         self.regions: list[Region] = []
         self.location = location
         self.parent: Block | None = None

@@ -269,11 +269,16 @@ class Ramp:
         """Steps narrower than G_min, which no device can realise at their width."""
         return sum(not s.feasible for s in self.steps)
 
-    @property
+    @cached_property
     def inl_lsb(self) -> np.ndarray:
-        """Integral nonlinearity per threshold: how far each realised threshold moves the output, in LSB."""
+        """Integral nonlinearity per threshold: how far each realised threshold moves the output, in LSB.
+
+        Computed once (read-only): the gain choice and the ramp's op both ask for it.
+        """
         f = self.transfer
-        return (f(self.realized_thresholds) - f(self.thresholds)) / abs(self.lsb)
+        inl = (f(self.realized_thresholds) - f(self.thresholds)) / abs(self.lsb)
+        inl.setflags(write=False)
+        return inl
 
     @property
     def dnl_lsb(self) -> np.ndarray:

@@ -21,10 +21,10 @@ pays for the ops it touched, not for the whole module each time.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from dataclasses import dataclass
 
-from cimc.attributes import is_annotation
-from cimc.dialects import lookup
+from cimc.attributes import Tensor, is_annotation
+from cimc.dialects import lookup as _lookup
 from cimc.dialects.registry import ArgSpec, OpDef, VerifyError
 from cimc.ir import Attributes, Block, Module, Operation, Value
 
@@ -43,82 +43,109 @@ def verify(module: Module) -> None:
 
 def _verify_block(block: Block, visible: set[int], expected_terminator: str | None, owner: Operation | None,
                   references: dict[int, int], values: list[Value]) -> None:
+    """One pass over the block: structure in full, each op's own rules where its record says they may have changed.
+
+    Written as one loop with the per-op work inlined (no calls, no allocations for an unchanged op but its
+    record's tuples): it runs over every op after every pass.
+    """
     scope = set(visible)
+    add_to_scope, count, define = scope.add, references.get, values.append
     for arg in block.args:
-        scope.add(id(arg))
+        add_to_scope(id(arg))
         _verify_uses(arg)
-        values.append(arg)
-    for index, op in enumerate(block.ops):
-        opdef = lookup(op.name)
+        define(arg)
+    ops = block.ops
+    last = len(ops) - 1
+    for index, op in enumerate(ops):
+        opdef = _lookup(op.name)
         if opdef is None:
             raise VerifyError(op, f"unknown op '{op.name}'")
         if op.parent is not block:
             raise VerifyError(op, f"'{op.name}' does not know the block it is in")
-        is_last = index == len(block.ops) - 1
-        if opdef.terminator and not is_last:
+        if opdef.terminator and index != last:
             raise VerifyError(op, f"terminator '{op.name}' must be the last op of its block")
-        for i, value in enumerate(op.operands):
+        operands = op.operands
+        for value in operands:
             if value is None:
                 continue
-            if id(value) not in scope:
+            key = id(value)
+            if key not in scope:
+                i = next(i for i, v in enumerate(operands) if v is value)
                 what = f"%{value.name}" if value.name else f"operand #{i}"
                 raise VerifyError(op, f"{what} is used before it is defined (not dominated by its definition)")
-            references[id(value)] = references.get(id(value), 0) + 1
-        for region in op.regions:
-            if region.parent is not op or region.block.parent is not region:
-                raise VerifyError(op, f"'{op.name}' has a region that does not point back to it")
-            _verify_block(region.block, scope, None, op, references, values)
-        record = _record(op, opdef)
-        if record is None or op.verified != record:
+            references[key] = count(key, 0) + 1
+        results = op.results
+        attributes = op.attributes
+        if op.regions:
+            for region in op.regions:
+                if region.parent is not op or region.block.parent is not region:
+                    raise VerifyError(op, f"'{op.name}' has a region that does not point back to it")
+                _verify_block(region.block, scope, None, op, references, values)
             _verify_op(op, opdef)
-            op.verified = record
-        for res in op.results:
-            scope.add(id(res))
-            _verify_uses(res)
-            values.append(res)
+        elif type(attributes) is not Attributes:
+            _verify_op(op, opdef)
+            op.verified = None
+        else:
+            # What the op's own rules read: the operands as values (compared by identity), their and the results'
+            # types, and the attributes by their stamp (so that replaced attribute tensors are not kept alive).
+            record = (opdef, attributes.stamp, tuple(operands), tuple([v.type for v in operands if v is not None]),
+                      tuple([r.type for r in results]))
+            if op.verified != record:
+                _verify_op(op, opdef)
+                op.verified = record
+        for res in results:
+            add_to_scope(id(res))
+            uses = res.uses
+            if len(uses) == 1:  # the common case, checked here; _verify_uses says what is wrong
+                use = uses[0]
+                slots = use.op.operands
+                if use.index >= len(slots) or slots[use.index] is not res or use.op.parent is None:
+                    _verify_uses(res)
+            elif uses:
+                _verify_uses(res)
+            define(res)
     term = block.terminator
     if expected_terminator is not None and (term is None or term.name != expected_terminator):
         raise VerifyError(term, f"the graph must end with '{expected_terminator}'")
     if owner is not None:
-        term_def = lookup(term.name) if term is not None else None
+        term_def = _lookup(term.name) if term is not None else None
         if term_def is None or not term_def.terminator:
             raise VerifyError(owner, f"the region of '{owner.name}' must end with a terminator")
 
 
-def _record(op: Operation, opdef: OpDef) -> tuple | None:
-    """What the op's own rules read, as compared by the next run (None: check it every time).
-
-    The operands are held as values (compared by identity); attributes only by their stamp, so that replaced
-    attribute tensors are not kept alive.
-    """
-    attributes = op.attributes
-    if op.regions or type(attributes) is not Attributes:
-        return None
-    operands = op.operands
-    return (opdef, attributes.stamp, tuple(operands), tuple(v.type for v in operands if v is not None),
-            tuple(r.type for r in op.results))
-
-
 def _verify_uses(value: Value) -> None:
     """Every use points at an operand slot holding ``value``, once; with the reference count this proves agreement."""
-    if len(value.uses) > 1 and len(set((id(u.op), u.index) for u in value.uses)) != len(value.uses):
-        raise VerifyError(value.uses[0].op, f"use list of %{value.name} lists one operand twice")
-    for use in value.uses:
-        if use.index >= len(use.op.operands) or use.op.operands[use.index] is not value:
-            raise VerifyError(use.op, f"use list of %{value.name} is stale: '{use.op.name}' operand #{use.index} is not it")
-        if use.op.parent is None:
-            raise VerifyError(use.op, f"%{value.name} is used by an erased '{use.op.name}'")
+    uses = value.uses
+    if len(uses) > 1 and len(set(uses)) != len(uses):  # a Use is a tuple (op, index), the op hashed by identity
+        raise VerifyError(uses[0].op, f"use list of %{value.name} lists one operand twice")
+    for op, index in uses:
+        slots = op.operands
+        if index >= len(slots) or slots[index] is not value:
+            raise VerifyError(op, f"use list of %{value.name} is stale: '{op.name}' operand #{index} is not it")
+        if op.parent is None:
+            raise VerifyError(op, f"%{value.name} is used by an erased '{op.name}'")
 
 
 def _verify_op(op: Operation, opdef: OpDef) -> None:
-    _check_arity(op, "operand", op.operands, opdef.operands)
-    _check_arity(op, "result", op.results, opdef.results)
+    rules = _rules(opdef)
+    _check_arity(op, "operand", op.operands, opdef.operands, rules.operands)
+    _check_arity(op, "result", op.results, opdef.results, rules.results)
     attributes = op.attributes
-    for name in _required(opdef):
+    for name in rules.required:
         if name not in attributes:
             raise VerifyError(op, f"'{op.name}' requires attribute '{name}'")
-    specs = opdef.attributes
+    specs, exact, elements = opdef.attributes, rules.exact, rules.elements
     for name, value in attributes.items():
+        kind = type(value)
+        if exact.get(name) is kind:
+            continue  # a scalar or tensor of exactly the declared kind, where any value of it is allowed
+        if kind is tuple and name in elements:  # likewise a list of exactly the declared element type
+            element = elements[name]
+            for item in value:  # type: ignore[union-attr]
+                if type(item) is not element:
+                    break
+            else:
+                continue
         spec = specs.get(name)
         if spec is None:
             if is_annotation(name):
@@ -134,27 +161,50 @@ def _verify_op(op: Operation, opdef: OpDef) -> None:
         opdef.verify(op)
 
 
-_REQUIRED: dict[int, tuple[OpDef, tuple[str, ...]]] = {}
+_SCALAR_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "tensor": Tensor}
+_ELEMENT_TYPES: dict[str, type] = {"ints": int, "floats": float, "strs": str}
 
 
-def _required(opdef: OpDef) -> tuple[str, ...]:
-    """The attributes ``opdef`` requires; found once per op kind (the entry holds the definition, so its id stays its own)."""
-    entry = _REQUIRED.get(id(opdef))
+@dataclass(frozen=True)
+class _Rules:
+    """What the generic rules need of an op kind, found once per kind: the attributes it requires, the exact Python
+    type that passes an attribute's check whatever its value (declared scalar kinds without choices) and likewise
+    the element type of list kinds, and the (required, variadic, optional) counts of its operand and result slots."""
+
+    required: tuple[str, ...]
+    exact: dict[str, type]
+    elements: dict[str, type]
+    operands: tuple[int, bool, int]
+    results: tuple[int, bool, int]
+
+
+_RULES: dict[int, tuple[OpDef, _Rules]] = {}
+
+
+def _rules(opdef: OpDef) -> _Rules:
+    """The entry holds the definition, so that its id stays its own."""
+    entry = _RULES.get(id(opdef))
     if entry is None or entry[0] is not opdef:
-        entry = _REQUIRED[id(opdef)] = (opdef, tuple(n for n, spec in opdef.attributes.items() if spec.required))
+        specs = opdef.attributes
+        entry = _RULES[id(opdef)] = (opdef, _Rules(
+            tuple(n for n, spec in specs.items() if spec.required),
+            {n: _SCALAR_TYPES[spec.kind] for n, spec in specs.items() if spec.kind in _SCALAR_TYPES and spec.choices is None},
+            {n: _ELEMENT_TYPES[spec.kind] for n, spec in specs.items() if spec.kind in _ELEMENT_TYPES and spec.choices is None},
+            _arity(opdef.operands), _arity(opdef.results)))
     return entry[1]
 
 
-@lru_cache(maxsize=None)
 def _arity(specs: tuple[ArgSpec, ...]) -> tuple[int, bool, int]:
-    """(required, variadic, optional) of an op definition's slots; cached, since every op of a kind asks again."""
+    """(required, variadic, optional) of an op definition's slots."""
     return (sum(s.kind == "single" for s in specs), any(s.kind == "variadic" for s in specs),
             sum(s.kind == "optional" for s in specs))
 
 
-def _check_arity(op: Operation, what: str, values: list, specs: tuple[ArgSpec, ...]) -> None:
-    required, variadic, optional = _arity(specs)
+def _check_arity(op: Operation, what: str, values: list, specs: tuple[ArgSpec, ...], arity: tuple[int, bool, int]) -> None:
+    required, variadic, optional = arity
     n = len(values)
+    if (n >= required if variadic else required <= n <= required + optional and None not in values):
+        return  # the common case: the count fits and (variadic aside) no slot is absent
     if n < required or (not variadic and n > required + optional):
         expected = f"at least {required}" if variadic else (
             f"{required}" if not optional else f"{required} to {required + optional}")

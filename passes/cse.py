@@ -15,9 +15,17 @@ def _key(op: Operation) -> tuple | None:
     opdef = lookup(op.name)
     if opdef is None or not opdef.pure or op.regions or opdef.terminator:
         return None
-    attrs = tuple(sorted((k, ("tensor", v.array.dtype.char, v.array.shape) if isinstance(v, Tensor) else repr(v))
-                         for k, v in op.attributes.items()))
-    return (op.name, tuple(id(v) if v is not None else None for v in op.operands), attrs, tuple(r.type for r in op.results))
+    attrs = []
+    for k, v in op.attributes.items():
+        t = type(v)
+        if t is Tensor:
+            attrs.append((k, "tensor", v.array.dtype.char, v.array.shape))  # type: ignore[union-attr]
+        elif t is int or t is str or (t is tuple and all(type(x) is int for x in v)):  # type: ignore[union-attr]
+            attrs.append((k, t, v))  # equal exactly when their reprs are
+        else:
+            attrs.append((k, repr(v)))  # floats: NaN equals NaN, -0.0 differs from 0.0
+    attrs.sort(key=lambda item: item[0])
+    return (op.name, tuple(id(v) if v is not None else None for v in op.operands), tuple(attrs), tuple(r.type for r in op.results))
 
 
 def _same_tensors(a: Operation, b: Operation) -> bool:

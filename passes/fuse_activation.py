@@ -52,6 +52,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import accumulate
 
 import numpy as np
 
@@ -185,35 +186,88 @@ def _rescale(tile: Operation, spans: list[tuple[tuple[int, int], float]], g_min:
     """Scale each span's conductance deviations so that g_scale / input_scale equals its target; weights do not change.
 
     All spans of a tile in order, on one copy of its conductances (one copy per tile, not per span; none when one
-    span covers the tile). The masks for unformed devices are applied only if the tile has one (its tensors' cached
-    minima, which the verifier has computed, say so): without one they select nothing.
+    span covers the tile). The masks for unformed devices are applied only if the tile has one (its tensors' known
+    minima or lower bounds say so, see Tensor.all_above): without one they select nothing. Each device is
+    (G - G_min) * factor + G_min in float64 (one buffer per tile), rounded once to the tile's type.
     """
     a = tile.attributes
     pos_t, neg_t = a["g_pos"], a["g_neg"]
     scale = a["g_scale"].array.copy()  # type: ignore[union-attr]
-    unformed = not (pos_t.minimum() > 0 and neg_t.minimum() > 0)  # type: ignore[union-attr]  (a NaN minimum too)
+    unformed = not (pos_t.all_above(0) and neg_t.all_above(0))  # type: ignore[union-attr]  (a NaN minimum too)
     whole = len(spans) == 1 and spans[0][0] == (0, scale.size)
-    g_pos, g_neg = (t.array if whole else t.array.copy() for t in (pos_t, neg_t))  # type: ignore[union-attr]
-    dtype = g_pos.dtype
+    g_pos, g_neg = (np.empty_like(t.array) if whole else t.array.copy() for t in (pos_t, neg_t))  # type: ignore[union-attr]
+    input_scale = float(a.get("input_scale", 1.0))  # type: ignore[arg-type]
     for cols, target in spans:
         sl = slice(*cols)
-        factor = target * float(a.get("input_scale", 1.0)) / scale[sl]  # type: ignore[arg-type]
-        pos, neg = g_pos[:, sl].astype(np.float64), g_neg[:, sl].astype(np.float64)
+        factor = target * input_scale / scale[sl]
+        # The span as it stands (earlier spans rescaled), read before either side is written: each is the other's mask.
+        pos, neg = (pos_t.array, neg_t.array) if whole else (g_pos[:, sl].copy(), g_neg[:, sl].copy())  # type: ignore[union-attr]
+        scaled = np.empty(pos.shape)
         # A pair's deviations from G_min shrink; a device left unformed (0 uS) stays so, and its partner scales whole.
-        rescaled = []
-        for own, partner in ((pos, neg), (neg, pos)):
-            scaled = (own - g_min) * factor + g_min
+        for own, partner, out in ((pos, neg, g_pos[:, sl]), (neg, pos, g_neg[:, sl])):
+            scaled[...] = own  # widened exactly, then float64 loops in place (faster than mixed-type ufunc loops)
+            scaled -= g_min
+            scaled *= factor
+            scaled += g_min
             if unformed:
-                np.multiply(own, factor, out=scaled, where=partner == 0)
+                np.multiply(own, factor, out=scaled, where=partner == 0, dtype=np.float64)
                 scaled[own == 0] = 0.0
-            rescaled.append(scaled)
-        if whole:
-            g_pos, g_neg = (r.astype(dtype) for r in rescaled)
-        else:
-            g_pos[:, sl], g_neg[:, sl] = rescaled
+            out[...] = scaled  # rounded once to the tile's type
         scale[sl] = scale[sl] * factor
     for key, array in (("g_pos", g_pos), ("g_neg", g_neg), ("g_scale", scale)):
         a[key] = Tensor.adopt(array, key=a[key].key)  # type: ignore[union-attr]
+
+
+def _rescale_tiles(rescales: list[tuple[Operation, list[tuple[tuple[int, int], float]]]], g_min: float) -> None:
+    """``_rescale`` of every tile; the row tiles of one column chunk of an MVM (windows of the chunk's copy of its
+    conductances, as ``tile`` cuts them), each rescaled whole and with every device formed, at once: one pass over
+    the chunk with each row's factors, the same float64 operations per device as ``_rescale``'s, hence the same bits."""
+    chunks: dict[tuple[int, int, int, int], list[tuple[Operation, int, np.ndarray, list]]] = defaultdict(list)
+    for tile, spans in rescales:
+        a = tile.attributes
+        pos_t, neg_t, scale = a["g_pos"], a["g_neg"], a["g_scale"].array  # type: ignore[union-attr]
+        origins = pos_t.origin, neg_t.origin  # type: ignore[union-attr]
+        if len(spans) != 1 or spans[0][0] != (0, scale.size) or None in origins or origins[0][1] != origins[1][1] \
+                or not (pos_t.all_above(0) and neg_t.all_above(0)):  # type: ignore[union-attr,index]
+            _rescale(tile, spans, g_min)
+            continue
+        rows, cols = origins[0][1]  # type: ignore[index]
+        factor = spans[0][1] * float(a.get("input_scale", 1.0)) / scale  # type: ignore[arg-type]
+        chunks[(id(origins[0][0]), id(origins[1][0]), cols.start, cols.stop)].append((tile, rows.start, factor, spans))  # type: ignore[index]
+    pos_t = neg_t = origins = None  # type: ignore[assignment]  (no reference to a conductance outlives its tiles')
+    runs = []  # (members, row offsets) of each chunk whose tiles are one run of rows
+    for members in chunks.values():
+        members.sort(key=lambda m: m[1])
+        heights = [m[0].attributes["g_pos"].array.shape[0] for m in members]  # type: ignore[union-attr]
+        offsets = [0, *accumulate(heights)]
+        if [m[1] for m in members] == [members[0][1] + o for o in offsets[:-1]]:
+            runs.append((members, offsets))
+        else:
+            for tile, _, _, spans in members:  # one at a time
+                _rescale(tile, spans, g_min)
+    # One float64 buffer serves every chunk: a fresh temporary of this size would be mapped (and faulted in) anew
+    # each time. Each chunk's results are one new array, handed out at once: the chunk it replaces is then let go,
+    # and its memory serves the next chunk.
+    buffer = np.empty(max((offsets[-1] * m[0][2].size for m, offsets in runs), default=0))
+    for members, offsets in runs:
+        first = members[0][1]
+        for name in ("g_pos", "g_neg"):
+            parent, (_, cols) = members[0][0].attributes[name].origin  # type: ignore[union-attr,misc]
+            source = parent.array[first:first + offsets[-1], cols]
+            scaled = buffer[:source.size].reshape(source.shape)
+            scaled[...] = source
+            scaled -= g_min
+            for (_, _, factor, _), lo, hi in zip(members, offsets, offsets[1:]):
+                scaled[lo:hi] *= factor
+            scaled += g_min
+            rescaled = Tensor.adopt(scaled.astype(source.dtype))
+            rescaled.minimum()  # one pass over the chunk bounds every tile's devices (the verifier's >= 0 rule)
+            parent = source = None  # type: ignore[assignment]
+            for (tile, *_), lo, hi in zip(members, offsets, offsets[1:]):
+                tile.attributes[name] = rescaled.window((slice(lo, hi), slice(None)), key=tile.attributes[name].key)  # type: ignore[union-attr]
+        for tile, _, factor, _ in members:
+            scale = tile.attributes["g_scale"]
+            tile.attributes["g_scale"] = Tensor.adopt(scale.array * factor, key=scale.key)  # type: ignore[union-attr]
 
 
 def _base_transfer(uses: list[_Use]) -> Transfer:
@@ -324,8 +378,7 @@ class FuseActivation(ModulePass):
             result.replace_all_uses_with(joined)
             act.erase()
             fused += 1
-        for tile, spans in rescales.values():
-            _rescale(tile, spans, self.g_min)
+        _rescale_tiles(list(rescales.values()), self.g_min)
         module.attributes["fuse.ramps"] = len(ramp_values)
         module.attributes["fuse.activations"] = fused
         if self.auto_bits:

@@ -5,7 +5,7 @@ takes a differential pair of them, and with ``ramp_cols`` every activation
 an array serves reserves one more for its ramp column). The order is chosen so that tiles whose
 columns feed the same activation land in the same array, because one ramp
 column per array serves every comparator that needs that function; within a
-function group, tiles are taken in dependency order (networkx generations of
+function group, tiles are taken in dependency order (the generations of
 each block's dependency graph), and a tile avoids arrays that another tile
 of the same generation, driven by different inputs, already occupies (or a
 tile of another loop that runs at the same time), since an array serves one
@@ -32,8 +32,6 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-import networkx as nx
-
 from cimc.diagnostics import CimcError
 from cimc.ir import Block, Module, Operation
 from cimc.pass_manager import ModulePass, from_hardware, register_pass
@@ -48,18 +46,19 @@ Read = tuple[tuple[int, int], tuple]  # ((block, generation), what is read): equ
 def read_sets(module: Module) -> dict[int, set[Read]]:
     """Per tile: the concurrent steps it is read in, each with what is read (equal keys are served by one read).
 
-    A tile is read in its block's generation of the dependency graph
-    (networkx), and, inside a loop, whenever that loop runs: the loop's own
-    generation in the enclosing block, where another loop of the same
-    generation would run on the array at the same time.
+    A tile is read in its block's generation of the dependency graph, and,
+    inside a loop, whenever that loop runs: the loop's own generation in the
+    enclosing block, where another loop of the same generation would run on
+    the array at the same time.
     """
     reads: dict[int, set[Read]] = {}
     counter = itertools.count()
 
     def visit(block: Block, outer: frozenset[Read]) -> None:
         b = next(counter)
-        ops = [op for op in block.ops if op is not block.terminator]
-        for level, nodes in enumerate(nx.topological_generations(dependency_graph(block))):
+        graph = dependency_graph(block)
+        ops = graph.ops
+        for level, nodes in enumerate(graph.generations()):
             for i in nodes:
                 op = ops[i]
                 if op.name == "cim.tile_mvm":
@@ -204,10 +203,11 @@ class Place(ModulePass):
             raise CimcError(f"place arrays must be a count of arrays, or 0 for as many as the model needs; got {self.arrays}")
         tiles = [op for op in module.walk() if op.name == "cim.tile_mvm"]
         activation_keys = ActivationKeys()
+        empty = _Array(0, self.cols, self.ramp_cols)
         for tile in tiles:
             r0, r1 = tile.attributes["rows"]  # type: ignore[misc]
             c0, c1 = tile.attributes["cols"]  # type: ignore[misc]
-            if r1 - r0 > self.rows or not _Array(0, self.cols, self.ramp_cols).fits(c1 - c0, activation_keys(tile)):
+            if r1 - r0 > self.rows or not empty.fits(c1 - c0, activation_keys(tile)):
                 raise CimcError(f"a tile of block '{tile.attributes.get('block')}' is {r1 - r0} x {c1 - c0} but an array has "
                                 f"{self.rows} rows and {self.cols} bit lines: run 'tile' with the same array size first")
         units = placement_units(tiles, read_sets(module), activation_keys)

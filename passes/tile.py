@@ -79,12 +79,14 @@ def column_groups(value: Value) -> list[Group]:
 
 
 class ActivationKeys:
-    """``activation_keys`` of many tiles over one unchanging IR, with each Concat's offsets and each Slice's
-    columns found once (per tile they cost O(Concat operands), which made a pass over all tiles quadratic)."""
+    """``activation_keys`` of many tiles over one unchanging IR, with each Concat's offsets, each Slice's
+    columns and what each value's columns reach found once (per tile they cost O(Concat operands), which made a
+    pass over all tiles quadratic)."""
 
     def __init__(self) -> None:
         self._offsets: dict[int, tuple[Operation, list[int]]] = {}
         self._spans: dict[int, tuple[Operation, tuple[int, int] | None]] = {}
+        self._reach: dict[tuple[int, int, int], tuple[Value, frozenset[str]]] = {}
 
     def offsets(self, concat: Operation) -> list[int]:
         entry = self._offsets.get(id(concat))
@@ -106,25 +108,32 @@ class ActivationKeys:
         slices of the last axis, so pieces of one gate that a Concat joins again
         are not mistaken for the whole gate.
         """
+        return tuple(sorted(self._reached(tile.results[0], 0, int(tile.results[0].type.shape[-1]))))  # type: ignore[arg-type]
+
+    def _reached(self, value: Value, lo: int, hi: int) -> frozenset[str]:
+        """What columns [lo, hi) of ``value`` reach; found once per (value, columns): the row tiles of one column
+        chunk all reach it through one analog sum."""
+        entry = self._reach.get((id(value), lo, hi))
+        if entry is not None and entry[0] is value:
+            return entry[1]
         keys: set[str] = set()
-        frontier: list[tuple[Value, int, int]] = [(tile.results[0], 0, int(tile.results[0].type.shape[-1]))]  # type: ignore[arg-type]
-        while frontier:
-            value, lo, hi = frontier.pop()
-            for use in value.uses:
-                op = use.op
-                if op.name in ("cim.analog_sum", "cim.adc"):
-                    frontier.append((op.results[0], lo, hi))
-                elif op.name == "onnx.Concat" and int(op.attributes["axis"]) % op.results[0].type.rank == op.results[0].type.rank - 1:  # type: ignore[arg-type]
-                    offset = self.offsets(op)[use.index]
-                    frontier.append((op.results[0], lo + offset, hi + offset))
-                elif op.name == "onnx.Slice" and (span := self.span(op, value)) is not None:
-                    if max(lo, span[0]) < min(hi, span[1]):
-                        frontier.append((op.results[0], max(lo, span[0]) - span[0], min(hi, span[1]) - span[0]))
-                elif op.name == "cim.activation" or (op.name == "cim.nl_adc" and use.index == 0):
-                    keys.add(activation_key(op))
-                else:
-                    keys.add("linear")
-        return tuple(sorted(keys))
+        for use in value.uses:
+            op = use.op
+            if op.name in ("cim.analog_sum", "cim.adc"):
+                keys |= self._reached(op.results[0], lo, hi)
+            elif op.name == "onnx.Concat" and int(op.attributes["axis"]) % op.results[0].type.rank == op.results[0].type.rank - 1:  # type: ignore[arg-type]
+                offset = self.offsets(op)[use.index]
+                keys |= self._reached(op.results[0], lo + offset, hi + offset)
+            elif op.name == "onnx.Slice" and (span := self.span(op, value)) is not None:
+                if max(lo, span[0]) < min(hi, span[1]):
+                    keys |= self._reached(op.results[0], max(lo, span[0]) - span[0], min(hi, span[1]) - span[0])
+            elif op.name == "cim.activation" or (op.name == "cim.nl_adc" and use.index == 0):
+                keys.add(activation_key(op))
+            else:
+                keys.add("linear")
+        reached = frozenset(keys)
+        self._reach[(id(value), lo, hi)] = (value, reached)
+        return reached
 
 
 def activation_keys(tile: Operation) -> tuple[str, ...]:
@@ -178,20 +187,22 @@ def _chunks(groups: list[Group], bitlines: int, ramp_cols: bool, run_on: bool) -
 
 
 def _conductance_tiles(op: Operation, chunks: list[tuple[int, int]], rows: int) -> dict[tuple[int, int], dict[str, Tensor]]:
-    """Copies of the MVM's G+ and G- cut into tiles, by (first row, first column) and then name.
+    """The MVM's G+ and G- cut into tiles, by (first row, first column) and then name.
 
-    G+ is cut whole and deleted from the op before G- is cut, so that it is freed
-    first: of G+, G- and their tiles' copies, at most three are held at once,
-    not all four (the MVM's copies of one conductance less at the pass's peak).
+    Each column chunk is copied once (C-contiguous), and its row tiles are windows of the copy: one copy per chunk,
+    not per tile, and the later passes read each tile's devices in order. G+ is cut whole and deleted from the op
+    before G- is cut, so that it is freed first: of G+, G- and their chunks' copies, at most three are held at once.
     """
     block = str(op.attributes.get("block", "mvm"))
     total_rows = op.attributes["g_pos"].type.shape[0]  # type: ignore[union-attr]
     tiles: dict[tuple[int, int], dict[str, Tensor]] = {}
     for name in ("g_pos", "g_neg"):
-        g = op.attributes.pop(name).array  # type: ignore[union-attr]
+        g = op.attributes.pop(name)
         for c0, c1 in chunks:
+            chunk = g.window((slice(None), slice(c0, c1))).contiguous()  # type: ignore[union-attr]
             for r0 in range(0, total_rows, rows):
-                tiles.setdefault((r0, c0), {})[name] = Tensor(g[r0:r0 + rows, c0:c1], key=f"{block}.r{r0}c{c0}.{name}")
+                tiles.setdefault((r0, c0), {})[name] = chunk.window((slice(r0, r0 + rows), slice(None)),
+                                                                   key=f"{block}.r{r0}c{c0}.{name}")
         del g
     return tiles
 

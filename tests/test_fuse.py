@@ -22,7 +22,7 @@ from cimc.interpreter import evaluate
 from cimc.ir import Module, Operation
 from cimc.npz import npz_bytes
 from cimc.pass_manager import PassContext, PassManager, parse_pipeline
-from cimc.passes.fuse_activation import _rescale
+from cimc.passes.fuse_activation import _rescale, _rescale_tiles
 from cimc.types import TensorType
 from onnx_corpus import reference_outputs
 from passes_support import assert_matches, bidirectional_lstm_case
@@ -166,3 +166,42 @@ def test_rescale_matches_the_per_device_rule(spans, unformed: bool) -> None:
     np.testing.assert_array_equal(tile.attributes["g_neg"].array, want_neg.astype(np.float32))
     np.testing.assert_array_equal(tile.attributes["g_scale"].array, want_scale)
     np.testing.assert_array_equal(pos, attrs["g_pos"].array)  # the tile's former tensors are not written to
+
+
+def test_rescale_of_a_column_chunk_at_once_gives_each_tile_its_own_rescale() -> None:
+    """_rescale_tiles takes the row tiles of one column chunk (windows of one MVM's conductances, as tile cuts them)
+    in one pass: bit for bit what _rescale gives each tile alone. Tiles that are not one run of rows, or have two
+    spans, or are not windows, take _rescale itself."""
+    rng = np.random.default_rng(5)
+    g_min = 2.0
+    g_pos, g_neg = (Tensor(rng.uniform(g_min, 100.0, (11, 6)).astype(np.float32)) for _ in range(2))
+    g_pos.minimum(), g_neg.minimum()  # checked by the verifier before tile: the windows are known to be formed
+
+    def tile(r0: int, r1: int, c0: int, c1: int, windows: bool = True) -> Operation:
+        index = (slice(r0, r1), slice(c0, c1))
+        pos, neg = (g.window(index) if windows else Tensor(g.array[index]) for g in (g_pos, g_neg))
+        return Operation("cim.tile_mvm", [], [TensorType("f32", (1, c1 - c0))], {
+            "g_pos": pos, "g_neg": neg, "g_scale": Tensor(rng.uniform(30.0, 90.0, c1 - c0)),
+            "input_scale": float(rng.uniform(0.5, 2.0)), "rows": (r0, r1), "cols": (c0, c1)})
+
+    chunk = [tile(0, 4, 0, 3), tile(4, 8, 0, 3), tile(8, 11, 0, 3)]  # one run of rows: at once
+    gap = [tile(0, 4, 3, 6), tile(8, 11, 3, 6)]  # rows 4..8 not rescaled: each alone
+    two_spans = [tile(4, 8, 3, 6)]
+    copies = [tile(0, 4, 3, 6, windows=False)]
+    rescales = [(t, [((0, 3), float(rng.uniform(10.0, 40.0)))]) for t in chunk + gap + copies]
+    rescales.append((two_spans[0], [((0, 1), 25.0), ((1, 3), 15.0)]))
+    expected = []
+    for t, spans in rescales:
+        alone = Operation(t.name, [], [t.results[0].type],
+                          {k: Tensor(v.array) if isinstance(v, Tensor) else v for k, v in t.attributes.items()})
+        _rescale(alone, spans, g_min)
+        expected.append(alone)
+    _rescale_tiles(rescales, g_min)
+    for (t, _), want in zip(rescales, expected):
+        for name in ("g_pos", "g_neg", "g_scale"):
+            got, ref = t.attributes[name].array, want.attributes[name].array
+            assert got.dtype == ref.dtype and got.tobytes() == ref.tobytes(), name
+    laid_out = chunk[0].attributes["g_pos"].array.base
+    assert laid_out is not None and all(t.attributes["g_pos"].array.base is laid_out for t in chunk)  # one array
+    assert all(t.attributes["g_pos"].array.flags.c_contiguous for t in chunk)  # row bands of one chunk array
+    assert gap[0].attributes["g_pos"].array.base is not laid_out  # rescaled alone

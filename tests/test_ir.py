@@ -222,3 +222,35 @@ def test_adopt_takes_fresh_arrays_and_views_of_bytes_without_a_copy() -> None:
     adopted = Tensor.adopt(owner.reshape(2, 3))
     owner[0] = 99
     assert adopted.array[0, 0] == 0 and not np.shares_memory(adopted.array, owner)
+
+
+def test_window_is_a_view_whose_bounds_come_from_its_tensor() -> None:
+    """Tensor.window (tile's pieces of an MVM): no copy, read-only, the digest of the same elements copied; the
+    tensor's known minimum bounds the window's, so any_below / all_above need no pass, and agree with minimum()."""
+    whole = Tensor(np.array([[0.0, 3.0, 4.0], [5.0, 6.0, 7.0]], np.float32))
+    part = whole.window((slice(0, 2), slice(1, 3)))
+    assert np.shares_memory(part.array, whole.array) and not part.array.flags.writeable
+    assert part.digest == Tensor(whole.array[:, 1:3]).digest and part == Tensor(whole.array[:, 1:3])
+    assert part.all_above(0) and part._min == 3.0  # no bound known: the exact test, on the window's elements
+    whole.minimum()  # 0.0: every window's elements are >= 0
+    fresh = whole.window((slice(0, 2), slice(1, 3)))
+    assert not fresh.any_below(0) and fresh._min is None  # decided by the bound alone
+    assert fresh.any_below(3.5) is (fresh.minimum() < 3.5) is True  # beyond the bound: computed
+    assert not whole.window((slice(0, 1), slice(0, 1))).all_above(0)  # [[0.0]]: the bound 0 does not decide > 0
+    nan = Tensor(np.array([np.nan, 1.0]))
+    assert np.isnan(nan.minimum())
+    right = nan.window((slice(1, 2),))
+    assert right.all_above(0.5) and right._min == 1.0  # a NaN minimum is no bound: computed
+    assert not nan.window((slice(0, 1),)).all_above(-1.0) and not nan.window((slice(0, 1),)).any_below(1.0)
+
+
+def test_contiguous_copies_a_window_and_keeps_its_bounds() -> None:
+    """Tensor.contiguous (tile's one copy per column chunk): a C-contiguous array of its own, equal elements, the
+    window's lower bound kept; a tensor that owns a C-contiguous array is returned as it is."""
+    whole = Tensor(np.arange(12, dtype=np.float32).reshape(3, 4))
+    assert whole.contiguous() is whole
+    whole.minimum()
+    chunk = whole.window((slice(None), slice(1, 3))).contiguous()
+    assert chunk.array.flags.c_contiguous and chunk.array.flags.owndata and not chunk.array.flags.writeable
+    np.testing.assert_array_equal(chunk.array, whole.array[:, 1:3])
+    assert not chunk.any_below(0) and chunk._min is None and chunk.window((slice(0, 1), slice(None))).origin[0] is chunk

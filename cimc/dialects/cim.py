@@ -109,7 +109,8 @@ def segment_rows(op: Operation) -> int:
     width = 0
     for v in op.operands:
         assert v is not None
-        last = v.type.shape[-1] if v.type.rank else None
+        shape = v.type.shape
+        last = shape[-1] if shape else None
         if not isinstance(last, int):
             raise VerifyError(op, f"'{op.name}' needs a static last dim on every input, got {v.type}")
         width += last
@@ -135,7 +136,7 @@ def _verify_mvm_io(op: Operation, rows: int, cols: int) -> None:
 
 def _tensor(op: Operation, name: str, rank: int) -> Tensor:
     value = op.attributes[name]
-    if not isinstance(value, Tensor) or value.array.ndim != rank or value.array.dtype.kind != "f":
+    if type(value) is not Tensor or value.array.ndim != rank or value.array.dtype.kind != "f":
         raise VerifyError(op, f"attribute '{name}' of '{op.name}' must be a float tensor of rank {rank}")
     return value
 
@@ -170,13 +171,14 @@ MATVEC = define(
 
 
 def _verify_conductances(op: Operation) -> tuple[int, int]:
-    pos, neg, scales = (_tensor(op, name, rank) for name, rank in (("g_pos", 2), ("g_neg", 2), ("g_scale", 1)))
+    pos, neg, scales = _tensor(op, "g_pos", 2), _tensor(op, "g_neg", 2), _tensor(op, "g_scale", 1)
     g_pos, g_neg, scale = pos.array, neg.array, scales.array
     if g_pos.shape != g_neg.shape or scale.shape != g_pos.shape[1:]:
         raise VerifyError(op, f"'{op.name}' conductance shapes disagree: g_pos {g_pos.shape}, g_neg {g_neg.shape}, g_scale {scale.shape}")
-    # Tensor.minimum: computed once per (immutable) tensor, not in every verifier run (the answers of
-    # g.min(initial=0) < 0 and not scale.min(initial=inf) > 0, NaN included).
-    if pos.minimum() < 0 or neg.minimum() < 0 or not scales.minimum() > 0:
+    # Tensor.minimum: computed once per (immutable) tensor, not in every verifier run, and not at all for a tile's
+    # window of a checked MVM (any_below) (the answers of g.min(initial=0) < 0 and not scale.min(initial=inf) > 0,
+    # NaN included).
+    if pos.any_below(0) or neg.any_below(0) or not scales.minimum() > 0:
         raise VerifyError(op, f"'{op.name}' needs non-negative conductances and positive scales")
     return g_pos.shape
 
@@ -218,11 +220,12 @@ def check_tile_lines(attrs: Mapping[str, object], rows: int, cols: int, physical
 
 
 def _verify_tile(op: Operation) -> None:
-    r0, r1 = op.attributes["rows"]  # type: ignore[misc]
-    c0, c1 = op.attributes["cols"]  # type: ignore[misc]
-    if "g_pos" in op.attributes or "g_neg" in op.attributes:
+    a = op.attributes
+    r0, r1 = a["rows"]  # type: ignore[misc]
+    c0, c1 = a["cols"]  # type: ignore[misc]
+    if "g_pos" in a or "g_neg" in a:
         rows, cols = _verify_conductances(op)
-    elif "array" in op.attributes:
+    elif "array" in a:
         rows, cols = r1 - r0, c1 - c0  # a programming image's tile: the devices live in the image's arrays
     else:
         raise VerifyError(op, f"'{op.name}' needs its conductances, or an array placement that holds them")
@@ -230,14 +233,16 @@ def _verify_tile(op: Operation) -> None:
         raise VerifyError(op, f"'{op.name}' covers rows [{r0}, {r1}) and cols [{c0}, {c1}) but holds {rows} x {cols} devices")
     if r1 > segment_rows(op):
         raise VerifyError(op, f"'{op.name}' reads rows up to {r1} of an input of {segment_rows(op)} rows")
-    problem = check_tile_lines(op.attributes, rows, cols, None)  # type: ignore[arg-type]
-    if problem:
-        raise VerifyError(op, f"'{op.name}' {problem}")
+    if "word_lines" in a or "column_pairs" in a:
+        problem = check_tile_lines(a, rows, cols, None)  # type: ignore[arg-type]
+        if problem:
+            raise VerifyError(op, f"'{op.name}' {problem}")
     if op.results[0].type.shape[-1:] != (cols,):
         raise VerifyError(op, f"type mismatch: '{op.name}' has {cols} columns but its result is {op.results[0].type}")
-    _verify_row_scale(op, rows)
-    placed = [k for k in ("array", "array_row", "array_col") if k in op.attributes]
-    if placed and len(placed) != 3:
+    if "row_scale" in a:
+        _verify_row_scale(op, rows)
+    placed = ("array" in a) + ("array_row" in a) + ("array_col" in a)
+    if placed and placed != 3:
         raise VerifyError(op, f"'{op.name}' placement needs array, array_row and array_col together")
 
 

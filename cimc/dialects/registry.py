@@ -150,8 +150,7 @@ def register(opdef: OpDef) -> None:
     _REGISTRY[opdef.name] = opdef
 
 
-def lookup(name: str) -> OpDef | None:
-    return _REGISTRY.get(name)
+lookup: Callable[[str], OpDef | None] = _REGISTRY.get  # the op definition of a name, or None (the verifier asks per op)
 
 
 def dialects() -> dict[str, list[OpDef]]:
