@@ -5,7 +5,7 @@ takes a differential pair of them, and with ``ramp_cols`` every activation
 an array serves reserves one more for its ramp column). The order is chosen so that tiles whose
 columns feed the same activation land in the same array, because one ramp
 column per array serves every comparator that needs that function; within a
-function group, tiles are taken in dependency order (the generations of
+function group, tiles are taken in dependency order (networkx generations of
 each block's dependency graph), and a tile avoids arrays that another tile
 of the same generation, driven by different inputs, already occupies (or a
 tile of another loop that runs at the same time), since an array serves one
@@ -32,6 +32,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+import networkx as nx
+
 from cimc.diagnostics import CimcError
 from cimc.ir import Block, Module, Operation
 from cimc.pass_manager import ModulePass, from_hardware, register_pass
@@ -46,19 +48,18 @@ Read = tuple[tuple[int, int], tuple]  # ((block, generation), what is read): equ
 def read_sets(module: Module) -> dict[int, set[Read]]:
     """Per tile: the concurrent steps it is read in, each with what is read (equal keys are served by one read).
 
-    A tile is read in its block's generation of the dependency graph, and,
-    inside a loop, whenever that loop runs: the loop's own generation in the
-    enclosing block, where another loop of the same generation would run on
-    the array at the same time.
+    A tile is read in its block's generation of the dependency graph
+    (networkx), and, inside a loop, whenever that loop runs: the loop's own
+    generation in the enclosing block, where another loop of the same
+    generation would run on the array at the same time.
     """
     reads: dict[int, set[Read]] = {}
     counter = itertools.count()
 
     def visit(block: Block, outer: frozenset[Read]) -> None:
         b = next(counter)
-        graph = dependency_graph(block)
-        ops = graph.ops
-        for level, nodes in enumerate(graph.generations()):
+        ops = [op for op in block.ops if op is not block.terminator]
+        for level, nodes in enumerate(nx.topological_generations(dependency_graph(block))):
             for i in nodes:
                 op = ops[i]
                 if op.name == "cim.tile_mvm":

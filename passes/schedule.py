@@ -9,15 +9,15 @@ tiles: one set of devices, read once per MVM), while column pieces of one
 MVM read on the same array share the read. A loop occupies every array its
 body reads for as long as it runs, so two loops that read one array go to
 different stages of the enclosing block. Constants cost no stage. The block's ops
-are then reordered by stage (a valid topological order), and each loop
-records ``sched.stages``, its latency in stages per time step.
+are then reordered by stage (a valid topological order, found with networkx),
+and each loop records ``sched.stages``, its latency in stages per time step.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Iterator
 from dataclasses import dataclass
+
+import networkx as nx
 
 from cimc.ir import Block, Module, Operation, Value
 from cimc.pass_manager import ModulePass, register_pass
@@ -49,62 +49,18 @@ def _arrays_read(op: Operation) -> set[int]:
     return {int(t.attributes["array"]) for t in op.walk() if t.name == "cim.tile_mvm" and "array" in t.attributes}  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True)
-class DependencyGraph:
-    """The SSA dependencies between the ops of one block (its terminator left out), by op position.
-
-    ``successors[j]`` lists the ops that read a result of op j (also from inside their regions), each once, in the
-    order they were found; ``predecessors[i]`` the ops whose results op i reads.
-    """
-
-    ops: list[Operation]
-    successors: list[list[int]]
-    predecessors: list[list[int]]
-
-    def generations(self) -> Iterator[list[int]]:
-        """The ops in layers: every op one layer after the latest op it depends on (Kahn's algorithm by layers;
-        within a layer, ops in the order they became ready)."""
-        indegree = [len(p) for p in self.predecessors]
-        layer = [i for i, d in enumerate(indegree) if d == 0]
-        while layer:
-            following = []
-            for j in layer:
-                for i in self.successors[j]:
-                    indegree[i] -= 1
-                    if indegree[i] == 0:
-                        following.append(i)
-            yield layer
-            layer = following
-
-    def smallest_first(self) -> Iterator[int]:
-        """The topological order that takes the lowest position among the ready ops at every step (unique)."""
-        indegree = [len(p) for p in self.predecessors]
-        ready = [i for i, d in enumerate(indegree) if d == 0]
-        heapq.heapify(ready)
-        while ready:
-            j = heapq.heappop(ready)
-            for i in self.successors[j]:
-                indegree[i] -= 1
-                if indegree[i] == 0:
-                    heapq.heappush(ready, i)
-            yield j
-
-
-def dependency_graph(block: Block) -> DependencyGraph:
+def dependency_graph(block: Block) -> nx.DiGraph:
     ops = [op for op in block.ops if op is not block.terminator]
     position = {id(op): i for i, op in enumerate(ops)}
-    successors: list[list[int]] = [[] for _ in ops]
-    predecessors: list[list[int]] = [[] for _ in ops]
+    graph = nx.DiGraph()
+    graph.add_nodes_from(range(len(ops)))
     for i, op in enumerate(ops):
-        seen: set[int] = set()
         for value in _captured(op):
             producer = getattr(value, "op", None)
             j = position.get(id(producer)) if producer is not None else None
-            if j is not None and j != i and j not in seen:
-                seen.add(j)
-                successors[j].append(i)
-                predecessors[i].append(j)
-    return DependencyGraph(ops, successors, predecessors)
+            if j is not None and j != i:
+                graph.add_edge(j, i)
+    return graph
 
 
 def schedule_block(block: Block) -> int:
@@ -113,13 +69,13 @@ def schedule_block(block: Block) -> int:
         for region in op.regions:
             stages = schedule_block(region.block)
             op.attributes["sched.stages"] = stages
+    ops = [op for op in block.ops if op is not block.terminator]
     graph = dependency_graph(block)
-    ops = graph.ops
     stage: dict[int, int] = {}
     busy: dict[tuple[int, int], tuple] = {}
-    for i in graph.smallest_first():
+    for i in nx.lexicographical_topological_sort(graph):
         op = ops[i]
-        ready = max((stage[p] + (0 if ops[p].name in _FREE else 1) for p in graph.predecessors[i]), default=0)
+        ready = max((stage[p] + (0 if ops[p].name in _FREE else 1) for p in graph.predecessors(i)), default=0)
         arrays, key = _arrays_read(op), read_key(op) if op.name == "cim.tile_mvm" else ("region", id(op))
         while any(busy.get((array, ready), key) != key for array in arrays):
             ready += 1
