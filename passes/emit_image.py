@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from cimc.attributes import AttrValue
+from cimc.attributes import AttrValue, is_annotation
 from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware
 from cimc.dialects.cim import check_tile_lines
@@ -49,10 +49,16 @@ class _Layout:
         self.hw = hw
         d = hw.device
         self.delta_g = (d.g_max_us - d.g_min_us) / (d.levels - 1)
+        # float64 scalars: numpy then computes in float64 whatever the type of the targets (a Python float would
+        # be a weak scalar, and float32 targets would be converted and compared in float32)
+        self._g_min = np.float64(d.g_min_us)
+        self._unformed_below = np.float64(d.g_min_us / 2)
         self.dtype = level_dtype(d.levels)
         self.used = used
         self.arrays: dict[int, np.ndarray] = {}
         self.regions: dict[int, list[dict[str, Any]]] = {}
+        self._spares_touched: set[int] = set()  # arrays where something may have been laid out on a spare line
+        self._scratch: dict[tuple[int, int], np.ndarray] = {}
 
     def array(self, k: int) -> np.ndarray:
         lv = self.arrays.get(k)
@@ -61,15 +67,22 @@ class _Layout:
             lv = self.arrays[k] = np.full((a.physical_rows, a.physical_cols), -1, self.dtype)
         return lv
 
+    def may_touch_spares(self, k: int) -> None:
+        """Array k gets devices laid out off its rows x cols (moved lines, a ramp column off the grid): its spare
+        lines are then checked before the image keeps only its rows x cols."""
+        self._spares_touched.add(k)
+
     def levels(self) -> dict[int, np.ndarray]:
         """Each used array's levels, in index order: its rows x cols when its spare lines hold nothing (a plain
         compile's image is what it was before spares existed), its physical size when a spare line is used
-        (docs/image-format.md)."""
+        (docs/image-format.md). Only the arrays where something may have reached a spare line are scanned: an
+        in-order tile and a ramp inside the grid are checked to fit before they are laid out."""
         a = self.hw.array
         out = {}
         for k in self.used:
             lv = self.array(k)
-            spares_idle = (lv[a.rows:] == -1).all() and (lv[:a.rows, a.cols:] == -1).all()
+            spares_idle = k not in self._spares_touched or \
+                ((lv[a.rows:] == -1).all() and (lv[:a.rows, a.cols:] == -1).all())
             out[k] = lv[:a.rows, :a.cols] if spares_idle else lv
         return out
 
@@ -77,21 +90,22 @@ class _Layout:
         """The programmed levels of a tile's device pairs into ``out`` (rows, 2 x width): G+ of weight column j on
         column 2j, G- on 2j + 1; -1 for a device left unformed (target 0 uS, below G_min).
 
-        In float64 whatever the type of the targets (cim_kernels forms them in float64), both devices of a pair in
-        one pass (the per-call overhead of numpy is most of the cost of a 128 x 32 tile), written in place.
+        In float64 whatever the type of the targets (cim_kernels forms them in float64), written in place; each
+        device's level is clip(rint((G - G_min) / delta_g), 0, levels - 1). The per-call overhead of numpy is much
+        of the cost of a 128 x 32 tile, so every step works in place on one scratch buffer per tile shape.
         """
-        d = self.hw.device
-        rows, width = g_pos.shape
-        x = np.empty((rows, width, 2))
-        x[:, :, 0], x[:, :, 1] = g_pos, g_neg
-        unformed = x < d.g_min_us / 2
-        np.subtract(x, d.g_min_us, out=x)
-        np.divide(x, self.delta_g, out=x)
-        np.rint(x, out=x)
-        np.maximum(x, 0, out=x)
-        np.minimum(x, d.levels - 1, out=x)
-        np.copyto(x, -1, where=unformed)
-        out[:, 0::2], out[:, 1::2] = x[:, :, 0], x[:, :, 1]
+        x = self._scratch.get(g_pos.shape)
+        if x is None:
+            x = self._scratch[g_pos.shape] = np.empty(g_pos.shape)
+        top = self.hw.device.levels - 1
+        for g, column in ((g_pos, out[:, 0::2]), (g_neg, out[:, 1::2])):
+            np.subtract(g, self._g_min, out=x, dtype=np.float64)
+            np.divide(x, self.delta_g, out=x)
+            np.rint(x, out=x)
+            np.maximum(x, 0, out=x)
+            np.minimum(x, top, out=x)
+            column[...] = x
+            np.copyto(column, -1, where=np.less(g, self._unformed_below))
 
     def devices_used(self) -> list[int]:
         """Formed devices of each used array, in index order."""
@@ -140,6 +154,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
     ramps: list[dict[str, Any]] = []
     weights: dict[int, np.ndarray] = {}
     programmed: dict[tuple[int, int, int, int, int], dict[str, Any]] = {}  # (array, row, bit line, rows, cols) -> region
+    ramp_entries = _RampEntries(hw)
     tile_id = 0
     for op in module.walk():
         if op.name == "cim.tile_mvm":
@@ -150,11 +165,14 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             rows, width = g_pos.shape
             pairs, moved_rows = op.attributes.get("column_pairs"), op.attributes.get("word_lines")
             in_order = pairs is None and moved_rows is None  # else map-defects moved lines, maybe onto spares
-            if (r + rows > a.rows or c + 2 * width > a.cols) and in_order or \
+            # An in-order tile fits its array's grid (then its lines are inside the physical array too); moved lines
+            # must be distinct lines of the physical array.
+            if (r + rows > a.rows or c + 2 * width > a.cols) if in_order else \
                     check_tile_lines(op.attributes, rows, width, (a.physical_rows, a.physical_cols)):
                 raise CimcError(f"a tile of block '{op.attributes.get('block')}' at array {k}, row {r}, bit line {c} does not fit "
                                 f"a {a.rows} x {a.cols} array: the image's hardware differs from the one compiled for")
             if not in_order:  # row i on word line word_lines[i], weight column j on bit-line pair column_pairs[j]
+                layout.may_touch_spares(k)
                 _, lines, pos, neg = tile_devices(op)
                 bit_lines = np.empty(2 * width, np.int64)
                 bit_lines[0::2], bit_lines[1::2] = pos, neg
@@ -203,10 +221,12 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             if release:
                 del op.attributes["g_pos"], op.attributes["g_neg"]
         elif op.name == "cim.ramp":
-            ramp = _ramp_entry(op, hw, len(ramps))
+            ramp = ramp_entries.entry(op, len(ramps))
             k, c, column_lv = ramp.pop("array_index"), ramp["bit_line"], ramp.pop("column_levels")
             if column_lv.size > a.physical_rows or not 0 <= c < a.physical_cols:
                 raise CimcError(f"the ramp at array {k}, bit line {c} needs {column_lv.size} rows; the array has {a.rows}")
+            if column_lv.size > a.rows or c >= a.cols:
+                layout.may_touch_spares(k)
             layout.free(k, slice(0, column_lv.size), c, f"ramp {len(ramps)}")[...] = column_lv
             ramps.append({"array": k, **ramp})
             layout.regions.setdefault(k, []).append({"kind": "ramp", "ramp": len(ramps) - 1,
@@ -236,7 +256,28 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
     return Image(manifest, levels, program, dict(sorted(weights.items())))
 
 
-def _ramp_entry(op: Operation, hw: Hardware, index: int) -> dict[str, Any]:
+class _RampEntries:
+    """Manifest entries of ramps, each derived once per distinct ramp: a large model repeats the same few ramps (one
+    per gate function and gain) in hundreds of arrays, and rebuilding each from its devices is most of a ramp's cost."""
+
+    _PLACEMENT = ("array", "array_col")
+
+    def __init__(self, hw: Hardware) -> None:
+        self.hw = hw
+        self._done: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def entry(self, op: Operation, index: int) -> dict[str, Any]:
+        """The manifest entry of ramp ``index`` and its ``column_levels``; its lists are its own."""
+        key = tuple(sorted((k, v) for k, v in op.attributes.items() if k not in self._PLACEMENT and not is_annotation(k)))
+        template = self._done.get(key)
+        if template is None:
+            template = self._done[key] = _ramp_entry(op, self.hw)
+        attrs = op.attributes
+        return {"id": index, "array_index": int(attrs["array"]), "bit_line": int(attrs["array_col"]),  # type: ignore[arg-type]
+                **{k: list(v) if isinstance(v, list) else v for k, v in template.items()}}
+
+
+def _ramp_entry(op: Operation, hw: Hardware) -> dict[str, Any]:
     """A ramp's manifest entry and the programmed level of every device of its column, from the ``cim.ramp`` op.
 
     The devices are the ones fuse-activation chose (its gain, range and levels);
@@ -251,7 +292,6 @@ def _ramp_entry(op: Operation, hw: Hardware, index: int) -> dict[str, Any]:
     cal = ramp.calibration_devices
     offset_lv = list(ramp.offset_levels) + [-1] * (cal - len(ramp.offset_levels))
     return {
-        "id": index, "array_index": int(attrs["array"]), "bit_line": int(attrs["array_col"]),  # type: ignore[arg-type]
         "column_levels": np.array(step_lv + offset_lv, np.int16),
         **{key: attrs[key] for key in ("function", "alpha", "beta", "clip") if key in attrs},
         "bits": ramp.bits, "z_lo": ramp.transfer.z_lo, "z_hi": ramp.transfer.z_hi, "g_per_z": ramp.g_per_z,
