@@ -32,6 +32,9 @@ def _dims(shape: tuple) -> list[int | str | None]:
     return [d if isinstance(d, (int, str)) or d is None else str(d) for d in shape]
 
 
+_BATCH = 16  # tiles whose levels are computed together (a 128 x 32 batch: a 1 MB float64 buffer, in the L2 cache)
+
+
 class _Layout:
     """The devices of every used array, each array's (physical rows, physical cols) levels filled tile by tile and
     ramp by ramp.
@@ -58,7 +61,8 @@ class _Layout:
         self.arrays: dict[int, np.ndarray] = {}
         self.regions: dict[int, list[dict[str, Any]]] = {}
         self._spares_touched: set[int] = set()  # arrays where something may have been laid out on a spare line
-        self._scratch: dict[tuple[int, int], np.ndarray] = {}
+        self._scratch: dict[tuple[int, int], np.ndarray] = {}  # (rows, width) -> a float64 buffer of _BATCH tiles
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (G+, G-, devices) of queued tiles
 
     def array(self, k: int) -> np.ndarray:
         lv = self.arrays.get(k)
@@ -77,6 +81,7 @@ class _Layout:
         compile's image is what it was before spares existed), its physical size when a spare line is used
         (docs/image-format.md). Only the arrays where something may have reached a spare line are scanned: an
         in-order tile and a ramp inside the grid are checked to fit before they are laid out."""
+        self.flush()
         a = self.hw.array
         out = {}
         for k in self.used:
@@ -88,27 +93,51 @@ class _Layout:
 
     def pair_levels(self, g_pos: np.ndarray, g_neg: np.ndarray, out: np.ndarray) -> None:
         """The programmed levels of a tile's device pairs into ``out`` (rows, 2 x width): G+ of weight column j on
-        column 2j, G- on 2j + 1; -1 for a device left unformed (target 0 uS, below G_min).
+        column 2j, G- on 2j + 1; -1 for a device left unformed (target 0 uS, below G_min)."""
+        self._compute([(g_pos, g_neg, out)])
 
-        In float64 whatever the type of the targets (cim_kernels forms them in float64), written in place; each
-        device's level is clip(rint((G - G_min) / delta_g), 0, levels - 1). The per-call overhead of numpy is much
-        of the cost of a 128 x 32 tile, so every step works in place on one scratch buffer per tile shape.
+    def program(self, k: int, rows: slice, cols: slice, g_pos: np.ndarray, g_neg: np.ndarray, what: str) -> None:
+        """Program a tile's device pairs on a free region of array k (checked unused, then claimed at once, so that
+        a clash with it is found); the levels are computed with the next tiles of its shape (:meth:`flush`)."""
+        out = self.free(k, rows, cols, what)
+        out[...] = 0  # claimed: not -1 any more
+        if self._pending and (len(self._pending) == _BATCH or self._pending[0][0].shape != g_pos.shape):
+            self.flush()
+        self._pending.append((g_pos, g_neg, out))
+
+    def flush(self) -> None:
+        """Write the levels of every tile still queued by :meth:`program`."""
+        if self._pending:
+            self._compute(self._pending)
+            self._pending = []
+
+    def _compute(self, tiles: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        """Levels of tiles of one shape, together: clip(rint((G - G_min) / delta_g), 0, levels - 1), -1 below
+        G_min / 2, in float64 whatever the type of the targets (cim_kernels forms them in float64).
+
+        Each step runs once over a batch of tiles, in place in one float64 buffer that interleaves G+ and G- as the
+        array does: numpy's per-call overhead is most of the cost of one 128 x 32 tile.
         """
-        x = self._scratch.get(g_pos.shape)
+        rows, width = tiles[0][0].shape
+        x = self._scratch.get((rows, width))
         if x is None:
-            x = self._scratch[g_pos.shape] = np.empty(g_pos.shape)
-        top = self.hw.device.levels - 1
-        for g, column in ((g_pos, out[:, 0::2]), (g_neg, out[:, 1::2])):
-            np.subtract(g, self._g_min, out=x, dtype=np.float64)
-            np.divide(x, self.delta_g, out=x)
-            np.rint(x, out=x)
-            np.maximum(x, 0, out=x)
-            np.minimum(x, top, out=x)
-            column[...] = x
-            np.copyto(column, -1, where=np.less(g, self._unformed_below))
+            x = self._scratch[(rows, width)] = np.empty((_BATCH, rows, width, 2))
+        x = x[:len(tiles)]
+        for i, (g_pos, g_neg, _) in enumerate(tiles):
+            x[i, :, :, 0], x[i, :, :, 1] = g_pos, g_neg  # exact: a float32 target is a float64 value
+        unformed = np.less(x, self._unformed_below)
+        np.subtract(x, self._g_min, out=x)
+        np.divide(x, self.delta_g, out=x)
+        np.rint(x, out=x)
+        np.maximum(x, 0, out=x)
+        np.minimum(x, self.hw.device.levels - 1, out=x)
+        np.copyto(x, -1, where=unformed)
+        for i, (_, _, out) in enumerate(tiles):
+            out[...] = x[i].reshape(rows, 2 * width)
 
     def devices_used(self) -> list[int]:
         """Formed devices of each used array, in index order."""
+        self.flush()
         return [int(np.count_nonzero(self.array(k) >= 0)) for k in self.used]
 
     def free(self, k: int, rows: slice, cols: slice | int, what: str) -> np.ndarray:
@@ -184,6 +213,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             region = programmed.get(where)
             if region is not None:
                 # Shared weights: the devices are programmed once and read by every tile placed on them.
+                layout.flush()
                 held = layout.array(k)[r:r + rows, c:c + 2 * width] if in_order else layout.array(k)[np.ix_(lines, bit_lines)]
                 if not np.array_equal(held, layout.natural_levels(g_pos, g_neg)):
                     raise CimcError(f"internal error: tiles sharing array {k}, bit line {c} hold different conductances")
@@ -194,8 +224,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
                 key = region["tile"] if not reference or np.array_equal(weights[region["tile"]], exact) else tile_id
             else:
                 if in_order:  # written in place: G+ on the even bit lines of the tile, G- on the odd
-                    layout.pair_levels(g_pos, g_neg, layout.free(k, slice(r, r + rows), slice(c, c + 2 * width),
-                                                                 f"tile {tile_id}"))
+                    layout.program(k, slice(r, r + rows), slice(c, c + 2 * width), g_pos, g_neg, f"tile {tile_id}")
                 else:
                     layout.occupy(k, lines, bit_lines, layout.natural_levels(g_pos, g_neg), f"tile {tile_id}")
                 r0, r1 = op.attributes["rows"]  # type: ignore[misc]
