@@ -41,6 +41,7 @@ import io
 import json
 import math
 import mmap
+import os
 import re
 import struct
 import zipfile
@@ -183,13 +184,18 @@ class Image:
             blobs.setdefault(blob, []).append(array)
             table[name] = {"blob": blob, "offset": ends.get(blob, 0), "shape": list(array.shape)}
             ends[blob] = ends.get(blob, 0) + array.size
-        program = _json_bytes(self.program_data.document)
-        checksums = {"program.json": _sha(program)}
+        checksums: dict[str, str] = {}
         with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zf, \
                 (ThreadPoolExecutor(2, thread_name_prefix="cimc-image") if threads else nullcontext()) as pool:
             for blob in sorted(blobs):
                 checksums[blob] = _write_blob(zf, out, blob, blobs[blob], pool)
+            # The blobs are most of the file: their pages go to the disk while the JSON is encoded (the caller's
+            # fsync, which makes the file durable, then has little left to wait for).
+            syncing = _start_sync(out, pool)
+            program = _json_bytes(self.program_data.document)
+            checksums["program.json"] = _sha(program)
             manifest = _json_bytes(dict(self.manifest, tensors=table, checksums=dict(sorted(checksums.items()))))
+            _finish(syncing)
             for name, data in (("manifest.json", manifest), ("program.json", program)):
                 zf.writestr(_entry_info(name), data)
 
@@ -273,6 +279,18 @@ def _stream(chunks: Iterator[memoryview], consumers: tuple[Callable[[memoryview]
         _finish(pending)
     finally:
         wait(pending)
+
+
+def _start_sync(out: BinaryIO, pool: ThreadPoolExecutor | None) -> list[Future[object]]:
+    """An fsync of what is written so far, in the pool; none without a pool or for an output that is no file."""
+    try:
+        fd = out.fileno()
+    except (OSError, AttributeError):  # io.UnsupportedOperation (a BytesIO) is an OSError
+        return []
+    if pool is None:
+        return []
+    out.flush()
+    return [pool.submit(os.fsync, fd)]
 
 
 def _finish(pending: list[Future[object]]) -> None:
