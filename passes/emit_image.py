@@ -143,7 +143,7 @@ class _Layout:
     def free(self, k: int, rows: slice, cols: slice | int, what: str) -> np.ndarray:
         """The devices of a new region (a view), checked unused."""
         lv = self.array(k)[rows, cols]
-        if (lv != -1).any():
+        if np.bitwise_and.reduce(lv, axis=None) != -1:  # -1 has every bit set, any other level a bit clear
             raise CimcError(f"internal placement clash in array {k} while laying out {what}")
         return lv
 
@@ -265,7 +265,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
     hardware = hw.to_dict()
     if hw.array.limit is None:  # a chip sized to the model: record the count actually used
         hardware["array"]["count"] = max(1, 1 + max(layout.used, default=-1))  # a chip has at least one array
-    used, levels = layout.devices_used(), layout.levels()
+    used, levels, level_type = layout.devices_used(), layout.levels(), layout.dtype.name
     manifest = {
         "format": FORMAT, "version": VERSION, "op_set": OP_SET, "provenance": provenance, "hardware": hardware,
         "model": {
@@ -275,7 +275,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             "outputs": [{"name": n, "dtype": v.type.dtype, "shape": _dims(v.type.shape)}
                         for n, v in zip(output_names(module), module.outputs)],
         },
-        "arrays": [{"index": k, "rows": levels[k].shape[0], "cols": levels[k].shape[1], "level_dtype": layout.dtype.name,
+        "arrays": [{"index": k, "rows": levels[k].shape[0], "cols": levels[k].shape[1], "level_dtype": level_type,
                     "regions": layout.regions.get(k, []), "devices_used": int(used[i])}
                    for i, k in enumerate(layout.used)],
         "ramps": ramps,

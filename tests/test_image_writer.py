@@ -206,3 +206,38 @@ def test_a_large_mapping_is_folded(tmp_path: Path) -> None:
     dump = format_summary(image_summary(image))
     assert {int(line.split()[1].rstrip(":")) for line in dump.splitlines() if line.startswith("  array ")} == \
         set(image.arrays)
+
+
+@pytest.mark.parametrize("onto", ["tile", "ramp"])
+def test_overlapping_regions_are_a_placement_clash(onto: str) -> None:
+    """A tile laid over devices another tile or a ramp already holds is refused, also while the first tile's levels
+    are still queued to be computed with the next tiles of its shape."""
+    from cimc.compiler import build_image
+
+    hw = load_hardware()
+    module = compile_to_ir(KWS, hw, cimc.compiler.CompileOptions(calib=str(CALIB)))
+    tiles = [op for op in module.walk() if op.name == "cim.tile_mvm"]
+    first, second = tiles[0], tiles[1]
+    if onto == "tile":  # one word line below the first tile, on its bit lines (clear of its array's ramp column)
+        target = {"array": first.attributes["array"], "array_row": int(first.attributes["array_row"]) + 1,  # type: ignore[arg-type]
+                  "array_col": first.attributes["array_col"]}
+    else:  # over the ramp column of the first tile's array
+        ramp = next(op for op in module.walk() if op.name == "cim.ramp")
+        width = int(second.attributes["cols"][1]) - int(second.attributes["cols"][0])  # type: ignore[index]
+        target = {"array": ramp.attributes["array"], "array_row": 0,
+                  "array_col": int(ramp.attributes["array_col"]) - 2 * width + 2}  # type: ignore[arg-type]
+    second.attributes.update(target)
+    with pytest.raises(CimcError, match="internal placement clash in array"):
+        build_image(module, hw)
+
+
+def test_a_failed_sync_is_a_clean_error(kws: cimc.CompiledModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fsync started in the writer pool while the JSON is encoded fails like the final one would."""
+    def fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(cimc.image.os, "fsync", fsync)
+    before = threading.active_count()
+    with pytest.raises(CimcError, match=r"cannot write .*out\.cimg: Input/output error"):
+        kws.image.save(tmp_path / "out.cimg")
+    assert list(tmp_path.iterdir()) == [] and threading.active_count() == before
