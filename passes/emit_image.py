@@ -187,12 +187,13 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
     tile_id = 0
     for op in module.walk():
         if op.name == "cim.tile_mvm":
-            if "array" not in op.attributes or "g_pos" not in op.attributes:
+            at = op.attributes
+            if "array" not in at or "g_pos" not in at:
                 raise CimcError("the module is not placed: an image needs the full pipeline (place, fuse-activation, schedule)")
-            k, r, c = (int(op.attributes[n]) for n in ("array", "array_row", "array_col"))  # type: ignore[arg-type]
-            g_pos, g_neg = (op.attributes[n].array for n in ("g_pos", "g_neg"))  # type: ignore[union-attr]
+            k, r, c = int(at["array"]), int(at["array_row"]), int(at["array_col"])  # type: ignore[arg-type]
+            g_pos, g_neg = at["g_pos"].array, at["g_neg"].array  # type: ignore[union-attr]
             rows, width = g_pos.shape
-            pairs, moved_rows = op.attributes.get("column_pairs"), op.attributes.get("word_lines")
+            pairs, moved_rows = at.get("column_pairs"), at.get("word_lines")
             in_order = pairs is None and moved_rows is None  # else map-defects moved lines, maybe onto spares
             # An in-order tile fits its array's grid (then its lines are inside the physical array too); moved lines
             # must be distinct lines of the physical array.
