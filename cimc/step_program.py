@@ -220,7 +220,7 @@ class _Emitter:
         self.extra = extra
         self.tensors: dict[str, np.ndarray] = {}
         self._keys: dict[bytes, str] = {}
-        self._entries: dict[int, tuple[Tensor, dict[str, Any] | None]] = {}  # id -> (tensor, head), kept alive
+        self._entries: dict[int, tuple[Tensor, str | None]] = {}  # id -> (tensor, its entry or None), kept alive
         self._types: dict[TensorType, str] = {}
 
     def name(self, value: Value) -> str:
@@ -235,15 +235,15 @@ class _Emitter:
     def tensor(self, tensor: Tensor) -> dict[str, Any]:
         seen = self._entries.get(id(tensor))
         if seen is None:
-            seen = self._entries[id(tensor)] = (tensor, self._tensor_head(tensor))
-        head = seen[1]
-        if head is None:  # inline: small and finite
-            array = tensor.array
-            return {"dtype": _dtype_name(array.dtype), "shape": list(array.shape), "data": array.reshape(-1).tolist()}
-        return {"dtype": head["dtype"], "shape": list(head["shape"]), "npy": head["npy"]}
+            seen = self._entries[id(tensor)] = (tensor, self._entry(tensor))
+        array, entry = tensor.array, seen[1]
+        head = {"dtype": _dtype_name(array.dtype), "shape": list(array.shape)}
+        if entry is None:  # inline: small and finite
+            return {**head, "data": array.reshape(-1).tolist()}
+        return {**head, "npy": entry}
 
-    def _tensor_head(self, tensor: Tensor) -> dict[str, Any] | None:
-        """None for a tensor written inline; else its dtype, shape and entry (one per distinct content)."""
+    def _entry(self, tensor: Tensor) -> str | None:
+        """None for a tensor written inline; else its entry (one per distinct content)."""
         array = tensor.array
         if array.size <= INLINE_LIMIT and (array.dtype.kind != "f" or np.isfinite(array).all()):
             return None
@@ -256,7 +256,7 @@ class _Emitter:
                 entry = f"program/{base}_{n}.npy"
             self.tensors[entry] = array
             self._keys[tensor.digest] = entry
-        return {"dtype": _dtype_name(array.dtype), "shape": array.shape, "npy": entry}
+        return entry
 
     def attr(self, kind: str, value: AttrValue, key: str, op: str) -> Any:
         """The JSON value of attribute ``key`` of op ``op`` (named only in the message of a value of another kind)."""
