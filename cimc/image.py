@@ -184,20 +184,107 @@ class Image:
             blobs.setdefault(blob, []).append(array)
             table[name] = {"blob": blob, "offset": ends.get(blob, 0), "shape": list(array.shape)}
             ends[blob] = ends.get(blob, 0) + array.size
+        documents = _Documents(self.program_data.document, dict(self.manifest, tensors=table))
         checksums: dict[str, str] = {}
         with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zf, \
                 (ThreadPoolExecutor(2, thread_name_prefix="cimc-image") if threads else nullcontext()) as pool:
             for blob in sorted(blobs):
-                checksums[blob] = _write_blob(zf, out, blob, blobs[blob], pool)
-            # The blobs are most of the file: their pages go to the disk while the JSON is encoded (the caller's
-            # fsync, which makes the file durable, then has little left to wait for).
+                # with a pool, the JSON is encoded piece by piece while the workers hash and write each chunk
+                checksums[blob] = _write_blob(zf, out, blob, blobs[blob], pool, documents.encode_some)
+            # The blobs are most of the file: their pages go to the disk while the rest of the JSON is encoded (the
+            # caller's fsync, which makes the file durable, then has little left to wait for).
             syncing = _start_sync(out, pool)
-            program = _json_bytes(self.program_data.document)
+            program = documents.program()
             checksums["program.json"] = _sha(program)
-            manifest = _json_bytes(dict(self.manifest, tensors=table, checksums=dict(sorted(checksums.items()))))
+            manifest = documents.manifest(dict(sorted(checksums.items())))
             _finish(syncing)
             for name, data in (("manifest.json", manifest), ("program.json", program)):
                 zf.writestr(_entry_info(name), data)
+
+
+class _Documents:
+    """program.json and manifest.json, encoded as :func:`_json_bytes` encodes them, in pieces on demand.
+
+    The JSON encoder holds the interpreter lock for as long as one call lasts;
+    encoded in pieces of a few milliseconds, the program and the manifest are
+    made between the chunks of the blobs, whose hashing and writing, in other
+    threads, need the lock only between chunks. The manifest's checksums, known
+    only once the blobs are written, go into its place at the end.
+    """
+
+    def __init__(self, program: dict[str, Any], manifest: dict[str, Any]) -> None:
+        self._parts: dict[str, list[Any]] = {"program": [], "manifest": []}
+        self._work = self._pieces_of(program, manifest)
+
+    def _pieces_of(self, program: dict[str, Any], manifest: dict[str, Any]) -> Iterator[None]:
+        for name, document in (("program", program), ("manifest", dict(manifest, checksums=_CHECKSUMS))):
+            for piece in _json_pieces(document):
+                self._parts[name].append(piece)
+                yield
+
+    def encode_some(self) -> bool:
+        """Encode the next piece; False once everything is encoded."""
+        return next(self._work, self) is None
+
+    def program(self) -> bytes:
+        while self.encode_some():
+            pass
+        return "".join(self._parts["program"]).encode("utf-8")
+
+    def manifest(self, checksums: dict[str, str]) -> bytes:
+        while self.encode_some():
+            pass
+        return "".join(_encode_json(checksums) if p is _CHECKSUMS else p for p in self._parts["manifest"]).encode("utf-8")
+
+
+_encode_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False,
+                                # a manifest and a program are trees of dicts and lists (a tenth of the encoding time)
+                                check_circular=False).encode
+_PIECE_OPS = 200  # ops encoded in one call: about a millisecond
+_CHECKSUMS = object()  # where the manifest's checksums go
+
+
+def _json_pieces(value: Any, top: bool = True) -> Iterator[Any]:
+    """``_encode_json(value)`` as consecutive pieces whose concatenation is exactly it: an object with string keys is
+    split key by key at the top and wherever it holds ops (a program, a loop op, its body), a list of ops into runs of
+    :data:`_PIECE_OPS`, anything else is one piece. :data:`_CHECKSUMS` is passed through, as a placeholder."""
+    if type(value) is dict and value and all(type(k) is str for k in value) and (top or "ops" in value or "body" in value):
+        yield "{"
+        for i, key in enumerate(sorted(value)):
+            yield ("," if i else "") + _encode_json(key) + ":"
+            item = value[key]
+            if item is _CHECKSUMS:
+                yield item
+            elif key == "ops" and type(item) is list:
+                yield from _op_pieces(item)
+            elif key == "body":
+                yield from _json_pieces(item, top=False)
+            else:
+                yield _encode_json(item)
+        yield "}"
+    else:
+        yield _encode_json(value)
+
+
+def _op_pieces(ops: list[Any]) -> Iterator[Any]:
+    yield "["
+    separator, run = "", []
+    for op in ops:
+        if type(op) is dict and "body" in op:  # a loop: its body is most of the program
+            if run:
+                yield separator + _encode_json(run)[1:-1]
+                separator, run = ",", []
+            yield separator
+            separator = ","
+            yield from _json_pieces(op, top=False)
+        else:
+            run.append(op)
+            if len(run) == _PIECE_OPS:
+                yield separator + _encode_json(run)[1:-1]
+                separator, run = ",", []
+    if run:
+        yield separator + _encode_json(run)[1:-1]
+    yield "]"
 
 
 def _entry_info(name: str, size: int = 0) -> zipfile.ZipInfo:
@@ -208,7 +295,7 @@ def _entry_info(name: str, size: int = 0) -> zipfile.ZipInfo:
 
 
 def _write_blob(zf: zipfile.ZipFile, out: BinaryIO, name: str, members: list[np.ndarray],
-                pool: ThreadPoolExecutor | None) -> str:
+                pool: ThreadPoolExecutor | None, meanwhile: Callable[[], bool]) -> str:
     """Stream one blob (a .npy header, then each tensor's bytes in order) into the archive; its SHA-256."""
     dtype = _blob_dtype(name)
     assert dtype is not None, name
@@ -219,7 +306,7 @@ def _write_blob(zf: zipfile.ZipFile, out: BinaryIO, name: str, members: list[np.
     digest = hashlib.sha256(header)
     with zf.open(_entry_info(name, len(header) + count * dtype.itemsize), "w", force_zip64=zip64) as f:
         f.write(header)
-        _stream(_chunks(members, dtype), (digest.update, f.write), pool)
+        _stream(_chunks(members, dtype), (digest.update, f.write), pool, meanwhile)
     return digest.hexdigest()
 
 
@@ -263,10 +350,11 @@ def _chunks(members: list[np.ndarray], dtype: np.dtype) -> Iterator[memoryview]:
 
 
 def _stream(chunks: Iterator[memoryview], consumers: tuple[Callable[[memoryview], object], ...],
-            pool: ThreadPoolExecutor | None) -> None:
+            pool: ThreadPoolExecutor | None, meanwhile: Callable[[], bool] = lambda: False) -> None:
     """Give every chunk to every consumer, in order; with a pool, the consumers of one chunk run at once, while the
-    next chunk is filled. A consumer's error is raised here once no task is left running (none then writes into a
-    file that the caller goes on to close and delete)."""
+    next chunk is filled and ``meanwhile()`` is called until they are done or it returns False (other work for this
+    thread). A consumer's error is raised here once no task is left running (none then writes into a file that the
+    caller goes on to close and delete)."""
     pending: list[Future[object]] = []
     try:
         for chunk in chunks:
@@ -276,6 +364,8 @@ def _stream(chunks: Iterator[memoryview], consumers: tuple[Callable[[memoryview]
                     consume(chunk)
             else:
                 pending = [pool.submit(consume, chunk) for consume in consumers]
+                while not all(task.done() for task in pending) and meanwhile():
+                    pass
         _finish(pending)
     finally:
         wait(pending)
@@ -301,9 +391,7 @@ def _finish(pending: list[Future[object]]) -> None:
 
 
 def _json_bytes(document: Any) -> bytes:
-    # check_circular=False: a manifest and a program are trees of dicts and lists (a tenth of the encoding time)
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False,
-                      check_circular=False).encode("utf-8")
+    return _encode_json(document).encode("utf-8")
 
 
 def load_image(path: str | Path) -> Image:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import threading
 import zipfile
 from pathlib import Path
@@ -62,6 +63,9 @@ def test_threaded_save_writes_the_serial_bytes(kws: cimc.CompiledModel, tmp_path
     assert (tmp_path / "threads.cimg").read_bytes() == serial == (tmp_path / "serial.cimg").read_bytes()
     with zipfile.ZipFile(tmp_path / "threads.cimg") as zf:
         assert zf.testzip() is None
+        for name in ("manifest.json", "program.json"):  # canonical JSON: what json.dumps gives of what it holds
+            text = zf.read(name).decode()
+            assert text == _dumps(json.loads(text))
     loaded = load_image(tmp_path / "threads.cimg")  # checks every SHA-256
     assert all(np.array_equal(loaded.arrays[k], kws.image.arrays[k]) for k in kws.image.arrays)
 
@@ -241,3 +245,32 @@ def test_a_failed_sync_is_a_clean_error(kws: cimc.CompiledModel, tmp_path: Path,
     with pytest.raises(CimcError, match=r"cannot write .*out\.cimg: Input/output error"):
         kws.image.save(tmp_path / "out.cimg")
     assert list(tmp_path.iterdir()) == [] and threading.active_count() == before
+
+
+def _dumps(document: object) -> str:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def test_json_in_pieces_is_the_json(kws: cimc.CompiledModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The JSON encoded piece by piece (between the blobs' chunks) is, joined, exactly json.dumps of the document: a
+    real program and manifest, and loops in loops, loops first and last, runs of ops longer than a piece, an empty
+    body, unicode, tuples, non-string keys; a NaN is refused either way."""
+    monkeypatch.setattr(cimc.image, "_PIECE_OPS", 2)
+
+    def joined(document: object) -> str:
+        return "".join(cimc.image._json_pieces(document))
+
+    def loop(ops: list[object]) -> dict[str, object]:
+        return {"op": "loop", "attrs": {"stages": 3}, "body": {"args": [{"name": "i", "type": "i64[]"}], "ops": ops}}
+
+    read = {"op": "read", "attrs": {"array": 1, "z": 0.1, "name": "Zähler"}, "operands": ["a", None], "stage": (1, 2)}
+    documents = [
+        kws.image.program_data.document, kws.image.manifest,
+        {"format": "x", "ops": [loop([read, loop([read] * 5), read]), read, read, read, loop([])], "metadata": {}},
+        {"ops": [], "name": "é"}, {"ops": [read] * 7}, {1: "int key", 2: [read]}, {"ops": (read, read)}, {},
+        [read, loop([read])],
+    ]
+    for document in documents:
+        assert joined(document) == _dumps(document)
+    with pytest.raises(ValueError):
+        joined({"ops": [read, {"op": "const", "attrs": {"value": float("nan")}}]})
