@@ -203,7 +203,7 @@ class Image:
 
 
 class _Documents:
-    """program.json and manifest.json, encoded as :func:`_json_bytes` encodes them, in pieces on demand.
+    """program.json and manifest.json as canonical JSON (sorted keys, no spaces, strict), encoded in pieces on demand.
 
     The JSON encoder holds the interpreter lock for as long as one call lasts;
     encoded in pieces of a few milliseconds, the program and the manifest are
@@ -388,10 +388,6 @@ def _finish(pending: list[Future[object]]) -> None:
     wait(pending)
     for task in pending:
         task.result()
-
-
-def _json_bytes(document: Any) -> bytes:
-    return _encode_json(document).encode("utf-8")
 
 
 def load_image(path: str | Path) -> Image:
