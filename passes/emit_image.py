@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from cimc.attributes import AttrValue, is_annotation
+from cimc.attributes import AttrValue
 from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware
 from cimc.dialects.cim import check_tile_lines
@@ -52,10 +52,6 @@ class _Layout:
         self.hw = hw
         d = hw.device
         self.delta_g = (d.g_max_us - d.g_min_us) / (d.levels - 1)
-        # float64 scalars: numpy then computes in float64 whatever the type of the targets (a Python float would
-        # be a weak scalar, and float32 targets would be converted and compared in float32)
-        self._g_min = np.float64(d.g_min_us)
-        self._unformed_below = np.float64(d.g_min_us / 2)
         self.dtype = level_dtype(d.levels)
         self.used = used
         self.arrays: dict[int, np.ndarray] = {}
@@ -125,12 +121,13 @@ class _Layout:
         x = x[:len(tiles)]
         for i, (g_pos, g_neg, _) in enumerate(tiles):
             x[i, :, :, 0], x[i, :, :, 1] = g_pos, g_neg  # exact: a float32 target is a float64 value
-        unformed = np.less(x, self._unformed_below)
-        np.subtract(x, self._g_min, out=x)
+        d = self.hw.device
+        unformed = np.less(x, d.g_min_us / 2)
+        np.subtract(x, d.g_min_us, out=x)
         np.divide(x, self.delta_g, out=x)
         np.rint(x, out=x)
         np.maximum(x, 0, out=x)
-        np.minimum(x, self.hw.device.levels - 1, out=x)
+        np.minimum(x, d.levels - 1, out=x)
         np.copyto(x, -1, where=unformed)
         for i, (_, _, out) in enumerate(tiles):
             out[...] = x[i].reshape(rows, 2 * width)
@@ -183,7 +180,6 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
     ramps: list[dict[str, Any]] = []
     weights: dict[int, np.ndarray] = {}
     programmed: dict[tuple[int, int, int, int, int], dict[str, Any]] = {}  # (array, row, bit line, rows, cols) -> region
-    ramp_entries = _RampEntries(hw)
     tile_id = 0
     for op in module.walk():
         if op.name == "cim.tile_mvm":
@@ -251,7 +247,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             if release:
                 del op.attributes["g_pos"], op.attributes["g_neg"]
         elif op.name == "cim.ramp":
-            ramp = ramp_entries.entry(op, len(ramps))
+            ramp = _ramp_entry(op, hw, len(ramps))
             k, c, column_lv = ramp.pop("array_index"), ramp["bit_line"], ramp.pop("column_levels")
             if column_lv.size > a.physical_rows or not 0 <= c < a.physical_cols:
                 raise CimcError(f"the ramp at array {k}, bit line {c} needs {column_lv.size} rows; the array has {a.rows}")
@@ -286,28 +282,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
     return Image(manifest, levels, program, dict(sorted(weights.items())))
 
 
-class _RampEntries:
-    """Manifest entries of ramps, each derived once per distinct ramp: a large model repeats the same few ramps (one
-    per gate function and gain) in hundreds of arrays, and rebuilding each from its devices is most of a ramp's cost."""
-
-    _PLACEMENT = ("array", "array_col")
-
-    def __init__(self, hw: Hardware) -> None:
-        self.hw = hw
-        self._done: dict[tuple[Any, ...], dict[str, Any]] = {}
-
-    def entry(self, op: Operation, index: int) -> dict[str, Any]:
-        """The manifest entry of ramp ``index`` and its ``column_levels``; its lists are its own."""
-        key = tuple(sorted((k, v) for k, v in op.attributes.items() if k not in self._PLACEMENT and not is_annotation(k)))
-        template = self._done.get(key)
-        if template is None:
-            template = self._done[key] = _ramp_entry(op, self.hw)
-        attrs = op.attributes
-        return {"id": index, "array_index": int(attrs["array"]), "bit_line": int(attrs["array_col"]),  # type: ignore[arg-type]
-                **{k: list(v) if isinstance(v, list) else v for k, v in template.items()}}
-
-
-def _ramp_entry(op: Operation, hw: Hardware) -> dict[str, Any]:
+def _ramp_entry(op: Operation, hw: Hardware, index: int) -> dict[str, Any]:
     """A ramp's manifest entry and the programmed level of every device of its column, from the ``cim.ramp`` op.
 
     The devices are the ones fuse-activation chose (its gain, range and levels);
@@ -322,6 +297,7 @@ def _ramp_entry(op: Operation, hw: Hardware) -> dict[str, Any]:
     cal = ramp.calibration_devices
     offset_lv = list(ramp.offset_levels) + [-1] * (cal - len(ramp.offset_levels))
     return {
+        "id": index, "array_index": int(attrs["array"]), "bit_line": int(attrs["array_col"]),  # type: ignore[arg-type]
         "column_levels": np.array(step_lv + offset_lv, np.int16),
         **{key: attrs[key] for key in ("function", "alpha", "beta", "clip") if key in attrs},
         "bits": ramp.bits, "z_lo": ramp.transfer.z_lo, "z_hi": ramp.transfer.z_hi, "g_per_z": ramp.g_per_z,
