@@ -57,7 +57,7 @@ def mapping_summary(module: Module, hw: Hardware, image: str | None = None) -> s
     """Arrays used, the weight-block regions each array holds, shared weights, per-loop step latency.
 
     Up to :data:`LISTED_ARRAYS` arrays are listed one by one. A large model's
-    list (9,000 lines for a 2-layer LSTM-1024) would bury the rest of the
+    list (9,500 lines for a 2-layer LSTM-1024) would bury the rest of the
     summary, so above that the arrays are folded: how many arrays have each
     fill, and which arrays each node's weights occupy; ``cimc dump IMAGE``
     (``image``: the image written, if any) lists every array.
