@@ -159,9 +159,10 @@ class Image:
     def save(self, path: str | Path, threads: bool = True) -> None:
         """Write the image atomically, streaming every tensor into the temporary file (no copy of the image in memory).
 
-        ``threads``: hash each blob in one thread while another computes its CRC-32 and writes it (both release the
-        interpreter lock on large buffers: on two cores the blobs cost about their SHA-256 instead of SHA-256, CRC and
-        write one after another). The bytes are the same either way.
+        ``threads``: two worker threads take each 4 MB chunk of the blobs, one to hash it, one to compute its CRC-32
+        and write it, while this thread fills the next chunk and encodes the JSON in between (hashlib, zlib and
+        file writes release the interpreter lock on large buffers). ``threads=False`` does it all in this thread;
+        the bytes are the same.
         """
         with open_atomic(path) as f, collector_paused():
             self._write_zip(f, threads)
@@ -324,27 +325,22 @@ def _chunks(members: list[np.ndarray], dtype: np.dtype) -> Iterator[memoryview]:
     buffers = [np.empty(min(per, sum(a.size for a in members)), dtype)]
     current, fill = buffers[0], 0
     for array in members:
-        n = array.size
-        if n <= per - fill:
-            current[fill:fill + n].reshape(array.shape)[...] = array
-            fill += n
-        else:
-            flat, start = array.reshape(-1), 0  # a copy only for a strided tensor larger than the room left
-            while start < n:
-                take = min(n - start, per - fill)
+        n, start, flat = array.size, 0, None
+        while True:
+            take = min(n - start, per - fill)
+            if take == n:  # the whole tensor, copied in its shape
+                current[fill:fill + n].reshape(array.shape)[...] = array
+            else:  # split across chunks (reshape copies only a strided tensor)
+                flat = array.reshape(-1) if flat is None else flat
                 current[fill:fill + take] = flat[start:start + take]
-                fill, start = fill + take, start + take
-                if fill == per:
-                    yield memoryview(current).cast("B")
-                    if len(buffers) == 1:
-                        buffers.append(np.empty(per, dtype))
-                    current, fill = buffers[1] if current is buffers[0] else buffers[0], 0
-            continue
-        if fill == per:
-            yield memoryview(current).cast("B")
-            if len(buffers) == 1:
-                buffers.append(np.empty(per, dtype))
-            current, fill = buffers[1] if current is buffers[0] else buffers[0], 0
+            fill, start = fill + take, start + take
+            if fill == per:
+                yield memoryview(current).cast("B")
+                if len(buffers) == 1:
+                    buffers.append(np.empty(per, dtype))
+                current, fill = buffers[1] if current is buffers[0] else buffers[0], 0
+            if start == n:
+                break
     if fill:
         yield memoryview(current[:fill]).cast("B")
 
