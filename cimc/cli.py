@@ -273,7 +273,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
                                 release=True)
         with timing.phase("write image"):
             image.save(args.output)
-    sys.stdout.write(mapping_summary(module, hw))
+    sys.stdout.write(mapping_summary(module, hw, None if writes_ir else args.output))
     sys.stdout.write(f"ranges: {module.attributes.get('ranges', 'not computed')}\n")
     warning = range_warning(module)
     if warning:

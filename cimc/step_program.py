@@ -202,21 +202,51 @@ def _json_float(value: object) -> float:
     return float(value)
 
 
+_EXPECTED = {"int": int, "float": (int, float), "str": str}
+_ABSENT = object()
+
+
 class _Emitter:
+    """Writes a module's ops as the op set's JSON objects.
+
+    A large model has thousands of near-identical reads, so what repeats is
+    looked up once: each op's attribute plan (op-set key, Module name, kind),
+    the text of each result type, each dtype's name, and each tensor's entry.
+    """
+
     def __init__(self, module: Module, extra: Mapping[int, Mapping[str, AttrValue]]) -> None:
-        self.printer = Printer(module)  # value names as the IR text names them (verification matches ONNX names by them)
+        # value names as the IR text names them (verification matches ONNX names by them)
+        self._names = Printer(module).names
         self.extra = extra
         self.tensors: dict[str, np.ndarray] = {}
         self._keys: dict[bytes, str] = {}
+        self._entries: dict[int, tuple[Tensor, str | None]] = {}  # id -> (tensor, its entry or None), kept alive
+        self._types: dict[TensorType, str] = {}
 
     def name(self, value: Value) -> str:
-        return self.printer.name(value)[1:]
+        return self._names[id(value)]
+
+    def type_text(self, value: Value) -> str:
+        text = self._types.get(value.type)
+        if text is None:
+            text = self._types[value.type] = str(value.type)
+        return text
 
     def tensor(self, tensor: Tensor) -> dict[str, Any]:
-        array = tensor.array
-        head = {"dtype": dtype_name(array.dtype), "shape": list(array.shape)}
-        if array.size <= INLINE_LIMIT and (array.dtype.kind != "f" or np.isfinite(array).all()):
+        seen = self._entries.get(id(tensor))
+        if seen is None:
+            seen = self._entries[id(tensor)] = (tensor, self._entry(tensor))
+        array, entry = tensor.array, seen[1]
+        head = {"dtype": _dtype_name(array.dtype), "shape": list(array.shape)}
+        if entry is None:  # inline: small and finite
             return {**head, "data": array.reshape(-1).tolist()}
+        return {**head, "npy": entry}
+
+    def _entry(self, tensor: Tensor) -> str | None:
+        """None for a tensor written inline; else its entry (one per distinct content)."""
+        array = tensor.array
+        if array.size <= INLINE_LIMIT and (array.dtype.kind != "f" or np.isfinite(array).all()):
+            return None
         entry = self._keys.get(tensor.digest)
         if entry is None:
             base = legal_name(tensor.key) or "tensor"
@@ -226,23 +256,23 @@ class _Emitter:
                 entry = f"program/{base}_{n}.npy"
             self.tensors[entry] = array
             self._keys[tensor.digest] = entry
-        return {**head, "npy": entry}
+        return entry
 
-    def attr(self, kind: str, value: AttrValue, what: str) -> Any:
+    def attr(self, kind: str, value: AttrValue, key: str, op: str) -> Any:
+        """The JSON value of attribute ``key`` of op ``op`` (named only in the message of a value of another kind)."""
         if kind == "tensor":
             if not isinstance(value, Tensor):
-                raise CimcError(f"cannot emit the image: {what} must be a tensor, got {value!r}")
+                raise CimcError(f"cannot emit the image: attribute '{key}' of '{op}' must be a tensor, got {value!r}")
             return self.tensor(value)
         if kind in ("ints", "floats"):
             if not isinstance(value, tuple):
-                raise CimcError(f"cannot emit the image: {what} must be a list, got {value!r}")
+                raise CimcError(f"cannot emit the image: attribute '{key}' of '{op}' must be a list, got {value!r}")
             if kind == "ints" and all(type(v) is int for v in value):  # the common case, without a call per item
                 return list(value)
-            return [self.attr(kind[:-1], v, what) for v in value]
-        expected = {"int": int, "float": (int, float), "str": str}[kind]
-        if not isinstance(value, expected):
-            raise CimcError(f"cannot emit the image: {what} must be {kind}, got {value!r}")
-        return _float_json(float(value)) if kind == "float" else value
+            return [self.attr(kind[:-1], v, key, op) for v in value]
+        if not isinstance(value, _EXPECTED[kind]):
+            raise CimcError(f"cannot emit the image: attribute '{key}' of '{op}' must be {kind}, got {value!r}")
+        return _float_json(float(value)) if kind == "float" else value  # type: ignore[arg-type]
 
     def op(self, op: Operation) -> dict[str, Any]:
         name = _BY_IR.get(op.name)
@@ -252,35 +282,65 @@ class _Emitter:
                             f"docs/image-format.md); the pipeline must lower it first")
         spec = OPS[name]
         if name not in ANALOG_OPS:  # an attribute the op set does not know would change what the op computes
-            known = {a.ir or key for key, a in spec.attrs.items()}
+            known = _known_attributes(name)
             unknown = sorted(k for k in op.attributes if not is_annotation(k) and k not in known)
             if unknown:
                 raise CimcError(f"cannot emit the image: '{op.name}'{' at ' + op.location if op.location else ''} has "
                                 f"attributes {unknown} that the step op set {OP_SET} does not define")
-        values = {**op.attributes, **self.extra.get(id(op), {})}
+        extra = self.extra.get(id(op))
+        values = {**op.attributes, **extra} if extra else op.attributes
         out: dict[str, Any] = {"op": name}
         if op.operands:
-            out["operands"] = [None if v is None else self.name(v) for v in op.operands]
+            names = self._names
+            out["operands"] = [None if v is None else names[id(v)] for v in op.operands]
         if op.results:
-            out["results"] = [{"name": self.name(r), "type": str(r.type)} for r in op.results]
+            out["results"] = [{"name": self._names[id(r)], "type": self.type_text(r)} for r in op.results]
         attrs = {}
-        for key, a in spec.attrs.items():
-            ir = a.ir or key
-            if ir in values:
-                attrs[key] = self.attr(a.kind, values[ir], f"attribute '{key}' of '{name}'")
-            elif a.required:
-                raise CimcError(f"cannot emit the image: '{op.name}' lacks '{ir}' (the module is not fully lowered)")
+        for key, ir, kind, required in _attribute_plan(name):
+            value = values.get(ir, _ABSENT)
+            if value is _ABSENT:
+                if required:
+                    raise CimcError(f"cannot emit the image: '{op.name}' lacks '{ir}' (the module is not fully lowered)")
+            elif kind == "int" and type(value) is int or kind == "str" and type(value) is str:  # the common cases, inline
+                attrs[key] = value
+            elif kind == "tensor" and type(value) is Tensor:
+                attrs[key] = self.tensor(value)
+            else:
+                attrs[key] = self.attr(kind, value, key, name)  # type: ignore[arg-type]
         if attrs:
             out["attrs"] = attrs
-        if _STAGE in values:
-            out["stage"] = int(values[_STAGE])  # type: ignore[arg-type]
+        stage = values.get(_STAGE, _ABSENT)
+        if stage is not _ABSENT:
+            out["stage"] = int(stage)  # type: ignore[arg-type]
         if op.location is not None:
             out["loc"] = op.location
         if spec.body:
             block = op.regions[0].block
-            out["body"] = {"args": [{"name": self.name(a), "type": str(a.type)} for a in block.args],
+            out["body"] = {"args": [{"name": self.name(a), "type": self.type_text(a)} for a in block.args],
                            "ops": [self.op(o) for o in block.ops]}
         return out
+
+
+@functools.cache
+def _attribute_plan(name: str) -> tuple[tuple[str, str, str, bool], ...]:
+    """(op-set key, Module attribute name, kind, required) of each attribute of op ``name``, in the op set's order."""
+    return tuple((key, a.ir or key, a.kind, a.required) for key, a in OPS[name].attrs.items())
+
+
+@functools.cache
+def _known_attributes(name: str) -> frozenset[str]:
+    return frozenset(ir for _, ir, _, _ in _attribute_plan(name))
+
+
+_DTYPE_NAMES: dict[np.dtype, str] = {}
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    """``dtype_name``, remembered per dtype (the tensors of a program have a handful of types)."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = dtype_name(dtype)
+    return name
 
 
 def _metadata_json(value: AttrValue) -> Any:

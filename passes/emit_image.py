@@ -32,6 +32,9 @@ def _dims(shape: tuple) -> list[int | str | None]:
     return [d if isinstance(d, (int, str)) or d is None else str(d) for d in shape]
 
 
+_BATCH = 16  # tiles whose levels are computed together (a 128 x 32 batch: a 1 MB float64 buffer, in the L2 cache)
+
+
 class _Layout:
     """The devices of every used array, each array's (physical rows, physical cols) levels filled tile by tile and
     ramp by ramp.
@@ -53,6 +56,9 @@ class _Layout:
         self.used = used
         self.arrays: dict[int, np.ndarray] = {}
         self.regions: dict[int, list[dict[str, Any]]] = {}
+        self._spares_touched: set[int] = set()  # arrays where something may have been laid out on a spare line
+        self._scratch: dict[tuple[int, int], np.ndarray] = {}  # (rows, width) -> a float64 buffer of _BATCH tiles
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (G+, G-, devices) of queued tiles
 
     def array(self, k: int) -> np.ndarray:
         lv = self.arrays.get(k)
@@ -61,46 +67,80 @@ class _Layout:
             lv = self.arrays[k] = np.full((a.physical_rows, a.physical_cols), -1, self.dtype)
         return lv
 
+    def may_touch_spares(self, k: int) -> None:
+        """Array k gets devices laid out off its rows x cols (moved lines, a ramp column off the grid): its spare
+        lines are then checked before the image keeps only its rows x cols."""
+        self._spares_touched.add(k)
+
     def levels(self) -> dict[int, np.ndarray]:
         """Each used array's levels, in index order: its rows x cols when its spare lines hold nothing (a plain
         compile's image is what it was before spares existed), its physical size when a spare line is used
-        (docs/image-format.md)."""
+        (docs/image-format.md). Only the arrays where something may have reached a spare line are scanned: an
+        in-order tile and a ramp inside the grid are checked to fit before they are laid out."""
+        self.flush()
         a = self.hw.array
         out = {}
         for k in self.used:
             lv = self.array(k)
-            spares_idle = (lv[a.rows:] == -1).all() and (lv[:a.rows, a.cols:] == -1).all()
+            spares_idle = k not in self._spares_touched or \
+                ((lv[a.rows:] == -1).all() and (lv[:a.rows, a.cols:] == -1).all())
             out[k] = lv[:a.rows, :a.cols] if spares_idle else lv
         return out
 
     def pair_levels(self, g_pos: np.ndarray, g_neg: np.ndarray, out: np.ndarray) -> None:
         """The programmed levels of a tile's device pairs into ``out`` (rows, 2 x width): G+ of weight column j on
-        column 2j, G- on 2j + 1; -1 for a device left unformed (target 0 uS, below G_min).
+        column 2j, G- on 2j + 1; -1 for a device left unformed (target 0 uS, below G_min)."""
+        self._compute([(g_pos, g_neg, out)])
 
-        In float64 whatever the type of the targets (cim_kernels forms them in float64), both devices of a pair in
-        one pass (the per-call overhead of numpy is most of the cost of a 128 x 32 tile), written in place.
+    def program(self, k: int, rows: slice, cols: slice, g_pos: np.ndarray, g_neg: np.ndarray, what: str) -> None:
+        """Program a tile's device pairs on a free region of array k (checked unused, then claimed at once, so that
+        a clash with it is found); the levels are computed with the next tiles of its shape (:meth:`flush`)."""
+        out = self.free(k, rows, cols, what)
+        out[...] = 0  # claimed: not -1 any more
+        if self._pending and (len(self._pending) == _BATCH or self._pending[0][0].shape != g_pos.shape):
+            self.flush()
+        self._pending.append((g_pos, g_neg, out))
+
+    def flush(self) -> None:
+        """Write the levels of every tile still queued by :meth:`program`."""
+        if self._pending:
+            self._compute(self._pending)
+            self._pending = []
+
+    def _compute(self, tiles: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        """Levels of tiles of one shape, together: clip(rint((G - G_min) / delta_g), 0, levels - 1), -1 below
+        G_min / 2, in float64 whatever the type of the targets (cim_kernels forms them in float64).
+
+        Each step runs once over a batch of tiles, in place in one float64 buffer that interleaves G+ and G- as the
+        array does: numpy's per-call overhead is most of the cost of one 128 x 32 tile.
         """
+        rows, width = tiles[0][0].shape
+        x = self._scratch.get((rows, width))
+        if x is None:
+            x = self._scratch[(rows, width)] = np.empty((_BATCH, rows, width, 2))
+        x = x[:len(tiles)]
+        for i, (g_pos, g_neg, _) in enumerate(tiles):
+            x[i, :, :, 0], x[i, :, :, 1] = g_pos, g_neg  # exact: a float32 target is a float64 value
         d = self.hw.device
-        rows, width = g_pos.shape
-        x = np.empty((rows, width, 2))
-        x[:, :, 0], x[:, :, 1] = g_pos, g_neg
-        unformed = x < d.g_min_us / 2
+        unformed = np.less(x, d.g_min_us / 2)
         np.subtract(x, d.g_min_us, out=x)
         np.divide(x, self.delta_g, out=x)
         np.rint(x, out=x)
         np.maximum(x, 0, out=x)
         np.minimum(x, d.levels - 1, out=x)
         np.copyto(x, -1, where=unformed)
-        out[:, 0::2], out[:, 1::2] = x[:, :, 0], x[:, :, 1]
+        for i, (_, _, out) in enumerate(tiles):
+            out[...] = x[i].reshape(rows, 2 * width)
 
     def devices_used(self) -> list[int]:
         """Formed devices of each used array, in index order."""
+        self.flush()
         return [int(np.count_nonzero(self.array(k) >= 0)) for k in self.used]
 
     def free(self, k: int, rows: slice, cols: slice | int, what: str) -> np.ndarray:
         """The devices of a new region (a view), checked unused."""
         lv = self.array(k)[rows, cols]
-        if (lv != -1).any():
+        if np.bitwise_and.reduce(lv, axis=None) != -1:  # -1 has every bit set, any other level a bit clear
             raise CimcError(f"internal placement clash in array {k} while laying out {what}")
         return lv
 
@@ -143,18 +183,22 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
     tile_id = 0
     for op in module.walk():
         if op.name == "cim.tile_mvm":
-            if "array" not in op.attributes or "g_pos" not in op.attributes:
+            at = op.attributes
+            if "array" not in at or "g_pos" not in at:
                 raise CimcError("the module is not placed: an image needs the full pipeline (place, fuse-activation, schedule)")
-            k, r, c = (int(op.attributes[n]) for n in ("array", "array_row", "array_col"))  # type: ignore[arg-type]
-            g_pos, g_neg = (op.attributes[n].array for n in ("g_pos", "g_neg"))  # type: ignore[union-attr]
+            k, r, c = int(at["array"]), int(at["array_row"]), int(at["array_col"])  # type: ignore[arg-type]
+            g_pos, g_neg = at["g_pos"].array, at["g_neg"].array  # type: ignore[union-attr]
             rows, width = g_pos.shape
-            pairs, moved_rows = op.attributes.get("column_pairs"), op.attributes.get("word_lines")
+            pairs, moved_rows = at.get("column_pairs"), at.get("word_lines")
             in_order = pairs is None and moved_rows is None  # else map-defects moved lines, maybe onto spares
-            if (r + rows > a.rows or c + 2 * width > a.cols) and in_order or \
+            # An in-order tile fits its array's grid (then its lines are inside the physical array too); moved lines
+            # must be distinct lines of the physical array.
+            if (r + rows > a.rows or c + 2 * width > a.cols) if in_order else \
                     check_tile_lines(op.attributes, rows, width, (a.physical_rows, a.physical_cols)):
                 raise CimcError(f"a tile of block '{op.attributes.get('block')}' at array {k}, row {r}, bit line {c} does not fit "
                                 f"a {a.rows} x {a.cols} array: the image's hardware differs from the one compiled for")
             if not in_order:  # row i on word line word_lines[i], weight column j on bit-line pair column_pairs[j]
+                layout.may_touch_spares(k)
                 _, lines, pos, neg = tile_devices(op)
                 bit_lines = np.empty(2 * width, np.int64)
                 bit_lines[0::2], bit_lines[1::2] = pos, neg
@@ -166,6 +210,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             region = programmed.get(where)
             if region is not None:
                 # Shared weights: the devices are programmed once and read by every tile placed on them.
+                layout.flush()
                 held = layout.array(k)[r:r + rows, c:c + 2 * width] if in_order else layout.array(k)[np.ix_(lines, bit_lines)]
                 if not np.array_equal(held, layout.natural_levels(g_pos, g_neg)):
                     raise CimcError(f"internal error: tiles sharing array {k}, bit line {c} hold different conductances")
@@ -176,8 +221,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
                 key = region["tile"] if not reference or np.array_equal(weights[region["tile"]], exact) else tile_id
             else:
                 if in_order:  # written in place: G+ on the even bit lines of the tile, G- on the odd
-                    layout.pair_levels(g_pos, g_neg, layout.free(k, slice(r, r + rows), slice(c, c + 2 * width),
-                                                                 f"tile {tile_id}"))
+                    layout.program(k, slice(r, r + rows), slice(c, c + 2 * width), g_pos, g_neg, f"tile {tile_id}")
                 else:
                     layout.occupy(k, lines, bit_lines, layout.natural_levels(g_pos, g_neg), f"tile {tile_id}")
                 r0, r1 = op.attributes["rows"]  # type: ignore[misc]
@@ -207,6 +251,8 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             k, c, column_lv = ramp.pop("array_index"), ramp["bit_line"], ramp.pop("column_levels")
             if column_lv.size > a.physical_rows or not 0 <= c < a.physical_cols:
                 raise CimcError(f"the ramp at array {k}, bit line {c} needs {column_lv.size} rows; the array has {a.rows}")
+            if column_lv.size > a.rows or c >= a.cols:
+                layout.may_touch_spares(k)
             layout.free(k, slice(0, column_lv.size), c, f"ramp {len(ramps)}")[...] = column_lv
             ramps.append({"array": k, **ramp})
             layout.regions.setdefault(k, []).append({"kind": "ramp", "ramp": len(ramps) - 1,
@@ -216,7 +262,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
     hardware = hw.to_dict()
     if hw.array.limit is None:  # a chip sized to the model: record the count actually used
         hardware["array"]["count"] = max(1, 1 + max(layout.used, default=-1))  # a chip has at least one array
-    used, levels = layout.devices_used(), layout.levels()
+    used, levels, level_type = layout.devices_used(), layout.levels(), layout.dtype.name
     manifest = {
         "format": FORMAT, "version": VERSION, "op_set": OP_SET, "provenance": provenance, "hardware": hardware,
         "model": {
@@ -226,7 +272,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
             "outputs": [{"name": n, "dtype": v.type.dtype, "shape": _dims(v.type.shape)}
                         for n, v in zip(output_names(module), module.outputs)],
         },
-        "arrays": [{"index": k, "rows": levels[k].shape[0], "cols": levels[k].shape[1], "level_dtype": layout.dtype.name,
+        "arrays": [{"index": k, "rows": levels[k].shape[0], "cols": levels[k].shape[1], "level_dtype": level_type,
                     "regions": layout.regions.get(k, []), "devices_used": int(used[i])}
                    for i, k in enumerate(layout.used)],
         "ramps": ramps,

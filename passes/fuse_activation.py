@@ -66,6 +66,7 @@ from cimc.kernels.activations import Activation
 from cimc.pass_manager import ModulePass, from_hardware, register_pass
 from cimc.passes.tile import ActivationKeys, slice_range
 from cimc.ramp import Ramp, Transfer, format_number, informative_range, prepare_ideal_levels, synthesize_with_gain
+from cimc.report import LISTED_ARRAYS
 from cimc.types import TensorType
 
 
@@ -616,11 +617,22 @@ def fusion_summary(module: Module) -> str:
         worst = max(ramps, key=lambda r: float(r.attributes["inl_lsb"]))  # type: ignore[arg-type]
         lines.append(f"ramp columns: {len(ramps)}; worst |INL| {float(worst.attributes['inl_lsb']):.3f} LSB "  # type: ignore[arg-type]
                      f"({worst.attributes['function']} {worst.attributes['bits']}-bit ramp in array {worst.attributes['array']})")
+        # kind (function, bits, gain, rows) -> (uS per unit of z, worst |INL|) of each ramp of that kind
+        kinds: dict[str, list[tuple[float, float]]] = defaultdict(list)
         for r in sorted(ramps, key=lambda r: (r.attributes["array"], r.attributes["array_col"])):  # type: ignore[arg-type, return-value]
             a = r.attributes
-            lines.append(f"  array {a['array']} bit line {a['array_col']}: {activation_key(r)} {a['bits']}-bit, gain "
-                         f"{format_number(float(a.get('gain', 1.0)))} ({float(a.get('gain', 1.0)) * float(a['g_per_z']):.3g} uS "  # type: ignore[arg-type]
-                         f"per unit of z), {a['rows']} rows, worst |INL| {float(a['inl_lsb']):.3f} LSB")  # type: ignore[arg-type]
+            gain = float(a.get("gain", 1.0))  # type: ignore[arg-type]
+            kind = f"{activation_key(r)} {a['bits']}-bit, gain {format_number(gain)}"
+            slope, inl = gain * float(a["g_per_z"]), float(a["inl_lsb"])  # type: ignore[arg-type]
+            kinds[f"{kind}, {a['rows']} rows"].append((slope, inl))
+            if len(ramps) <= LISTED_ARRAYS:
+                lines.append(f"  array {a['array']} bit line {a['array_col']}: {kind} ({slope:.3g} uS per unit of z), "
+                             f"{a['rows']} rows, worst |INL| {inl:.3f} LSB")
+        if len(ramps) > LISTED_ARRAYS:  # a large model: one line per kind of ramp (cimc dump IMAGE lists each)
+            for kind, each in sorted(kinds.items(), key=lambda item: (-len(item[1]), item[0])):
+                lo, hi = min(s for s, _ in each), max(s for s, _ in each)
+                slope = f"{lo:.3g}" if f"{lo:.3g}" == f"{hi:.3g}" else f"{lo:.3g}..{hi:.3g}"
+                lines.append(f"  {len(each)} x {kind}, {slope} uS per unit of z, worst |INL| {max(i for _, i in each):.3f} LSB")
         if "fuse.auto_bits" in module.attributes:
             lines.append(f"NL-ADC bits per activation ({module.attributes['fuse.auto_bits']}):")
             bits: dict[str, set[int]] = defaultdict(set)

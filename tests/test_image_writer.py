@@ -1,0 +1,276 @@
+"""Writing an image: the chunked, threaded blob writer gives the serial path's bytes, and a failure in any of its
+threads is the serial path's error (exit 2 for an I/O error), with no output and no thread left behind; the device
+levels of emit-image against their closed form; the compile summary of a large mapping, folded."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import cimc
+import cimc.image
+from cimc import cli
+from cimc.compiler import compile_to_ir
+from cimc.diagnostics import CimcError
+from cimc.hardware import hardware_from_dict, load_hardware
+from cimc.image import image_summary, format_summary, load_image
+from cimc.passes.emit_image import _Layout
+from cimc.passes.fuse_activation import fusion_summary
+from cimc.report import LISTED_ARRAYS, index_ranges, mapping_summary
+from range_models import recurrent_model
+
+ROOT = Path(__file__).parents[1]
+KWS = ROOT / "examples" / "kws" / "kws_lstm.onnx"
+CALIB = ROOT / "examples" / "kws" / "calib.npz"
+
+
+@pytest.fixture(scope="module")
+def kws() -> cimc.CompiledModel:
+    return cimc.compile(KWS, calib=CALIB)
+
+
+def test_chunks_hold_the_tensors_back_to_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closed form: the chunks, joined, are each tensor's little-endian C-order bytes in turn, whatever the tensor's
+    layout (a strided view, big-endian, empty, larger than a chunk), and no chunk is larger than _CHUNK_BYTES."""
+    monkeypatch.setattr(cimc.image, "_CHUNK_BYTES", 64)
+    rng = np.random.default_rng(0)
+    members = [rng.random((3, 5), dtype=np.float32), rng.random((9, 9), dtype=np.float32)[::2, 1:7],
+               np.zeros((0, 4), np.float32), rng.random(50).astype(">f4"), rng.random((2, 3), dtype=np.float32),
+               rng.random((4, 11), dtype=np.float32)[:, ::3]]
+    expected = b"".join(np.ascontiguousarray(a, "<f4").tobytes() for a in members)
+    chunks = [bytes(c) for c in cimc.image._chunks(members, np.dtype("<f4"))]  # copied at once: buffers alternate
+    assert b"".join(chunks) == expected
+    assert all(0 < len(c) <= 64 for c in chunks) and len(chunks) == -(-len(expected) // 64)
+
+
+@pytest.mark.parametrize("chunk", [4096, 4 << 20])
+def test_threaded_save_writes_the_serial_bytes(kws: cimc.CompiledModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               chunk: int) -> None:
+    """Hashing in one thread while another writes, chunk by chunk, changes no byte: the image is the serial path's
+    (and to_bytes()'), every CRC-32 and checksum holds, and small chunks (hundreds per blob) change nothing either."""
+    serial = kws.image.to_bytes()
+    monkeypatch.setattr(cimc.image, "_CHUNK_BYTES", chunk)
+    kws.image.save(tmp_path / "threads.cimg")
+    kws.image.save(tmp_path / "serial.cimg", threads=False)
+    assert (tmp_path / "threads.cimg").read_bytes() == serial == (tmp_path / "serial.cimg").read_bytes()
+    with zipfile.ZipFile(tmp_path / "threads.cimg") as zf:
+        assert zf.testzip() is None
+        for name in ("manifest.json", "program.json"):  # canonical JSON: what json.dumps gives of what it holds
+            text = zf.read(name).decode()
+            assert text == _dumps(json.loads(text))
+    loaded = load_image(tmp_path / "threads.cimg")  # checks every SHA-256
+    assert all(np.array_equal(loaded.arrays[k], kws.image.arrays[k]) for k in kws.image.arrays)
+
+
+def _failing_after(calls: int, error: BaseException):  # noqa: ANN202
+    """A zip entry writer's write that fails on its ``calls``-th call (in whichever thread makes it)."""
+    original = zipfile._ZipWriteFile.write  # type: ignore[attr-defined]
+    count = [0]
+    lock = threading.Lock()
+
+    def write(self, data):  # noqa: ANN001, ANN202
+        with lock:
+            count[0] += 1
+            fail = count[0] == calls
+        if fail:
+            raise error
+        return original(self, data)
+
+    return write
+
+
+@pytest.mark.parametrize("threads", [True, False])
+def test_a_failed_write_is_a_clean_error(kws: cimc.CompiledModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         threads: bool) -> None:
+    """A disk that fills up while a chunk is written (in a worker thread, or in the serial path) is one clear error;
+    the output is not created, the temporary file is gone and no writer thread is left running."""
+    monkeypatch.setattr(cimc.image, "_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(zipfile._ZipWriteFile, "write",  # type: ignore[attr-defined]
+                        _failing_after(5, OSError(errno.ENOSPC, "No space left on device")))
+    before = threading.active_count()
+    with pytest.raises(CimcError, match=r"cannot write .*out\.cimg: No space left on device"):
+        kws.image.save(tmp_path / "out.cimg", threads=threads)
+    assert list(tmp_path.iterdir()) == []
+    assert threading.active_count() == before
+
+
+class _FailingDigest:
+    """A SHA-256 whose update fails on a large buffer: a failure inside the hashing thread."""
+
+    def __init__(self, data: bytes = b"") -> None:
+        self._digest = hashlib.sha256(data)
+
+    def update(self, data: bytes) -> None:
+        if memoryview(data).nbytes > 1000:
+            raise MemoryError("no memory to hash")
+        self._digest.update(data)
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
+def test_a_failure_in_the_hashing_thread_is_the_serial_error(kws: cimc.CompiledModel, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    class FakeHashlib:
+        sha256 = _FailingDigest
+
+    monkeypatch.setattr(cimc.image, "hashlib", FakeHashlib)
+    before = threading.active_count()
+    for threads in (True, False):
+        with pytest.raises(MemoryError, match="no memory to hash"):
+            kws.image.save(tmp_path / "out.cimg", threads=threads)
+        assert list(tmp_path.iterdir()) == []
+    assert threading.active_count() == before
+
+
+def test_compile_exits_2_when_the_image_cannot_be_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(zipfile._ZipWriteFile, "write",  # type: ignore[attr-defined]
+                        _failing_after(2, OSError(errno.ENOSPC, "No space left on device")))
+    out = tmp_path / "kws.cimg"
+    assert cli.main(["compile", str(KWS), "--calib", str(CALIB), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"cannot write {out}: No space left on device")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_device_levels_are_computed_in_float64() -> None:
+    """Closed form: level = -1 below G_min / 2, else clip(rint((G - G_min) / delta_g), 0, levels - 1), with G the
+    float32 target taken exactly in float64. G_min = 0.3 uS makes G_min / 2 and the level boundaries fall between
+    float32 values, so a float32 evaluation would give other levels to the targets next to them."""
+    data = load_hardware().to_dict()
+    data["device"]["g_min_us"] = 0.3
+    hw = hardware_from_dict(data, "test")
+    d = hw.device
+    delta = (d.g_max_us - d.g_min_us) / (d.levels - 1)
+    edges = [d.g_min_us / 2] + [d.g_min_us + (k + 0.5) * delta for k in range(d.levels - 1)]
+    near = [np.nextafter(np.float32(e), np.float32(s)) for e in edges for s in (-np.inf, np.inf)] + \
+        [np.float32(e) for e in edges] + [np.float32(0), np.float32(d.g_max_us), np.float32(2 * d.g_max_us)]
+    g = np.array(near, np.float32)
+    g = np.resize(g, (len(g) // 2 + 1, 2))
+    exact = g.astype(np.float64)
+    expected = np.where(exact < d.g_min_us / 2, -1, np.clip(np.rint((exact - d.g_min_us) / delta), 0, d.levels - 1))
+    layout = _Layout(hw, [0])
+    out = np.full((g.shape[0], 2 * g.shape[1]), 99, np.int8)
+    layout.pair_levels(g, g[:, ::-1].copy(), out)
+    assert np.array_equal(out[:, 0::2], expected) and np.array_equal(out[:, 1::2], expected[:, ::-1])
+
+
+def test_index_ranges() -> None:
+    assert index_ranges([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
+    assert index_ranges([3]) == "3"
+    assert index_ranges(list(range(0, 20, 2)), shown=2) == "0, 2, ... (8 more runs)"
+
+
+def test_a_small_mapping_lists_every_array(kws: cimc.CompiledModel) -> None:
+    module = compile_to_ir(KWS, load_hardware())
+    text = mapping_summary(module, load_hardware())
+    arrays = sorted({int(op.attributes["array"]) for op in module.walk() if op.name == "cim.tile_mvm"})
+    assert len(arrays) <= LISTED_ARRAYS
+    assert [line.split(":")[0].strip() for line in text.splitlines() if line.startswith("  array ")] == \
+        [f"array {k}" for k in arrays]
+
+
+@pytest.mark.filterwarnings("ignore::cimc.api.RangeAssumptionWarning")  # the default analytic input range; no calibration
+def test_a_large_mapping_is_folded(tmp_path: Path) -> None:
+    """More than LISTED_ARRAYS arrays: counts by fill that add up to the arrays holding weights, each node with the
+    arrays its tiles occupy, ramps by kind adding up to every ramp, and `cimc dump` named for the list it prints."""
+    path = tmp_path / "lstm.onnx"
+    onnx.save(recurrent_model("LSTM", 64, 256, seed=0, scale=1 / 16), path)
+    hw = load_hardware()
+    module = compile_to_ir(path, hw)
+    tiles = [op for op in module.walk() if op.name == "cim.tile_mvm"]
+    arrays = {int(op.attributes["array"]) for op in tiles}
+    assert len(arrays) > LISTED_ARRAYS
+    text = mapping_summary(module, hw, "lstm.cimg")
+    lines = text.splitlines()
+    assert len(lines) < 20 and not any(line.startswith("  array ") for line in lines)
+    fills = [int(line.split()[0]) for line in lines if line.startswith("  ") and " arrays: " in line]
+    assert sum(fills) == len(arrays)
+    for node in {str(op.location) for op in tiles}:
+        mine = {int(op.attributes["array"]) for op in tiles if str(op.location) == node}
+        assert any(line.startswith(f"  {node}: ") and f"on {len(mine)} arrays ({index_ranges(sorted(mine))})" in line
+                   for line in lines), node
+    assert "`cimc dump lstm.cimg` lists each array and its regions" in text
+    ramps = [op for op in module.walk() if op.name == "cim.ramp"]
+    fused = fusion_summary(module).splitlines()
+    kinds = [line for line in fused if line.startswith("  ") and " x " in line and "uS per unit of z" in line]
+    assert len(ramps) > LISTED_ARRAYS and sum(int(line.split()[0]) for line in kinds) == len(ramps)
+    assert len(fused) < 20
+    # what the hint promises: the dump of the image lists every array
+    image = cimc.compile(path).image
+    dump = format_summary(image_summary(image))
+    assert {int(line.split()[1].rstrip(":")) for line in dump.splitlines() if line.startswith("  array ")} == \
+        set(image.arrays)
+
+
+@pytest.mark.parametrize("onto", ["tile", "ramp"])
+def test_overlapping_regions_are_a_placement_clash(onto: str) -> None:
+    """A tile laid over devices another tile or a ramp already holds is refused, also while the first tile's levels
+    are still queued to be computed with the next tiles of its shape."""
+    from cimc.compiler import build_image
+
+    hw = load_hardware()
+    module = compile_to_ir(KWS, hw, cimc.compiler.CompileOptions(calib=str(CALIB)))
+    tiles = [op for op in module.walk() if op.name == "cim.tile_mvm"]
+    first, second = tiles[0], tiles[1]
+    if onto == "tile":  # one word line below the first tile, on its bit lines (clear of its array's ramp column)
+        target = {"array": first.attributes["array"], "array_row": int(first.attributes["array_row"]) + 1,  # type: ignore[arg-type]
+                  "array_col": first.attributes["array_col"]}
+    else:  # over the ramp column of the first tile's array
+        ramp = next(op for op in module.walk() if op.name == "cim.ramp")
+        width = int(second.attributes["cols"][1]) - int(second.attributes["cols"][0])  # type: ignore[index]
+        target = {"array": ramp.attributes["array"], "array_row": 0,
+                  "array_col": int(ramp.attributes["array_col"]) - 2 * width + 2}  # type: ignore[arg-type]
+    second.attributes.update(target)
+    with pytest.raises(CimcError, match="internal placement clash in array"):
+        build_image(module, hw)
+
+
+def test_a_failed_sync_is_a_clean_error(kws: cimc.CompiledModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fsync started in the writer pool while the JSON is encoded fails like the final one would."""
+    def fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(cimc.image.os, "fsync", fsync)
+    before = threading.active_count()
+    with pytest.raises(CimcError, match=r"cannot write .*out\.cimg: Input/output error"):
+        kws.image.save(tmp_path / "out.cimg")
+    assert list(tmp_path.iterdir()) == [] and threading.active_count() == before
+
+
+def _dumps(document: object) -> str:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def test_json_in_pieces_is_the_json(kws: cimc.CompiledModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The JSON encoded piece by piece (between the blobs' chunks) is, joined, exactly json.dumps of the document: a
+    real program and manifest, and loops in loops, loops first and last, runs of ops longer than a piece, an empty
+    body, unicode, tuples, non-string keys; a NaN is refused either way."""
+    monkeypatch.setattr(cimc.image, "_PIECE_OPS", 2)
+
+    def joined(document: object) -> str:
+        return "".join(cimc.image._json_pieces(document))
+
+    def loop(ops: list[object]) -> dict[str, object]:
+        return {"op": "loop", "attrs": {"stages": 3}, "body": {"args": [{"name": "i", "type": "i64[]"}], "ops": ops}}
+
+    read = {"op": "read", "attrs": {"array": 1, "z": 0.1, "name": "Zähler"}, "operands": ["a", None], "stage": (1, 2)}
+    documents = [
+        kws.image.program_data.document, kws.image.manifest,
+        {"format": "x", "ops": [loop([read, loop([read] * 5), read]), read, read, read, loop([])], "metadata": {}},
+        {"ops": [], "name": "é"}, {"ops": [read] * 7}, {1: "int key", 2: [read]}, {"ops": (read, read)}, {},
+        [read, loop([read])],
+    ]
+    for document in documents:
+        assert joined(document) == _dumps(document)
+    with pytest.raises(ValueError):
+        joined({"ops": [read, {"op": "const", "attrs": {"value": float("nan")}}]})
