@@ -162,7 +162,11 @@ def _direction(transfer: Transfer) -> int:
             f"the NL-ADC can only realise a monotonic function; restrict the range or use a "
             f"linear ADC and a digital activation"
         )
-    return 1 if rises.any() else -1
+    if rises.any() or falls.any():
+        return 1 if rises.any() else -1
+    # Not constant, yet no single step beyond the noise (a flat tail, e.g. Sigmoid on [30, 40]): the steps still
+    # add up to the net change, which says the direction.
+    return 1 if y[-1] > y[0] else -1
 
 
 def _rises_clearly(transfer: Transfer, y_lo: float, y_hi: float) -> bool:

@@ -253,7 +253,8 @@ def test_parameter_free_activations_fall_only_by_float_noise(name):
 def test_end_point_direction_is_the_dense_grid_answer(name, clip, z_lo, z_hi):
     """Transfer.direction of a non-decreasing function (decided from the ends where that is safe) against the rule on
     the 20,001-point grid, written out here: constant (refused) where max - min is within 64 ulps of max |f|, else
-    +1 if a step rises by more than that, else -1."""
+    +1 (these functions never fall by more than float noise; where no single step rises beyond it, as in a flat
+    tail, the net change f(z_hi) - f(z_lo) > 0 still says they rise)."""
     transfer = Transfer(Activation.create(name), clip, z_lo, z_hi)
     y = transfer(np.linspace(z_lo, z_hi, 20_001))
     noise = 64.0 * np.finfo(np.float64).eps * float(np.max(np.abs(y)))
@@ -262,7 +263,20 @@ def test_end_point_direction_is_the_dense_grid_answer(name, clip, z_lo, z_hi):
         with pytest.raises(CimcError, match="is constant"):
             transfer.direction()
     else:
-        assert transfer.direction() == (1 if (np.diff(y) > noise).any() else -1)
+        assert transfer.direction() == 1
+
+
+@pytest.mark.parametrize(("name", "z_lo", "z_hi"), [("Sigmoid", 30.0, 40.0), ("Tanh", 15.0, 25.0)])
+def test_flat_tail_keeps_the_direction_of_its_net_change(name, z_lo, z_hi):
+    """No grid step of these tails rises beyond the noise, but the function is not constant there: it still rises.
+    (The grid rule once answered -1 for them.)"""
+    transfer = Transfer(Activation.create(name), None, z_lo, z_hi)
+    y = transfer(np.linspace(z_lo, z_hi, 20_001))
+    noise = 64.0 * np.finfo(np.float64).eps * float(np.max(np.abs(y)))
+    assert y.max() - y.min() > noise and not (np.abs(np.diff(y)) > noise).any()  # the case this test is about
+    assert transfer.direction() == 1
+    flipped = Transfer(Activation.create("Affine", -1.0, 0.0), None, z_lo, z_hi)
+    assert flipped.direction() == -1
 
 
 def test_decreasing_function_has_increasing_thresholds():
