@@ -9,7 +9,10 @@ location), and in total:
 
 - ``dac_clipped`` of ``dac_inputs``: row inputs with |x| > the MVM's input
   scale. Counted once per array read; tiles that share their inputs and rows
-  are read together, under the first tile's block.
+  are read together, under the first tile's block. Identity columns are the
+  exception: their full scale is their activation's informative range (the
+  code no longer changes beyond it), so a value clipped there reads the right
+  code and is not counted; the NL-ADC counters below judge those columns.
 - ``adc_rail`` of ``adc_codes``: linear-ADC codes at 0 or at the top code.
   A value at the very edge of its range also lands there, so ``adc_clipped``
   counts those whose column value lies beyond the range by more than half a
@@ -32,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from cimc.cim_kernels import apply_activation
+from cimc.dialects.cim import is_identity_tile
 from cimc.ir import Operation
 
 
@@ -84,7 +88,7 @@ class SaturationCounts:
     def dac(self, tile: Operation, x: np.ndarray, scale: float) -> None:
         layer = self._layer(tile)
         layer.dac_inputs += x.size
-        if x.size and (x.max() > scale or x.min() < -scale):
+        if x.size and not is_identity_tile(tile) and (x.max() > scale or x.min() < -scale):
             layer.dac_clipped += int(np.count_nonzero(x > scale)) + int(np.count_nonzero(x < -scale))
 
     def adc(self, tile: Operation, z: np.ndarray, code: np.ndarray, steps: int, lo: np.ndarray, hi: np.ndarray) -> None:

@@ -59,7 +59,7 @@ import numpy as np
 from cimc.attributes import Tensor
 from cimc.builder import Builder
 from cimc.diagnostics import CimcError
-from cimc.dialects.cim import activation_key
+from cimc.dialects.cim import IDENTITY_SUFFIX, activation_key, is_identity_tile
 from cimc.hardware import Hardware
 from cimc.ir import Module, Operation, Value
 from cimc.kernels.activations import Activation
@@ -460,7 +460,7 @@ class FuseActivation(ModulePass):
                 arrays[target].functions.add(key)
             if group is not None:
                 identities[group] = placements
-        block = f"{act.location or 'activation'}.identity"
+        block = f"{act.location or 'activation'}{IDENTITY_SUFFIX}"
         b = Builder(act.parent, act, act.location)  # type: ignore[arg-type]
         pieces: list[Piece] = []
         for c0, c1, array, col in placements:
@@ -642,7 +642,7 @@ def fusion_summary(module: Module) -> str:
             lines += [f"  {where}: {'/'.join(str(b) for b in sorted(v))} bits" for where, v in sorted(bits.items())]
     else:
         lines.append("ramp columns: 0")
-    identity = sum(1 for op in module.walk() if op.name == "cim.tile_mvm" and str(op.attributes.get("block", "")).endswith(".identity"))
+    identity = sum(1 for op in module.walk() if is_identity_tile(op))
     if identity:
         lines.append(f"identity columns: {identity}")
     return "\n".join(lines) + "\n"

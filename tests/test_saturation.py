@@ -149,3 +149,16 @@ def test_rail_codes_at_the_range_edge_are_not_clipped() -> None:
     counts.dac(tile, np.array([[0.5, -1.0, 1.5, -2.0]]), 1.0)
     assert (layer.dac_inputs, layer.dac_clipped) == (4, 2)
     assert counts.total().clipped == 4
+
+
+def test_identity_columns_clip_where_the_code_no_longer_changes() -> None:
+    """An identity tile's DAC full scale is its activation's informative range (fuse-activation sets it there): an
+    input beyond it reads the end code the ramp gives anyway, so it counts as a DAC input, not as clipped; the same
+    inputs into a weight tile clip. Whether the code is right is the NL-ADC counters' call (nl_adc_beyond/clipped)."""
+    weights = Operation("cim.tile_mvm", attributes={"block": "gates"})
+    identity = Operation("cim.tile_mvm", attributes={"block": "cell.identity"})
+    counts = SaturationCounts()
+    x = np.array([[0.5, -3.0, 2.7, -27.0]])
+    counts.dac(weights, x, 2.6)
+    counts.dac(identity, x, 2.6)
+    assert [(layer.dac_inputs, layer.dac_clipped) for layer in counts.layers.values()] == [(4, 3), (4, 0)]

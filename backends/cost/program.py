@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cimc.diagnostics import CimcError
+from cimc.dialects.cim import is_identity_tile
 from cimc.image import Image, tile_devices
 from cimc.ir import Block as IrBlock
 from cimc.ir import Operation, Value
@@ -161,10 +162,6 @@ def _first_tile(value: Value) -> Operation:
     return op
 
 
-def _is_identity(tile: Operation) -> bool:
-    return str(tile.attributes.get("block", "")).endswith(".identity")
-
-
 def _constant(value: Value | None) -> np.ndarray | None:
     op = getattr(value, "op", None)
     if op is None or op.name != "builtin.constant":
@@ -243,7 +240,7 @@ class _Reader:
             bias = int(op.attributes.get("bias_rows", 0))  # type: ignore[arg-type]
             _, lines, pos, neg = tile_devices(op)  # the lines map-defects moved rows and columns onto, if it did
             g = self.conductance(k, lines, np.concatenate([pos, neg]))
-            identity = _is_identity(op)
+            identity = is_identity_tile(op)
             return Read(layer, k, word_lines, columns, g, 0 if identity else (word_lines - bias) * columns, identity,
                         _vectors(op.results[0], self.seq_len, self.batch), tuple(self.name(v) for v in op.operands))
         if name in ("cim.nl_adc", "cim.adc"):
@@ -260,7 +257,7 @@ class _Reader:
                     ramp = self._ramp_id[key]
             function = str(op.attributes["function"]) if name == "cim.nl_adc" else None
             return Conversion(layer, int(tile.attributes["array"]), columns, int(op.attributes["bits"]),  # type: ignore[arg-type]
-                              name == "cim.nl_adc", function, ramp, _is_identity(tile), vectors)
+                              name == "cim.nl_adc", function, ramp, is_identity_tile(tile), vectors)
         if name == "cim.activation":
             return Digital(layer, _elements(op.results[0], self.seq_len, self.batch), True, str(op.attributes.get("function")))
         if name.startswith("onnx."):

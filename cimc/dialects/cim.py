@@ -365,3 +365,13 @@ NL_ADC = define(
     attributes=attrs(**_FUNCTION_ATTRS, cols="ints!"),
     verify=_verify_nl_adc,
 )
+
+
+IDENTITY_SUFFIX = ".identity"
+
+
+def is_identity_tile(op: Operation) -> bool:
+    """Whether ``op`` is a tile of identity columns (fuse-activation routes a digital value through them into an
+    NL-ADC; their block is the activation's location + ``IDENTITY_SUFFIX``). Its DAC full scale is the activation's
+    informative range (``cimc.ramp.informative_range``), beyond which the code does not change."""
+    return op.name == "cim.tile_mvm" and str(op.attributes.get("block", "")).endswith(IDENTITY_SUFFIX)
