@@ -123,18 +123,22 @@ def _folded(per_array: dict[int, list[str]], fill: Callable[[int], str], node_ar
     for k in sorted(per_array):
         by_fill[fill(k)].append(k)
     fills = sorted(by_fill.items(), key=lambda item: (-len(item[1]), item[1][0]))
-    lines = [f"  {len(ks)} arrays: {text}" for text, ks in fills[:_FILLS_SHOWN]]
+    lines = [f"  {_count(len(ks), 'array')}: {text}" for text, ks in fills[:_FILLS_SHOWN]]
     if len(fills) > _FILLS_SHOWN:
         rest = sum(len(ks) for _, ks in fills[_FILLS_SHOWN:])
-        lines.append(f"  {rest} arrays in {len(fills) - _FILLS_SHOWN} other fills")
+        lines.append(f"  {_count(rest, 'array')} in {_count(len(fills) - _FILLS_SHOWN, 'other fill')}")
     nodes = sorted(node_arrays.items(), key=lambda item: min(item[1]))
     for node, ks in nodes[:_NODES_SHOWN]:
-        lines.append(f"  {node}: {node_tiles[node]} tiles on {len(ks)} arrays ({index_ranges(sorted(ks))})")
+        lines.append(f"  {node}: {_count(node_tiles[node], 'tile')} on {_count(len(ks), 'array')} ({index_ranges(sorted(ks))})")
     if len(nodes) > _NODES_SHOWN:
         lines.append(f"  ... and {len(nodes) - _NODES_SHOWN} more nodes")
     where = f"cimc dump {image}" if image else "cimc dump IMAGE (compile with -o IMAGE)"
     lines.append(f"  ({len(per_array)} arrays hold weights; `{where}` lists each array and its regions)")
     return lines
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def index_ranges(indices: list[int], shown: int = 4) -> str:
