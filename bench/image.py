@@ -10,11 +10,9 @@ medians of
 
 * ``build_image`` (the emit-image lowering: levels, regions, ramps, reference
   weights, the step program) and ``Image.save`` (the atomic write, fsync
-  included; its blobs hashed in one thread while another writes them), against
-  the write half of bench/compile.py's I/O floor measured in the same rounds:
-  ``np.savez`` of the model's weights into the same folder (no fsync); and
-  ``Image.save(threads=False)``, the same bytes written by one thread, for
-  what the threads gain;
+  included; its blobs streamed in chunks and hashed as they go), against the
+  write half of bench/compile.py's I/O floor measured in the same rounds:
+  ``np.savez`` of the model's weights into the same folder (no fsync);
 * ``load_image``, ``Image.program()`` (the Module the simulator runs) and the
   ideal simulator's plan (``Simulator(image).plan()``: devices realized, every
   tile's conductances and kernels), against reading every zip entry's bytes;
@@ -91,7 +89,7 @@ def main() -> None:
         print(f"2-layer LSTM {args.hidden}->{args.hidden} ({weight_bytes / 2**20:.1f} MB of weights): compiled to the "
               f"scheduled module in {seconds:.1f} s")
 
-        names = ("build", "save", "serial", "floor", "load", "program", "plan", "read")
+        names = ("build", "save", "floor", "load", "program", "plan", "read")
         wall: dict[str, list[float]] = {k: [] for k in names}
         cpu: dict[str, list[float]] = {k: [] for k in names}
 
@@ -104,8 +102,6 @@ def main() -> None:
             image_path.unlink(missing_ok=True)
             (folder / "floor.npz").unlink(missing_ok=True)
             image = measure("build", lambda: build_image(module, hw))
-            (folder / "serial.cimg").unlink(missing_ok=True)
-            measure("serial", lambda: image.save(folder / "serial.cimg", threads=False))  # noqa: B023
             measure("save", lambda: image.save(image_path))  # noqa: B023
             measure("floor", lambda: np.savez(folder / "floor.npz", **weights))
             del image
@@ -119,11 +115,10 @@ def main() -> None:
                          ("cpu", {k: statistics.median(v) for k, v in cpu.items()})):
             write, load = m["build"] + m["save"], m["load"] + m["program"] + m["plan"]
             print(f"  {clock:>4}: build_image {m['build']:.3f} + Image.save {m['save']:.3f} = {write:.3f}; np.savez of the "
-                  f"weights {m['floor']:.3f}; ratio {write / m['floor']:.2f}; Image.save by one thread {m['serial']:.3f}")
+                  f"weights {m['floor']:.3f}; ratio {write / m['floor']:.2f}")
             print(f"  {clock:>4}: load_image {m['load']:.3f} + program() {m['program']:.3f} + ideal plan {m['plan']:.3f} = "
                   f"{load:.3f}; reading the entries' bytes {m['read']:.3f}; ratio {load / m['read']:.1f}")
 
-        assert (folder / "serial.cimg").read_bytes() == image_path.read_bytes(), "one thread wrote other bytes"
         image = load_image(image_path)
         sizes = image_sizes(image)
         total, w = image_path.stat().st_size, sizes["weights"]

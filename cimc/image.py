@@ -41,14 +41,11 @@ import io
 import json
 import math
 import mmap
-import os
 import re
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import nullcontext
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -153,19 +150,13 @@ class Image:
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
         with collector_paused():
-            self._write_zip(buffer, threads=False)
+            self._write_zip(buffer)
         return buffer.getvalue()
 
-    def save(self, path: str | Path, threads: bool = True) -> None:
-        """Write the image atomically, streaming every tensor into the temporary file (no copy of the image in memory).
-
-        ``threads``: two worker threads take each 4 MB chunk of the blobs, one to hash it, one to compute its CRC-32
-        and write it, while this thread fills the next chunk and encodes the JSON in between (hashlib, zlib and
-        file writes release the interpreter lock on large buffers). ``threads=False`` does it all in this thread;
-        the bytes are the same.
-        """
+    def save(self, path: str | Path) -> None:
+        """Write the image atomically, streaming every tensor into the temporary file (no copy of the image in memory)."""
         with open_atomic(path) as f, collector_paused():
-            self._write_zip(f, threads)
+            self._write_zip(f)
 
     def tensors(self) -> dict[str, np.ndarray]:
         """Every packed tensor by name, in the order the blobs hold them: arrays, reference weights, program tensors."""
@@ -174,7 +165,7 @@ class Image:
         out.update({name: self.program_data.tensors[name] for name in sorted(self.program_data.tensors)})
         return out
 
-    def _write_zip(self, out: BinaryIO, threads: bool) -> None:
+    def _write_zip(self, out: BinaryIO) -> None:
         """Entries in name order: the blobs (each streamed in chunks, hashed as it goes), then manifest.json (which
         holds the blobs' digests and the tensor table), then program.json."""
         blobs: dict[str, list[np.ndarray]] = {}
@@ -185,107 +176,24 @@ class Image:
             blobs.setdefault(blob, []).append(array)
             table[name] = {"blob": blob, "offset": ends.get(blob, 0), "shape": list(array.shape)}
             ends[blob] = ends.get(blob, 0) + array.size
-        documents = _Documents(self.program_data.document, dict(self.manifest, tensors=table))
-        checksums: dict[str, str] = {}
-        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zf, \
-                (ThreadPoolExecutor(2, thread_name_prefix="cimc-image") if threads else nullcontext()) as pool:
+        program = _json_bytes(self.program_data.document)
+        checksums = {"program.json": _sha(program)}
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zf:
             for blob in sorted(blobs):
-                # with a pool, the JSON is encoded piece by piece while the workers hash and write each chunk
-                checksums[blob] = _write_blob(zf, out, blob, blobs[blob], pool, documents.encode_some)
-            # The blobs are most of the file: their pages go to the disk while the rest of the JSON is encoded (the
-            # caller's fsync, which makes the file durable, then has little left to wait for).
-            syncing = _start_sync(out, pool)
-            program = documents.program()
-            checksums["program.json"] = _sha(program)
-            manifest = documents.manifest(dict(sorted(checksums.items())))
-            _finish(syncing)
+                checksums[blob] = _write_blob(zf, out, blob, blobs[blob])
+            manifest = _json_bytes(dict(self.manifest, tensors=table, checksums=dict(sorted(checksums.items()))))
             for name, data in (("manifest.json", manifest), ("program.json", program)):
                 zf.writestr(_entry_info(name), data)
-
-
-class _Documents:
-    """program.json and manifest.json as canonical JSON (sorted keys, no spaces, strict), encoded in pieces on demand.
-
-    The JSON encoder holds the interpreter lock for as long as one call lasts;
-    encoded in pieces of a few milliseconds, the program and the manifest are
-    made between the chunks of the blobs, whose hashing and writing, in other
-    threads, need the lock only between chunks. The manifest's checksums, known
-    only once the blobs are written, go into its place at the end.
-    """
-
-    def __init__(self, program: dict[str, Any], manifest: dict[str, Any]) -> None:
-        self._parts: dict[str, list[Any]] = {"program": [], "manifest": []}
-        self._work = self._pieces_of(program, manifest)
-
-    def _pieces_of(self, program: dict[str, Any], manifest: dict[str, Any]) -> Iterator[None]:
-        for name, document in (("program", program), ("manifest", dict(manifest, checksums=_CHECKSUMS))):
-            for piece in _json_pieces(document):
-                self._parts[name].append(piece)
-                yield
-
-    def encode_some(self) -> bool:
-        """Encode the next piece; False once everything is encoded."""
-        return next(self._work, self) is None
-
-    def program(self) -> bytes:
-        while self.encode_some():
-            pass
-        return "".join(self._parts["program"]).encode("utf-8")
-
-    def manifest(self, checksums: dict[str, str]) -> bytes:
-        while self.encode_some():
-            pass
-        return "".join(_encode_json(checksums) if p is _CHECKSUMS else p for p in self._parts["manifest"]).encode("utf-8")
 
 
 _encode_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False,
                                 # a manifest and a program are trees of dicts and lists (a tenth of the encoding time)
                                 check_circular=False).encode
-_PIECE_OPS = 200  # ops encoded in one call: about a millisecond
-_CHECKSUMS = object()  # where the manifest's checksums go
 
 
-def _json_pieces(value: Any, top: bool = True) -> Iterator[Any]:
-    """``_encode_json(value)`` as consecutive pieces whose concatenation is exactly it: an object with string keys is
-    split key by key at the top and wherever it holds ops (a program, a loop op, its body), a list of ops into runs of
-    :data:`_PIECE_OPS`, anything else is one piece. :data:`_CHECKSUMS` is passed through, as a placeholder."""
-    if type(value) is dict and value and all(type(k) is str for k in value) and (top or "ops" in value or "body" in value):
-        yield "{"
-        for i, key in enumerate(sorted(value)):
-            yield ("," if i else "") + _encode_json(key) + ":"
-            item = value[key]
-            if item is _CHECKSUMS:
-                yield item
-            elif key == "ops" and type(item) is list:
-                yield from _op_pieces(item)
-            elif key == "body":
-                yield from _json_pieces(item, top=False)
-            else:
-                yield _encode_json(item)
-        yield "}"
-    else:
-        yield _encode_json(value)
-
-
-def _op_pieces(ops: list[Any]) -> Iterator[Any]:
-    yield "["
-    separator, run = "", []
-    for op in ops:
-        if type(op) is dict and "body" in op:  # a loop: its body is most of the program
-            if run:
-                yield separator + _encode_json(run)[1:-1]
-                separator, run = ",", []
-            yield separator
-            separator = ","
-            yield from _json_pieces(op, top=False)
-        else:
-            run.append(op)
-            if len(run) == _PIECE_OPS:
-                yield separator + _encode_json(run)[1:-1]
-                separator, run = ",", []
-    if run:
-        yield separator + _encode_json(run)[1:-1]
-    yield "]"
+def _json_bytes(document: Any) -> bytes:
+    """Canonical JSON: sorted keys, no spaces, no NaN."""
+    return _encode_json(document).encode("utf-8")
 
 
 def _entry_info(name: str, size: int = 0) -> zipfile.ZipInfo:
@@ -295,8 +203,7 @@ def _entry_info(name: str, size: int = 0) -> zipfile.ZipInfo:
     return info
 
 
-def _write_blob(zf: zipfile.ZipFile, out: BinaryIO, name: str, members: list[np.ndarray],
-                pool: ThreadPoolExecutor | None, meanwhile: Callable[[], bool]) -> str:
+def _write_blob(zf: zipfile.ZipFile, out: BinaryIO, name: str, members: list[np.ndarray]) -> str:
     """Stream one blob (a .npy header, then each tensor's bytes in order) into the archive; its SHA-256."""
     dtype = _blob_dtype(name)
     assert dtype is not None, name
@@ -307,83 +214,40 @@ def _write_blob(zf: zipfile.ZipFile, out: BinaryIO, name: str, members: list[np.
     digest = hashlib.sha256(header)
     with zf.open(_entry_info(name, len(header) + count * dtype.itemsize), "w", force_zip64=zip64) as f:
         f.write(header)
-        _stream(_chunks(members, dtype), (digest.update, f.write), pool, meanwhile)
+        for chunk in _chunks(members, dtype):
+            digest.update(chunk)
+            f.write(chunk)
     return digest.hexdigest()
 
 
-_CHUNK_BYTES = 4 << 20  # large enough that hashing and writing a chunk is mostly outside the interpreter lock
+_CHUNK_BYTES = 4 << 20  # a few calls per megabyte, and a buffer that stays small beside the image
 
 
 def _chunks(members: list[np.ndarray], dtype: np.dtype) -> Iterator[memoryview]:
-    """The members' elements back to back as ``dtype``, in chunks of at most _CHUNK_BYTES bytes.
+    """The members' elements back to back as ``dtype``, in chunks of at most _CHUNK_BYTES bytes, each a view of one
+    reused buffer (valid until the next chunk is asked for).
 
-    Two buffers alternate: a chunk's buffer is filled again only when the chunk after it is asked for, by which time
-    the consumer (:func:`_stream`) has finished with it. A tensor is copied once, into its place in a chunk (the
-    levels of an array with spare lines are a strided view); one larger than the room left is split across chunks.
+    A tensor is copied once, into its place in a chunk (the levels of an array with spare lines are a strided view;
+    a big-endian tensor is converted on the way), and one larger than the room left is split across chunks: the
+    thousands of small tensors of a large model cost a few calls per chunk, not per tensor.
     """
     per = max(1, _CHUNK_BYTES // dtype.itemsize)
-    buffers = [np.empty(min(per, sum(a.size for a in members)), dtype)]
-    current, fill = buffers[0], 0
+    buffer, fill = np.empty(min(per, sum(a.size for a in members)), dtype), 0
     for array in members:
         n, start, flat = array.size, 0, None
-        while True:
+        while start < n:
             take = min(n - start, per - fill)
             if take == n:  # the whole tensor, copied in its shape
-                current[fill:fill + n].reshape(array.shape)[...] = array
+                buffer[fill:fill + n].reshape(array.shape)[...] = array
             else:  # split across chunks (reshape copies only a strided tensor)
                 flat = array.reshape(-1) if flat is None else flat
-                current[fill:fill + take] = flat[start:start + take]
+                buffer[fill:fill + take] = flat[start:start + take]
             fill, start = fill + take, start + take
             if fill == per:
-                yield memoryview(current).cast("B")
-                if len(buffers) == 1:
-                    buffers.append(np.empty(per, dtype))
-                current, fill = buffers[1] if current is buffers[0] else buffers[0], 0
-            if start == n:
-                break
+                yield memoryview(buffer).cast("B")
+                fill = 0
     if fill:
-        yield memoryview(current[:fill]).cast("B")
-
-
-def _stream(chunks: Iterator[memoryview], consumers: tuple[Callable[[memoryview], object], ...],
-            pool: ThreadPoolExecutor | None, meanwhile: Callable[[], bool] = lambda: False) -> None:
-    """Give every chunk to every consumer, in order; with a pool, the consumers of one chunk run at once, while the
-    next chunk is filled and ``meanwhile()`` is called until they are done or it returns False (other work for this
-    thread). A consumer's error is raised here once no task is left running (none then writes into a file that the
-    caller goes on to close and delete)."""
-    pending: list[Future[object]] = []
-    try:
-        for chunk in chunks:
-            _finish(pending)
-            if pool is None:
-                for consume in consumers:
-                    consume(chunk)
-            else:
-                pending = [pool.submit(consume, chunk) for consume in consumers]
-                while not all(task.done() for task in pending) and meanwhile():
-                    pass
-        _finish(pending)
-    finally:
-        wait(pending)
-
-
-def _start_sync(out: BinaryIO, pool: ThreadPoolExecutor | None) -> list[Future[object]]:
-    """An fsync of what is written so far, in the pool; none without a pool or for an output that is no file."""
-    try:
-        fd = out.fileno()
-    except (OSError, AttributeError):  # io.UnsupportedOperation (a BytesIO) is an OSError
-        return []
-    if pool is None:
-        return []
-    out.flush()
-    return [pool.submit(os.fsync, fd)]
-
-
-def _finish(pending: list[Future[object]]) -> None:
-    """Wait for every task, then raise the first one's error, if any."""
-    wait(pending)
-    for task in pending:
-        task.result()
+        yield memoryview(buffer[:fill]).cast("B")
 
 
 def load_image(path: str | Path) -> Image:
