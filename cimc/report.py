@@ -44,9 +44,10 @@ def sharing_summary(module: Module) -> list[str]:
     for nodes, shared in sorted(by_nodes.items()):
         arrays = sorted({int(m[0].attributes["array"]) for m in shared if "array" in m[0].attributes})  # type: ignore[arg-type]
         reads = sum(len(m) for m in shared)
-        where = f" on {len(arrays)} arrays" if arrays else ""
+        where = f" on {_count(len(arrays), 'array')}" if arrays else ""
         listed = ", ".join(nodes[:4]) + (f", ... ({len(nodes)} nodes)" if len(nodes) > 4 else "")
-        lines.append(f"shared weights: {len(shared)} tiles{where}, programmed once and read {reads} times, by {listed}")
+        lines.append(f"shared weights: {_count(len(shared), 'tile')}{where}, programmed once and read "
+                     f"{_count(reads, 'time')}, by {listed}")
     return lines
 
 

@@ -214,7 +214,7 @@ def test_shared_reads_are_serialized(tmp_path: Path) -> None:
     assert len(tiles) == 2 and tiles[0].attributes["share"] == tiles[1].attributes["share"]
     assert tiles[0].attributes["array"] == tiles[1].attributes["array"] and arrays_used(module) == 1
     assert tiles[0].attributes["sched.stage"] != tiles[1].attributes["sched.stage"]
-    assert "shared weights: 1 tiles on 1 arrays, programmed once and read 2 times" in mapping_summary(module, load_hardware())
+    assert "shared weights: 1 tile on 1 array, programmed once and read 2 times" in mapping_summary(module, load_hardware())
     image = build_image(module, load_hardware())
     assert image.manifest["arrays"][0]["regions"][0]["shared_by"] == [0, 1]
     feeds = {n: rng.uniform(-1, 1, (2, 8)).astype(np.float32) for n in "ab"}
