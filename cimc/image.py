@@ -58,7 +58,7 @@ from cimc.diagnostics import CimcError
 from cimc.hardware import Hardware, hardware_from_dict
 from cimc.image_check import check_manifest, check_tensor_table
 from cimc.ir import Module, Operation
-from cimc.npz import escapes_archive, open_atomic
+from cimc.npz import ZIP_OPEN_ERRORS, escapes_archive, open_atomic
 from cimc.step_program import OP_SET, ProgramError, StepProgram, format_program, op_counts, program_to_module, \
     validate_program
 
@@ -262,8 +262,7 @@ def _load(path: Path) -> Image:
         zf = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise CimcError(f"cannot read {path}: no such file") from None
-    # NotImplementedError: an entry needs a newer zip version than zipfile reads.
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
+    except ZIP_OPEN_ERRORS as e:
         raise CimcError(f"{path} is not a cimc image (truncated or not a zip archive: {e})") from None
     with zf:
         try:

@@ -34,6 +34,9 @@ from cimc.diagnostics import CimcError
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
+# What zipfile.ZipFile(path) raises for a file that is not a readable zip archive (a truncated or foreign file; a
+# NotImplementedError for an entry that needs a newer zip version than zipfile reads, found by fuzzing).
+ZIP_OPEN_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError)
 
 def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     """The bytes of an ``.npz`` that ``numpy.load`` reads, identical for identical arrays."""
@@ -99,8 +102,7 @@ def read_archive(path: str | os.PathLike[str], what: str = "", kind: str = ".npz
         raise CimcError(f"cannot read {label}: no such file") from None
     except IsADirectoryError:
         raise CimcError(f"cannot read {label}: it is a directory") from None
-    # NotImplementedError: an entry needs a newer zip version than zipfile reads.
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
+    except ZIP_OPEN_ERRORS as e:
         hint = " (a .npy file: save with numpy.savez instead)" if _is_npy(path) else ""
         raise CimcError(f"cannot read {label}: not a {kind}{hint} (truncated or not a zip archive: {e})") from None
     with zf:
