@@ -38,6 +38,7 @@ _EPOCH = (1980, 1, 1, 0, 0, 0)
 # NotImplementedError for an entry that needs a newer zip version than zipfile reads, found by fuzzing).
 ZIP_OPEN_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError)
 
+
 def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     """The bytes of an ``.npz`` that ``numpy.load`` reads, identical for identical arrays."""
     buffer = io.BytesIO()
