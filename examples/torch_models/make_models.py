@@ -15,7 +15,9 @@ targets are which templates are present). Each model trains 300 Adam steps,
 enough to move the weights off their initialization. Both are exported with
 the TorchScript exporter (opset 17) and checked against onnxruntime; next to
 each ``.onnx`` a ``.npz`` holds a calibration batch (``x``) and a held-out
-evaluation batch (``eval_x``, with torch's outputs ``eval_y``).
+evaluation batch: ``eval_x``, its targets ``eval_labels`` (0/1: which templates are
+present; the conv-LSTM's Sigmoid says present above 0.5, the biGRU, trained towards
+2 t - 1, above 0) and torch's outputs on it, ``torch_y``.
 
 Run:  .venv/bin/pip install torch==2.13.0 onnxscript
       .venv/bin/python examples/torch_models/make_models.py
@@ -78,7 +80,8 @@ def train(model: nn.Module, x: torch.Tensor, target: torch.Tensor, signed: bool)
         opt.step()
 
 
-def export(model: nn.Module, name: str, calib: torch.Tensor, held_out: torch.Tensor, dynamic: dict) -> None:
+def export(model: nn.Module, name: str, calib: torch.Tensor, held_out: torch.Tensor, labels: torch.Tensor,
+           dynamic: dict) -> None:
     path = HERE / f"{name}.onnx"
     model.eval()
     torch.onnx.export(model, (calib,), str(path), input_names=["x"], output_names=["y"], dynamic_axes=dynamic,
@@ -88,7 +91,8 @@ def export(model: nn.Module, name: str, calib: torch.Tensor, held_out: torch.Ten
     sess = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"x": held_out.numpy()})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
-    np.savez(HERE / f"{name}.npz", x=calib.numpy(), eval_x=held_out.numpy(), eval_y=expected)
+    np.savez(HERE / f"{name}.npz", x=calib.numpy(), eval_x=held_out.numpy(), eval_labels=labels.numpy().astype(np.int8),
+             torch_y=expected)
     print(f"wrote {path.name}: onnxruntime matches torch on {held_out.shape} (max |diff| {np.abs(got - expected).max():.2g})")
 
 
@@ -97,16 +101,16 @@ def main() -> None:
     x, t = synthetic(256, 40, 30, 12, seed=0)
     conv = ConvLstm()
     train(conv, x.permute(1, 2, 0), t, signed=False)
-    xe, _ = synthetic(64, 40, 30, 12, seed=1)
-    export(conv, "conv_lstm", x.permute(1, 2, 0)[:32].contiguous(), xe.permute(1, 2, 0).contiguous(),
+    xe, te = synthetic(64, 40, 30, 12, seed=1)
+    export(conv, "conv_lstm", x.permute(1, 2, 0)[:32].contiguous(), xe.permute(1, 2, 0).contiguous(), te,
            {"x": {0: "batch", 2: "time"}})
 
     torch.manual_seed(1)
     x, t = synthetic(256, 20, 25, 8, seed=2)
     gru = BiGru()
     train(gru, x, t, signed=True)
-    xe, _ = synthetic(64, 20, 25, 8, seed=3)
-    export(gru, "bigru", x[:, :32].contiguous(), xe, {"x": {0: "time", 1: "batch"}})
+    xe, te = synthetic(64, 20, 25, 8, seed=3)
+    export(gru, "bigru", x[:, :32].contiguous(), xe, te, {"x": {0: "time", 1: "batch"}})
 
 
 if __name__ == "__main__":
