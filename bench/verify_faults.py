@@ -1,6 +1,7 @@
 """`cimc verify --fidelity noisy` on faulty chips: what the fault-aware tolerance says, chip by chip.
 
     python bench/verify_faults.py            # KWS, default hardware, chips 0..5
+    python bench/verify_faults.py --chips 10 # chips 0..9
 
 For each chip S, on examples/kws/verify_inputs.npz (50 clips, 49 steps):
 
@@ -15,6 +16,7 @@ the bound on the LSTM cell state (carried #1) and the free-running argmax agreem
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -38,12 +40,15 @@ def row(label: str, seed: int, report) -> str:  # noqa: ANN001
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chips", type=int, default=6, help="chips 0..N-1 (default 6)")
+    args = parser.parse_args()
     model = KWS / "kws_lstm.onnx"
     inputs = dict(np.load(KWS / "verify_inputs.npz"))
     plain = cimc.compile(model, calib=KWS / "calib.npz")
     lines = ["| chip | image (bound) | result | worst err/bound | c bound (rel. RMS) | argmax agreement |",
              "|---|---|---|---|---|---|"]
-    for seed in range(6):
+    for seed in range(args.chips):
         m = measure(plain.image, "bench", seed)
         aware = cimc.compile(model, calib=KWS / "calib.npz", defects=m)
         options = SimulatorOptions("noisy", seed)
