@@ -11,9 +11,9 @@ import, and why:
   alone needs none of them.
 * ``dump`` and ``run`` read an image and (run) its inputs: no onnx, networkx,
   onnxruntime, scipy or lark, and no pass registry.
-* ``verify`` runs onnxruntime and the simulator: no networkx (placement is the
-  compiler's), no scipy (only the stuck-device count of a noisy bound needs
-  scipy.stats), no lark.
+* ``verify`` runs onnxruntime and the simulator: no networkx and no pass but the
+  importer's dce (placement is the compiler's), no scipy (only the stuck-device
+  count of a noisy bound needs scipy.stats), no lark.
 * ``compile`` writes an image: no onnxruntime, scipy (map-defects only) or lark
   (the textual IR's parser).
 """
@@ -40,7 +40,7 @@ with open(sys.argv[1], "w") as f:
     json.dump({"status": status, "modules": sorted(sys.modules)}, f)
 """
 
-HEAVY = ("numpy", "onnx", "networkx", "onnxruntime", "scipy", "lark", "cimc.passes")
+HEAVY = ("numpy", "onnx", "networkx", "onnxruntime", "scipy", "lark", "cimc.passes", "cimc.passes.place")
 
 
 def imported(tmp: Path, *args: str) -> set[str]:
@@ -67,7 +67,7 @@ def test_help_imports_no_numpy_onnx_networkx_onnxruntime_scipy_or_lark(tmp_path:
 def test_compile_imports_no_onnxruntime_scipy_or_lark(kws_image: tuple[Path, set[str]]) -> None:
     image, modules = kws_image
     assert image.is_file()
-    assert modules == {"numpy", "onnx", "networkx", "cimc.passes"}
+    assert modules == {"numpy", "onnx", "networkx", "cimc.passes", "cimc.passes.place"}
 
 
 def test_dump_and_run_import_no_onnx_networkx_or_passes(kws_image: tuple[Path, set[str]], tmp_path: Path) -> None:
@@ -82,4 +82,29 @@ def test_verify_imports_no_networkx_scipy_or_lark(kws_image: tuple[Path, set[str
     image, _ = kws_image
     modules = imported(tmp_path, "verify", str(KWS / "kws_lstm.onnx"), str(image), "--inputs",
                        str(KWS / "verify_inputs.npz"))
-    assert modules.isdisjoint({"networkx", "scipy", "lark"}) and {"onnx", "onnxruntime"} <= modules
+    assert modules.isdisjoint({"networkx", "scipy", "lark", "cimc.passes.place"}) and {"onnx", "onnxruntime"} <= modules
+
+
+def test_every_pass_module_is_in_the_registry_and_named_like_its_passes() -> None:
+    """registered_passes() imports the modules of PASS_MODULES, and a pipeline imports a pass's module from its name
+    (``decompose-rnn`` -> ``cimc.passes.decompose_rnn``): a pass module left out, or a pass named unlike its
+    module, would be unknown to one of them."""
+    import cimc.passes
+    from cimc.pass_manager import pass_class, registered_passes
+
+    folder = Path(cimc.passes.__file__).parent
+    registering = {p.stem for p in folder.glob("*.py") if "@register_pass" in p.read_text()}
+    assert registering == set(cimc.passes.PASS_MODULES)
+    passes = {name: cls for name, cls in registered_passes().items()  # other tests register passes of their own
+              if cls.__module__.startswith("cimc.passes.")}
+    assert {cls.__module__ for cls in passes.values()} == {f"cimc.passes.{m}" for m in registering}
+    for name, cls in passes.items():
+        assert cls.__module__ == f"cimc.passes.{name.replace('-', '_')}" and pass_class(name) is cls
+    assert pass_class("no-such-pass") is None
+
+
+def test_a_pipeline_imports_only_the_passes_it_runs(tmp_path: Path) -> None:
+    code = ("import sys; from cimc.pass_manager import parse_pipeline; parse_pipeline('cse,dce'); "
+            "print(sorted(m for m in sys.modules if m.startswith('cimc.passes.')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert result.stdout.strip() == "['cimc.passes.cse', 'cimc.passes.dce']"
