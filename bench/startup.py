@@ -50,6 +50,7 @@ from pathlib import Path
 KWS = Path(__file__).resolve().parent.parent / "examples" / "kws"
 FLOOR = "import numpy, onnx"
 FLOOR_ORT = "import numpy, onnx, onnxruntime"
+COMMANDS = ("compile", "run", "verify", "dump", "--help")
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def cimc_argv(python: str) -> list[str]:
 
 
 def commands(python: str, work: Path) -> dict[str, list[str]]:
-    """Each timed command of one install, on its own image and output in ``work``."""
+    """Each timed command of one install (keyed as in COMMANDS), on its own image and output in ``work``."""
     cimc = cimc_argv(python)
     model, inputs, image = str(KWS / "kws_lstm.onnx"), str(KWS / "verify_inputs.npz"), str(work / "kws.cimg")
     return {
@@ -142,7 +143,7 @@ def main() -> None:
     if args.base:
         header += f" {'base wall':>9} {'base CPU':>9} {'wall/base':>9} {'CPU/base':>9}"
     print(header)
-    for command in commands(sys.executable, root):
+    for command in COMMANDS:
         this, floor = ("this", command), ("floor", floor_of(command))
         line = (f"{command:<10} {median(this, 'wall'):7.3f} {median(this, 'cpu'):7.3f} {median(this, 'peak_mb'):8.0f} "
                 f"{median(this, 'wall') / median(floor, 'wall'):10.2f} {median(this, 'cpu') / median(floor, 'cpu'):10.2f}")
