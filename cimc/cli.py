@@ -19,15 +19,17 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cimc import __version__
 from cimc.cli_io import PathPlan, PipeTolerant
 from cimc.diagnostics import CimcError
-from cimc.ir import Module
-from cimc.pass_manager import PassContext, PassManager, parse_pipeline, registered_passes
-from cimc.printer import print_module
-from cimc.ranges import CALIB_SEPARATOR, parse_input_range, range_warning
-from cimc.timing import Timing, terminal_stream
+
+if TYPE_CHECKING:
+    from cimc.ir import Module
+
+# Every other cimc module is imported by the command that needs it, not here: building the parser (every command,
+# --help included) then costs no numpy, onnx or networkx, and `cimc dump` or `cimc run` no pass registry.
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,6 +84,8 @@ def _check_printed_passes(pipeline: str, printed: Sequence[str] | None) -> None:
     """``--print-ir-after PASS`` must name a pass the pipeline runs (a typo would otherwise print nothing, silently)."""
     if not printed:
         return
+    from cimc.pass_manager import parse_pipeline, registered_passes
+
     ran = [p.name for p in parse_pipeline(pipeline)]
     for name in printed:
         if name not in ran:
@@ -97,6 +101,9 @@ def _plan_ir_output(plan: PathPlan, path: str) -> None:
 
 def _cmd_opt(args: argparse.Namespace) -> int:
     from cimc.hardware import load_hardware
+    from cimc.pass_manager import PassContext, PassManager, parse_pipeline
+    from cimc.printer import print_module
+    from cimc.timing import Timing, terminal_stream
 
     plan = PathPlan()
     plan.read("input", args.file)
@@ -165,6 +172,7 @@ def parse_input_shape(text: str) -> tuple[str, list[int | str | None]]:
 
 def _cmd_import(args: argparse.Namespace) -> int:
     from cimc.importer import import_onnx
+    from cimc.printer import print_module
 
     plan = PathPlan()
     plan.read("input model", args.model)
@@ -210,8 +218,11 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from cimc.compiler import CompileOptions, compile_to_ir, default_pipeline
     from cimc.hardware import load_hardware
     from cimc.limits import check_compile_memory
+    from cimc.pass_manager import parse_pipeline
     from cimc.passes.fuse_activation import fusion_summary
+    from cimc.ranges import CALIB_SEPARATOR, range_warning
     from cimc.report import mapping_summary
+    from cimc.timing import Timing, terminal_stream
 
     plan = PathPlan()
     plan.read("input model", args.model)
@@ -296,6 +307,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _input_range(text: str) -> tuple[str, float, float]:
+    from cimc.ranges import parse_input_range
+
     try:
         return parse_input_range(text)
     except ValueError as e:
@@ -413,6 +426,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_passes(args: argparse.Namespace) -> int:
+    from cimc.pass_manager import registered_passes
+
     for name, cls in registered_passes().items():
         print(f"{name}: {cls.summary()}")
         for field, typ in cls.option_types().items():

@@ -8,6 +8,7 @@ short to hold one ramp column) must be refused before any compilation starts.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import tomllib
@@ -171,37 +172,43 @@ _CLASSES = {"array": ArrayConfig, "device": DeviceConfig, "converters": Converte
 
 
 @functools.cache
-def _default_text() -> str:
-    return package_data.files("cimc").joinpath("hardware_default.toml").read_text(encoding="utf-8")
+def _default_tables() -> dict[str, dict[str, Any]]:
+    """The shipped description, parsed once per process; read only (callers that merge into it take a copy)."""
+    return tomllib.loads(package_data.files("cimc").joinpath("hardware_default.toml").read_text(encoding="utf-8"))
 
 
 def _default_dict() -> dict[str, dict[str, Any]]:
     """A fresh copy of the shipped description (callers merge into it)."""
-    return tomllib.loads(_default_text())
+    return copy.deepcopy(_default_tables())
+
+
+@functools.cache
+def _default_hardware() -> Hardware:
+    """The shipped description, built and validated once per process (a Hardware is immutable, so it is shared)."""
+    return hardware_from_dict(_default_dict(), "the default hardware description")
 
 
 def load_hardware(path: str | Path | None = None) -> Hardware:
     """The default description, overridden by the TOML file at ``path`` if given."""
+    if path is None:
+        return _default_hardware()
     merged = _default_dict()
-    origin = "the default hardware description"
-    if path is not None:
-        origin = str(path)
-        try:
-            user = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as e:
-            raise CimcError(f"cannot read hardware description {path}: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise CimcError(f"{path}: not a TOML file (not UTF-8 text)") from None
-        except tomllib.TOMLDecodeError as e:
-            raise CimcError(f"{path}: invalid TOML: {e}") from None
-        for section, values in user.items():
-            if section not in merged or not isinstance(values, dict):
-                raise CimcError(f"{path}: unknown section [{section}] (sections: {', '.join(merged)})")
-            for key, value in values.items():
-                if key not in merged[section]:
-                    raise CimcError(f"{path}: unknown key '{key}' in [{section}] (keys: {', '.join(merged[section])})")
-                merged[section][key] = value
-    return hardware_from_dict(merged, origin)
+    try:
+        user = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CimcError(f"cannot read hardware description {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise CimcError(f"{path}: not a TOML file (not UTF-8 text)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise CimcError(f"{path}: invalid TOML: {e}") from None
+    for section, values in user.items():
+        if section not in merged or not isinstance(values, dict):
+            raise CimcError(f"{path}: unknown section [{section}] (sections: {', '.join(merged)})")
+        for key, value in values.items():
+            if key not in merged[section]:
+                raise CimcError(f"{path}: unknown key '{key}' in [{section}] (keys: {', '.join(merged[section])})")
+            merged[section][key] = value
+    return hardware_from_dict(merged, str(path))
 
 
 def with_cost_file(hw: Hardware, path: str | Path) -> Hardware:
@@ -237,13 +244,13 @@ def hardware_from_dict(data: dict[str, dict[str, Any]], origin: str = "hardware 
         if name == "cost":
             # Cost figures do not describe the mapping: an image built before a figure existed still
             # loads, and is costed with the shipped default for it.
-            values = {**_default_dict()["cost"], **values}
+            values = {**_default_tables()["cost"], **values}
         elif name == "array":
             # The spare lines came later: an image built before them has none (its arrays are rows x cols).
             values = {**{k: 0 for k in SPARE_KEYS}, **values}
         elif name == "nonideality":
             # The write-verify keys came later: an image built before them is programmed with the shipped defaults.
-            defaults = _default_dict()["nonideality"]
+            defaults = _default_tables()["nonideality"]
             values = {**{k: defaults[k] for k in WRITE_VERIFY_KEYS}, **values}
         kwargs = {}
         for f in fields(cls):

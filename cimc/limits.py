@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import onnx
-
 from cimc.diagnostics import CimcError
 
 # Peak resident memory of a compile over the model's weight bytes: 4.1x on a 2-layer LSTM-1024 and 3.0x at hidden
@@ -51,6 +49,8 @@ def model_bytes(path: str | Path) -> int:
     size = path.stat().st_size
     if size > _PARSE_LIMIT:
         return size  # a large file holds its weights itself
+    import onnx  # here, not at the top: check_allocation (every archive read, cimc run) needs no onnx
+
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001  (garbage is refused, with its reason, by the importer)

@@ -15,6 +15,7 @@ pipeline still overrides it (``tile{rows=16}`` on a 128-row chip).
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import re
 import time
@@ -114,9 +115,22 @@ def register_pass(cls: P) -> P:
 
 
 def registered_passes() -> dict[str, type[ModulePass]]:
-    import cimc.passes  # noqa: F401  (importing registers the passes)
+    from cimc.passes import PASS_MODULES
 
+    for module in PASS_MODULES:  # importing a pass's module registers it
+        importlib.import_module(f"cimc.passes.{module}")
     return dict(sorted(_PASSES.items()))
+
+
+def pass_class(name: str) -> type[ModulePass] | None:
+    """The pass registered as ``name`` (None if none is), importing its module only (``decompose-rnn`` is
+    ``cimc.passes.decompose_rnn``): a pipeline does not import the passes it does not run."""
+    from cimc.passes import PASS_MODULES
+
+    module = name.replace("-", "_")
+    if name not in _PASSES and module in PASS_MODULES:
+        importlib.import_module(f"cimc.passes.{module}")
+    return _PASSES.get(name)
 
 
 def _value_type(hint: Any) -> type:
@@ -140,7 +154,6 @@ _TOKEN = re.compile(r'\s*(?:(?P<name>[A-Za-z0-9_.+-]+)|(?P<string>"(?:\\.|[^"\\]
 
 def parse_pipeline(text: str) -> list[ModulePass]:
     """Parse ``a,b{opt=1 other=x}``; errors point at the offending column."""
-    passes = registered_passes()
     tokens: list[tuple[str, str, int]] = []
     pos = 0
     while pos < len(text):
@@ -165,9 +178,9 @@ def parse_pipeline(text: str) -> list[ModulePass]:
 
     while i < len(tokens):
         _, name, col = expect("name")
-        cls = passes.get(name)
+        cls = pass_class(name)
         if cls is None:
-            raise _pipeline_error(text, col, f"unknown pass '{name}' (known: {', '.join(passes)})")
+            raise _pipeline_error(text, col, f"unknown pass '{name}' (known: {', '.join(registered_passes())})")
         types = cls.option_types()
         values: dict[str, object] = {}
         if i < len(tokens) and tokens[i][1] == "{":

@@ -32,8 +32,6 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-import networkx as nx
-
 from cimc.diagnostics import CimcError
 from cimc.ir import Block, Module, Operation
 from cimc.pass_manager import ModulePass, from_hardware, register_pass
@@ -53,6 +51,8 @@ def read_sets(module: Module) -> dict[int, set[Read]]:
     generation in the enclosing block, where another loop of the same
     generation would run on the array at the same time.
     """
+    import networkx as nx  # here, not at the top: only place and schedule need it, not every user of the pass registry
+
     reads: dict[int, set[Read]] = {}
     counter = itertools.count()
 

@@ -16,11 +16,13 @@ and each loop records ``sched.stages``, its latency in stages per time step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from cimc.ir import Block, Module, Operation, Value
 from cimc.pass_manager import ModulePass, register_pass
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 _FREE = ("builtin.constant",)
 
@@ -50,6 +52,8 @@ def _arrays_read(op: Operation) -> set[int]:
 
 
 def dependency_graph(block: Block) -> nx.DiGraph:
+    import networkx as nx  # here, not at the top: only place and schedule need it, not every user of the pass registry
+
     ops = [op for op in block.ops if op is not block.terminator]
     position = {id(op): i for i, op in enumerate(ops)}
     graph = nx.DiGraph()
@@ -65,6 +69,8 @@ def dependency_graph(block: Block) -> nx.DiGraph:
 
 def schedule_block(block: Block) -> int:
     """Assign stages in one block and reorder it; return the number of stages used."""
+    import networkx as nx
+
     for op in block.ops:
         for region in op.regions:
             stages = schedule_block(region.block)

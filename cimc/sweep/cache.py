@@ -25,7 +25,6 @@ from pathlib import Path
 
 from cimc import __version__
 from cimc.diagnostics import CimcError
-from cimc.npz import file_sha256, write_atomic
 
 
 def default_cache_dir() -> Path:
@@ -51,6 +50,8 @@ class CompileSpec:
 
     def digest(self) -> dict[str, object]:
         """What determines the compile: file names and digests, not folders (a moved file is still cached)."""
+        from cimc.npz import file_sha256  # here, not at the top: the parser (every command) reads default_cache_dir
+
         return {"model": [Path(self.model).name, file_sha256(self.model)],
                 "calib": [[Path(c).name, file_sha256(c)] for c in self.calib],
                 "identity": self.identity, "pipeline": self.pipeline}
@@ -96,5 +97,7 @@ class ImageCache:
         return data
 
     def put(self, key: str, data: bytes) -> None:
+        from cimc.npz import write_atomic
+
         write_atomic(self.path(key), data)
         self.stored += 1
