@@ -219,8 +219,9 @@ class _Emitter:
         self._names = Printer(module).names
         self.extra = extra
         self.tensors: dict[str, np.ndarray] = {}
-        self._keys: dict[bytes, str] = {}
-        self._entries: dict[int, tuple[Tensor, str | None]] = {}  # id -> (tensor, its entry or None), kept alive
+        self._keys: dict[object, str] = {}  # content key (see _content_key) -> entry
+        # id -> (tensor, dtype name, its entry or None when inline), the tensor kept alive so that its id stays its own
+        self._entries: dict[int, tuple[Tensor, str, str | None]] = {}
         self._types: dict[TensorType, str] = {}
 
     def name(self, value: Value) -> str:
@@ -235,19 +236,21 @@ class _Emitter:
     def tensor(self, tensor: Tensor) -> dict[str, Any]:
         seen = self._entries.get(id(tensor))
         if seen is None:
-            seen = self._entries[id(tensor)] = (tensor, self._entry(tensor))
-        array, entry = tensor.array, seen[1]
-        head = {"dtype": _dtype_name(array.dtype), "shape": list(array.shape)}
+            seen = self._entries[id(tensor)] = (tensor, _dtype_name(tensor.array.dtype), self._entry(tensor))
+        _, dtype, entry = seen
+        array = tensor.array
         if entry is None:  # inline: small and finite
-            return {**head, "data": array.reshape(-1).tolist()}
-        return {**head, "npy": entry}
+            return {"dtype": dtype, "shape": list(array.shape), "data": array.reshape(-1).tolist()}
+        return {"dtype": dtype, "shape": list(array.shape), "npy": entry}
 
     def _entry(self, tensor: Tensor) -> str | None:
-        """None for a tensor written inline; else its entry (one per distinct content)."""
+        """None for a tensor written inline; else its entry (one per distinct content, named after the first tensor
+        of that content)."""
         array = tensor.array
         if array.size <= INLINE_LIMIT and (array.dtype.kind != "f" or np.isfinite(array).all()):
             return None
-        entry = self._keys.get(tensor.digest)
+        content = _content_key(tensor)
+        entry = self._keys.get(content)
         if entry is None:
             base = legal_name(tensor.key) or "tensor"
             entry, n = f"program/{base}.npy", 0
@@ -255,7 +258,7 @@ class _Emitter:
                 n += 1
                 entry = f"program/{base}_{n}.npy"
             self.tensors[entry] = array
-            self._keys[tensor.digest] = entry
+            self._keys[content] = entry
         return entry
 
     def attr(self, kind: str, value: AttrValue, key: str, op: str) -> Any:
@@ -330,6 +333,24 @@ def _attribute_plan(name: str) -> tuple[tuple[str, str, str, bool], ...]:
 @functools.cache
 def _known_attributes(name: str) -> frozenset[str]:
     return frozenset(ir for _, ir, _, _ in _attribute_plan(name))
+
+
+_BYTES_KEY_LIMIT = 4096  # bytes: a read's per-column scales and ranges (a few hundred bytes each) are far below
+
+
+def _content_key(tensor: Tensor) -> object:
+    """What identifies a program tensor's content, for storing each distinct content once.
+
+    A small tensor (nearly all of them: every read's column scales and ranges,
+    thousands in a large model) is its own key, dtype, shape and bytes: that costs
+    less than its digest and cannot collide. A larger one is keyed by its digest
+    (computed once per tensor). Tensors of equal content have equal sizes, so both
+    take the same branch, and the two kinds of key never compare equal.
+    """
+    array = tensor.array
+    if array.nbytes <= _BYTES_KEY_LIMIT:
+        return array.dtype, array.shape, array.tobytes()
+    return tensor.digest
 
 
 _DTYPE_NAMES: dict[np.dtype, str] = {}

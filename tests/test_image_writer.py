@@ -122,8 +122,7 @@ def test_device_levels_are_computed_in_float64() -> None:
     exact = g.astype(np.float64)
     expected = np.where(exact < d.g_min_us / 2, -1, np.clip(np.rint((exact - d.g_min_us) / delta), 0, d.levels - 1))
     layout = _Layout(hw, [0])
-    out = np.full((g.shape[0], 2 * g.shape[1]), 99, np.int8)
-    layout.pair_levels(g, g[:, ::-1].copy(), out)
+    out, _ = layout.natural(g, g[:, ::-1].copy())
     assert np.array_equal(out[:, 0::2], expected) and np.array_equal(out[:, 1::2], expected[:, ::-1])
 
 
