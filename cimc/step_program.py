@@ -308,6 +308,11 @@ class _Emitter:
                 attrs[key] = value
             elif kind == "tensor" and type(value) is Tensor:
                 attrs[key] = self.tensor(value)
+            elif kind == "float" and type(value) is float and math.isfinite(value):
+                attrs[key] = value
+            elif kind == "ints" and type(value) is tuple and len(value) == 2 and type(value[0]) is int and \
+                    type(value[1]) is int:  # a read's rows and cols
+                attrs[key] = [value[0], value[1]]
             else:
                 attrs[key] = self.attr(kind, value, key, name)  # type: ignore[arg-type]
         if attrs:

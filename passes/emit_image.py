@@ -48,6 +48,15 @@ class _Tile(NamedTuple):
     tile: int
 
 
+class _Scratch(NamedTuple):
+    """The float64 buffers the levels and reference weights of a batch of tiles of one shape are computed in."""
+
+    targets: np.ndarray  # (batch, rows, width, 2): G+ and G- interleaved, then the levels
+    unformed: np.ndarray  # (batch, rows, width, 2) bool: devices below G_min / 2
+    difference: np.ndarray  # (batch, rows, width): G+ - G-
+    scales: np.ndarray  # (batch, 1, width): the column scales
+
+
 class _Layout:
     """The devices of every used array, each array's (physical rows, physical cols) levels filled tile by tile and
     ramp by ramp, and the reference weights of the tiles laid out.
@@ -74,7 +83,7 @@ class _Layout:
         self.reference: dict[int, np.ndarray] = {}  # tile id -> its reference weights, as :meth:`flush` makes them
         self._formed: dict[int, int] = {}  # array -> formed devices laid out on it
         self._spares_touched: set[int] = set()  # arrays where something may have been laid out on a spare line
-        self._scratch: dict[tuple[int, int], np.ndarray] = {}  # (rows, width) -> a float64 buffer of _BATCH tiles
+        self._scratch: dict[tuple[int, int], _Scratch] = {}  # (rows, width) -> the buffers of _BATCH tiles
         self._pending: dict[tuple[Any, ...], list[_Tile]] = {}  # tiles queued by (shape, dtype, with reference)
 
     def array(self, k: int) -> np.ndarray:
@@ -144,23 +153,25 @@ class _Layout:
         batch), each tile's a view of it.
         """
         rows, width = tiles[0].g_pos.shape
-        x = self._scratch.get((rows, width))
-        if x is None:
-            x = self._scratch[(rows, width)] = np.empty((_BATCH, rows, width, 2))
+        scratch = self._scratch.get((rows, width))
+        if scratch is None:
+            scratch = self._scratch[(rows, width)] = _Scratch(
+                np.empty((_BATCH, rows, width, 2)), np.empty((_BATCH, rows, width, 2), bool),
+                np.empty((_BATCH, rows, width)), np.empty((_BATCH, 1, width)))
         n = len(tiles)
-        x = x[:n]
+        x, unformed = scratch.targets[:n], scratch.unformed[:n]
         for i, t in enumerate(tiles):
             x[i, :, :, 0], x[i, :, :, 1] = t.g_pos, t.g_neg  # exact: a float32 target is a float64 value
         weights: list[np.ndarray | None] = [None] * n
         if tiles[0].scale is not None:
-            scales = np.empty((n, 1, width))
+            difference, scales = scratch.difference[:n], scratch.scales[:n]
             for i, t in enumerate(tiles):
                 scales[i, 0] = t.scale
-            exact = np.subtract(x[..., 0], x[..., 1])
-            np.divide(exact, scales, out=exact)
-            weights = list(exact.astype(tiles[0].dtype))
+            np.subtract(x[..., 0], x[..., 1], out=difference)
+            # the quotient in float64, rounded once to the model's type as it is stored (astype's rounding)
+            weights = list(np.divide(difference, scales, out=np.empty((n, rows, width), tiles[0].dtype)))
         d = self.hw.device
-        unformed = np.less(x, d.g_min_us / 2)
+        np.less(x, d.g_min_us / 2, out=unformed)
         np.subtract(x, d.g_min_us, out=x)
         np.divide(x, self.delta_g, out=x)
         np.rint(x, out=x)
