@@ -49,7 +49,7 @@ class _Tile(NamedTuple):
 
 
 class _Scratch(NamedTuple):
-    """The float64 buffers the levels and reference weights of a batch of tiles of one shape are computed in."""
+    """The buffers the levels and reference weights of a batch of tiles of one shape are computed in (float64)."""
 
     targets: np.ndarray  # (batch, rows, width, 2): G+ and G- interleaved, then the levels
     unformed: np.ndarray  # (batch, rows, width, 2) bool: devices below G_min / 2
@@ -83,7 +83,7 @@ class _Layout:
         self.reference: dict[int, np.ndarray] = {}  # tile id -> its reference weights, as :meth:`flush` makes them
         self._formed: dict[int, int] = {}  # array -> formed devices laid out on it
         self._spares_touched: set[int] = set()  # arrays where something may have been laid out on a spare line
-        self._scratch: dict[tuple[int, int], _Scratch] = {}  # (rows, width) -> the buffers of _BATCH tiles
+        self._scratch: _Scratch | None = None  # flat buffers for the largest batch so far (see _buffers)
         self._pending: dict[tuple[Any, ...], list[_Tile]] = {}  # tiles queued by (shape, dtype, with reference)
 
     def array(self, k: int) -> np.ndarray:
@@ -153,18 +153,12 @@ class _Layout:
         batch), each tile's a view of it.
         """
         rows, width = tiles[0].g_pos.shape
-        scratch = self._scratch.get((rows, width))
-        if scratch is None:
-            scratch = self._scratch[(rows, width)] = _Scratch(
-                np.empty((_BATCH, rows, width, 2)), np.empty((_BATCH, rows, width, 2), bool),
-                np.empty((_BATCH, rows, width)), np.empty((_BATCH, 1, width)))
         n = len(tiles)
-        x, unformed = scratch.targets[:n], scratch.unformed[:n]
+        x, unformed, difference, scales = self._buffers(n, rows, width)
         for i, t in enumerate(tiles):
             x[i, :, :, 0], x[i, :, :, 1] = t.g_pos, t.g_neg  # exact: a float32 target is a float64 value
         weights: list[np.ndarray | None] = [None] * n
         if tiles[0].scale is not None:
-            difference, scales = scratch.difference[:n], scratch.scales[:n]
             for i, t in enumerate(tiles):
                 scales[i, 0] = t.scale
             np.subtract(x[..., 0], x[..., 1], out=difference)
@@ -181,6 +175,19 @@ class _Layout:
             t.levels[...] = x[i].reshape(rows, 2 * width)
             self._formed[t.array] = self._formed.get(t.array, 0) + 2 * rows * width - np.count_nonzero(unformed[i])
         return weights
+
+    def _buffers(self, n: int, rows: int, width: int) -> _Scratch:
+        """Views of the scratch buffers shaped for n tiles of rows x width; they grow (once per larger shape), so a
+        module's tiles of a few shapes share one set of at most a few MB."""
+        size = n * rows * width
+        s = self._scratch
+        if s is None or s.difference.size < size or s.scales.size < n * width:
+            full, cols = _BATCH * rows * width, _BATCH * width
+            if s is not None:
+                full, cols = max(full, s.difference.size), max(cols, s.scales.size)
+            s = self._scratch = _Scratch(np.empty(2 * full), np.empty(2 * full, bool), np.empty(full), np.empty(cols))
+        return _Scratch(s.targets[:2 * size].reshape(n, rows, width, 2), s.unformed[:2 * size].reshape(n, rows, width, 2),
+                        s.difference[:size].reshape(n, rows, width), s.scales[:n * width].reshape(n, 1, width))
 
     def devices_used(self) -> list[int]:
         """Formed devices of each used array, in index order."""
