@@ -13,7 +13,7 @@ because it produces an image rather than a module; the driver
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -35,26 +35,24 @@ def _dims(shape: tuple) -> list[int | str | None]:
 _BATCH = 16  # tiles whose levels are computed together (a 128 x 32 batch: a 1 MB float64 buffer, in the L2 cache)
 
 
-class _Tile(NamedTuple):
-    """A tile queued for its levels (and reference weights): its conductances, where its levels go, and for its
-    reference weights its column scales (None: no reference weights), the model's float type and its tile id."""
+class _Batch:
+    """Tiles of one shape and model type queued for their levels (and reference weights): their conductances copied
+    on arrival into the batch's float64 buffer, so that a queued tile keeps no conductances of the module alive (a
+    tile is a window of a whole column chunk), with where each tile's levels go, on which array, and its tile id."""
 
-    g_pos: np.ndarray
-    g_neg: np.ndarray
-    levels: np.ndarray
-    array: int  # the array it is on (-1: levels laid out nowhere, see _Layout.natural)
-    scale: np.ndarray | None
-    dtype: np.dtype
-    tile: int
+    def __init__(self, rows: int, width: int, dtype: np.dtype, reference: bool) -> None:
+        self.targets = np.empty((_BATCH, rows, width, 2))  # G+ and G- interleaved as on the array, then the levels
+        self.scales = np.empty((_BATCH, 1, width)) if reference else None  # the column scales
+        self.dtype = dtype
+        self.tiles: list[tuple[np.ndarray, int, int]] = []  # (levels out, array, tile id)
 
-
-class _Scratch(NamedTuple):
-    """The buffers the levels and reference weights of a batch of tiles of one shape are computed in (float64)."""
-
-    targets: np.ndarray  # (batch, rows, width, 2): G+ and G- interleaved, then the levels
-    unformed: np.ndarray  # (batch, rows, width, 2) bool: devices below G_min / 2
-    difference: np.ndarray  # (batch, rows, width): G+ - G-
-    scales: np.ndarray  # (batch, 1, width): the column scales
+    def add(self, g_pos: np.ndarray, g_neg: np.ndarray, scale: np.ndarray | None, levels: np.ndarray, k: int,
+            tile: int) -> None:
+        i = len(self.tiles)
+        self.targets[i, :, :, 0], self.targets[i, :, :, 1] = g_pos, g_neg  # exact: a float32 target is a float64 value
+        if self.scales is not None:
+            self.scales[i, 0] = scale
+        self.tiles.append((levels, k, tile))
 
 
 class _Layout:
@@ -83,8 +81,9 @@ class _Layout:
         self.reference: dict[int, np.ndarray] = {}  # tile id -> its reference weights, as :meth:`flush` makes them
         self._formed: dict[int, int] = {}  # array -> formed devices laid out on it
         self._spares_touched: set[int] = set()  # arrays where something may have been laid out on a spare line
-        self._scratch: _Scratch | None = None  # flat buffers for the largest batch so far (see _buffers)
-        self._pending: dict[tuple[Any, ...], list[_Tile]] = {}  # tiles queued by (shape, dtype, with reference)
+        self._scratch: tuple[np.ndarray, np.ndarray] | None = None  # see _buffers
+        self._pending: dict[tuple[Any, ...], _Batch] = {}  # (shape, dtype, with reference) -> its queued tiles
+        self._batches: dict[tuple[Any, ...], _Batch] = {}  # the empty batch of each kind, for its next tiles
 
     def array(self, k: int) -> np.ndarray:
         lv = self.arrays.get(k)
@@ -120,50 +119,50 @@ class _Layout:
         ``dtype`` (``reference[tile]``), are computed with the next tiles of its shape and type (:meth:`flush`)."""
         out = self.free(k, rows, cols, what)
         out[...] = 0  # claimed: not -1 any more
-        kind = (g_pos.shape, dtype, scale is None)
-        batch = self._pending.setdefault(kind, [])
-        batch.append(_Tile(g_pos, g_neg, out, k, scale, dtype, tile))
-        if len(batch) == _BATCH:
-            self._write(batch)
-            del self._pending[kind]
+        kind = (g_pos.shape, dtype, scale is not None)
+        batch = self._pending.get(kind)
+        if batch is None:
+            batch = self._pending[kind] = self._batches.get(kind) or _Batch(*g_pos.shape, dtype, scale is not None)
+        batch.add(g_pos, g_neg, scale, out, k, tile)
+        if len(batch.tiles) == _BATCH:
+            self._write(kind)
 
     def flush(self) -> None:
         """Write the levels and reference weights of every tile still queued by :meth:`program`."""
-        for batch in self._pending.values():
-            self._write(batch)
-        self._pending = {}
+        for kind in list(self._pending):
+            self._write(kind)
 
-    def _write(self, batch: list[_Tile]) -> None:
-        for t, weights in zip(batch, self._compute(batch)):
+    def _write(self, kind: tuple[Any, ...]) -> None:
+        batch = self._pending.pop(kind)
+        for (_, _, tile), weights in zip(batch.tiles, self._compute(batch)):
             if weights is not None:
-                self.reference[t.tile] = weights
+                self.reference[tile] = weights
+        batch.tiles = []
+        self._batches[kind] = batch  # its buffers serve the next tiles of its kind
 
-    def _compute(self, tiles: list[_Tile]) -> list[np.ndarray | None]:
-        """Levels of tiles of one shape, together, into each tile's ``levels``: clip(rint((G - G_min) / delta_g), 0,
+    def _compute(self, batch: _Batch) -> list[np.ndarray | None]:
+        """Levels of a batch's tiles, together, into each tile's levels: clip(rint((G - G_min) / delta_g), 0,
         levels - 1), -1 below G_min / 2, in float64 whatever the type of the targets (cim_kernels forms them in
         float64); and with column scales each tile's reference weights (else None), in the tiles' order.
 
         The reference weights are what exact runs: the weights the conductances
         encode, (G+ - G-) / column scale in float64 as cim_kernels.encoded_weights
         forms them, rounded once to the model's float type (cim_kernels does the
-        same). Each step runs once over a batch of tiles, in place in one float64
-        buffer that interleaves G+ and G- as the array does: numpy's per-call
-        overhead is most of the cost of one 128 x 32 tile. A batch's reference
-        weights are one array of the model's type (no float64 array larger than a
-        batch), each tile's a view of it.
+        same). Each step runs once over the batch, in place in its float64 buffer
+        that interleaves G+ and G- as the array does: numpy's per-call overhead is
+        most of the cost of one 128 x 32 tile. A batch's reference weights are one
+        array of the model's type (no float64 array larger than a batch), each
+        tile's a view of it.
         """
-        rows, width = tiles[0].g_pos.shape
-        n = len(tiles)
-        x, unformed, difference, scales = self._buffers(n, rows, width)
-        for i, t in enumerate(tiles):
-            x[i, :, :, 0], x[i, :, :, 1] = t.g_pos, t.g_neg  # exact: a float32 target is a float64 value
+        n = len(batch.tiles)
+        _, rows, width, _ = batch.targets.shape
+        x = batch.targets[:n]
+        unformed, difference = self._buffers(n, rows, width)
         weights: list[np.ndarray | None] = [None] * n
-        if tiles[0].scale is not None:
-            for i, t in enumerate(tiles):
-                scales[i, 0] = t.scale
+        if batch.scales is not None:
             np.subtract(x[..., 0], x[..., 1], out=difference)
             # the quotient in float64, rounded once to the model's type as it is stored (astype's rounding)
-            weights = list(np.divide(difference, scales, out=np.empty((n, rows, width), tiles[0].dtype)))
+            weights = list(np.divide(difference, batch.scales[:n], out=np.empty((n, rows, width), batch.dtype)))
         d = self.hw.device
         np.less(x, d.g_min_us / 2, out=unformed)
         np.subtract(x, d.g_min_us, out=x)
@@ -171,23 +170,20 @@ class _Layout:
         np.rint(x, out=x)
         np.clip(x, 0, d.levels - 1, out=x)
         np.copyto(x, -1, where=unformed)
-        for i, t in enumerate(tiles):
-            t.levels[...] = x[i].reshape(rows, 2 * width)
-            self._formed[t.array] = self._formed.get(t.array, 0) + 2 * rows * width - np.count_nonzero(unformed[i])
+        for i, (levels, k, _) in enumerate(batch.tiles):
+            levels[...] = x[i].reshape(rows, 2 * width)
+            self._formed[k] = self._formed.get(k, 0) + 2 * rows * width - np.count_nonzero(unformed[i])
         return weights
 
-    def _buffers(self, n: int, rows: int, width: int) -> _Scratch:
-        """Views of the scratch buffers shaped for n tiles of rows x width; they grow (once per larger shape), so a
-        module's tiles of a few shapes share one set of at most a few MB."""
+    def _buffers(self, n: int, rows: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """The unformed mask and G+ - G- buffers of n tiles of rows x width: views of one pair of flat buffers,
+        grown to the largest batch so far (every kind of tile shares them)."""
         size = n * rows * width
-        s = self._scratch
-        if s is None or s.difference.size < size or s.scales.size < n * width:
-            full, cols = _BATCH * rows * width, _BATCH * width
-            if s is not None:
-                full, cols = max(full, s.difference.size), max(cols, s.scales.size)
-            s = self._scratch = _Scratch(np.empty(2 * full), np.empty(2 * full, bool), np.empty(full), np.empty(cols))
-        return _Scratch(s.targets[:2 * size].reshape(n, rows, width, 2), s.unformed[:2 * size].reshape(n, rows, width, 2),
-                        s.difference[:size].reshape(n, rows, width), s.scales[:n * width].reshape(n, 1, width))
+        if self._scratch is None or self._scratch[1].size < size:
+            full = max(_BATCH * rows * width, 0 if self._scratch is None else self._scratch[1].size)
+            self._scratch = (np.empty(2 * full, bool), np.empty(full))
+        unformed, difference = self._scratch
+        return unformed[:2 * size].reshape(n, rows, width, 2), difference[:size].reshape(n, rows, width)
 
     def devices_used(self) -> list[int]:
         """Formed devices of each used array, in index order."""
@@ -219,7 +215,9 @@ class _Layout:
         """A tile's levels in its own order (rows, 2 x width: G+ of weight column j on column 2j, G- on 2j + 1),
         and with column scales its reference weights, computed now and laid out nowhere."""
         out = np.empty((g_pos.shape[0], 2 * g_pos.shape[1]), self.dtype)
-        weights = self._compute([_Tile(g_pos, g_neg, out, -1, scale, dtype, -1)])[0]
+        batch = _Batch(*g_pos.shape, dtype, scale is not None)
+        batch.add(g_pos, g_neg, scale, out, -1, -1)
+        weights = self._compute(batch)[0]
         del self._formed[-1]
         return out, weights
 

@@ -17,6 +17,7 @@ import pytest
 
 import cimc
 import cimc.image
+import cimc.step_program
 from cimc import cli
 from cimc.attributes import Tensor
 from cimc.compiler import build_image, compile_to_ir
@@ -238,10 +239,14 @@ def test_reference_weights_and_formed_devices_against_their_closed_form() -> Non
         assert entry["devices_used"] == np.count_nonzero(image.arrays[entry["index"]] >= 0)
 
 
-def test_program_tensors_are_stored_once_per_content() -> None:
-    """A program tensor's entry is shared by every tensor of the same dtype, shape and elements (small ones keyed
-    by their bytes, large ones by their digest; a strided window like its contiguous copy), and named after the
-    first; the same bytes under another dtype or shape, and -0.0 against 0.0, are other contents."""
+@pytest.mark.parametrize("keys", ["content", "all equal"])
+def test_program_tensors_are_stored_once_per_content(keys: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program tensor's entry is shared by every tensor of the same dtype, shape and bytes (small ones keyed by
+    a hash of their bytes, large ones by their digest; a strided window like its contiguous copy), and named after
+    the first; the same bytes under another dtype or shape, and -0.0 against 0.0, are other contents. Keys that
+    all collide change nothing: equal keys are told apart by their content."""
+    if keys == "all equal":
+        monkeypatch.setattr(cimc.step_program, "_content_key", lambda tensor: 0)
     emitter = _Emitter(Module("main", Block([], []), {}), {})
 
     def entry(array: np.ndarray, key: str = "t") -> str:
