@@ -219,7 +219,7 @@ class _Emitter:
         self._names = Printer(module).names
         self.extra = extra
         self.tensors: dict[str, np.ndarray] = {}
-        self._keys: dict[object, str | list[str]] = {}  # content key (see _content_key) -> its entry or entries
+        self._keys: dict[object, str | list[str]] = {}  # content key (see _entry) -> its entry or entries
         # id -> (tensor, dtype name, its entry or None when inline), the tensor kept alive so that its id stays its own
         self._entries: dict[int, tuple[Tensor, str, str | None]] = {}
         self._types: dict[TensorType, str] = {}
@@ -244,16 +244,28 @@ class _Emitter:
         return {"dtype": dtype, "shape": list(array.shape), "npy": entry}
 
     def _entry(self, tensor: Tensor) -> str | None:
-        """None for a tensor written inline; else its entry (one per distinct content, named after the first tensor
-        of that content)."""
+        """None for a tensor written inline; else its entry: one per distinct content (dtype, shape and bytes, so
+        -0.0 is not 0.0), named after the first tensor of that content.
+
+        Entries are found by a key of the content: for a small tensor (nearly all
+        of them: every read's column scales and ranges, thousands in a large model)
+        the hash of its bytes, cheaper than its digest and an int to keep rather
+        than the bytes; for a larger one its digest (computed once per tensor).
+        Equal contents have equal sizes, so they take the same branch, and the two
+        kinds of key never compare equal. An entry is taken only if its content is
+        equal, so the bytes do not depend on the keys (nor on hash randomization).
+        """
         array = tensor.array
         if array.size <= INLINE_LIMIT and (array.dtype.kind != "f" or np.isfinite(array).all()):
             return None
-        content = _content_key(tensor)
+        data = array.tobytes() if array.nbytes <= _BYTES_KEY_LIMIT else None
+        content = _content_key(tensor, data)
         found = self._keys.get(content)
         stored = () if found is None else (found,) if type(found) is str else found
         for entry in stored:  # the entries with this key: the one of equal content, if any (a key is not unique)
-            if _same_content(self.tensors[entry], array):
+            other = self.tensors[entry]
+            if other.dtype == array.dtype and other.shape == array.shape and \
+                    other.tobytes() == (array.tobytes() if data is None else data):
                 return entry
         base = legal_name(tensor.key) or "tensor"
         entry, n = f"program/{base}.npy", 0
@@ -346,27 +358,10 @@ def _known_attributes(name: str) -> frozenset[str]:
 _BYTES_KEY_LIMIT = 4096  # bytes: a read's per-column scales and ranges (a few hundred bytes each) are far below
 
 
-def _content_key(tensor: Tensor) -> object:
-    """A key of a program tensor's elements, to find an entry of equal content among few (see :func:`_same_content`).
-
-    A small tensor (nearly all of them: every read's column scales and ranges,
-    thousands in a large model) is keyed by the hash of its bytes: cheaper than
-    its digest, and an int to keep rather than its bytes (18,000 of them for a
-    2-layer LSTM-1024 would be 6 MB more at the peak of the build). A larger one
-    by its digest, computed once per tensor. Tensors of equal content have equal
-    sizes, so both take the same branch, and the two kinds of key never compare
-    equal. Equal keys do not make equal contents: the entry is the first one whose
-    content is equal, which does not depend on the key, so neither do the bytes.
-    """
-    array = tensor.array
-    if array.nbytes <= _BYTES_KEY_LIMIT:
-        return hash(array.tobytes())
-    return tensor.digest
-
-
-def _same_content(a: np.ndarray, b: np.ndarray) -> bool:
-    """The same dtype, shape and bytes (so -0.0 is not 0.0, and a NaN is its own payload)."""
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+def _content_key(tensor: Tensor, data: bytes | None) -> object:
+    """The key entries are found by (see _Emitter._entry): the hash of a small tensor's bytes ``data``, else the
+    tensor's digest."""
+    return tensor.digest if data is None else hash(data)
 
 
 _DTYPE_NAMES: dict[np.dtype, str] = {}

@@ -246,7 +246,7 @@ def test_program_tensors_are_stored_once_per_content(keys: str, monkeypatch: pyt
     the first; the same bytes under another dtype or shape, and -0.0 against 0.0, are other contents. Keys that
     all collide change nothing: equal keys are told apart by their content."""
     if keys == "all equal":
-        monkeypatch.setattr(cimc.step_program, "_content_key", lambda tensor: 0)
+        monkeypatch.setattr(cimc.step_program, "_content_key", lambda tensor, data: 0)
     emitter = _Emitter(Module("main", Block([], []), {}), {})
 
     def entry(array: np.ndarray, key: str = "t") -> str:
