@@ -3,16 +3,22 @@
     python bench/image.py [--hidden 1024] [--repeat 7]
 
 The model is bench/compile.py's ``lstm_stack`` (input = hidden, 16 H^2 + 16 H
-float32 weights). The script compiles it once to the scheduled module
-(``compile_to_ir``, on a chip with enough arrays), then, over --repeat rounds
-interleaved so that machine load hits every measurement alike, prints the
+float32 weights). Over --repeat rounds, interleaved so that machine load hits
+every measurement alike, the script compiles it to a fresh scheduled module
+(``compile_to_ir``, on a chip with enough arrays; not timed) and prints the
 medians of
 
-* ``build_image`` (the emit-image lowering: levels, regions, ramps, reference
-  weights, the step program) and ``Image.save`` (the atomic write, fsync
-  included; its blobs streamed in chunks and hashed as they go), against the
-  write half of bench/compile.py's I/O floor measured in the same rounds:
-  ``np.savez`` of the model's weights into the same folder (no fsync);
+* ``build_image`` as ``cimc compile`` calls it (the model file's provenance,
+  ``release=True``, on a module no image was built from before, so that nothing
+  is cached from an earlier build: the emit-image lowering, levels, regions,
+  ramps, reference weights, the step program) and ``Image.save`` (the atomic
+  write, fsync included; its blobs streamed in chunks and hashed as they go),
+  against the write half of bench/compile.py's I/O floor measured in the same
+  rounds: ``np.savez`` of the model's weights into the same folder (no fsync);
+* what the save is made of, each part timed alone on the same bytes: the JSON
+  encoding of manifest.json and program.json (their documents read back from the
+  file), SHA-256 and CRC-32 (the zip's) over the whole file, and writing the
+  file's bytes (with fsync) from memory;
 * ``load_image``, ``Image.program()`` (the Module the simulator runs) and the
   ideal simulator's plan (``Simulator(image).plan()``: devices realized, every
   tile's conductances and kernels), against reading every zip entry's bytes;
@@ -20,19 +26,23 @@ medians of
 each in wall and in CPU time (user + system of this process: on a shared
 machine the steadier of the two); and then bytes per weight of the device levels, the reference weights and the
 whole file, and the peak of Python/numpy allocations (tracemalloc) of one
-``build_image`` and one ``Image.save``, as multiples of the model's weight
+``build_image`` (of a fresh module) and one ``Image.save``, as multiples of the model's weight
 bytes. Run it from a checkout of another cimc (PYTHONPATH) for its numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 import statistics
 import sys
 import tempfile
 import time
 import tracemalloc
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,9 +54,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from compile import lstm_stack  # noqa: E402
 
 from cimc.backends.simulator import Simulator, SimulatorOptions  # noqa: E402
-from cimc.compiler import build_image, compile_to_ir  # noqa: E402
+from cimc.collector import collector_paused  # noqa: E402
+from cimc.compiler import build_image, compile_to_ir, image_provenance  # noqa: E402
 from cimc.hardware import load_hardware  # noqa: E402
-from cimc.image import image_sizes, load_image  # noqa: E402
+from cimc.image import Image, _json_bytes, image_sizes, load_image  # noqa: E402
+from cimc.ir import Module  # noqa: E402
 
 
 def timed(action: Callable[[], object], cpu: list[float]) -> tuple[float, object]:
@@ -63,6 +75,13 @@ def peak_allocation(action: Callable[[], object]) -> int:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return peak
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def read_entries(path: Path) -> None:
@@ -89,7 +108,10 @@ def main() -> None:
         print(f"2-layer LSTM {args.hidden}->{args.hidden} ({weight_bytes / 2**20:.1f} MB of weights): compiled to the "
               f"scheduled module in {seconds:.1f} s")
 
-        names = ("build", "save", "floor", "load", "program", "plan", "read")
+        def build(module: Module) -> Image:  # as cimc compile builds it
+            return build_image(module, hw, image_provenance(model_path, hw, None), release=True)
+
+        names = ("build", "save", "floor", "load", "program", "plan", "read", "json", "sha256", "crc32", "write")
         wall: dict[str, list[float]] = {k: [] for k in names}
         cpu: dict[str, list[float]] = {k: [] for k in names}
 
@@ -98,13 +120,25 @@ def main() -> None:
             wall[name].append(seconds)
             return result
 
-        for _ in range(args.repeat):
+        for i in range(args.repeat):
             image_path.unlink(missing_ok=True)
             (folder / "floor.npz").unlink(missing_ok=True)
-            image = measure("build", lambda: build_image(module, hw))
+            if i:
+                module = compile_to_ir(model_path, hw)
+            image = measure("build", lambda: build(module))  # noqa: B023
+            del module
             measure("save", lambda: image.save(image_path))  # noqa: B023
             measure("floor", lambda: np.savez(folder / "floor.npz", **weights))
             del image
+            data = image_path.read_bytes()
+            with zipfile.ZipFile(image_path) as zf:  # the documents as written (the manifest with its tensor table)
+                documents = [json.loads(zf.read(name)) for name in ("manifest.json", "program.json")]
+            with collector_paused():  # as in Image.save
+                measure("json", lambda: [_json_bytes(d) for d in documents])  # noqa: B023
+            measure("sha256", lambda: hashlib.sha256(data).digest())  # noqa: B023
+            measure("crc32", lambda: zlib.crc32(data))  # noqa: B023
+            measure("write", lambda: write_synced(folder / "copy.bin", data))  # noqa: B023
+            del data
             measure("read", lambda: read_entries(image_path))
             loaded = measure("load", lambda: load_image(image_path))
             measure("program", loaded.program)
@@ -116,6 +150,8 @@ def main() -> None:
             write, load = m["build"] + m["save"], m["load"] + m["program"] + m["plan"]
             print(f"  {clock:>4}: build_image {m['build']:.3f} + Image.save {m['save']:.3f} = {write:.3f}; np.savez of the "
                   f"weights {m['floor']:.3f}; ratio {write / m['floor']:.2f}")
+            print(f"  {clock:>4}: of the save, alone: JSON {m['json']:.3f}, SHA-256 {m['sha256']:.3f}, CRC-32 "
+                  f"{m['crc32']:.3f}, writing the bytes with fsync {m['write']:.3f}")
             print(f"  {clock:>4}: load_image {m['load']:.3f} + program() {m['program']:.3f} + ideal plan {m['plan']:.3f} = "
                   f"{load:.3f}; reading the entries' bytes {m['read']:.3f}; ratio {load / m['read']:.1f}")
 
@@ -128,13 +164,14 @@ def main() -> None:
         print(f"bytes/weight: devices {sizes['device_bytes'] / w:.2f}, reference weights {sizes['reference_bytes'] / w:.2f}, "
               f"whole image {total / w:.2f} ({total / 2**20:.1f} MB)")
         del image
-        build_peak = peak_allocation(lambda: build_image(module, hw))
-        fresh = build_image(module, hw)
+        module = compile_to_ir(model_path, hw)
+        build_peak = peak_allocation(lambda: build(module))
+        fresh = build(compile_to_ir(model_path, hw))
         save_peak = peak_allocation(lambda: fresh.save(folder / "again.cimg"))
         print(f"peak allocation: build_image {build_peak / 2**20:.1f} MB = {build_peak / weight_bytes:.2f} x the weight "
               f"bytes; Image.save {save_peak / 2**20:.1f} MB = {save_peak / weight_bytes:.2f} x")
         again = folder / "again.cimg"
-        assert again.read_bytes() == image_path.read_bytes(), "the same module gave two different images"
+        assert again.read_bytes() == image_path.read_bytes(), "two compiles of the same model gave different images"
         load_image(again).save(folder / "third.cimg")
         assert (folder / "third.cimg").read_bytes() == image_path.read_bytes(), "a loaded image saved again differs"
 

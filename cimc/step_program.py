@@ -219,8 +219,9 @@ class _Emitter:
         self._names = Printer(module).names
         self.extra = extra
         self.tensors: dict[str, np.ndarray] = {}
-        self._keys: dict[bytes, str] = {}
-        self._entries: dict[int, tuple[Tensor, str | None]] = {}  # id -> (tensor, its entry or None), kept alive
+        self._keys: dict[object, str | list[str]] = {}  # content key (see _entry) -> its entry or entries
+        # id -> (tensor, dtype name, its entry or None when inline), the tensor kept alive so that its id stays its own
+        self._entries: dict[int, tuple[Tensor, str, str | None]] = {}
         self._types: dict[TensorType, str] = {}
 
     def name(self, value: Value) -> str:
@@ -235,27 +236,44 @@ class _Emitter:
     def tensor(self, tensor: Tensor) -> dict[str, Any]:
         seen = self._entries.get(id(tensor))
         if seen is None:
-            seen = self._entries[id(tensor)] = (tensor, self._entry(tensor))
-        array, entry = tensor.array, seen[1]
-        head = {"dtype": _dtype_name(array.dtype), "shape": list(array.shape)}
+            seen = self._entries[id(tensor)] = (tensor, _dtype_name(tensor.array.dtype), self._entry(tensor))
+        _, dtype, entry = seen
+        array = tensor.array
         if entry is None:  # inline: small and finite
-            return {**head, "data": array.reshape(-1).tolist()}
-        return {**head, "npy": entry}
+            return {"dtype": dtype, "shape": list(array.shape), "data": array.reshape(-1).tolist()}
+        return {"dtype": dtype, "shape": list(array.shape), "npy": entry}
 
     def _entry(self, tensor: Tensor) -> str | None:
-        """None for a tensor written inline; else its entry (one per distinct content)."""
+        """None for a tensor written inline; else its entry: one per distinct content (dtype, shape and bytes, so
+        -0.0 is not 0.0), named after the first tensor of that content.
+
+        Entries are found by a key of the content: for a small tensor (nearly all
+        of them: every read's column scales and ranges, thousands in a large model)
+        the hash of its bytes, cheaper than its digest and an int to keep rather
+        than the bytes; for a larger one its digest (computed once per tensor).
+        Equal contents have equal sizes, so they take the same branch, and the two
+        kinds of key never compare equal. An entry is taken only if its content is
+        equal, so the bytes do not depend on the keys (nor on hash randomization).
+        """
         array = tensor.array
         if array.size <= INLINE_LIMIT and (array.dtype.kind != "f" or np.isfinite(array).all()):
             return None
-        entry = self._keys.get(tensor.digest)
-        if entry is None:
-            base = legal_name(tensor.key) or "tensor"
-            entry, n = f"program/{base}.npy", 0
-            while entry in self.tensors:
-                n += 1
-                entry = f"program/{base}_{n}.npy"
-            self.tensors[entry] = array
-            self._keys[tensor.digest] = entry
+        data = array.tobytes() if array.nbytes <= _BYTES_KEY_LIMIT else None
+        content = _content_key(tensor, data)
+        found = self._keys.get(content)
+        stored = () if found is None else (found,) if type(found) is str else found
+        for entry in stored:  # the entries with this key: the one of equal content, if any (a key is not unique)
+            other = self.tensors[entry]
+            if other.dtype == array.dtype and other.shape == array.shape and \
+                    other.tobytes() == (array.tobytes() if data is None else data):
+                return entry
+        base = legal_name(tensor.key) or "tensor"
+        entry, n = f"program/{base}.npy", 0
+        while entry in self.tensors:
+            n += 1
+            entry = f"program/{base}_{n}.npy"
+        self.tensors[entry] = array
+        self._keys[content] = entry if found is None else [*stored, entry]
         return entry
 
     def attr(self, kind: str, value: AttrValue, key: str, op: str) -> Any:
@@ -305,6 +323,11 @@ class _Emitter:
                 attrs[key] = value
             elif kind == "tensor" and type(value) is Tensor:
                 attrs[key] = self.tensor(value)
+            elif kind == "float" and type(value) is float and math.isfinite(value):
+                attrs[key] = value
+            elif kind == "ints" and type(value) is tuple and len(value) == 2 and type(value[0]) is int and \
+                    type(value[1]) is int:  # a read's rows and cols
+                attrs[key] = [value[0], value[1]]
             else:
                 attrs[key] = self.attr(kind, value, key, name)  # type: ignore[arg-type]
         if attrs:
@@ -330,6 +353,15 @@ def _attribute_plan(name: str) -> tuple[tuple[str, str, str, bool], ...]:
 @functools.cache
 def _known_attributes(name: str) -> frozenset[str]:
     return frozenset(ir for _, ir, _, _ in _attribute_plan(name))
+
+
+_BYTES_KEY_LIMIT = 4096  # bytes: a read's per-column scales and ranges (a few hundred bytes each) are far below
+
+
+def _content_key(tensor: Tensor, data: bytes | None) -> object:
+    """The key entries are found by (see _Emitter._entry): the hash of a small tensor's bytes ``data``, else the
+    tensor's digest."""
+    return tensor.digest if data is None else hash(data)
 
 
 _DTYPE_NAMES: dict[np.dtype, str] = {}

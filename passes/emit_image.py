@@ -35,9 +35,29 @@ def _dims(shape: tuple) -> list[int | str | None]:
 _BATCH = 16  # tiles whose levels are computed together (a 128 x 32 batch: a 1 MB float64 buffer, in the L2 cache)
 
 
+class _Batch:
+    """Tiles of one shape and model type queued for their levels (and reference weights): their conductances copied
+    on arrival into the batch's float64 buffer, so that a queued tile keeps no conductances of the module alive (a
+    tile is a window of a whole column chunk), with where each tile's levels go, on which array, and its tile id."""
+
+    def __init__(self, rows: int, width: int, dtype: np.dtype, reference: bool) -> None:
+        self.targets = np.empty((_BATCH, rows, width, 2))  # G+ and G- interleaved as on the array, then the levels
+        self.scales = np.empty((_BATCH, 1, width)) if reference else None  # the column scales
+        self.dtype = dtype
+        self.tiles: list[tuple[np.ndarray, int, int]] = []  # (levels out, array, tile id)
+
+    def add(self, g_pos: np.ndarray, g_neg: np.ndarray, scale: np.ndarray | None, levels: np.ndarray, k: int,
+            tile: int) -> None:
+        i = len(self.tiles)
+        self.targets[i, :, :, 0], self.targets[i, :, :, 1] = g_pos, g_neg  # exact: a float32 target is a float64 value
+        if self.scales is not None:
+            self.scales[i, 0] = scale
+        self.tiles.append((levels, k, tile))
+
+
 class _Layout:
     """The devices of every used array, each array's (physical rows, physical cols) levels filled tile by tile and
-    ramp by ramp.
+    ramp by ramp, and the reference weights of the tiles laid out.
 
     The levels are written where the image keeps them, and saving streams them
     to the file without gathering them again. Each array is allocated when the
@@ -46,6 +66,8 @@ class _Layout:
     freed, and the small allocations reuse their memory (one buffer would be new
     memory on top of the whole module: 36 MB for a 2-layer LSTM-1024). The
     physical size includes the spare lines (only map-defects puts anything on them).
+    Each array's formed devices are counted as its levels are written, not by a
+    second pass over them.
     """
 
     def __init__(self, hw: Hardware, used: list[int]) -> None:
@@ -56,9 +78,12 @@ class _Layout:
         self.used = used
         self.arrays: dict[int, np.ndarray] = {}
         self.regions: dict[int, list[dict[str, Any]]] = {}
+        self.reference: dict[int, np.ndarray] = {}  # tile id -> its reference weights, as :meth:`flush` makes them
+        self._formed: dict[int, int] = {}  # array -> formed devices laid out on it
         self._spares_touched: set[int] = set()  # arrays where something may have been laid out on a spare line
-        self._scratch: dict[tuple[int, int], np.ndarray] = {}  # (rows, width) -> a float64 buffer of _BATCH tiles
-        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (G+, G-, devices) of queued tiles
+        self._scratch: tuple[np.ndarray, np.ndarray] | None = None  # see _buffers
+        self._pending: dict[tuple[Any, ...], _Batch] = {}  # (shape, dtype, with reference) -> its queued tiles
+        self._batches: dict[tuple[Any, ...], _Batch] = {}  # the empty batch of each kind, for its next tiles
 
     def array(self, k: int) -> np.ndarray:
         lv = self.arrays.get(k)
@@ -87,55 +112,83 @@ class _Layout:
             out[k] = lv[:a.rows, :a.cols] if spares_idle else lv
         return out
 
-    def pair_levels(self, g_pos: np.ndarray, g_neg: np.ndarray, out: np.ndarray) -> None:
-        """The programmed levels of a tile's device pairs into ``out`` (rows, 2 x width): G+ of weight column j on
-        column 2j, G- on 2j + 1; -1 for a device left unformed (target 0 uS, below G_min)."""
-        self._compute([(g_pos, g_neg, out)])
-
-    def program(self, k: int, rows: slice, cols: slice, g_pos: np.ndarray, g_neg: np.ndarray, what: str) -> None:
+    def program(self, k: int, rows: slice, cols: slice, g_pos: np.ndarray, g_neg: np.ndarray,
+                scale: np.ndarray | None, dtype: np.dtype, tile: int, what: str) -> None:
         """Program a tile's device pairs on a free region of array k (checked unused, then claimed at once, so that
-        a clash with it is found); the levels are computed with the next tiles of its shape (:meth:`flush`)."""
+        a clash with it is found); its levels, and with column scales ``scale`` its reference weights of type
+        ``dtype`` (``reference[tile]``), are computed with the next tiles of its shape and type (:meth:`flush`)."""
         out = self.free(k, rows, cols, what)
         out[...] = 0  # claimed: not -1 any more
-        if self._pending and (len(self._pending) == _BATCH or self._pending[0][0].shape != g_pos.shape):
-            self.flush()
-        self._pending.append((g_pos, g_neg, out))
+        kind = (g_pos.shape, dtype, scale is not None)
+        batch = self._pending.get(kind)
+        if batch is None:
+            batch = self._pending[kind] = self._batches.get(kind) or _Batch(*g_pos.shape, dtype, scale is not None)
+        batch.add(g_pos, g_neg, scale, out, k, tile)
+        if len(batch.tiles) == _BATCH:
+            self._write(kind)
 
     def flush(self) -> None:
-        """Write the levels of every tile still queued by :meth:`program`."""
-        if self._pending:
-            self._compute(self._pending)
-            self._pending = []
+        """Write the levels and reference weights of every tile still queued by :meth:`program`."""
+        for kind in list(self._pending):
+            self._write(kind)
 
-    def _compute(self, tiles: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
-        """Levels of tiles of one shape, together: clip(rint((G - G_min) / delta_g), 0, levels - 1), -1 below
-        G_min / 2, in float64 whatever the type of the targets (cim_kernels forms them in float64).
+    def _write(self, kind: tuple[Any, ...]) -> None:
+        batch = self._pending.pop(kind)
+        for (_, _, tile), weights in zip(batch.tiles, self._compute(batch)):
+            if weights is not None:
+                self.reference[tile] = weights
+        batch.tiles = []
+        self._batches[kind] = batch  # its buffers serve the next tiles of its kind
 
-        Each step runs once over a batch of tiles, in place in one float64 buffer that interleaves G+ and G- as the
-        array does: numpy's per-call overhead is most of the cost of one 128 x 32 tile.
+    def _compute(self, batch: _Batch) -> list[np.ndarray | None]:
+        """Levels of a batch's tiles, together, into each tile's levels: clip(rint((G - G_min) / delta_g), 0,
+        levels - 1), -1 below G_min / 2, in float64 whatever the type of the targets (cim_kernels forms them in
+        float64); and with column scales each tile's reference weights (else None), in the tiles' order.
+
+        The reference weights are what exact runs: the weights the conductances
+        encode, (G+ - G-) / column scale in float64 as cim_kernels.encoded_weights
+        forms them, rounded once to the model's float type (cim_kernels does the
+        same). Each step runs once over the batch, in place in its float64 buffer
+        that interleaves G+ and G- as the array does: numpy's per-call overhead is
+        most of the cost of one 128 x 32 tile. A batch's reference weights are one
+        array of the model's type (no float64 array larger than a batch), each
+        tile's a view of it.
         """
-        rows, width = tiles[0][0].shape
-        x = self._scratch.get((rows, width))
-        if x is None:
-            x = self._scratch[(rows, width)] = np.empty((_BATCH, rows, width, 2))
-        x = x[:len(tiles)]
-        for i, (g_pos, g_neg, _) in enumerate(tiles):
-            x[i, :, :, 0], x[i, :, :, 1] = g_pos, g_neg  # exact: a float32 target is a float64 value
+        n = len(batch.tiles)
+        _, rows, width, _ = batch.targets.shape
+        x = batch.targets[:n]
+        unformed, difference = self._buffers(n, rows, width)
+        weights: list[np.ndarray | None] = [None] * n
+        if batch.scales is not None:
+            np.subtract(x[..., 0], x[..., 1], out=difference)
+            # the quotient in float64, rounded once to the model's type as it is stored (astype's rounding)
+            weights = list(np.divide(difference, batch.scales[:n], out=np.empty((n, rows, width), batch.dtype)))
         d = self.hw.device
-        unformed = np.less(x, d.g_min_us / 2)
+        np.less(x, d.g_min_us / 2, out=unformed)
         np.subtract(x, d.g_min_us, out=x)
         np.divide(x, self.delta_g, out=x)
         np.rint(x, out=x)
-        np.maximum(x, 0, out=x)
-        np.minimum(x, d.levels - 1, out=x)
+        np.clip(x, 0, d.levels - 1, out=x)
         np.copyto(x, -1, where=unformed)
-        for i, (_, _, out) in enumerate(tiles):
-            out[...] = x[i].reshape(rows, 2 * width)
+        for i, (levels, k, _) in enumerate(batch.tiles):
+            levels[...] = x[i].reshape(rows, 2 * width)
+            self._formed[k] = self._formed.get(k, 0) + 2 * rows * width - np.count_nonzero(unformed[i])
+        return weights
+
+    def _buffers(self, n: int, rows: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """The unformed mask and G+ - G- buffers of n tiles of rows x width: views of one pair of flat buffers,
+        grown to the largest batch so far (every kind of tile shares them)."""
+        size = n * rows * width
+        if self._scratch is None or self._scratch[1].size < size:
+            full = max(_BATCH * rows * width, 0 if self._scratch is None else self._scratch[1].size)
+            self._scratch = (np.empty(2 * full, bool), np.empty(full))
+        unformed, difference = self._scratch
+        return unformed[:2 * size].reshape(n, rows, width, 2), difference[:size].reshape(n, rows, width)
 
     def devices_used(self) -> list[int]:
         """Formed devices of each used array, in index order."""
         self.flush()
-        return [int(np.count_nonzero(self.array(k) >= 0)) for k in self.used]
+        return [self._formed.get(k, 0) for k in self.used]
 
     def free(self, k: int, rows: slice, cols: slice | int, what: str) -> np.ndarray:
         """The devices of a new region (a view), checked unused."""
@@ -144,18 +197,29 @@ class _Layout:
             raise CimcError(f"internal placement clash in array {k} while laying out {what}")
         return lv
 
+    def place_column(self, k: int, col: int, levels: np.ndarray, what: str) -> None:
+        """Program ``levels`` (a ramp's) down column ``col`` of array k from word line 0, checked unused."""
+        self.free(k, slice(0, levels.size), col, what)[...] = levels
+        self._formed[k] = self._formed.get(k, 0) + int(np.count_nonzero(levels >= 0))
+
     def occupy(self, k: int, lines: np.ndarray, bit_lines: np.ndarray, levels: np.ndarray, what: str) -> None:
         """Program ``levels`` on the devices at word lines ``lines`` x ``bit_lines``, checked unused."""
         lv, index = self.array(k), np.ix_(lines, bit_lines)
         if (lv[index] != -1).any():
             raise CimcError(f"internal placement clash in array {k} while laying out {what}")
         lv[index] = levels
+        self._formed[k] = self._formed.get(k, 0) + int(np.count_nonzero(levels >= 0))
 
-    def natural_levels(self, g_pos: np.ndarray, g_neg: np.ndarray) -> np.ndarray:
-        """A tile's levels in its own order (rows, 2 x width): G+ of weight column j on column 2j, G- on 2j + 1."""
+    def natural(self, g_pos: np.ndarray, g_neg: np.ndarray, scale: np.ndarray | None = None,
+                dtype: np.dtype = np.dtype(np.float32)) -> tuple[np.ndarray, np.ndarray | None]:
+        """A tile's levels in its own order (rows, 2 x width: G+ of weight column j on column 2j, G- on 2j + 1),
+        and with column scales its reference weights, computed now and laid out nowhere."""
         out = np.empty((g_pos.shape[0], 2 * g_pos.shape[1]), self.dtype)
-        self.pair_levels(g_pos, g_neg, out)
-        return out
+        batch = _Batch(*g_pos.shape, dtype, scale is not None)
+        batch.add(g_pos, g_neg, scale, out, -1, -1)
+        weights = self._compute(batch)[0]
+        del self._formed[-1]
+        return out, weights
 
 
 def _arrays_used(module: Module) -> list[int]:
@@ -178,7 +242,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
     layout = _Layout(hw, _arrays_used(module))
     extra: dict[int, dict[str, AttrValue]] = {}
     ramps: list[dict[str, Any]] = []
-    weights: dict[int, np.ndarray] = {}
+    weights = layout.reference  # tile id -> reference weights: the layout's, and a shared tile's of other scales
     programmed: dict[tuple[int, int, int, int, int], dict[str, Any]] = {}  # (array, row, bit line, rows, cols) -> region
     tile_id = 0
     for op in module.walk():
@@ -202,46 +266,49 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
                 _, lines, pos, neg = tile_devices(op)
                 bit_lines = np.empty(2 * width, np.int64)
                 bit_lines[0::2], bit_lines[1::2] = pos, neg
-            # What exact runs: the weights the conductances encode, in float64 as cim_kernels.encoded_weights forms
-            # them, rounded once to the model's float type (cim_kernels does the same).
-            exact = (np.subtract(g_pos, g_neg, dtype=np.float64) / op.attributes["g_scale"].array).astype(  # type: ignore[union-attr]
-                op.results[0].type.np_dtype) if reference else None
+            scale = at["g_scale"].array if reference else None  # type: ignore[union-attr]
+            dtype = op.results[0].type.np_dtype
             where = (k, r, c, rows, width)
             region = programmed.get(where)
             if region is not None:
                 # Shared weights: the devices are programmed once and read by every tile placed on them.
                 layout.flush()
                 held = layout.array(k)[r:r + rows, c:c + 2 * width] if in_order else layout.array(k)[np.ix_(lines, bit_lines)]
-                if not np.array_equal(held, layout.natural_levels(g_pos, g_neg)):
+                levels, exact = layout.natural(g_pos, g_neg, scale, dtype)
+                if not np.array_equal(held, levels):
                     raise CimcError(f"internal error: tiles sharing array {k}, bit line {c} hold different conductances")
                 region.setdefault("shared_by", [region["tile"]]).append(tile_id)
                 if op.location and op.location not in region.setdefault("nodes", []):
                     region["nodes"].append(op.location)
                 # One reference per region, unless this tile's column scales make other weights of the same devices.
                 key = region["tile"] if not reference or np.array_equal(weights[region["tile"]], exact) else tile_id
+                if key == tile_id:
+                    weights[tile_id] = exact  # type: ignore[assignment]
             else:
                 if in_order:  # written in place: G+ on the even bit lines of the tile, G- on the odd
-                    layout.program(k, slice(r, r + rows), slice(c, c + 2 * width), g_pos, g_neg, f"tile {tile_id}")
+                    layout.program(k, slice(r, r + rows), slice(c, c + 2 * width), g_pos, g_neg, scale, dtype, tile_id,
+                                   f"tile {tile_id}")
                 else:
-                    layout.occupy(k, lines, bit_lines, layout.natural_levels(g_pos, g_neg), f"tile {tile_id}")
-                r0, r1 = op.attributes["rows"]  # type: ignore[misc]
-                c0, c1 = op.attributes["cols"]  # type: ignore[misc]
-                region = {"kind": "weights", "tile": tile_id, "block": op.attributes.get("block"),
+                    levels, exact = layout.natural(g_pos, g_neg, scale, dtype)
+                    layout.occupy(k, lines, bit_lines, levels, f"tile {tile_id}")
+                    if reference:
+                        weights[tile_id] = exact  # type: ignore[assignment]
+                r0, r1 = at["rows"]  # type: ignore[misc]
+                c0, c1 = at["cols"]  # type: ignore[misc]
+                region = {"kind": "weights", "tile": tile_id, "block": at.get("block"),
                           "block_rows": [r0, r1], "block_cols": [c0, c1],
                           "word_lines": [r, r + rows], "bit_lines": [c, c + 2 * width]}
                 if pairs is not None:
                     region["column_pairs"] = [int(v) for v in pairs]  # type: ignore[union-attr]
                 if moved_rows is not None:
                     region["row_lines"] = [int(v) for v in moved_rows]  # type: ignore[union-attr]
-                if "share" in op.attributes and op.location:
+                if "share" in at and op.location:
                     region["nodes"] = [op.location]
                 if reference:
                     region["reference"] = reference_entry(tile_id)
                 programmed[where] = region
                 layout.regions.setdefault(k, []).append(region)
                 key = tile_id
-            if reference:
-                weights.setdefault(key, exact)
             extra[id(op)] = {"image.tile": tile_id, **({"image.weights": key} if reference else {})}
             tile_id += 1
             if release:
@@ -253,7 +320,7 @@ def emit_image(module: Module, hw: Hardware, provenance: dict[str, Any], referen
                 raise CimcError(f"the ramp at array {k}, bit line {c} needs {column_lv.size} rows; the array has {a.rows}")
             if column_lv.size > a.rows or c >= a.cols:
                 layout.may_touch_spares(k)
-            layout.free(k, slice(0, column_lv.size), c, f"ramp {len(ramps)}")[...] = column_lv
+            layout.place_column(k, c, column_lv, f"ramp {len(ramps)}")
             ramps.append({"array": k, **ramp})
             layout.regions.setdefault(k, []).append({"kind": "ramp", "ramp": len(ramps) - 1,
                                                      "word_lines": [0, int(column_lv.size)], "bit_lines": [c, c + 1]})

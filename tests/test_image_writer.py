@@ -1,6 +1,6 @@
 """Writing an image: the chunked blob writer gives the image's bytes, and a failed write or sync is one clear error
-(exit 2), with no output; the device levels of emit-image against their closed form; the compile summary of a large
-mapping, folded."""
+(exit 2), with no output; the device levels, reference weights and device counts of emit-image against their
+closed form; program tensors stored once per content; the compile summary of a large mapping, folded."""
 
 from __future__ import annotations
 
@@ -17,14 +17,18 @@ import pytest
 
 import cimc
 import cimc.image
+import cimc.step_program
 from cimc import cli
-from cimc.compiler import compile_to_ir
+from cimc.attributes import Tensor
+from cimc.compiler import build_image, compile_to_ir
 from cimc.diagnostics import CimcError
 from cimc.hardware import hardware_from_dict, load_hardware
 from cimc.image import image_summary, format_summary, load_image
+from cimc.ir import Block, Module
 from cimc.passes.emit_image import _Layout
 from cimc.passes.fuse_activation import fusion_summary
 from cimc.report import LISTED_ARRAYS, index_ranges, mapping_summary
+from cimc.step_program import _BYTES_KEY_LIMIT, _Emitter
 from range_models import recurrent_model
 
 ROOT = Path(__file__).parents[1]
@@ -122,8 +126,7 @@ def test_device_levels_are_computed_in_float64() -> None:
     exact = g.astype(np.float64)
     expected = np.where(exact < d.g_min_us / 2, -1, np.clip(np.rint((exact - d.g_min_us) / delta), 0, d.levels - 1))
     layout = _Layout(hw, [0])
-    out = np.full((g.shape[0], 2 * g.shape[1]), 99, np.int8)
-    layout.pair_levels(g, g[:, ::-1].copy(), out)
+    out, _ = layout.natural(g, g[:, ::-1].copy())
     assert np.array_equal(out[:, 0::2], expected) and np.array_equal(out[:, 1::2], expected[:, ::-1])
 
 
@@ -212,3 +215,53 @@ def test_a_failed_sync_is_a_clean_error(kws: cimc.CompiledModel, tmp_path: Path,
 
 def _dumps(document: object) -> str:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def test_reference_weights_and_formed_devices_against_their_closed_form() -> None:
+    """Closed form of what the batched layout writes, tile by tile: the reference weights of a tile are
+    (G+ - G-) / g_scale in float64, rounded once to the model's float type (bit for bit, whatever batch and shape
+    the tile was computed in), and each array's devices_used is the count of its devices at a level >= 0. The
+    hardware has narrow arrays so that tiles of several widths interleave in the walk."""
+    data = load_hardware().to_dict()
+    data["array"]["cols"] = 24  # 12 weight columns a tile: the gates' remainders give tiles of other widths
+    hw = hardware_from_dict(data, "test")
+    module = compile_to_ir(KWS, hw)
+    tiles = [op for op in module.walk() if op.name == "cim.tile_mvm"]
+    assert len({op.attributes["g_pos"].array.shape for op in tiles}) > 1
+    image = build_image(module, hw)
+    reads = {op["attrs"]["tile"]: op["attrs"] for op in image.program_data.ops() if op["op"] == "read"}
+    for tile, op in enumerate(tiles):
+        g_pos, g_neg = (op.attributes[k].array.astype(np.float64) for k in ("g_pos", "g_neg"))
+        expected = ((g_pos - g_neg) / op.attributes["g_scale"].array).astype(op.results[0].type.np_dtype)
+        got = image.reference[reads[tile]["reference"]]
+        assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes(), tile
+    for entry in image.manifest["arrays"]:
+        assert entry["devices_used"] == np.count_nonzero(image.arrays[entry["index"]] >= 0)
+
+
+@pytest.mark.parametrize("keys", ["content", "all equal"])
+def test_program_tensors_are_stored_once_per_content(keys: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program tensor's entry is shared by every tensor of the same dtype, shape and bytes (small ones keyed by
+    a hash of their bytes, large ones by their digest; a strided window like its contiguous copy), and named after
+    the first; the same bytes under another dtype or shape, and -0.0 against 0.0, are other contents. Keys that
+    all collide change nothing: equal keys are told apart by their content."""
+    if keys == "all equal":
+        monkeypatch.setattr(cimc.step_program, "_content_key", lambda tensor, data: 0)
+    emitter = _Emitter(Module("main", Block([], []), {}), {})
+
+    def entry(array: np.ndarray, key: str = "t") -> str:
+        return emitter.tensor(Tensor(array, key))["npy"]
+
+    small, large = np.arange(32.0), np.arange(1000.0)
+    assert small.nbytes <= _BYTES_KEY_LIMIT < large.nbytes
+    assert entry(small) == entry(small.copy(), "other") == "program/t.npy"
+    assert entry(np.zeros(64, np.float32)) == "program/t_1.npy"  # the bytes of np.zeros(32), as float32
+    assert entry(np.zeros(32)) == "program/t_2.npy"
+    assert entry(np.zeros((2, 16))) == "program/t_3.npy"
+    assert entry(-np.zeros(32)) == "program/t_4.npy"
+    window = Tensor(np.stack([large, -large], axis=1)).window((slice(None), 0), "window")
+    assert not window.array.flags.c_contiguous
+    assert entry(large, "big") == entry(large.copy()) == emitter.tensor(window)["npy"] == "program/big.npy"
+    assert entry(large + 1, "big") == "program/big_1.npy"
+    assert sorted(emitter.tensors) == ["program/big.npy", "program/big_1.npy"] + [
+        f"program/t{s}.npy" for s in ("", "_1", "_2", "_3", "_4")]
