@@ -210,7 +210,7 @@ def _conductance_tiles(op: Operation, chunks: list[tuple[int, int]], rows: int) 
     return tiles
 
 
-_BAND_BYTES = 1 << 20  # rows of G moved to the chunk copies per step, before G's tail is given back
+_BAND_BYTES = 1 << 22  # rows of G moved to the chunk copies per step, before G's tail is given back
 
 
 def _chunk_copies(g: Tensor, chunks: list[tuple[int, int]]) -> list[Tensor]:

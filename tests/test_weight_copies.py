@@ -130,7 +130,7 @@ def _resident_kb(field: str) -> int:
 
 def test_tile_empties_a_private_conductance_array_as_it_copies_the_chunks() -> None:
     """What only tile holds (map-conductance's fresh G) is shrunk band by band as its chunks are copied, so the cut
-    adds about one band (1 MiB) to the resident set, not a second G: the peak during the cut stays within a quarter
+    adds about one band (4 MiB) to the resident set, not a second G: the peak during the cut stays within a quarter
     of G (48 MiB) above the set before it, where copying beside G would add all of G. (Resident memory, not traced
     allocations: the copies are allocated whole at once and their pages become resident only as they are written.)
     The chunks equal the windows they replace, each with G's minimum as its known lower bound."""
