@@ -21,7 +21,8 @@ per-phase table, so that the same run says where the remaining time goes. CPU ti
 machine it is the steadier of the two. With --memory, one more compile of the
 largest size, in a fresh process that runs the phases as ``cimc compile`` does
 (import, passes, ``build_image(release=True)``, save), prints the resident set
-after each phase and the peak so far, so that the same run says where the peak is.
+after each phase, the peak within the phase (VmHWM is reset after each one) and
+the peak so far, so that the same run says where the peak is.
 Peak memory is ``ru_maxrss`` of the child process (``RUSAGE_CHILDREN`` read by a
 small wrapper that runs nothing else), so it is the compile's own peak.
 """
