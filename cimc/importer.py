@@ -35,8 +35,8 @@ from cimc.bound_dims import bind_input_dims, describe, dims_bound_by_initializer
 from cimc.diagnostics import CimcError
 from cimc.dialects import VerifyError, lookup
 from cimc.interpreter import run_kernel
-from cimc.onnx_reader import read_model
 from cimc.ir import Block, Module, Operation, Value
+from cimc.onnx_reader import read_model
 from cimc.passes.dce import eliminate_dead_code
 from cimc.types import Dim, TensorType, dtype_name
 from cimc.verifier import verify
@@ -63,7 +63,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     it leaves out of the large initializers is their data, which :func:`numpy_helper.to_array` then reads and
     refuses (as unreadable) where it does not fill its dims.
     """
-    return _read_checked(path, onnx.load)[0]
+    return _read_checked(path, lambda name: (onnx.load(name), []))[0]
 
 
 def import_onnx(path: str | Path, input_shapes: Mapping[str, Sequence[DimSpec]] | None = None) -> Module:
@@ -77,15 +77,15 @@ def import_onnx(path: str | Path, input_shapes: Mapping[str, Sequence[DimSpec]] 
     return import_model(model, Path(path).name, input_shapes, arrays)
 
 
-def _read_checked(path: str | Path, read: Callable[[str], object]) -> tuple[onnx.ModelProto, list[np.ndarray | None]]:
-    """``read(path)`` (``onnx.load`` or ``read_model``) as a model and its arrays, checked as :func:`load_onnx` says."""
+def _read_checked(path: str | Path, read: Callable[[str], tuple[onnx.ModelProto, list[np.ndarray | None]]]
+                  ) -> tuple[onnx.ModelProto, list[np.ndarray | None]]:
+    """``read(path)`` (a model and its taken-out arrays, as ``read_model`` gives them), checked as :func:`load_onnx` says."""
     try:
-        result = read(str(path))
+        model, arrays = read(str(path))
     except FileNotFoundError:
         raise CimcError(f"cannot read {path}: no such file") from None
     except Exception as e:  # noqa: BLE001  (protobuf raises several unrelated types for garbage)
         raise CimcError(f"cannot read {path}: not an ONNX model ({type(e).__name__}: {_first_line(e)})") from None
-    model, arrays = result if isinstance(result, tuple) else (result, [])
     try:
         onnx.checker.check_model(_skeleton(model, declared_outputs=True))
     except onnx.checker.ValidationError as e:
