@@ -54,9 +54,8 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, list[np.ndarra
             walker = _Walker(f, os.fstat(f.fileno()).st_size)
             skeleton = walker.message(walker.size, 0)
             model = onnx.ModelProto()
-            if model.ParseFromString(skeleton) != len(skeleton):
-                raise _Unwalkable
-            if len(walker.places) != len(model.graph.initializer):
+            decoded = model.ParseFromString(skeleton)
+            if (decoded is not None and decoded != len(skeleton)) or len(walker.places) != len(model.graph.initializer):
                 raise _Unwalkable
             arrays = [_read_data(f, init, place) for init, place in zip(model.graph.initializer, walker.places)]
     except Exception:  # noqa: BLE001  (not a file, not a model, not the wire format: onnx.load reports it)
