@@ -112,11 +112,13 @@ def segment_row_scales(segments: list[Interval], widths: list[int], weights: np.
     spans = [slice(a, a + n) for a, n in zip(np.cumsum([0, *widths[:-1]]), widths)]
     # |w| is exact in the weights' own type, so it is taken there, one segment at a time (a weights-sized copy,
     # float64 or not, would be the pass's memory peak); only the sum accumulates in float64.
-    seg_sum, seg_peak, seg_used = np.empty(len(spans)), np.empty((len(spans), weights.shape[1])), np.empty((len(spans), weights.shape[1]))
+    seg_sum = np.empty(len(spans))
+    seg_peak, seg_used = np.empty((len(spans), weights.shape[1])), np.empty((len(spans), weights.shape[1]))
     for k, sl in enumerate(spans):
         magnitude = np.abs(weights[sl])
-        seg_sum[k], seg_peak[k], seg_used[k] = magnitude.sum(dtype=np.float64), magnitude.max(axis=0, initial=0.0), \
-            np.count_nonzero(magnitude, axis=0)
+        seg_sum[k] = magnitude.sum(dtype=np.float64)
+        seg_peak[k] = magnitude.max(axis=0, initial=0.0)
+        seg_used[k] = np.count_nonzero(magnitude, axis=0)
 
     def bound(fractions: np.ndarray) -> float:
         r = fractions
