@@ -233,11 +233,16 @@ def _chunk_copies(g: Tensor, chunks: list[tuple[int, int]]) -> list[Tensor]:
     total_rows, cols = array.shape
     copies = [np.empty((total_rows, c1 - c0), array.dtype) for c0, c1 in chunks]
     band = max(1, _BAND_BYTES // max(1, array.strides[0]))
+    shrink = True
     for r1 in range(total_rows, 0, -band):
         r0 = max(0, r1 - band)
         for (c0, c1), copy in zip(chunks, copies):
             copy[r0:r1] = array[r0:r1, c0:c1]
-        array.resize((r0, cols), refcheck=True)
+        if shrink:
+            try:
+                array.resize((r0, cols), refcheck=True)
+            except ValueError:  # numpy sees another holder (a weak reference): the rows stay, the copies are made
+                shrink = False
     tensors = [Tensor.adopt(copy) for copy in copies]
     for tensor in tensors:
         tensor._floor = floor
