@@ -21,7 +21,8 @@ per-phase table, so that the same run says where the remaining time goes. CPU ti
 machine it is the steadier of the two. With --memory, one more compile of the
 largest size, in a fresh process that runs the phases as ``cimc compile`` does
 (import, passes, ``build_image(release=True)``, save), prints the resident set
-after each phase and the peak so far, so that the same run says where the peak is.
+after each phase, the peak within the phase (VmHWM is reset after each one) and
+the peak so far, so that the same run says where the peak is.
 Peak memory is ``ru_maxrss`` of the child process (``RUSAGE_CHILDREN`` read by a
 small wrapper that runs nothing else), so it is the compile's own peak.
 """
@@ -70,16 +71,28 @@ def mb():  # VmHWM, not ru_maxrss: a child inherits its parent's ru_maxrss (this
         kb = {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in f) if k in ("VmRSS", "VmHWM")}
     return kb["VmRSS"] / 1024, kb["VmHWM"] / 1024
 
+def reset_peak():  # "5" resets VmHWM to the current RSS (Linux >= 4.0), so that each row's peak is its own phase's
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
 class Resident(Timing):
+    overall = phase_peak = 0.0
+
     def add(self, name, seconds):
         super().add(name, seconds)
-        if name != "(verify)":
-            print("  %-18s %8.0f %8.0f" % ((name,) + mb()), flush=True)
+        rss, peak = mb()
+        self.phase_peak, self.overall = max(self.phase_peak, peak), max(self.overall, peak)
+        if name != "(verify)":  # a verifier run's peak counts in the next phase's row
+            print("  %-18s %8.0f %8.0f %8.0f" % (name, rss, self.phase_peak, self.overall), flush=True)
+            self.phase_peak = 0.0
+        reset_peak()
 
 model, hw_path, out = sys.argv[1:4]
 hw, timing = load_hardware(hw_path), Resident()
-print("  %-18s %8s %8s" % ("phase", "RSS MB", "peak MB"))
-print("  %-18s %8.0f %8.0f" % (("(start)",) + mb()))
+print("  %-18s %8s %8s %8s" % ("phase", "RSS MB", "in phase", "so far"))
+print("  %-18s %8.0f %8.0f %8.0f" % (("(start)",) + mb() + mb()[1:]))
+timing.overall = mb()[1]
+reset_peak()
 options = CompileOptions(timing=timing)
 module = compile_to_ir(model, hw, options)
 with timing.phase("build image"):

@@ -80,6 +80,23 @@ class Tensor:
         tensor.origin = (self, index)
         return tensor
 
+    def view(self, array: np.ndarray, key: str | None = None) -> Tensor:
+        """The tensor of ``array``, a view of this tensor's array (a transpose, a slice of it), without a copy.
+
+        For weights a pass re-arranges and a later pass copies once: decompose-rnn gives each gate MVM the
+        transposed gate rows of the imported W and R as views, and form-mvm's merge of an MVM's parts is their one
+        copy (a copy in each would be two passes over the weights, and the weights held twice). ``array`` must be
+        read-only and lie in this tensor's memory (a ValueError otherwise): then no one can write it, as no one can
+        write this tensor's. Like a window's, the view's array is not C-contiguous in general.
+        """
+        if array.flags.writeable or _memory_of(array) is not _memory_of(self.array) \
+                or not np.may_share_memory(array, self.array):
+            raise ValueError("Tensor.view needs a read-only view of the tensor's own array")
+        tensor = Tensor.__new__(Tensor)
+        tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max, tensor._floor = array, key, None, None, None, None
+        tensor.origin = None
+        return tensor
+
     def contiguous(self, key: str | None = None) -> Tensor:
         """This tensor with a C-contiguous array of its own (a copy of a window's elements; itself if it has one),
         its known bounds kept: ``tile`` copies each column chunk of an MVM once and cuts its row tiles from it."""
@@ -153,6 +170,14 @@ class Tensor:
 
     def __repr__(self) -> str:
         return f"Tensor({self.type}, key={self.key!r})"
+
+
+def _memory_of(array: np.ndarray) -> object:
+    """The object that owns ``array``'s memory: the array itself, the array it is a view of, or a non-array buffer."""
+    owner: object = array
+    while isinstance(owner, np.ndarray) and owner.base is not None:
+        owner = owner.base
+    return owner
 
 
 AttrValue = int | float | str | Tensor | tuple["AttrValue", ...]

@@ -36,6 +36,7 @@ from cimc.diagnostics import CimcError
 from cimc.dialects import VerifyError, lookup
 from cimc.interpreter import run_kernel
 from cimc.ir import Block, Module, Operation, Value
+from cimc.onnx_reader import read_model
 from cimc.passes.dce import eliminate_dead_code
 from cimc.types import Dim, TensorType, dtype_name
 from cimc.verifier import verify
@@ -62,8 +63,25 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     it leaves out of the large initializers is their data, which :func:`numpy_helper.to_array` then reads and
     refuses (as unreadable) where it does not fill its dims.
     """
+    return _read_checked(path, lambda name: (onnx.load(name), []))[0]
+
+
+def import_onnx(path: str | Path, input_shapes: Mapping[str, Sequence[DimSpec]] | None = None) -> Module:
+    """Import the model file at ``path``; see :func:`import_model`.
+
+    The file is read by :func:`cimc.onnx_reader.read_model`: the large initializers' data goes from the file
+    straight into the arrays the module's constants hold, so that the import holds the weights once (``onnx.load``
+    then ``to_array`` held them three times at its peak, twice after).
+    """
+    model, arrays = _read_checked(path, read_model)
+    return import_model(model, Path(path).name, input_shapes, arrays)
+
+
+def _read_checked(path: str | Path, read: Callable[[str], tuple[onnx.ModelProto, list[np.ndarray | None]]]
+                  ) -> tuple[onnx.ModelProto, list[np.ndarray | None]]:
+    """``read(path)`` (a model and its taken-out arrays, as ``read_model`` gives them), checked as :func:`load_onnx` says."""
     try:
-        model = onnx.load(str(path))
+        model, arrays = read(str(path))
     except FileNotFoundError:
         raise CimcError(f"cannot read {path}: no such file") from None
     except Exception as e:  # noqa: BLE001  (protobuf raises several unrelated types for garbage)
@@ -74,20 +92,19 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise CimcError(f"{path} is not a valid ONNX model: {_first_line(e)}") from None
     except UnicodeDecodeError:  # the checker's own message quotes a name that is not UTF-8
         raise CimcError(f"{path} is not a valid ONNX model: it holds a name or string that is not UTF-8") from None
-    return model
-
-
-def import_onnx(path: str | Path, input_shapes: Mapping[str, Sequence[DimSpec]] | None = None) -> Module:
-    """Import the model file at ``path``; see :func:`import_model`."""
-    return import_model(load_onnx(path), Path(path).name, input_shapes)
+    return model, arrays
 
 
 def import_model(model: onnx.ModelProto, source: str = "model.onnx",
-                 input_shapes: Mapping[str, Sequence[DimSpec]] | None = None) -> Module:
+                 input_shapes: Mapping[str, Sequence[DimSpec]] | None = None,
+                 arrays: Sequence[np.ndarray | None] = ()) -> Module:
     """Build an ``onnx``-dialect module from a checked model.
 
     ``input_shapes`` fixes dims of graph inputs by name (an int fixes a dim, a
-    string renames its symbol, None leaves it as the model has it).
+    string renames its symbol, None leaves it as the model has it). ``arrays``
+    holds, per entry of ``graph.initializer``, the data of an initializer whose
+    message has none (as :func:`cimc.onnx_reader.read_model` gives it), or None:
+    each array is taken over as it is, and must be the only reference to its data.
     """
     skeleton = _skeleton(model)
     _apply_input_shapes(skeleton, input_shapes or {})
@@ -98,7 +115,9 @@ def import_model(model: onnx.ModelProto, source: str = "model.onnx",
         bind_input_dims(skeleton, bound)
         skeleton = _infer_shapes(skeleton, source)
     declared = {o.name: t for o in model.graph.output if (t := _onnx_type(o.type, f"output '{o.name}'")) is not None}
-    module = _Importer(skeleton, list(model.graph.initializer), declared, source).build()
+    initializers = list(model.graph.initializer)
+    module = _Importer(skeleton, initializers, list(arrays) + [None] * (len(initializers) - len(arrays)),
+                       declared, source).build()
     if bound:
         module.attributes["bound_dims"] = describe(bound)
     return module
@@ -201,11 +220,12 @@ def _dtype(elem_type: int, what: str) -> str:
 
 
 class _Importer:
-    def __init__(self, model: onnx.ModelProto, initializers: list[onnx.TensorProto],
+    def __init__(self, model: onnx.ModelProto, initializers: list[onnx.TensorProto], arrays: list[np.ndarray | None],
                  declared_outputs: Mapping[str, TensorType], source: str) -> None:
         self.model = model
         self.graph = model.graph
         self.initializers = initializers
+        self.arrays = arrays
         self.source = source
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.types: dict[str, TensorType] = {}
@@ -236,11 +256,13 @@ class _Importer:
                 raise CimcError(f"graph input '{inp.name}' has no tensor type")
             self.values[inp.name] = self.block.add_arg(t, inp.name)
             input_names.append(inp.name)
-        for init in self.initializers:
-            try:
-                array = numpy_helper.to_array(init)
-            except (ValueError, TypeError, KeyError, OSError) as e:  # data that does not fill its dims, an unknown type
-                raise CimcError(f"{self.source}: initializer '{init.name}' is unreadable: {_first_line(e)}") from None
+        for index, init in enumerate(self.initializers):
+            array, self.arrays[index] = self.arrays[index], None  # handed over: the constant's Tensor is its only holder
+            if array is None:
+                try:
+                    array = numpy_helper.to_array(init)
+                except (ValueError, TypeError, KeyError, OSError) as e:  # data that does not fill its dims, an unknown type
+                    raise CimcError(f"{self.source}: initializer '{init.name}' is unreadable: {_first_line(e)}") from None
             self._constant(init.name, array, location=None)
         for index, node in enumerate(self.graph.node):
             self._node(node, index)

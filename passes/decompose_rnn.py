@@ -20,7 +20,6 @@ import numpy as np
 from cimc.attributes import Tensor
 from cimc.builder import Builder
 from cimc.diagnostics import CimcError
-from cimc.dialects.builtin import constant_array
 from cimc.ir import Block, Module, Operation, Region, Value
 from cimc.kernels.activations import Activation, resolve_activations
 from cimc.pass_manager import ModulePass, register_pass
@@ -39,8 +38,8 @@ class _Cell:
     d: int
     reverse: bool
     hidden: int
-    W: np.ndarray  # [gates * H, I]
-    R: np.ndarray  # [gates * H, H]
+    W: Tensor  # [gates * H, I], a view of the op's W
+    R: Tensor  # [gates * H, H], a view of the op's R
     Wb: np.ndarray | None
     Rb: np.ndarray | None
     P: np.ndarray | None  # [3H] (i, o, f)
@@ -50,23 +49,6 @@ class _Cell:
     linear_before_reset: bool
 
 
-
-_TRANSPOSE_BLOCK = 16  # rows of the source per block: a block's transpose stays in cache
-
-
-def contiguous(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """A fresh C-contiguous copy of ``array`` (a weight matrix's transpose, as a cell's W.T) in ``dtype``.
-
-    A transposed view is copied in blocks of source rows: numpy's one-pass copy of a large transpose strides
-    through memory and runs several times slower than blocks whose transpose fits the cache.
-    """
-    if array.ndim != 2 or not array.T.flags.c_contiguous:
-        return np.array(array, dtype=dtype, order="C")
-    out = np.empty(array.shape, dtype)
-    source = array.T
-    for r0 in range(0, source.shape[0], _TRANSPOSE_BLOCK):
-        out[:, r0:r0 + _TRANSPOSE_BLOCK] = source[r0:r0 + _TRANSPOSE_BLOCK].T
-    return out
 
 class _Step:
     """Builds one direction's loop body."""
@@ -84,9 +66,17 @@ class _Step:
     def const(self, array: np.ndarray) -> Value:
         return self.b.const(np.asarray(array, self.dtype))
 
-    def matvec(self, x: Value, weights_t: np.ndarray, block: str, part: str) -> Value:
-        weights = Tensor.adopt(contiguous(weights_t, self.dtype), key=f"{block}.{part}")
-        return self.b.value("cim.matvec", [x], self.t(weights_t.shape[1]), {"weights": weights, "block": block})
+    def gates(self, source: Tensor, lo: int = 0, hi: int | None = None) -> Tensor:
+        """Rows lo:hi of W or R (gates times H), transposed to the [in, out] an MVM takes: a view, not a copy
+        (form-mvm stacks an MVM's parts into its one copy of them)."""
+        rows = source.array[lo:hi]
+        if rows.dtype != self.dtype:  # ONNX gives X, W and R one type; a model that does not is computed in X's
+            return Tensor.adopt(rows.T.astype(self.dtype))
+        return source.view(rows.T)
+
+    def matvec(self, x: Value, weights: Tensor, block: str, part: str) -> Value:
+        return self.b.value("cim.matvec", [x], self.t(weights.array.shape[1]),
+                            {"weights": weights.renamed(f"{block}.{part}"), "block": block})
 
     def add(self, a: Value, b: Value) -> Value:
         return self.b.value("onnx.Add", [a, b], a.type)
@@ -94,7 +84,7 @@ class _Step:
     def mul(self, a: Value, b: Value) -> Value:
         return self.b.value("onnx.Mul", [a, b], a.type)
 
-    def affine(self, terms: list[tuple[Value, np.ndarray, str]], bias: np.ndarray | None, block: str) -> Value:
+    def affine(self, terms: list[tuple[Value, Tensor, str]], bias: np.ndarray | None, block: str) -> Value:
         """sum_k x_k @ W_k (+ bias): the shape form-mvm merges into one MVM with a bias row."""
         total = None
         for x, w, part in terms:
@@ -127,12 +117,12 @@ class _Step:
     def lstm(self, x: Value, h: Value, c: Value) -> tuple[Value, Value]:
         cell, H = self.cell, self.cell.hidden
         name = self.prefix
-        terms = [(x, cell.W.T, "W"), (h, cell.R.T, "R")]
+        terms = [(x, self.gates(cell.W), "W"), (h, self.gates(cell.R), "R")]
         if cell.P is not None:
             diag = np.zeros((H, 4 * H), self.dtype)
             diag[np.arange(H), np.arange(H)] = cell.P[:H]  # i
             diag[np.arange(H), 2 * H + np.arange(H)] = cell.P[2 * H:]  # f
-            terms.append((c, diag, "P"))
+            terms.append((c, Tensor.adopt(diag), "P"))
         z = self.affine(terms, self.bias(0, 4 * H), f"{name}.gates")
         f_act, g_act, h_act = cell.acts
         i = self.act(self.slice(z, 0, H), f_act)
@@ -152,10 +142,11 @@ class _Step:
         cell, H = self.cell, self.cell.hidden
         name = self.prefix
         f_act, g_act = cell.acts
-        zr = self.affine([(x, cell.W[:2 * H].T, "W"), (h, cell.R[:2 * H].T, "R")], self.bias(0, 2 * H), f"{name}.zr")
+        zr = self.affine([(x, self.gates(cell.W, 0, 2 * H), "W"), (h, self.gates(cell.R, 0, 2 * H), "R")],
+                         self.bias(0, 2 * H), f"{name}.zr")
         z = self.act(self.slice(zr, 0, H), f_act)
         r = self.act(self.slice(zr, H, H), f_act)
-        W_h, R_h = cell.W[2 * H:].T, cell.R[2 * H:].T
+        W_h, R_h = self.gates(cell.W, 2 * H), self.gates(cell.R, 2 * H)
         if cell.linear_before_reset:
             wb = None if cell.Wb is None else cell.Wb[2 * H:]
             rb = None if cell.Rb is None else cell.Rb[2 * H:]
@@ -169,18 +160,18 @@ class _Step:
 
     def rnn(self, x: Value, h: Value) -> Value:
         cell = self.cell
-        pre = self.affine([(x, cell.W.T, "W"), (h, cell.R.T, "R")], self.bias(0, cell.hidden), self.prefix)
+        pre = self.affine([(x, self.gates(cell.W), "W"), (h, self.gates(cell.R), "R")], self.bias(0, cell.hidden), self.prefix)
         return self.act(pre, cell.acts[0])
 
 
-def _require_constant(op: Operation, index: int, what: str) -> np.ndarray | None:
+def _require_constant(op: Operation, index: int, what: str) -> Tensor | None:
     value = op.operands[index] if index < len(op.operands) else None
     if value is None:
         return None
-    array = constant_array(value)
-    if array is None:
+    defining = getattr(value, "op", None)
+    if defining is None or defining.name != "builtin.constant":
         raise CimcError(f"{op.location or op.name}: decompose-rnn needs {what} to be a constant (weights are programmed once)")
-    return array
+    return defining.attributes["value"]  # type: ignore[return-value]
 
 
 def decompose(op: Operation, prefix: str) -> None:
@@ -202,8 +193,9 @@ def decompose(op: Operation, prefix: str) -> None:
     seq_axis, batch_axis = (0, 1) if layout == 0 else (1, 0)
     T_dim, B_dim = X.type.shape[seq_axis], X.type.shape[batch_axis]
     dtype = X.type.np_dtype
-    W, R, Bias = (_require_constant(op, i, n) for i, n in ((1, "W"), (2, "R"), (3, "B")))
-    P = _require_constant(op, 7, "P") if kind == "onnx.LSTM" else None
+    W, R, bias_tensor = (_require_constant(op, i, n) for i, n in ((1, "W"), (2, "R"), (3, "B")))
+    peepholes = _require_constant(op, 7, "P") if kind == "onnx.LSTM" else None
+    Bias, P = (None if t is None else t.array for t in (bias_tensor, peepholes))
     assert W is not None and R is not None
     names = a.get("activations")
     per_dir = len(_DEFAULT_ACTIVATIONS[kind])
@@ -238,7 +230,7 @@ def decompose(op: Operation, prefix: str) -> None:
     ys, finals = [], []
     for d in range(num_dirs):
         reverse = direction == "reverse" or d == 1
-        cell = _Cell(kind, d, reverse, H, W[d], R[d],
+        cell = _Cell(kind, d, reverse, H, W.view(W.array[d]), R.view(R.array[d]),
                      None if Bias is None else Bias[d, :gates * H], None if Bias is None else Bias[d, gates * H:],
                      None if P is None else P[d], acts[d], None if clip is None else float(clip),  # type: ignore[arg-type]
                      bool(a.get("input_forget", 0)), bool(a.get("linear_before_reset", 0)))

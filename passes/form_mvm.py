@@ -42,6 +42,30 @@ def _is_bias(value: Value, cols: int) -> np.ndarray | None:
     return array.reshape(cols)
 
 
+_TRANSPOSE_BLOCK = 16  # columns of a transposed part per block: a block's transpose stays in cache
+
+
+def stack_rows(parts: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
+    """``np.concatenate(parts, dtype=dtype)``: the parts' rows, stacked into one fresh C-contiguous array.
+
+    decompose-rnn's parts are transposed views of the ONNX W and R: a part whose transpose is C-contiguous is
+    copied in blocks of its columns (rows of the transpose), since a one-pass copy of a large transpose strides
+    through memory and runs several times slower than blocks whose transpose fits the cache.
+    """
+    out = np.empty((sum(p.shape[0] for p in parts), parts[0].shape[1]), dtype)
+    r0 = 0
+    for part in parts:
+        target = out[r0:r0 + part.shape[0]]
+        r0 += part.shape[0]
+        if part.shape[0] > 1 and not part.flags.c_contiguous and part.T.flags.c_contiguous:
+            source = part.T
+            for c0 in range(0, source.shape[0], _TRANSPOSE_BLOCK):
+                target[:, c0:c0 + _TRANSPOSE_BLOCK] = source[c0:c0 + _TRANSPOSE_BLOCK].T
+        else:
+            target[...] = part
+    return out
+
+
 def _collect(value: Value, cols: int, root: bool) -> list[Operation | np.ndarray] | None:
     """The matvec and bias leaves of the Add tree rooted at ``value``, or None if it is not such a tree."""
     op = getattr(value, "op", None)
@@ -99,7 +123,7 @@ def merge_sum(root: Operation) -> bool:
     inputs = [x for x, _ in rows.values()]
     stacked = [p for _, p in rows.values()] + ([bias[None, :]] if have_bias else [])
     block = str(mvms[0].attributes.get("block", "mvm"))
-    weights = Tensor.adopt(np.concatenate(stacked, dtype=dtype), key=f"{block}.weights")
+    weights = Tensor.adopt(stack_rows(stacked, dtype), key=f"{block}.weights")
     b = Builder(root.parent, root, root.location)  # type: ignore[arg-type]
     merged = b.value("cim.matvec", inputs, result.type, {"weights": weights, "bias_rows": int(have_bias), "block": block})
     result.replace_all_uses_with(merged)
@@ -113,7 +137,7 @@ def _gemm(op: Operation, index: int) -> bool:
         return False
     attrs = op.attributes
     alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))  # type: ignore[arg-type]
-    weights = (w.T if attrs.get("transB", 0) else w) * w.dtype.type(alpha)
+    weights = w.T if attrs.get("transB", 0) else w  # a view: scaled by alpha in the MVM's copy
     b = Builder(op.parent, op, op.location)  # type: ignore[arg-type]
     x = a_val
     if attrs.get("transA", 0):
@@ -125,22 +149,31 @@ def _gemm(op: Operation, index: int) -> bool:
     if c is not None and c.size in (1, cols) and (c.ndim <= 1 or c.shape[:-1] == (1,) * (c.ndim - 1)):
         bias = np.broadcast_to(c.reshape(-1), (cols,)) * w.dtype.type(beta)
     elif c_val is not None:
-        return _gemm_with_matrix_c(op, b, x, weights, c_val, beta, index)
-    _replace_with_matvec(op, b, x, weights, bias, f"gemm{index}")
+        return _gemm_with_matrix_c(op, b, x, weights, alpha, c_val, beta, index)
+    _replace_with_matvec(op, b, x, _weights_tensor(weights, bias, alpha, f"gemm{index}"), int(bias is not None), f"gemm{index}")
     return True
 
 
-def _gemm_with_matrix_c(op: Operation, b: Builder, x: Value, weights: np.ndarray, c_val: Value, beta: float, index: int) -> bool:
+def _gemm_with_matrix_c(op: Operation, b: Builder, x: Value, weights: np.ndarray, alpha: float, c_val: Value, beta: float,
+                        index: int) -> bool:
     result = op.results[0]
-    y = b.value("cim.matvec", [x], result.type, {"weights": Tensor(weights, key=f"gemm{index}.weights"), "block": f"gemm{index}"})
+    y = b.value("cim.matvec", [x], result.type, {"weights": _weights_tensor(weights, None, alpha, f"gemm{index}"),
+                                                 "block": f"gemm{index}"})
     scaled = c_val if beta == 1.0 else b.value("onnx.Mul", [c_val, b.const(np.array(beta, result.type.np_dtype))], c_val.type)
     result.replace_all_uses_with(b.value("onnx.Add", [y, scaled], result.type))
     return True
 
 
-def _replace_with_matvec(op: Operation, b: Builder, x: Value, weights: np.ndarray, bias: np.ndarray | None, block: str) -> None:
-    stacked = weights if bias is None else np.concatenate([weights, bias[None, :]])
-    attrs = {"weights": Tensor(np.ascontiguousarray(stacked), key=f"{block}.weights"), "bias_rows": int(bias is not None), "block": block}
+def _weights_tensor(weights: np.ndarray, bias: np.ndarray | None, alpha: float | None, block: str) -> Tensor:
+    """An MVM's weights (times ``alpha``) over a bias row, in one fresh array: the one copy of the ONNX weights."""
+    stacked = stack_rows([weights] + ([bias[None, :]] if bias is not None else []), weights.dtype)
+    if alpha is not None:
+        stacked[:weights.shape[0]] *= weights.dtype.type(alpha)
+    return Tensor.adopt(stacked, key=f"{block}.weights")
+
+
+def _replace_with_matvec(op: Operation, b: Builder, x: Value, weights: Tensor, bias_rows: int, block: str) -> None:
+    attrs = {"weights": weights, "bias_rows": bias_rows, "block": block}
     op.results[0].replace_all_uses_with(b.value("cim.matvec", [x], op.results[0].type, attrs))
 
 
@@ -149,7 +182,10 @@ def _matmul(op: Operation, index: int) -> bool:
     w = constant_array(b_val)
     if w is None or w.ndim != 2 or a_val is None or a_val.type.rank < 1:
         return False
-    _replace_with_matvec(op, Builder(op.parent, op, op.location), a_val, w, None, f"matmul{index}")  # type: ignore[arg-type]
+    constant = b_val.op.attributes["value"]  # type: ignore[union-attr]
+    assert isinstance(constant, Tensor)  # the constant's own (read-only, C-contiguous) array: shared, not copied
+    _replace_with_matvec(op, Builder(op.parent, op, op.location), a_val, constant.renamed(f"matmul{index}.weights"),  # type: ignore[arg-type]
+                         0, f"matmul{index}")
     return True
 
 
@@ -180,17 +216,18 @@ def _conv(op: Operation, index: int) -> bool:
     for g in range(group):
         full[g * per_out:(g + 1) * per_out, g * in_per_group:(g + 1) * in_per_group] = w[g * per_out:(g + 1) * per_out]
     weights = full.reshape(out_ch, -1).T
+    del full  # held by the view until the MVM's copy is made
     result = op.results[0]
     out_spatial = result.type.shape[2:]
     b = Builder(op.parent, op, op.location)  # type: ignore[arg-type]
     patch_type = TensorType(x_val.type.dtype, (x_val.type.shape[0], *out_spatial, weights.shape[0]))
     patches = b.value("cim.im2col", [x_val], patch_type,
                       {"kernel_shape": tuple(kernel), "pads": tuple(pads), "strides": tuple(strides), "dilations": tuple(dilations)})
-    stacked = weights if bias is None else np.concatenate([weights, bias.reshape(1, -1)])
     block = f"conv{index}"
     mvm_type = TensorType(result.type.dtype, (x_val.type.shape[0], *out_spatial, out_ch))
-    y = b.value("cim.matvec", [patches], mvm_type, {"weights": Tensor(np.ascontiguousarray(stacked), key=f"{block}.weights"),
-                                                    "bias_rows": int(bias is not None), "block": block})
+    tensor = _weights_tensor(weights, None if bias is None else bias.reshape(-1), None, block)
+    del weights
+    y = b.value("cim.matvec", [patches], mvm_type, {"weights": tensor, "bias_rows": int(bias is not None), "block": block})
     perm = (0, nd + 1, *range(1, nd + 1))
     result.replace_all_uses_with(b.value("onnx.Transpose", [y], result.type, {"perm": perm}))
     return True
@@ -228,4 +265,9 @@ class FormMVM(ModulePass):
                 erase_if_dead([op.results[0]])  # the merged sum's parts, each MVM's weights freed as it merges
                 changed = True
         eliminate_dead_code(module.body)
+        for op in module.walk():  # a gate MVM nothing merged (no bias, one input) still holds a view of W or R
+            weights = op.attributes.get("weights") if op.name == "cim.matvec" else None
+            if isinstance(weights, Tensor) and not weights.array.flags.c_contiguous:
+                op.attributes["weights"] = Tensor.adopt(stack_rows([weights.array], weights.array.dtype), key=weights.key)
+                changed = True
         return changed

@@ -110,13 +110,15 @@ def segment_row_scales(segments: list[Interval], widths: list[int], weights: np.
     # r is a power of two, so max_i |w_ij| r_i = r_s max_(i in s) |w_ij| exactly. The sums run in another order than
     # a per-device sum would, which moves a cost by rounding only, far inside the 1e-12 margin of the comparisons.
     spans = [slice(a, a + n) for a, n in zip(np.cumsum([0, *widths[:-1]]), widths)]
-    # |w| is exact in the weights' own type, so it is taken there, once per segment (a weights-sized float64
-    # copy would be the pass's memory peak); only the sum accumulates in float64.
-    magnitudes = [np.abs(weights[sl]) for sl in spans]
-    seg_sum = np.array([m.sum(dtype=np.float64) for m in magnitudes])
-    seg_peak = np.array([m.max(axis=0, initial=0.0) for m in magnitudes], np.float64)
-    seg_used = np.array([np.count_nonzero(m, axis=0) for m in magnitudes], np.float64)
-    del magnitudes
+    # |w| is exact in the weights' own type, so it is taken there, one segment at a time (a weights-sized copy,
+    # float64 or not, would be the pass's memory peak); only the sum accumulates in float64.
+    seg_sum = np.empty(len(spans))
+    seg_peak, seg_used = np.empty((len(spans), weights.shape[1])), np.empty((len(spans), weights.shape[1]))
+    for k, sl in enumerate(spans):
+        magnitude = np.abs(weights[sl])
+        seg_sum[k] = magnitude.sum(dtype=np.float64)
+        seg_peak[k] = magnitude.max(axis=0, initial=0.0)
+        seg_used[k] = np.count_nonzero(magnitude, axis=0)
 
     def bound(fractions: np.ndarray) -> float:
         r = fractions

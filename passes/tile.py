@@ -16,8 +16,12 @@ converted one by one and added digitally (``cim.adc`` on each, then
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 from itertools import accumulate
+
+import numpy as np
 
 from cimc.attributes import Tensor
 from cimc.builder import Builder
@@ -26,6 +30,7 @@ from cimc.dialects.builtin import constant_array
 from cimc.dialects.cim import activation_key
 from cimc.ir import Module, Operation, Value
 from cimc.pass_manager import ModulePass, from_hardware, register_pass
+from cimc.passes.map_conductance import _EXACT_REFCOUNTS
 from cimc.types import TensorType
 
 Group = tuple[int, int, str]  # columns [lo, hi) and the activation they feed ("linear" if none)
@@ -189,22 +194,59 @@ def _chunks(groups: list[Group], bitlines: int, ramp_cols: bool, run_on: bool) -
 def _conductance_tiles(op: Operation, chunks: list[tuple[int, int]], rows: int) -> dict[tuple[int, int], dict[str, Tensor]]:
     """The MVM's G+ and G- cut into tiles, by (first row, first column) and then name.
 
-    Each column chunk is copied once (C-contiguous), and its row tiles are windows of the copy: one copy per chunk,
-    not per tile, and the later passes read each tile's devices in order. G+ is cut whole and deleted from the op
-    before G- is cut, so that it is freed first: of G+, G- and their chunks' copies, at most three are held at once.
+    Each column chunk is copied once (C-contiguous, see :func:`_chunk_copies`), and its row tiles are windows of the
+    copy: one copy per chunk, not per tile, and the later passes read each tile's devices in order. G+ is cut whole
+    and deleted from the op before G- is cut.
     """
     block = str(op.attributes.get("block", "mvm"))
     total_rows = op.attributes["g_pos"].type.shape[0]  # type: ignore[union-attr]
     tiles: dict[tuple[int, int], dict[str, Tensor]] = {}
     for name in ("g_pos", "g_neg"):
-        g = op.attributes.pop(name)
-        for c0, c1 in chunks:
-            chunk = g.window((slice(None), slice(c0, c1))).contiguous()  # type: ignore[union-attr]
+        copies = _chunk_copies(op.attributes.pop(name), chunks)  # type: ignore[arg-type]
+        for (c0, _), chunk in zip(chunks, copies):
             for r0 in range(0, total_rows, rows):
                 tiles.setdefault((r0, c0), {})[name] = chunk.window((slice(r0, r0 + rows), slice(None)),
                                                                    key=f"{block}.r{r0}c{c0}.{name}")
-        del g
     return tiles
+
+
+_BAND_BYTES = 1 << 22  # rows of G moved to the chunk copies per step, before G's tail is given back
+
+
+def _chunk_copies(g: Tensor, chunks: list[tuple[int, int]]) -> list[Tensor]:
+    """A C-contiguous copy of each column chunk of ``g``, with ``g``'s known lower bound (as a window has it).
+
+    When this pass holds the only reference to ``g`` (map-conductance's fresh G+ and G-: nothing else reads them),
+    its array is emptied from the last rows up, a band of rows at a time, and shrunk after each band
+    (``ndarray.resize``: realloc gives the tail back), so that G and its copies are never held at once: the pass adds
+    one band to the memory peak, not one weights-sized array. Otherwise the chunks are copied from the array as
+    it is.
+    """
+    floor = g._min if g._min is not None and not math.isnan(g._min) else g._floor
+    array = g.array
+    # ``g`` and getrefcount's argument count for the tensor (the caller passes what it popped); the tensor, ``array``
+    # and the argument for the array.
+    if not (_EXACT_REFCOUNTS and sys.getrefcount(g) == 2 and sys.getrefcount(array) == 3 and array.flags.owndata
+            and array.ndim == 2 and array.flags.c_contiguous):
+        return [g.window((slice(None), slice(c0, c1))).contiguous() for c0, c1 in chunks]
+    del g  # the tensor is let go; ``array`` is its only holder, so that resize may shrink it
+    total_rows, cols = array.shape
+    copies = [np.empty((total_rows, c1 - c0), array.dtype) for c0, c1 in chunks]
+    band = max(1, _BAND_BYTES // max(1, array.strides[0]))
+    shrink = True
+    for r1 in range(total_rows, 0, -band):
+        r0 = max(0, r1 - band)
+        for (c0, c1), copy in zip(chunks, copies):
+            copy[r0:r1] = array[r0:r1, c0:c1]
+        if shrink:
+            try:
+                array.resize((r0, cols), refcheck=True)
+            except ValueError:  # numpy sees another holder (a weak reference): the rows stay, the copies are made
+                shrink = False
+    tensors = [Tensor.adopt(copy) for copy in copies]
+    for tensor in tensors:
+        tensor._floor = floor
+    return tensors
 
 
 def tile_mvm(op: Operation, rows: int, bitlines: int, ramp_cols: bool, analog: bool, adc_bits: int) -> None:
