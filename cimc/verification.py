@@ -427,7 +427,14 @@ def verify_image(model_path: str | Path, image: Image, inputs: Mapping[str, np.n
 
     print(f"running the simulator ({options.fidelity}) on {', '.join(f'{k}{list(v.shape)}' for k, v in feeds.items())}",
           file=sys.stderr)
-    actual = simulator.run(feeds, observe, terminal_progress)
+    try:
+        actual = simulator.run(feeds, observe, terminal_progress)
+    except CimcError as e:
+        if inputs is not None:
+            raise
+        shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
+        raise CimcError(f"{e.message} (on random inputs {shapes}: each symbolic dim but the batch set to {DEFAULT_SEQUENCE}; "
+                        "a model that runs only at the sizes it was exported with needs --inputs)") from e
     saturation, simulator.saturation = simulator.saturation, None  # the free-running run's counts; the per-step runs add none
     layer_names = [onnx_names[n] for n in named]
     print("running onnxruntime", file=sys.stderr)

@@ -97,3 +97,18 @@ def test_feature_dim_comes_from_the_weights() -> None:
     graph = helper.make_graph([helper.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=2)], "g", [x], [y], inits)
     module = cimc.importer.import_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]))
     assert str(module.body.args[0].type) == "f32[seq, batch, 3]"
+
+
+def test_random_inputs_at_sizes_the_export_fixed_say_so(cimc_cli, tmp_path: Path) -> None:
+    """lstm2.dynamo declares x [seq, batch, 8], but the exporter baked its sequence length (6) into a Reshape:
+    verify's random inputs (seq 20) cannot run, in onnxruntime either. One line that says why and names --inputs."""
+    image = tmp_path / "m.cimg"
+    assert cimc_cli("compile", str(TORCH / "lstm2.dynamo.onnx"), "-o", str(image)).returncode == 0
+    result = cimc_cli("verify", str(TORCH / "lstm2.dynamo.onnx"), str(image))
+    assert result.returncode == 2, result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "Traceback" not in result.stderr
+    assert "node_Reshape_142" in error[0] and "random inputs x[20, " in error[0] and "--inputs" in error[0]
+    stored = np.load(TORCH / "lstm2.dynamo.npz")
+    np.savez(tmp_path / "x.npz", x=stored["x"])
+    assert cimc_cli("verify", str(TORCH / "lstm2.dynamo.onnx"), str(image), "--inputs", str(tmp_path / "x.npz")).returncode == 0
