@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from collections.abc import Iterator
 
 import numpy as np
 
 from cimc.types import TensorType
+
+
+# CPython before 3.14 counts every reference in sys.getrefcount (3.14 may borrow the ones on its stack): a pass may
+# then tell that it alone holds a tensor's array and reuse its memory (map-conductance, tile).
+EXACT_REFCOUNTS = sys.implementation.name == "cpython" and sys.version_info < (3, 14)
 
 
 class Tensor:
@@ -38,7 +44,7 @@ class Tensor:
         self.origin: tuple[Tensor, tuple[slice, ...]] | None = None  # a window's tensor and index (see window)
 
     @classmethod
-    def adopt(cls, array: np.ndarray, key: str | None = None) -> Tensor:
+    def adopt(cls, array: np.ndarray, key: str | None = None, lower_bound: float | None = None) -> Tensor:
         """A tensor over ``array`` itself, without the copy ``Tensor()`` makes.
 
         For arrays a pass has just built and hands over (weights-sized
@@ -47,20 +53,19 @@ class Tensor:
         writable view of it. A C-contiguous view of an immutable ``bytes``
         object (onnx's ``to_array`` of an initializer's raw data, a private copy
         of it) is taken as it is: no one can write to it. Anything else is
-        copied as by ``Tensor()``.
+        copied as by ``Tensor()``. ``lower_bound``: a bound the elements are
+        known to be at or above (:meth:`known_lower_bound`), for an array cut
+        from a tensor whose bound is known.
         """
-        if type(array) is not np.ndarray or not array.flags.c_contiguous:
-            return cls(array, key)
-        if not array.flags.owndata:
-            base = array.base
-            while isinstance(base, np.ndarray):
-                base = base.base
-            if type(base) is not bytes:
-                return cls(array, key)
-        array.setflags(write=False)
-        tensor = cls.__new__(cls)
-        tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max, tensor._floor = array, key, None, None, None, None
-        tensor.origin = None
+        if type(array) is not np.ndarray or not array.flags.c_contiguous \
+                or (not array.flags.owndata and type(_memory_of(array)) is not bytes):
+            tensor = cls(array, key)
+        else:
+            array.setflags(write=False)
+            tensor = cls.__new__(cls)
+            tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max = array, key, None, None, None
+            tensor.origin = None
+        tensor._floor = lower_bound
         return tensor
 
     def window(self, index: tuple[slice, ...], key: str | None = None) -> Tensor:
@@ -74,9 +79,8 @@ class Tensor:
         can treat the windows of one tensor together (fuse-activation rescales a column chunk's tiles at once).
         """
         tensor = Tensor.__new__(Tensor)
-        floor = self._min if self._min is not None and not math.isnan(self._min) else self._floor
         tensor.array, tensor.key, tensor._digest, tensor._min, tensor._max, tensor._floor = \
-            self.array[index], key, None, None, None, floor
+            self.array[index], key, None, None, None, self.known_lower_bound()
         tensor.origin = (self, index)
         return tensor
 
@@ -135,6 +139,11 @@ class Tensor:
         the tensor is immutable, so one pass over its data serves every run.
         """
         return self.minimum(), self.maximum()
+
+    def known_lower_bound(self) -> float | None:
+        """A bound every element is at or above, known without a pass over them: the minimum if it was computed (and
+        is not NaN: a NaN element is below nothing), else the bound the tensor was cut with; None if neither."""
+        return self._min if self._min is not None and not math.isnan(self._min) else self._floor
 
     def minimum(self) -> float:
         """The smallest element (see :meth:`extrema`); the conductance rules need only this one."""

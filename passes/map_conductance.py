@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cimc.attributes import Tensor
+from cimc.attributes import EXACT_REFCOUNTS, Tensor
 from cimc.builder import Builder
 from cimc.diagnostics import CimcError
 from cimc.ir import Module, Operation
@@ -103,8 +103,6 @@ def _clamped_shift(t: np.ndarray, g_min: float, g_max: float, scratch: np.ndarra
     np.minimum(scratch, g_max, out=out, casting="same_kind")
 
 
-# CPython before 3.14 counts every reference in sys.getrefcount (3.14 may borrow the ones on its stack).
-_EXACT_REFCOUNTS = sys.implementation.name == "cpython" and sys.version_info < (3, 14)
 
 
 def _private_weights(op: Operation) -> np.ndarray | None:
@@ -115,7 +113,7 @@ def _private_weights(op: Operation) -> np.ndarray | None:
     name and getrefcount's argument add one each.
     """
     tensor = op.attributes["weights"]
-    if not (_EXACT_REFCOUNTS and isinstance(tensor, Tensor) and sys.getrefcount(tensor) == 3):
+    if not (EXACT_REFCOUNTS and isinstance(tensor, Tensor) and sys.getrefcount(tensor) == 3):
         return None
     array = tensor.array
     if sys.getrefcount(array) != 3 or not array.flags.owndata or not array.flags.c_contiguous \

@@ -16,21 +16,19 @@ converted one by one and added digitally (``cim.adc`` on each, then
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 from itertools import accumulate
 
 import numpy as np
 
-from cimc.attributes import Tensor
+from cimc.attributes import EXACT_REFCOUNTS, Tensor
 from cimc.builder import Builder
 from cimc.diagnostics import CimcError
 from cimc.dialects.builtin import constant_array
 from cimc.dialects.cim import activation_key
 from cimc.ir import Module, Operation, Value
 from cimc.pass_manager import ModulePass, from_hardware, register_pass
-from cimc.passes.map_conductance import _EXACT_REFCOUNTS
 from cimc.types import TensorType
 
 Group = tuple[int, int, str]  # columns [lo, hi) and the activation they feed ("linear" if none)
@@ -222,11 +220,11 @@ def _chunk_copies(g: Tensor, chunks: list[tuple[int, int]]) -> list[Tensor]:
     one band to the memory peak, not one weights-sized array. Otherwise the chunks are copied from the array as
     it is.
     """
-    floor = g._min if g._min is not None and not math.isnan(g._min) else g._floor
+    floor = g.known_lower_bound()
     array = g.array
     # ``g`` and getrefcount's argument count for the tensor (the caller passes what it popped); the tensor, ``array``
     # and the argument for the array.
-    if not (_EXACT_REFCOUNTS and sys.getrefcount(g) == 2 and sys.getrefcount(array) == 3 and array.flags.owndata
+    if not (EXACT_REFCOUNTS and sys.getrefcount(g) == 2 and sys.getrefcount(array) == 3 and array.flags.owndata
             and array.ndim == 2 and array.flags.c_contiguous):
         return [g.window((slice(None), slice(c0, c1))).contiguous() for c0, c1 in chunks]
     del g  # the tensor is let go; ``array`` is its only holder, so that resize may shrink it
@@ -243,10 +241,7 @@ def _chunk_copies(g: Tensor, chunks: list[tuple[int, int]]) -> list[Tensor]:
                 array.resize((r0, cols), refcheck=True)
             except ValueError:  # numpy sees another holder (a weak reference): the rows stay, the copies are made
                 shrink = False
-    tensors = [Tensor.adopt(copy) for copy in copies]
-    for tensor in tensors:
-        tensor._floor = floor
-    return tensors
+    return [Tensor.adopt(copy, lower_bound=floor) for copy in copies]
 
 
 def tile_mvm(op: Operation, rows: int, bitlines: int, ramp_cols: bool, analog: bool, adc_bits: int) -> None:

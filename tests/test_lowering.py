@@ -187,11 +187,11 @@ def _map_conductance(held: bool) -> tuple[bool, bool, bytes]:
 def test_map_conductance_writes_g_pos_over_private_weights_only() -> None:
     """G+ reuses the weights' buffer when nothing but the MVM holds them (the pass's memory peak falls by one MVM's
     weight bytes); weights anyone else still holds are left as they are. Both give the same conductances."""
-    from cimc.passes.map_conductance import _EXACT_REFCOUNTS
+    from cimc.attributes import EXACT_REFCOUNTS
 
     private_reused, _, private = _map_conductance(held=False)
     held_reused, held_unchanged, held = _map_conductance(held=True)
-    assert private_reused == _EXACT_REFCOUNTS and not held_reused and held_unchanged
+    assert private_reused == EXACT_REFCOUNTS and not held_reused and held_unchanged
     assert private == held
 
 

@@ -161,11 +161,11 @@ def test_tile_empties_a_private_conductance_array_as_it_copies_the_chunks() -> N
     allocations: the copies are allocated whole at once and their pages become resident only as they are written;
     in a fresh process, as a compile runs, since a long-lived process's heap may already hold resident free
     memory.) The chunks equal the windows they replace, each with G's minimum as its known lower bound."""
-    from cimc.passes.map_conductance import _EXACT_REFCOUNTS
+    from cimc.attributes import EXACT_REFCOUNTS
 
     out = subprocess.run([sys.executable, "-c", _CUT_IN_A_FRESH_PROCESS], capture_output=True, text=True, check=True)
     added = float(out.stdout.strip())
-    if _EXACT_REFCOUNTS:
+    if EXACT_REFCOUNTS:
         assert added < 0.25, f"the cut added {added:.2f} x G to the resident set"
 
 
