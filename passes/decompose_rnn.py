@@ -20,6 +20,7 @@ import numpy as np
 from cimc.attributes import Tensor
 from cimc.builder import Builder
 from cimc.diagnostics import CimcError
+from cimc.dialects.builtin import constant_tensor
 from cimc.ir import Block, Module, Operation, Region, Value
 from cimc.kernels.activations import Activation, resolve_activations
 from cimc.pass_manager import ModulePass, register_pass
@@ -168,10 +169,10 @@ def _require_constant(op: Operation, index: int, what: str) -> Tensor | None:
     value = op.operands[index] if index < len(op.operands) else None
     if value is None:
         return None
-    defining = getattr(value, "op", None)
-    if defining is None or defining.name != "builtin.constant":
+    tensor = constant_tensor(value)
+    if tensor is None:
         raise CimcError(f"{op.location or op.name}: decompose-rnn needs {what} to be a constant (weights are programmed once)")
-    return defining.attributes["value"]  # type: ignore[return-value]
+    return tensor
 
 
 def decompose(op: Operation, prefix: str) -> None:

@@ -33,11 +33,17 @@ RETURN = define(
 )
 
 
-def constant_array(value: object) -> np.ndarray | None:
-    """The array behind ``value`` if a ``builtin.constant`` defines it, else None."""
+def constant_tensor(value: object) -> Tensor | None:
+    """The tensor behind ``value`` if a ``builtin.constant`` defines it, else None."""
     op = getattr(value, "op", None)
     if op is None or op.name != "builtin.constant":
         return None
     tensor = op.attributes["value"]
     assert isinstance(tensor, Tensor)
-    return tensor.array
+    return tensor
+
+
+def constant_array(value: object) -> np.ndarray | None:
+    """The array behind ``value`` if a ``builtin.constant`` defines it, else None."""
+    tensor = constant_tensor(value)
+    return None if tensor is None else tensor.array
