@@ -134,16 +134,19 @@ class _Layout:
 
     def _write(self, kind: tuple[Any, ...]) -> None:
         batch = self._pending.pop(kind)
-        for (_, _, tile), weights in zip(batch.tiles, self._compute(batch)):
-            if weights is not None:
-                self.reference[tile] = weights
+        weights, formed = self._compute(batch)
+        for (_, k, tile), tile_weights, tile_formed in zip(batch.tiles, weights, formed):
+            self._formed[k] = self._formed.get(k, 0) + tile_formed
+            if tile_weights is not None:
+                self.reference[tile] = tile_weights
         batch.tiles = []
         self._batches[kind] = batch  # its buffers serve the next tiles of its kind
 
-    def _compute(self, batch: _Batch) -> list[np.ndarray | None]:
+    def _compute(self, batch: _Batch) -> tuple[list[np.ndarray | None], list[int]]:
         """Levels of a batch's tiles, together, into each tile's levels: clip(rint((G - G_min) / delta_g), 0,
         levels - 1), -1 below G_min / 2, in float64 whatever the type of the targets (cim_kernels forms them in
-        float64); and with column scales each tile's reference weights (else None), in the tiles' order.
+        float64); with column scales each tile's reference weights (else None), and each tile's formed devices,
+        in the tiles' order.
 
         The reference weights are what exact runs: the weights the conductances
         encode, (G+ - G-) / column scale in float64 as cim_kernels.encoded_weights
@@ -170,10 +173,11 @@ class _Layout:
         np.rint(x, out=x)
         np.clip(x, 0, d.levels - 1, out=x)
         np.copyto(x, -1, where=unformed)
-        for i, (levels, k, _) in enumerate(batch.tiles):
+        formed = []
+        for i, (levels, _, _) in enumerate(batch.tiles):
             levels[...] = x[i].reshape(rows, 2 * width)
-            self._formed[k] = self._formed.get(k, 0) + 2 * rows * width - np.count_nonzero(unformed[i])
-        return weights
+            formed.append(2 * rows * width - int(np.count_nonzero(unformed[i])))
+        return weights, formed
 
     def _buffers(self, n: int, rows: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """The unformed mask and G+ - G- buffers of n tiles of rows x width: views of one pair of flat buffers,
@@ -216,10 +220,8 @@ class _Layout:
         and with column scales its reference weights, computed now and laid out nowhere."""
         out = np.empty((g_pos.shape[0], 2 * g_pos.shape[1]), self.dtype)
         batch = _Batch(*g_pos.shape, dtype, scale is not None)
-        batch.add(g_pos, g_neg, scale, out, -1, -1)
-        weights = self._compute(batch)[0]
-        del self._formed[-1]
-        return out, weights
+        batch.add(g_pos, g_neg, scale, out, -1, -1)  # no array, no tile id: laid out nowhere
+        return out, self._compute(batch)[0][0]
 
 
 def _arrays_used(module: Module) -> list[int]:
