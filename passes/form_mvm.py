@@ -22,7 +22,7 @@ import numpy as np
 from cimc.attributes import Tensor
 from cimc.builder import Builder
 from cimc.diagnostics import CimcError
-from cimc.dialects.builtin import constant_array
+from cimc.dialects.builtin import constant_array, constant_tensor
 from cimc.ir import Module, Operation, Value
 from cimc.kernels.tensor_ops import conv_pads
 from cimc.pass_manager import ModulePass, register_pass
@@ -179,11 +179,9 @@ def _replace_with_matvec(op: Operation, b: Builder, x: Value, weights: Tensor, b
 
 def _matmul(op: Operation, index: int) -> bool:
     a_val, b_val = op.operands
-    w = constant_array(b_val)
-    if w is None or w.ndim != 2 or a_val is None or a_val.type.rank < 1:
+    constant = constant_tensor(b_val)  # its own (read-only, C-contiguous) array: shared, not copied
+    if constant is None or constant.array.ndim != 2 or a_val is None or a_val.type.rank < 1:
         return False
-    constant = b_val.op.attributes["value"]  # type: ignore[union-attr]
-    assert isinstance(constant, Tensor)  # the constant's own (read-only, C-contiguous) array: shared, not copied
     _replace_with_matvec(op, Builder(op.parent, op, op.location), a_val, constant.renamed(f"matmul{index}.weights"),  # type: ignore[arg-type]
                          0, f"matmul{index}")
     return True
