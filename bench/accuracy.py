@@ -170,6 +170,8 @@ def main() -> None:
     parser.add_argument("--gain-rule", action="store_true", help="also compare the ramp gain rules on KWS, noisy")
     parser.add_argument("--seeds", type=int, default=10, help="noisy runs (programmed chips) per setting for --gain-rule and --examples")
     args = parser.parse_args()
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
     print(nl_adc_table())
     if args.gain_rule:
         print(gain_rule_comparison(args.seeds))

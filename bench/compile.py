@@ -150,6 +150,8 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="print the resident set after each phase of one compile "
                         "of the largest size")
     args = parser.parse_args()
+    if args.repeat < 1 or min(args.sizes) < 1:
+        parser.error("--repeat and every --sizes value must be at least 1")
     cimc = cimc_script()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

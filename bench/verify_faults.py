@@ -43,6 +43,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chips", type=int, default=6, help="chips 0..N-1 (default 6)")
     args = parser.parse_args()
+    if args.chips < 1:
+        parser.error("--chips must be at least 1")
     model = KWS / "kws_lstm.onnx"
     inputs = dict(np.load(KWS / "verify_inputs.npz"))
     plain = cimc.compile(model, calib=KWS / "calib.npz")
