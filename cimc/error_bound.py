@@ -89,7 +89,7 @@ Every op of the program has a rule: structural ops (Gather, Slice, Concat,
 Transpose, Reshape, Where...) move the bounds as they move the values;
 Add/Sub add them; Mul uses |a| e_b + |b| e_a + e_a e_b; monotone (or
 piecewise-monotone) functions are evaluated at the ends of [v - e, v + e]
-and at their breakpoints; Softmax s_i within s_i (exp(e_i + max e) - 1);
+and at their breakpoints; Softmax s_i within min(s_i (exp(e_i + max e) - 1), max(s_i, 1 - s_i)) (both lie in [0, 1]);
 ArgMax is certain only where the top value beats every other by more than
 their bounds (else the bound is infinite: the index may differ). An op
 without a rule whose operands carry error gets an infinite bound, never a
@@ -274,7 +274,13 @@ class _BoundRun:
             axis = int(op.attributes.get("axis", -1))  # type: ignore[arg-type]
             e = _abs(ins[0], args[0])  # type: ignore[arg-type]
             worst = e.max(axis=axis, keepdims=True)
-            out = np.abs(y) * np.expm1(e + worst) if name == "onnx.Softmax" else e + worst
+            if name == "onnx.Softmax":
+                s = np.abs(y.astype(np.float64))
+                # Both the exact and the perturbed softmax lie in [0, 1], so they differ by at most max(s, 1 - s):
+                # finite where the relative form overflows (large logit bounds).
+                out = np.minimum(s * np.expm1(e + worst), np.maximum(s, 1.0 - s))
+            else:
+                out = e + worst
             return [out + self._approximation(y)]
         if all(b is None for b in ins) or name in _SHAPE_ONLY:
             return [None for _ in results]  # correctly rounded ops on identical inputs give identical results

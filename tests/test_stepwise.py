@@ -12,7 +12,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import cimc
 from cimc.backends.simulator import Simulator, SimulatorOptions
@@ -144,3 +146,31 @@ def test_verify_labels_reports_accuracy_and_bits_against_the_labels(cimc_cli, tm
     assert bad.returncode == 2 and "no array 'z' to take labels from" in bad.stderr
     api = cimc.verify(KWS, tmp_path / "kws.cimg", {"features": x}, fidelity="ideal", labels=y)
     assert api.labels == report  # the Python API scores as the CLI does
+
+
+def _gru_softmax(path: Path, head_scale: float, hidden: int = 32, features: int = 8, classes: int = 5) -> None:
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((1, 3 * hidden, features)) / np.sqrt(features)).astype(np.float32)
+    r = (rng.standard_normal((1, 3 * hidden, hidden)) / np.sqrt(hidden)).astype(np.float32)
+    head = (head_scale * rng.standard_normal((hidden, classes)) / np.sqrt(hidden)).astype(np.float32)
+    nodes = [helper.make_node("GRU", ["x", "W", "R"], ["y", "h"], hidden_size=hidden, linear_before_reset=1),
+             helper.make_node("Squeeze", ["h", "axis"], ["last"]),
+             helper.make_node("MatMul", ["last", "head"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["p"], axis=-1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "N", features])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", classes])],
+                              [numpy_helper.from_array(a, n) for n, a in (("W", w), ("R", r), ("head", head),
+                                                                          ("axis", np.array([0], np.int64)))])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_a_softmax_bound_stays_finite_when_its_logits_bound_is_large(tmp_path: Path) -> None:
+    """The free-running bound on a GRU's logits compounds over 20 steps; with large head weights s (e^E - 1) overflows.
+    Both softmaxes lie in [0, 1], so each element's bound is at most max(s, 1 - s) (plus rounding): with 5 classes a
+    row's RMS is at least 1/5, so the bound's RMS relative to the output's is at most 5 (it was infinite)."""
+    model = tmp_path / "gru_softmax.onnx"
+    _gru_softmax(model, head_scale=10.0)
+    report = cimc.verify(model, cimc.compile(model), fidelity="ideal")
+    assert report.passed, report.table()
+    for row in (report.exact[0], report.outputs[0]):
+        assert np.isfinite(row.bound_relative) and row.bound_relative <= 5 * (1 + 1e-6), row
